@@ -1,0 +1,15 @@
+"""Sweep machinery: grid → run specs → papermill executions → records → leaderboard.
+
+Modules, in the order data flows through them:
+
+- `runner.grid`: load and validate `grid.yaml`, expand it into `RunSpec`s.
+- `runner.execute`: execute one run (papermill, then nbconvert) and record it.
+- `runner.records`: the JSON run record, its schema and atomic writes.
+- `runner.leaderboard`: rank the records into `leaderboard.html` / `.csv`.
+- `runner.sweep`: the command line and the loop over runs.
+"""
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The project folder (parent of `runner/` and `models/`)."""

@@ -1,0 +1,209 @@
+"""Execute one run: papermill, then nbconvert, then the record.
+
+`execute_run` reads as its steps, as papermill's `execute_notebook` does:
+make the run folder, execute the notebook with the run's parameters, export
+the executed notebook to html, merge the notebook's `result.json`, and write
+the record. A notebook that raises still gets its executed `.ipynb` (with
+papermill's error banner at the failing cell), its `.html` and a `failed`
+record; nothing is raised for it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from runner import PROJECT_ROOT
+from runner.grid import RunSpec
+from runner.records import (
+    COMPLETED,
+    FAILED,
+    RESULT_FILE,
+    RunRecord,
+    collect_environment,
+    write_record,
+)
+
+KERNEL_NAME = "python3"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def make_run_id(config_hash: str, experiments_dir: Path, now: Optional[datetime] = None) -> str:
+    """A unique, sortable, readable run id: `YYYYmmdd-HHMMSS-<hash8>` (UTC).
+
+    Args:
+        config_hash: the run's parameter hash (hex).
+        experiments_dir: where run folders live; a taken id gets `-2`, `-3`...
+        now: the start time. Defaults to the current UTC time.
+
+    Returns:
+        The run id, whose folder `experiments_dir/<run_id>` does not exist yet.
+    """
+    now = now or datetime.now(timezone.utc)
+    run_id = f"{now:%Y%m%d-%H%M%S}-{config_hash[:8]}"
+    candidate, n = run_id, 1
+    while (experiments_dir / candidate).exists():
+        n += 1
+        candidate = f"{run_id}-{n}"
+    return candidate
+
+
+def _kernel_environment() -> None:
+    """Let the kernel import `models`/`runner` and keep TensorFlow's C++ logs quiet."""
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(PROJECT_ROOT) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, paths)])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _error_from(exc: BaseException) -> dict[str, Any]:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        return {
+            "ename": exc.ename,
+            "evalue": _ANSI.sub("", str(exc.evalue)),
+            "traceback": _ANSI.sub("", "\n".join(exc.traceback)),
+            "cell_index": exc.cell_index,
+        }
+    import traceback
+
+    return {
+        "ename": type(exc).__name__,
+        "evalue": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "cell_index": None,
+    }
+
+
+def export_html(notebook_path: Path) -> Path:
+    """Convert an executed notebook to a standalone html file beside it.
+
+    Args:
+        notebook_path: an `.ipynb` file.
+
+    Returns:
+        The `.html` path (same name, other suffix).
+
+    Raises:
+        Exception: whatever nbconvert raises for an unreadable notebook.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    html_path = notebook_path.with_suffix(".html")
+    html_path.write_text(body, encoding="utf-8")
+    return html_path
+
+
+def execute_run(
+    run: RunSpec,
+    notebook: Path,
+    experiments_dir: Path,
+    logs_dir: Path,
+    *,
+    verbose: bool = False,
+    start_timeout_s: float = 120,
+) -> RunRecord:
+    """Execute one run of the notebook and record it.
+
+    Steps: run folder → papermill execution (parameters injected, kernel cwd
+    = run folder) → html export → `result.json` merge → atomic record.
+
+    Args:
+        run: the run spec.
+        notebook: the base notebook.
+        experiments_dir: parent of the run folder `experiments_dir/<run_id>/`.
+        logs_dir: folder of the record `logs_dir/<run_id>.json`.
+        verbose: stream the notebook's cell output to the log. Defaults to
+            `False`.
+        start_timeout_s: seconds to wait for the kernel to start. Defaults
+            to `120`.
+
+    Returns:
+        The written record; `status` is `COMPLETED` or `FAILED` (with `error`).
+
+    Raises:
+        FatalError: the record cannot be written.
+    """
+    import papermill
+
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    experiments_dir, logs_dir = Path(experiments_dir).resolve(), Path(logs_dir).resolve()
+    run_id = make_run_id(run.config_hash, experiments_dir, started)
+    run_dir = experiments_dir / run_id
+    run_dir.mkdir(parents=True)
+    ipynb_path = run_dir / f"{run_id}.ipynb"
+
+    _kernel_environment()
+    error = None
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(ipynb_path),
+            parameters={**run.params, "output_dir": str(run_dir)},
+            kernel_name=KERNEL_NAME,
+            cwd=str(run_dir),
+            progress_bar=False,
+            log_output=verbose,
+            start_timeout=start_timeout_s,
+        )
+    except Exception as exc:  # a failed run is recorded, never raised
+        error = _error_from(exc)
+
+    warnings, html_path = [], None
+    if ipynb_path.exists():
+        try:
+            html_path = export_html(ipynb_path)
+        except Exception as exc:  # keep the run; say the page is missing
+            warnings.append(f"html export failed: {type(exc).__name__}: {exc}")
+
+    result = _read_result(run_dir)
+    if error is None and result is None:
+        error = {"ename": "MissingResult", "evalue": f"the notebook finished without writing {RESULT_FILE}",
+                 "traceback": "", "cell_index": None}
+
+    result = result or {}
+    training, evaluation = result.get("training", {}), result.get("evaluation", {})
+    files = {
+        "notebook": ipynb_path, "html": html_path, "result": run_dir / RESULT_FILE,
+        "model": run_dir / "model.keras", "training_curves": run_dir / "training_curves.png",
+        "confusion_matrix": run_dir / "confusion_matrix.png", "predictions": run_dir / "predictions.csv",
+    }
+    record = RunRecord(
+        run_id=run_id,
+        config_hash=run.config_hash,
+        status=FAILED if error else COMPLETED,
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        params=run.params,
+        model=result.get("model", {}),
+        data=result.get("data", {}),
+        metrics=evaluation.get("metrics", {}),
+        history=training.get("history", {}),
+        best_epoch=training.get("best_epoch"),
+        timings={"train_s": training.get("train_s"), "eval_s": evaluation.get("eval_s"),
+                 "total_s": round(time.perf_counter() - t0, 3)},
+        environment=collect_environment(),
+        paths={key: os.path.relpath(path, logs_dir) if path and Path(path).exists() else None
+               for key, path in files.items()},
+        error=error,
+        warnings=warnings,
+    )
+    write_record(record, logs_dir)
+    return record
+
+
+def _read_result(run_dir: Path) -> Optional[dict[str, Any]]:
+    import json
+
+    try:
+        return json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,128 @@
+"""Run records (schema, atomic writes) and the leaderboard (ranking, escaping)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runner.errors import ConfigError, FatalError
+from runner.leaderboard import main as leaderboard_main
+from runner.leaderboard import rank_runs, records_frame, write_leaderboard
+from runner.records import COMPLETED, FAILED, RunRecord, read_record, read_records, write_record
+
+
+def make_record(run_id: str, recall: float | None, **params) -> RunRecord:
+    metrics = {} if recall is None else {
+        "accuracy": recall - 0.01, "weighted_recall": recall, "weighted_precision": 0.5,
+        "weighted_f1": 0.5, "macro_precision": 0.5, "macro_recall": 0.5, "macro_f1": 0.5,
+        "confusion_matrix": [[3, 1], [0, 4]],
+    }
+    return RunRecord(
+        run_id=run_id, config_hash="ab" * 32, status=COMPLETED if recall is not None else FAILED,
+        started_at="2026-11-21T12:00:00+00:00", finished_at="2026-11-21T12:01:00+00:00",
+        params={"head": "gap", "dropout": 0.5, "dense_units": [256], **params},
+        metrics=metrics, history={"head": {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}},
+        best_epoch=2, timings={"train_s": 12.5, "eval_s": 1.0, "total_s": 20.0},
+        paths={"html": f"../experiments/{run_id}/{run_id}.html"},
+        error=None if recall is not None else {"ename": "ValueError", "evalue": "bad <base>",
+                                                "traceback": "...", "cell_index": 3},
+    )
+
+
+def test_record_round_trip(tmp_path):
+    record = make_record("20261121-120000-aaaaaaaa", 0.8)
+    path = write_record(record, tmp_path / "logs")
+    assert path == tmp_path / "logs" / "20261121-120000-aaaaaaaa.json"
+    assert read_record(path) == record
+    assert json.loads(path.read_text())["metrics"]["weighted_recall"] == 0.8
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == [path.name]  # no temp file left
+
+
+def test_unknown_schema_version_and_broken_json_are_reported_not_raised(tmp_path):
+    write_record(make_record("20261121-120000-aaaaaaaa", 0.8), tmp_path)
+    (tmp_path / "20261121-130000-bbbbbbbb.json").write_text("{not json")
+    payload = make_record("20261121-140000-cccccccc", 0.7).model_dump(mode="json") | {"schema_version": 99}
+    (tmp_path / "20261121-140000-cccccccc.json").write_text(json.dumps(payload))
+    records, unreadable = read_records(tmp_path)
+    assert [r.run_id for r in records] == ["20261121-120000-aaaaaaaa"]
+    assert "not valid JSON" in unreadable["20261121-130000-bbbbbbbb.json"]
+    assert "schema_version: got 99, expected 1" in unreadable["20261121-140000-cccccccc.json"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_unwritable_logs_dir_is_fatal_and_leaves_existing_records(tmp_path):
+    old = write_record(make_record("20261121-120000-aaaaaaaa", 0.8), tmp_path)
+    before = old.read_bytes()
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(FatalError, match="cannot write run record"):
+            write_record(make_record("20261121-130000-bbbbbbbb", 0.9), tmp_path)
+    finally:
+        tmp_path.chmod(0o700)
+    assert old.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+
+
+def test_failed_write_is_fatal_and_leaves_no_partial_file(tmp_path):
+    old = write_record(make_record("20261121-110000-oooooooo", 0.6), tmp_path)
+    (tmp_path / "20261121-120000-aaaaaaaa.json").mkdir()  # the rename onto it fails
+    with pytest.raises(FatalError, match="cannot write run record .*20261121-120000-aaaaaaaa.json"):
+        write_record(make_record("20261121-120000-aaaaaaaa", 0.8), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.name, "20261121-120000-aaaaaaaa.json"]
+    assert read_record(old).metrics["weighted_recall"] == 0.6
+    with pytest.raises(FatalError):  # a file where the logs folder should be
+        write_record(make_record("20261121-120000-aaaaaaaa", 0.8), old)
+
+
+def test_ranking_orders_completed_runs_by_metric_and_keeps_ties_stable(tmp_path):
+    records = [make_record("20261121-120000-aaaaaaaa", 0.70), make_record("20261121-120100-bbbbbbbb", 0.90),
+               make_record("20261121-120200-cccccccc", None), make_record("20261121-120300-dddddddd", 0.70)]
+    ranked = rank_runs(records_frame(records, tmp_path), "weighted_recall")
+    assert list(ranked["run_id"]) == ["20261121-120100-bbbbbbbb", "20261121-120000-aaaaaaaa",
+                                      "20261121-120300-dddddddd"]
+    assert list(ranked["rank"]) == [1, 2, 3]
+    by_acc = rank_runs(records_frame(records, tmp_path), "accuracy")
+    assert by_acc.iloc[0]["accuracy"] == pytest.approx(0.89)
+    with pytest.raises(ConfigError, match="metric: got 'recall'"):
+        rank_runs(records_frame(records, tmp_path), "recall")
+
+
+def test_leaderboard_html_and_csv(tmp_path):
+    logs = tmp_path / "logs"
+    for rec in [make_record("20261121-120000-aaaaaaaa", 0.70, dropout=0.2),
+                make_record("20261121-120100-bbbbbbbb", 0.90, dropout="<script>alert('x')</script>"),
+                make_record("20261121-120200-cccccccc", 0.80, dropout=0.4),
+                make_record("20261121-120300-dddddddd", None)]:
+        write_record(rec, logs)
+    (logs / "broken.json").write_text("[")
+    ranked = write_leaderboard(logs, tmp_path / "leaderboard.html", "weighted_recall", top_n=2)
+    assert len(ranked) == 3
+    page = (tmp_path / "leaderboard.html").read_text()
+    # top 2 only, best first, linked to the saved html relative to the page
+    assert page.index("20261121-120100-bbbbbbbb") < page.index("20261121-120200-cccccccc")
+    assert '<a href="experiments/20261121-120100-bbbbbbbb/20261121-120100-bbbbbbbb.html">' in page
+    assert "0.9000" in page and "0.7000" not in page
+    # parameters that differ are columns; equal ones are not; everything escaped
+    assert "<th>dropout</th>" in page and "<th>head</th>" not in page
+    assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    # failed runs and unreadable records have their own sections
+    assert "Failed runs (1)" in page and "ValueError: bad &lt;base&gt;" in page
+    assert "Unreadable records (1)" in page and "broken.json" in page
+    csv = (tmp_path / "leaderboard.csv").read_text().splitlines()
+    assert csv[0].startswith("run_id,status,") and len(csv) == 4
+    assert csv[1].startswith("20261121-120100-bbbbbbbb")
+
+
+def test_leaderboard_cli(tmp_path, capsys):
+    write_record(make_record("20261121-120000-aaaaaaaa", 0.75), tmp_path / "logs")
+    out = tmp_path / "board.html"
+    assert leaderboard_main(["--logs-dir", str(tmp_path / "logs"), "--out", str(out)]) == 0
+    assert "best weighted_recall 0.7500 (20261121-120000-aaaaaaaa)" in capsys.readouterr().out
+    assert out.exists() and out.with_suffix(".csv").exists()
+    assert leaderboard_main(["--logs-dir", str(tmp_path / "logs"), "--metric", "nope"]) == 2
+
+
+def test_empty_logs_dir_gives_an_empty_board(tmp_path):
+    ranked = write_leaderboard(tmp_path / "none", tmp_path / "leaderboard.html")
+    assert len(ranked) == 0
+    assert "No completed runs yet" in (tmp_path / "leaderboard.html").read_text()

@@ -10,9 +10,13 @@ record; nothing is raised for it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -60,6 +64,28 @@ def _kernel_environment() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@contextlib.contextmanager
+def _stderr_to(path: Optional[Path]):
+    """Send file descriptor 2 to `path` (the kernel inherits it), or leave it when `None`.
+
+    The kernel's own stderr (TensorFlow's C++ start-up logs, ipykernel warnings)
+    then lands in the run folder instead of the sweep's terminal.
+    """
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _error_from(exc: BaseException) -> dict[str, Any]:
     from papermill.exceptions import PapermillExecutionError
 
@@ -70,8 +96,6 @@ def _error_from(exc: BaseException) -> dict[str, Any]:
             "traceback": _ANSI.sub("", "\n".join(exc.traceback)),
             "cell_index": exc.cell_index,
         }
-    import traceback
-
     return {
         "ename": type(exc).__name__,
         "evalue": str(exc),
@@ -144,16 +168,17 @@ def execute_run(
     _kernel_environment()
     error = None
     try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(ipynb_path),
-            parameters={**run.params, "output_dir": str(run_dir)},
-            kernel_name=KERNEL_NAME,
-            cwd=str(run_dir),
-            progress_bar=False,
-            log_output=verbose,
-            start_timeout=start_timeout_s,
-        )
+        with _stderr_to(None if verbose else run_dir / "kernel.log"):
+            papermill.execute_notebook(
+                str(notebook),
+                str(ipynb_path),
+                parameters={**run.params, "output_dir": str(run_dir)},
+                kernel_name=KERNEL_NAME,
+                cwd=str(run_dir),
+                progress_bar=False,
+                log_output=verbose,
+                start_timeout=start_timeout_s,
+            )
     except Exception as exc:  # a failed run is recorded, never raised
         error = _error_from(exc)
 
@@ -175,6 +200,7 @@ def execute_run(
         "notebook": ipynb_path, "html": html_path, "result": run_dir / RESULT_FILE,
         "model": run_dir / "model.keras", "training_curves": run_dir / "training_curves.png",
         "confusion_matrix": run_dir / "confusion_matrix.png", "predictions": run_dir / "predictions.csv",
+        "kernel_log": run_dir / "kernel.log",
     }
     record = RunRecord(
         run_id=run_id,
@@ -201,8 +227,6 @@ def execute_run(
 
 
 def _read_result(run_dir: Path) -> Optional[dict[str, Any]]:
-    import json
-
     try:
         return json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):

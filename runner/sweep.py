@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -70,7 +71,12 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], *, verbose: bool = False) -> 
     records: list[RunRecord] = []
     counts = {"completed": 0, "failed": 0}
     try:
-        with tqdm(runs, desc="sweep", unit="run", file=sys.stderr, dynamic_ncols=True) as bar:
+        # The bar writes to a copy of stderr: fd 2 itself goes to each run's kernel.log.
+        bar_file = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
+        bar_file = sys.stderr
+    try:
+        with tqdm(runs, desc="sweep", unit="run", file=bar_file, dynamic_ncols=True) as bar:
             for run in bar:
                 bar.set_postfix_str(f"run {run.index + 1}/{len(runs)} ({run.origin}) "
                                     f"{counts['completed']} ok {counts['failed']} failed")
@@ -82,6 +88,8 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], *, verbose: bool = False) -> 
                               f"{record.error['evalue'][:200]}")
             bar.set_postfix_str(f"{counts['completed']} ok {counts['failed']} failed")
     finally:
+        if bar_file is not sys.stderr:
+            bar_file.close()
         write_leaderboard(spec.logs_dir, spec.leaderboard, spec.metric, spec.top_n)
     return records
 

@@ -1,0 +1,43 @@
+"""The machine-learning pipeline that the base notebook and the predict path import.
+
+Data (folder -> stratified split -> `tf.data`), augmentation layers, the base
+registry, heads, `build_model(spec, num_classes)`, the training phases (head,
+then fine-tuning) and evaluation (metrics, plots).
+
+Only `ExperimentSpec`, `Augmentation` and `ModelConfigError` are imported
+eagerly: validating a grid must not pay for importing TensorFlow. Every other
+name (`models.load_data`, `models.build_model`, ...) imports its submodule on
+first access (PEP 562).
+"""
+
+import importlib
+
+from .errors import ModelConfigError
+from .spec import Augmentation, ExperimentSpec
+
+_LAZY = {
+    "data": ("DataSplit", "SplitPart", "load_data", "load_images", "make_dataset",
+             "resolve_data_dir"),
+    "augment": ("build_augmentation",),
+    "bases": ("BASES", "BaseInfo", "WeightsChoice", "build_base", "offline_weights_file",
+              "resolve_base", "resolve_weights"),
+    "heads": ("add_head",),
+    "build": ("Preprocess", "build_model", "describe_model", "load_model"),
+    "train": ("TrainingResult", "train_model", "unfreeze_base"),
+    "evaluate": ("EvaluationResult", "evaluate_model", "plot_history"),
+}
+_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = ["Augmentation", "ExperimentSpec", "ModelConfigError", *sorted(_MODULE_OF)]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__, *_LAZY})

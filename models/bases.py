@@ -1,0 +1,400 @@
+"""The base registry: convolutional feature extractors and their weights.
+
+Like `keras.applications`, every base is one factory with the same keyword
+arguments (`include_top`, `weights`, `input_shape`, `name`) plus its own
+`preprocess_input`; `BASES` is the table (name -> constructor, module, minimum
+input size) that drives both the code and the table-driven tests. Any other
+`keras.applications` constructor (`EfficientNetB3`, `NASNetMobile`, ...) is
+found by name too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import hashlib
+import importlib
+import inspect
+import os
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import keras
+
+from .errors import ModelConfigError
+from .spec import ExperimentSpec
+
+WEIGHTS_DIR_ENV = "NBSWEEP_WEIGHTS_DIR"
+_APPS = "keras.applications."
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    """One registry row.
+
+    Attributes:
+        name: canonical name, as run records and offline weights files use it.
+        constructor_name: the factory's name in `module_name`.
+        module_name: dotted module holding `preprocess_input` and the factory
+            (or, for Keras models, `keras.applications` holds the factory).
+        min_size: smallest input side the architecture accepts, pixels (the
+            `min_size` Keras passes to `obtain_input_shape`).
+        has_imagenet: whether `weights="imagenet"` exists for it.
+    """
+
+    name: str
+    constructor_name: str
+    module_name: str
+    min_size: int = 32
+    has_imagenet: bool = True
+
+    @property
+    def constructor(self) -> Callable[..., keras.Model]:
+        """The factory, e.g. `keras.applications.VGG16`."""
+        module = importlib.import_module(self.module_name)
+        # keras.applications.mobilenet_v3 exports no constructor: the package does.
+        return getattr(module, self.constructor_name, None) or getattr(
+            keras.applications, self.constructor_name)
+
+    @property
+    def preprocess_input(self) -> Callable:
+        """The base's own `preprocess_input` (raw RGB in [0, 255] -> model input)."""
+        return importlib.import_module(self.module_name).preprocess_input
+
+
+BASES: dict[str, BaseInfo] = {info.name: info for info in (
+    BaseInfo("vgg16", "VGG16", _APPS + "vgg16"),
+    BaseInfo("vgg19", "VGG19", _APPS + "vgg19"),
+    BaseInfo("resnet50", "ResNet50", _APPS + "resnet"),
+    BaseInfo("resnet101", "ResNet101", _APPS + "resnet"),
+    BaseInfo("resnet50_v2", "ResNet50V2", _APPS + "resnet_v2"),
+    BaseInfo("inception_v3", "InceptionV3", _APPS + "inception_v3", min_size=75),
+    BaseInfo("inception_resnet_v2", "InceptionResNetV2", _APPS + "inception_resnet_v2",
+             min_size=75),
+    BaseInfo("xception", "Xception", _APPS + "xception", min_size=71),
+    BaseInfo("mobilenet", "MobileNet", _APPS + "mobilenet"),
+    BaseInfo("mobilenet_v2", "MobileNetV2", _APPS + "mobilenet_v2"),
+    BaseInfo("densenet121", "DenseNet121", _APPS + "densenet"),
+    BaseInfo("efficientnet_b0", "EfficientNetB0", _APPS + "efficientnet"),
+    BaseInfo("convnext_tiny", "ConvNeXtTiny", _APPS + "convnext"),
+    BaseInfo("simple_cnn_small", "simple_cnn_small", __name__, min_size=8, has_imagenet=False),
+    BaseInfo("simple_cnn_medium", "simple_cnn_medium", __name__, min_size=8,
+             has_imagenet=False),
+)}
+SIMPLE_CNNS = tuple(name for name, info in BASES.items() if not info.has_imagenet)
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+@functools.cache
+def _lookup() -> dict[str, BaseInfo]:
+    """Normalised name -> `BaseInfo`: the registry, then every `keras.applications` factory."""
+    table = {_key(name): info for name, info in BASES.items()}
+    for attr, value in sorted(vars(keras.applications).items()):
+        if attr[:1].isupper() and callable(value):  # e.g. EfficientNetB3 from ...efficientnet
+            module_name = _APPS + value.__module__.rsplit(".", 1)[-1]
+            table.setdefault(_key(attr), BaseInfo(attr.lower(), attr, module_name))
+    return table
+
+
+def resolve_base(name: str) -> BaseInfo:
+    """Finds a base by name, case-insensitively and ignoring `_` and `-`.
+
+    Registry names (`mobilenet_v2`), Keras constructor names (`MobileNetV2`)
+    and any other `keras.applications` constructor (`EfficientNetB3`,
+    `nasnetmobile`; minimum size 32) are accepted.
+
+    Args:
+        name: the base name, e.g. `ExperimentSpec.base`.
+
+    Returns:
+        The registry row; for a Keras model outside the registry, a row named
+        after the lower-cased constructor name.
+
+    Raises:
+        ModelConfigError: if no base has this name; the message lists close
+            matches.
+    """
+    table = _lookup()
+    if _key(name) in table:
+        return table[_key(name)]
+    close = sorted(table[k].name for k in difflib.get_close_matches(_key(name), table, n=3))
+    raise ModelConfigError(
+        f"base: got {name!r}, expected a keras.applications model name or one of "
+        f"{', '.join(SIMPLE_CNNS)}; close matches: {', '.join(close) or 'none'}")
+
+
+def preprocess_input(x, data_format=None):
+    """Rescales raw RGB in [0, 255] to [0, 1], the input of the simple CNNs.
+
+    Args:
+        x: float tensor or array, RGB in [0, 255].
+        data_format: unused, for the `keras.applications` signature. Defaults
+            to `None`.
+
+    Returns:
+        `x / 255`, in [0, 1].
+    """
+    return x / 255.0
+
+
+def _simple_cnn(filters, convs_per_block, include_top, weights, input_shape, name):
+    if include_top:
+        raise ValueError(f"{name} has no classifier top; use include_top=False")
+    if weights == "imagenet":
+        raise ValueError(f"{name} has no ImageNet weights; use weights=None or a file path")
+    inputs = x = keras.Input(input_shape or (None, None, 3))
+    for block, width in enumerate(filters, start=1):
+        for conv in range(1, convs_per_block + 1):
+            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
+                                    name=f"block{block}_conv{conv}")(x)
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn{conv}")(x)
+            x = keras.layers.ReLU(name=f"block{block}_relu{conv}")(x)
+        x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
+        x = keras.layers.Dropout(0.25, name=f"block{block}_dropout")(x)
+    model = keras.Model(inputs, x, name=name)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def simple_cnn_small(include_top=False, weights=None, input_shape=None, name="simple_cnn_small"):
+    """A small CNN trained from scratch: 2 blocks (32, 64 filters).
+
+    Each block is Conv3x3-BatchNorm-ReLU, MaxPooling 2x2 and Dropout(0.25).
+
+    Args:
+        include_top: must be `False` (the head is added by `models.heads`).
+            Defaults to `False`.
+        weights: `None` (random initialisation) or a weights file path.
+            Defaults to `None`.
+        input_shape: `(height, width, 3)`, inputs in [0, 1] (see
+            `preprocess_input`). Defaults to `None` (any size).
+        name: model name. Defaults to `"simple_cnn_small"`.
+
+    Returns:
+        A functional `keras.Model` mapping `(batch, h, w, 3)` to
+        `(batch, h // 4, w // 4, 64)`.
+
+    Raises:
+        ValueError: if `include_top` is true or `weights == "imagenet"`.
+    """
+    return _simple_cnn((32, 64), 1, include_top, weights, input_shape, name)
+
+
+def simple_cnn_medium(include_top=False, weights=None, input_shape=None, name="simple_cnn_medium"):
+    """A medium CNN trained from scratch: 3 blocks (32, 64, 128 filters).
+
+    Each block is Conv3x3-BatchNorm-ReLU twice, MaxPooling 2x2 and Dropout(0.25).
+
+    Args:
+        include_top: must be `False` (the head is added by `models.heads`).
+            Defaults to `False`.
+        weights: `None` (random initialisation) or a weights file path.
+            Defaults to `None`.
+        input_shape: `(height, width, 3)`, inputs in [0, 1] (see
+            `preprocess_input`). Defaults to `None` (any size).
+        name: model name. Defaults to `"simple_cnn_medium"`.
+
+    Returns:
+        A functional `keras.Model` mapping `(batch, h, w, 3)` to
+        `(batch, h // 8, w // 8, 128)`.
+
+    Raises:
+        ValueError: if `include_top` is true or `weights == "imagenet"`.
+    """
+    return _simple_cnn((32, 64, 128), 2, include_top, weights, input_shape, name)
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """Where a base's initial weights come from.
+
+    Attributes:
+        keras_arg: the constructor's `weights` argument: `None`, `"imagenet"`
+            or a file path.
+        source: `"random"`, `"file"` (`spec.weights` is a path),
+            `"weights_dir"` (offline ImageNet file) or `"keras"` (Keras's
+            download cache).
+        sha256: hex digest of the weights file, or `None` when there is no
+            file or it was not found.
+        path: the weights file, or `None`.
+    """
+
+    keras_arg: Optional[str]
+    source: str
+    sha256: Optional[str]
+    path: Optional[str] = None
+
+    def __str__(self) -> str:
+        label = {"random": "random initialisation", "file": "weights file",
+                 "weights_dir": "offline ImageNet weights", "keras": "Keras's ImageNet weights"}
+        return " ".join(filter(None, (label[self.source], self.path,
+                                      self.sha256 and f"(sha256 {self.sha256[:12]})")))
+
+
+def _sha256(path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def offline_weights_file(info: BaseInfo, base_kwargs: dict) -> str:
+    """Name of the offline ImageNet weights file of a base, as `../shared/weights` names them.
+
+    `<name>[_<alpha>]_imagenet_notop.weights.h5`, with `_<alpha>` (formatted
+    as `float`: `1.0`, `0.35`) only for constructors that take `alpha`.
+
+    Args:
+        info: the base.
+        base_kwargs: the constructor's extra keyword arguments; `alpha`
+            defaults to `1.0`.
+
+    Returns:
+        The file name, e.g. `"mobilenet_v2_0.35_imagenet_notop.weights.h5"`.
+    """
+    alpha = ""
+    if "alpha" in inspect.signature(info.constructor).parameters:
+        alpha = f"_{float(base_kwargs.get('alpha', 1.0))}"
+    return f"{info.name}{alpha}_imagenet_notop.weights.h5"
+
+
+def resolve_weights(spec: ExperimentSpec, info: BaseInfo) -> WeightsChoice:
+    """Decides where the base's initial weights come from, without loading them.
+
+    `None` is random initialisation; a path is a Keras weights file of this
+    base (`include_top=False`); `"imagenet"` uses the offline file
+    `offline_weights_file(info, spec.base_kwargs)` from the weights folder
+    (`spec.weights_dir`, else the `NBSWEEP_WEIGHTS_DIR` environment variable)
+    when it is there, else Keras's download (cached under `~/.keras/models`).
+
+    Args:
+        spec: the run's parameters; reads `weights`, `weights_dir` and
+            `base_kwargs`.
+        info: the base, from `resolve_base(spec.base)`.
+
+    Returns:
+        A `WeightsChoice`; for `"keras"` the file and its sha256 are only
+        known after `build_base` downloaded it.
+
+    Raises:
+        ModelConfigError: if the weights file does not exist, `"imagenet"` is
+            asked of a base without ImageNet weights, or the weights folder
+            does not exist.
+    """
+    if spec.weights is None:
+        return WeightsChoice(None, "random", None)
+    if spec.weights != "imagenet":
+        path = Path(spec.weights).expanduser()
+        if not path.is_file():
+            raise ModelConfigError(
+                f"weights: file {path} does not exist; expected 'imagenet', null or a "
+                f"Keras weights file of base {info.name}")
+        return WeightsChoice(str(path), "file", _sha256(path), str(path))
+    if not info.has_imagenet:
+        raise ModelConfigError(
+            f"weights: got 'imagenet' for {info.name}, which is trained from scratch; "
+            f"expected null or a weights file path")
+    folder = spec.weights_dir or os.environ.get(WEIGHTS_DIR_ENV)
+    if folder:
+        if not Path(folder).expanduser().is_dir():
+            raise ModelConfigError(f"weights_dir: folder {folder} does not exist")
+        path = Path(folder).expanduser() / offline_weights_file(info, spec.base_kwargs)
+        if path.is_file():
+            return WeightsChoice(str(path), "weights_dir", _sha256(path), str(path))
+    return WeightsChoice("imagenet", "keras", None)
+
+
+class _DownloadError(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _keras_downloads():
+    """Records the files `keras.applications` fetches; marks fetch failures as `_DownloadError`."""
+    from keras.src.utils import file_utils  # every application calls file_utils.get_file
+
+    get_file, fetched = file_utils.get_file, []
+
+    def recording_get_file(*args, **kwargs):
+        try:
+            fetched.append(get_file(*args, **kwargs))
+        except Exception as error:
+            raise _DownloadError(str(error)) from error
+        return fetched[-1]
+
+    file_utils.get_file = recording_get_file
+    try:
+        yield fetched
+    finally:
+        file_utils.get_file = get_file
+
+
+def _load_weights_file(base: keras.Model, info: BaseInfo, path: str) -> None:
+    with warnings.catch_warnings(record=True) as caught:  # Keras warns per layer on a mismatch
+        warnings.simplefilter("always")
+        try:
+            base.load_weights(path)
+        except (OSError, ValueError) as error:
+            raise ModelConfigError(
+                f"weights: {path} does not fit base {info.name} (wrong architecture, "
+                f"base_kwargs or file format): {str(error)[:300]}") from error
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def build_base(spec: ExperimentSpec) -> tuple[keras.Model, WeightsChoice]:
+    """Builds the base named `spec.base`, named `"base"`, with its initial weights.
+
+    Weights files (`source` `"file"` or `"weights_dir"`) are loaded with
+    `load_weights` after building with random weights, as Keras does for a
+    `weights` path.
+
+    Args:
+        spec: the run's parameters; reads `base`, `base_kwargs`, `image_size`,
+            `weights` and `weights_dir`.
+
+    Returns:
+        `(base, weights)`: a `keras.Model` without its classifier
+        (`include_top=False`) mapping preprocessed `(batch, image_size,
+        image_size, 3)` to feature maps `(batch, h, w, channels)`, and the
+        `WeightsChoice` it was initialised from (`str()` describes it).
+
+    Raises:
+        ModelConfigError: if `resolve_base` or `resolve_weights` refuse the
+            spec, `spec.image_size` is below the base's minimum size, the
+            constructor refuses `spec.base_kwargs`, the weights file does not
+            fit the architecture, or the ImageNet download fails (no network)
+            and no offline file exists.
+    """
+    info = resolve_base(spec.base)
+    if spec.image_size < info.min_size:
+        raise ModelConfigError(
+            f"{info.name} needs image_size >= {info.min_size}, got {spec.image_size}")
+    choice = resolve_weights(spec, info)
+    try:
+        with _keras_downloads() as fetched:
+            base = info.constructor(
+                include_top=False, weights="imagenet" if choice.source == "keras" else None,
+                input_shape=(spec.image_size, spec.image_size, 3), name="base",
+                **spec.base_kwargs)
+    except _DownloadError as error:
+        expected = offline_weights_file(info, spec.base_kwargs)
+        raise ModelConfigError(
+            f"weights: cannot download the ImageNet weights of {info.name} ({error}): no "
+            f"network and no offline file. Fix: put {expected} in a folder and pass "
+            f"--weights-dir FOLDER, set {WEIGHTS_DIR_ENV}=FOLDER or weights_dir: FOLDER, "
+            f"or use weights: null") from error
+    except (TypeError, ValueError) as error:
+        raise ModelConfigError(
+            f"base {info.name}: cannot build it with image_size={spec.image_size}, "
+            f"base_kwargs={spec.base_kwargs}: {error}") from error
+    if choice.source in ("file", "weights_dir"):
+        _load_weights_file(base, info, choice.path)
+    if fetched:
+        choice = replace(choice, path=fetched[-1], sha256=_sha256(fetched[-1]))
+    return base, choice

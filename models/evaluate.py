@@ -1,0 +1,138 @@
+"""Evaluation on the test split (metrics, predictions, confusion matrix) and training curves.
+
+Figures are drawn on `matplotlib.figure.Figure` objects rendered by the Agg
+canvas, never through `pyplot`: no global backend is switched and no figure
+is left open in a notebook kernel.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix
+
+from .data import DataSplit, make_dataset
+from .spec import ExperimentSpec
+from .train import FINE_TUNE, HEAD
+
+PREDICTIONS_FILE = "predictions.csv"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+
+
+@dataclass
+class EvaluationResult:
+    """Test-split evaluation of a trained model.
+
+    Attributes:
+        metrics: `accuracy`, `weighted_precision`, `weighted_recall`,
+            `weighted_f1`, `macro_precision`, `macro_recall`, `macro_f1`
+            (floats in [0, 1]), `per_class` (`{class name: {"precision",
+            "recall", "f1", "support"}}`) and `confusion_matrix` (`[[int]]`,
+            rows are true classes, columns predicted classes, in
+            `class_names` order).
+        eval_s: wall-clock time of the evaluation, seconds.
+    """
+
+    metrics: dict
+    eval_s: float
+
+    def to_dict(self) -> dict:
+        """Returns the fields as a JSON-safe dict."""
+        return asdict(self)
+
+
+def evaluate_model(
+    model: keras.Model, data: DataSplit, spec: ExperimentSpec, output_dir
+) -> EvaluationResult:
+    """Evaluates a model on the test split and writes its predictions and confusion matrix.
+
+    Metrics come from scikit-learn's `classification_report` (`zero_division=0`)
+    and `confusion_matrix`, over every class (`labels=range(n)`) even when the
+    test split never predicts some of them.
+
+    Args:
+        model: a trained model from `build_model`.
+        data: the split; evaluates on `data.test`.
+        spec: the run's parameters; reads `image_size` and `batch_size`.
+        output_dir: folder (created if missing) for `predictions.csv`
+            (columns `path`, `true_label`, `predicted_label` (class names),
+            `confidence` (top probability), one `prob_<class>` per class) and
+            `confusion_matrix.png`.
+
+    Returns:
+        An `EvaluationResult`.
+    """
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    names = list(data.class_names)
+    labels = list(range(len(names)))
+    probabilities = model.predict(
+        make_dataset(data.test, spec.image_size, spec.batch_size), verbose=0)
+    y_true, y_pred = data.test.labels, probabilities.argmax(axis=1)
+
+    predictions = pd.DataFrame({
+        "path": data.test.paths,
+        "true_label": np.array(names)[y_true],
+        "predicted_label": np.array(names)[y_pred],
+        "confidence": probabilities.max(axis=1),
+    })
+    probability_columns = pd.DataFrame(probabilities, columns=[f"prob_{n}" for n in names])
+    pd.concat([predictions, probability_columns], axis=1).to_csv(
+        output_dir / PREDICTIONS_FILE, index=False)
+
+    report = classification_report(y_true, y_pred, labels=labels, target_names=names,
+                                    output_dict=True, zero_division=0)
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    metrics = {"accuracy": float(report["accuracy"])}
+    for average in ("weighted", "macro"):
+        for key, column in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):
+            metrics[f"{average}_{key}"] = float(report[f"{average} avg"][column])
+    metrics["per_class"] = {
+        name: {"precision": float(report[name]["precision"]),
+               "recall": float(report[name]["recall"]),
+               "f1": float(report[name]["f1-score"]),
+               "support": int(report[name]["support"])}
+        for name in names}
+    metrics["confusion_matrix"] = matrix.tolist()
+
+    side = 3 + 0.5 * len(names)
+    figure = Figure(figsize=(side + 1, side))
+    ConfusionMatrixDisplay(matrix, display_labels=names).plot(
+        ax=figure.subplots(), cmap="Blues", xticks_rotation=45)
+    figure.savefig(output_dir / CONFUSION_MATRIX_FILE, dpi=100, bbox_inches="tight")
+    return EvaluationResult(metrics=metrics, eval_s=time.perf_counter() - start)
+
+
+def plot_history(history: dict[str, dict[str, list[float]]], path) -> Path:
+    """Plots training curves: loss and accuracy, train vs val, both phases.
+
+    The fine-tuning epochs follow the head epochs on the same axis; a dashed
+    vertical line marks where fine-tuning starts.
+
+    Args:
+        history: `TrainingResult.history`.
+        path: the PNG file to write.
+
+    Returns:
+        `path` as a `pathlib.Path`.
+    """
+    figure = Figure(figsize=(10, 4))
+    for axis, metric in zip(figure.subplots(1, 2), ("loss", "accuracy")):
+        for key, label in ((metric, "train"), (f"val_{metric}", "val")):
+            values = [v for phase in history.values() for v in phase.get(key, [])]
+            axis.plot(range(1, len(values) + 1), values, marker="o", label=label)
+        if FINE_TUNE in history:
+            axis.axvline(len(history[HEAD]["loss"]) + 0.5, color="grey", linestyle="--",
+                         label="fine-tuning starts")
+        axis.set(title=metric, xlabel="epoch", ylabel=metric)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return Path(path)

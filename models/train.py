@@ -1,0 +1,203 @@
+"""Training: the head on a frozen base, then optional fine-tuning of the base's top layers.
+
+The two phases follow Keras's transfer-learning guide ("Transfer learning &
+fine-tuning", keras.io/guides/transfer_learning): train the new head with the
+pretrained base frozen, then unfreeze the top of the base (BatchNormalization
+layers stay frozen) and go on at a low learning rate. One `ModelCheckpoint`
+threshold spans both phases, so the weights with the best `val_loss` of the
+whole run are the ones kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
+
+from .data import DataSplit, make_dataset
+from .spec import ExperimentSpec
+
+HEAD, FINE_TUNE = "head", "fine_tune"
+BEST_WEIGHTS_FILE = "best.weights.h5"
+MODEL_FILE = "model.keras"
+
+
+@dataclass
+class TrainingResult:
+    """What `train_model` did.
+
+    Attributes:
+        history: per phase (`"head"`, then `"fine_tune"` if it ran), the
+            per-epoch `loss`, `accuracy`, `val_loss`, `val_accuracy` and
+            `learning_rate` as lists of floats.
+        best_epoch: epoch of the lowest `val_loss`, 1-based, counted across
+            both phases; its weights are the model's final weights.
+        best_phase: the phase of `best_epoch`.
+        epochs_run: epochs actually run in both phases (early stopping
+            included).
+        train_s: wall-clock time of both phases, seconds.
+    """
+
+    history: dict[str, dict[str, list[float]]]
+    best_epoch: int
+    best_phase: str
+    epochs_run: int
+    train_s: float
+
+    def to_dict(self) -> dict:
+        """Returns the fields as a JSON-safe dict."""
+        return asdict(self)
+
+
+def unfreeze_base(model: keras.Model, num_layers: int) -> list[str]:
+    """Unfreezes the last `num_layers` layers of the base for fine-tuning.
+
+    The rest of the base stays frozen, and so do all BatchNormalization
+    layers (their statistics would be ruined by small batches; Keras
+    transfer-learning guide). Recompile the model afterwards.
+
+    Args:
+        model: a model from `build_model`, with a layer named `"base"`.
+        num_layers: how many of the base's last layers (`base.layers[-n:]`)
+            to unfreeze; more than the base has unfreezes all of them.
+
+    Returns:
+        The names of the base layers now trainable.
+    """
+    base = model.get_layer("base")
+    base.trainable = True
+    first = len(base.layers) - num_layers
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= first and not isinstance(layer, keras.layers.BatchNormalization)
+    return [layer.name for layer in base.layers if layer.trainable]
+
+
+def _optimizer(spec: ExperimentSpec, learning_rate) -> keras.optimizers.Optimizer:
+    if spec.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=spec.momentum)
+    if spec.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=spec.weight_decay)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def _compile(model: keras.Model, spec: ExperimentSpec, learning_rate) -> None:
+    model.compile(optimizer=_optimizer(spec, learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def _schedule_callbacks(spec: ExperimentSpec) -> list[keras.callbacks.Callback]:
+    if spec.lr_schedule == "step":
+        milestones = set(spec.lr_step_milestones)
+        return [keras.callbacks.LearningRateScheduler(
+            lambda epoch, lr: lr * spec.lr_step_gamma if epoch in milestones else lr)]
+    if spec.lr_schedule == "plateau":
+        return [keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=spec.lr_plateau_factor,
+            patience=spec.lr_plateau_patience)]
+    return []
+
+
+def train_model(
+    model: keras.Model,
+    data: DataSplit,
+    spec: ExperimentSpec,
+    output_dir,
+    *,
+    verbose=2,
+) -> TrainingResult:
+    """Trains a model from `build_model`: head phase, then optional fine-tuning.
+
+    Head phase: `spec.epochs` epochs of `spec.optimizer` at
+    `spec.learning_rate` with `spec.lr_schedule` (`step`:
+    `LearningRateScheduler` multiplying by `lr_step_gamma` at each milestone
+    epoch; `plateau`: `ReduceLROnPlateau`; `cosine`: `CosineDecay` over the
+    phase's steps), sparse categorical cross-entropy, training batches
+    shuffled and augmented with `spec.augmentation`, `class_weight="balanced"`
+    from scikit-learn's `compute_class_weight` when asked, `EarlyStopping` on
+    `val_loss` when `spec.early_stopping_patience` is set.
+
+    Fine-tuning phase (when `spec.fine_tune_layers > 0`): `unfreeze_base`
+    (a from-scratch base, already trainable, is left as it is), recompile at
+    a constant `spec.fine_tune_learning_rate` and train `spec.fine_tune_epochs`
+    more epochs, numbered on from the head phase.
+
+    A `ModelCheckpoint` keeps the weights of the lowest `val_loss` of both
+    phases in `<output_dir>/best.weights.h5`; they are loaded at the end, the
+    file is deleted and the full model is saved to `<output_dir>/model.keras`.
+
+    Args:
+        model: a model from `build_model(spec, len(data.class_names))`.
+        data: the split; trains on `data.train`, validates on `data.val`.
+        spec: the run's parameters.
+        output_dir: folder for `model.keras` (created if missing).
+        verbose: `model.fit` verbosity: `"auto"`, 0, 1 (progress bar) or 2
+            (one line per epoch). Defaults to `2`.
+
+    Returns:
+        A `TrainingResult`.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    best_path = output_dir / BEST_WEIGHTS_FILE
+    train_ds = make_dataset(data.train, spec.image_size, spec.batch_size, shuffle=True,
+                            seed=spec.seed, augmentation=spec.augmentation)
+    val_ds = make_dataset(data.val, spec.image_size, spec.batch_size)
+    class_weight = None
+    if spec.class_weight == "balanced":
+        classes = np.arange(len(data.class_names))
+        class_weight = dict(enumerate(compute_class_weight(
+            "balanced", classes=classes, y=data.train.labels).tolist()))
+
+    def fit(epochs: int, initial_epoch: int, threshold, schedule) -> dict[str, list[float]]:
+        callbacks = [
+            keras.callbacks.ModelCheckpoint(
+                best_path, monitor="val_loss", save_best_only=True, save_weights_only=True,
+                initial_value_threshold=threshold),
+            *schedule,
+            keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.setdefault(
+                "learning_rate", float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))),
+        ]
+        if spec.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=spec.early_stopping_patience))
+        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                            initial_epoch=initial_epoch, class_weight=class_weight,
+                            callbacks=callbacks, verbose=verbose,
+                            shuffle=False)  # train_ds reshuffles itself every epoch
+        return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+    start = time.perf_counter()
+    learning_rate = spec.learning_rate
+    if spec.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            spec.learning_rate,
+            decay_steps=spec.epochs * math.ceil(len(data.train) / spec.batch_size))
+    _compile(model, spec, learning_rate)
+    history = {HEAD: fit(spec.epochs, 0, None, _schedule_callbacks(spec))}
+    head_epochs = len(history[HEAD]["val_loss"])
+    if spec.fine_tune_layers:
+        if not spec.from_scratch:
+            unfreeze_base(model, spec.fine_tune_layers)
+        _compile(model, spec, spec.fine_tune_learning_rate)
+        history[FINE_TUNE] = fit(head_epochs + spec.fine_tune_epochs, head_epochs,
+                                 float(np.nanmin(history[HEAD]["val_loss"])), [])
+    train_s = time.perf_counter() - start
+
+    val_losses = np.array([v for phase in history.values() for v in phase["val_loss"]])
+    best = int(np.argmin(np.where(np.isfinite(val_losses), val_losses, np.inf)))
+    if best_path.exists():  # absent only if val_loss was never finite
+        with warnings.catch_warnings():  # optimizer state of the other phase: not needed
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+            model.load_weights(best_path)
+        best_path.unlink()
+    model.save(output_dir / MODEL_FILE)
+    return TrainingResult(
+        history=history, best_epoch=best + 1,
+        best_phase=HEAD if best < head_epochs else FINE_TUNE,
+        epochs_run=len(val_losses), train_s=train_s)

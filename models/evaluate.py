@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix
+from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, classification_report,
+                             confusion_matrix)
 
 from .data import DataSplit, make_dataset
 from .spec import ExperimentSpec
@@ -71,26 +72,63 @@ def evaluate_model(
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    names = list(data.class_names)
-    labels = list(range(len(names)))
     probabilities = model.predict(
         make_dataset(data.test, spec.image_size, spec.batch_size), verbose=0)
-    y_true, y_pred = data.test.labels, probabilities.argmax(axis=1)
-
-    predictions = pd.DataFrame({
-        "path": data.test.paths,
-        "true_label": np.array(names)[y_true],
-        "predicted_label": np.array(names)[y_pred],
-        "confidence": probabilities.max(axis=1),
-    })
-    probability_columns = pd.DataFrame(probabilities, columns=[f"prob_{n}" for n in names])
-    pd.concat([predictions, probability_columns], axis=1).to_csv(
+    predictions_frame(data.test.paths, probabilities, data.class_names, data.test.labels).to_csv(
         output_dir / PREDICTIONS_FILE, index=False)
+    metrics = classification_metrics(data.test.labels, probabilities, data.class_names)
+    save_confusion_matrix(metrics["confusion_matrix"], data.class_names,
+                          output_dir / CONFUSION_MATRIX_FILE)
+    return EvaluationResult(metrics=metrics, eval_s=time.perf_counter() - start)
 
-    report = classification_report(y_true, y_pred, labels=labels, target_names=names,
-                                    output_dict=True, zero_division=0)
-    matrix = confusion_matrix(y_true, y_pred, labels=labels)
-    metrics = {"accuracy": float(report["accuracy"])}
+
+def predictions_frame(paths, probabilities: np.ndarray, class_names, labels=None) -> pd.DataFrame:
+    """One row per image: path, (true label,) predicted label, confidence, class probabilities.
+
+    Args:
+        paths: `n` image paths.
+        probabilities: float `(n, n_classes)` softmax outputs.
+        class_names: the `n_classes` names, in label order.
+        labels: int `(n,)` true labels, or `None` when unknown. Defaults to
+            `None`.
+
+    Returns:
+        Columns `path`, `true_label` (only with `labels`), `predicted_label`,
+        `confidence` (top probability), then `prob_<class>` per class.
+    """
+    names = np.array(list(class_names))
+    frame = pd.DataFrame({"path": [str(p) for p in paths]})
+    if labels is not None:
+        frame["true_label"] = names[np.asarray(labels)]
+    frame["predicted_label"] = names[probabilities.argmax(axis=1)]
+    frame["confidence"] = probabilities.max(axis=1)
+    probability_columns = pd.DataFrame(probabilities, columns=[f"prob_{n}" for n in names])
+    return pd.concat([frame, probability_columns], axis=1)
+
+
+def classification_metrics(labels, probabilities: np.ndarray, class_names) -> dict:
+    """Test metrics from scikit-learn's `classification_report` and `confusion_matrix`.
+
+    Every class counts (`labels=range(n)`, `zero_division=0`), even one that is
+    never predicted or absent from `labels`.
+
+    Args:
+        labels: int `(n,)` true labels in `[0, n_classes)`.
+        probabilities: float `(n, n_classes)` softmax outputs.
+        class_names: the `n_classes` names, in label order.
+
+    Returns:
+        `accuracy`, `weighted_precision`, `weighted_recall`, `weighted_f1`,
+        `macro_precision`, `macro_recall`, `macro_f1` (floats in [0, 1]),
+        `per_class` (`{name: {"precision", "recall", "f1", "support"}}`) and
+        `confusion_matrix` (`[[int]]`, rows true, columns predicted).
+    """
+    names = list(class_names)
+    indices = list(range(len(names)))
+    y_pred = probabilities.argmax(axis=1)
+    report = classification_report(labels, y_pred, labels=indices, target_names=names,
+                                   output_dict=True, zero_division=0)
+    metrics = {"accuracy": float(accuracy_score(labels, y_pred))}
     for average in ("weighted", "macro"):
         for key, column in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):
             metrics[f"{average}_{key}"] = float(report[f"{average} avg"][column])
@@ -100,14 +138,28 @@ def evaluate_model(
                "f1": float(report[name]["f1-score"]),
                "support": int(report[name]["support"])}
         for name in names}
-    metrics["confusion_matrix"] = matrix.tolist()
+    metrics["confusion_matrix"] = confusion_matrix(labels, y_pred, labels=indices).tolist()
+    return metrics
 
+
+def save_confusion_matrix(matrix, class_names, path) -> Path:
+    """Draws a confusion matrix with scikit-learn's `ConfusionMatrixDisplay` and saves a PNG.
+
+    Args:
+        matrix: `[[int]]` counts, rows true classes, columns predicted.
+        class_names: axis labels, in label order.
+        path: the PNG file to write.
+
+    Returns:
+        `path` as a `pathlib.Path`.
+    """
+    names = list(class_names)
     side = 3 + 0.5 * len(names)
     figure = Figure(figsize=(side + 1, side))
-    ConfusionMatrixDisplay(matrix, display_labels=names).plot(
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=names).plot(
         ax=figure.subplots(), cmap="Blues", xticks_rotation=45)
-    figure.savefig(output_dir / CONFUSION_MATRIX_FILE, dpi=100, bbox_inches="tight")
-    return EvaluationResult(metrics=metrics, eval_s=time.perf_counter() - start)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    return Path(path)
 
 
 def plot_history(history: dict[str, dict[str, list[float]]], path) -> Path:

@@ -11,6 +11,7 @@ record; nothing is raised for it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -209,7 +210,7 @@ def execute_run(
         started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         params=run.params,
-        model=result.get("model", {}),
+        model={**result.get("model", {}), **_model_file_checksum(files["model"])},
         data=result.get("data", {}),
         metrics=evaluation.get("metrics", {}),
         history=training.get("history", {}),
@@ -224,6 +225,13 @@ def execute_run(
     )
     write_record(record, logs_dir)
     return record
+
+
+def _model_file_checksum(model_path: Path) -> dict[str, str]:
+    if not model_path.is_file():
+        return {}
+    with open(model_path, "rb") as handle:
+        return {"model_file_sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
 
 
 def _read_result(run_dir: Path) -> Optional[dict[str, Any]]:

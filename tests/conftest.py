@@ -1,10 +1,15 @@
 """Shared fixtures: tiny generated image folders, and the optional ../shared folder."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from runner import PROJECT_ROOT
+from runner.records import read_records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 """`../shared` beside the project: real TrashNet photos and ImageNet weights (absent in CI)."""
@@ -33,3 +38,36 @@ def make_image_folder(root: Path, n_per_class: int = 12, classes=("red", "green"
 def tiny_image_dir(tmp_path_factory) -> Path:
     """3 classes x 12 images of 40x30 pixels (read-only by convention)."""
     return make_image_folder(tmp_path_factory.mktemp("tiny_images"))
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory, tiny_image_dir):
+    """A real 3-run sweep through `python runner/sweep.py` (2 complete, 1 fails).
+
+    Returns `(work_dir, completed_process, {base: record}, unreadable_records)`.
+    """
+    work = tmp_path_factory.mktemp("sweep")
+    grid = work / "grid.yaml"
+    grid.write_text(f"""
+notebook: {PROJECT_ROOT / 'notebooks' / 'base_experiment.ipynb'}
+data_dir: {tiny_image_dir}
+fixed:
+  weights: null
+  image_size: 32
+  epochs: 1
+  batch_size: 8
+  dense_units: [16]
+  val_fraction: 0.2
+  test_fraction: 0.25
+grid:
+  - base: [simple_cnn_small]
+    head: [flatten]
+runs:
+  - {{base: mobilenet_v2, base_kwargs: {{alpha: 0.35}}, head: gap, dropout: 0.25}}
+  - {{base: no_such_base, head: gap}}
+metric: weighted_recall
+""", encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "runner" / "sweep.py"), str(grid)],
+                          cwd=work, capture_output=True, text=True, timeout=600)
+    records, unreadable = read_records(work / "logs")
+    return work, proc, {r.params["base"]: r for r in records}, unreadable

@@ -6,46 +6,13 @@ record the failure and go on.
 """
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from runner import PROJECT_ROOT
-from runner.records import COMPLETED, FAILED, read_records
+from runner.records import COMPLETED, FAILED
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, tiny_image_dir):
-    work = tmp_path_factory.mktemp("sweep")
-    grid = work / "grid.yaml"
-    grid.write_text(f"""
-notebook: {PROJECT_ROOT / 'notebooks' / 'base_experiment.ipynb'}
-data_dir: {tiny_image_dir}
-fixed:
-  weights: null
-  image_size: 32
-  epochs: 1
-  batch_size: 8
-  dense_units: [16]
-  val_fraction: 0.2
-  test_fraction: 0.25
-grid:
-  - base: [simple_cnn_small]
-    head: [flatten]
-runs:
-  - {{base: mobilenet_v2, base_kwargs: {{alpha: 0.35}}, head: gap, dropout: 0.25}}
-  - {{base: no_such_base, head: gap}}
-metric: weighted_recall
-""", encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "runner" / "sweep.py"), str(grid)],
-                          cwd=work, capture_output=True, text=True, timeout=600)
-    records, unreadable = read_records(work / "logs")
-    return work, proc, {r.params["base"]: r for r in records}, unreadable
 
 
 def test_sweep_goes_on_after_a_failed_run_and_exits_non_zero(sweep):

@@ -1,0 +1,139 @@
+"""Reload recorded runs without the notebook: predict, evaluate, and refuse what cannot be rebuilt."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runner import PROJECT_ROOT
+from runner.errors import ConfigError
+from runner.predict import RunLoadError, evaluate_run, find_record, load_run
+from runner.predict import main as predict_main
+
+pytestmark = pytest.mark.slow
+
+
+def test_fresh_process_reproduces_the_notebook_predictions(sweep):
+    """A new interpreter that never ran the notebook gets the same probabilities on the test split."""
+    work, _, records, _ = sweep
+    rec = records["mobilenet_v2"]
+    script = textwrap.dedent(f"""
+        import json, sys
+        import pandas as pd
+        from runner.predict import load_run
+        run = load_run({rec.run_id[:17]!r}, logs_dir={str(work / 'logs')!r})
+        saved = pd.read_csv({str(work / 'experiments' / rec.run_id / 'predictions.csv')!r})
+        fresh, skipped = run.predict_paths(saved["path"])
+        cols = [f"prob_{{c}}" for c in run.class_names]
+        diff = float((fresh[cols].to_numpy() - saved[cols].to_numpy()).__abs__().max())
+        print(json.dumps({{"diff": diff, "n": len(fresh), "skipped": skipped,
+                          "same_labels": list(fresh["predicted_label"]) == list(saved["predicted_label"]),
+                          "notebook_imported": "papermill" in sys.modules}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["n"] == sum(rec.data["counts"]["test"].values()) and out["skipped"] == {}
+    assert out["diff"] <= 1e-5 and out["same_labels"]
+    assert not out["notebook_imported"]
+
+
+def test_rebuilt_model_equals_the_saved_model_keras(sweep):
+    from models.build import load_model
+
+    work, _, records, _ = sweep
+    rec = records["simple_cnn_small"]
+    run = load_run(rec.run_id, logs_dir=work / "logs")
+    saved = load_model(work / "experiments" / rec.run_id / "model.keras")
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 45, 37, 3)).astype("float32")
+    rebuilt = run.predict(images)
+    assert rebuilt.shape == (5, 3)
+    np.testing.assert_allclose(rebuilt.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(rebuilt - saved.predict(images, verbose=0)).max() <= 1e-6
+    assert run.class_names == rec.data["class_names"]
+
+
+def test_find_record_by_id_prefix_best_and_path(sweep):
+    work, _, records, _ = sweep
+    logs = work / "logs"
+    rec = records["simple_cnn_small"]
+    assert find_record(rec.run_id, logs).stem == rec.run_id
+    assert find_record(str(logs / f"{rec.run_id}.json"), logs).stem == rec.run_id
+    completed = [r for r in records.values() if r.status == "completed"]
+    best = max(completed, key=lambda r: r.metrics["weighted_recall"])
+    assert find_record("best", logs).stem == best.run_id
+    with pytest.raises(RunLoadError, match="matches 3 runs"):
+        find_record(rec.run_id[:4], logs)
+    with pytest.raises(RunLoadError, match="no record for 'zzz'"):
+        find_record("zzz", logs)
+    with pytest.raises(RunLoadError, match="expected a run id"):
+        find_record("../logs/x", logs)
+
+
+def test_failed_run_and_altered_weights_are_refused(sweep, tmp_path):
+    work, _, records, _ = sweep
+    with pytest.raises(RunLoadError, match="status is 'failed'"):
+        load_run(records["no_such_base"].run_id, logs_dir=work / "logs")
+    rec = records["simple_cnn_small"]
+    (tmp_path / "logs").mkdir()
+    shutil.copytree(work / "experiments" / rec.run_id, tmp_path / "experiments" / rec.run_id)
+    payload = rec.model_dump(mode="json")
+    payload["model"]["model_file_sha256"] = "0" * 64
+    (tmp_path / "logs" / f"{rec.run_id}.json").write_text(json.dumps(payload))
+    with pytest.raises(RunLoadError, match="checksum mismatch"):
+        load_run(rec.run_id, logs_dir=tmp_path / "logs")
+    (tmp_path / "experiments" / rec.run_id / "model.keras").unlink()
+    with pytest.raises(RunLoadError, match="weights file missing"):
+        load_run(rec.run_id, logs_dir=tmp_path / "logs")
+    payload["model"].pop("model_file_sha256")
+    payload["params"]["base"] = "vgg61"
+    shutil.copy(work / "experiments" / rec.run_id / "model.keras", tmp_path / "experiments" / rec.run_id)
+    (tmp_path / "logs" / f"{rec.run_id}.json").write_text(json.dumps(payload))
+    with pytest.raises(RunLoadError, match="cannot rebuild the model from its record: .*vgg61"):
+        load_run(rec.run_id, logs_dir=tmp_path / "logs")
+
+
+def test_cli_predicts_folders_and_skips_unreadable_files(sweep, tiny_image_dir, tmp_path, capsys):
+    work, _, records, _ = sweep
+    folder = tmp_path / "new"
+    shutil.copytree(tiny_image_dir / "red", folder)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    out = tmp_path / "predictions.csv"
+    rc = predict_main([records["simple_cnn_small"].run_id, str(folder), str(tmp_path / "missing.png"),
+                       "--out", str(out), "--logs-dir", str(work / "logs")])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "broken.jpg" in captured.err and "missing.png" in captured.err
+    table = pd.read_csv(out)
+    assert len(table) == 12 and set(table["predicted_label"]) <= {"red", "green", "blue"}
+    assert list(table.columns[:3]) == ["path", "predicted_label", "confidence"]
+    np.testing.assert_allclose(table[["prob_blue", "prob_green", "prob_red"]].sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_evaluate_on_a_labelled_folder(sweep, tiny_image_dir, tmp_path, capsys):
+    work, _, records, _ = sweep
+    rec = records["simple_cnn_small"]
+    run = load_run(rec.run_id, logs_dir=work / "logs")
+    evaluation = evaluate_run(run, tiny_image_dir, name="tiny")
+    assert evaluation["n_images"] == 36
+    assert sum(map(sum, evaluation["metrics"]["confusion_matrix"])) == 36
+    assert 0.0 <= evaluation["metrics"]["weighted_recall"] <= 1.0
+    written = work / "experiments" / rec.run_id / "evaluations"
+    assert json.loads((written / "tiny.json").read_text())["metrics"] == evaluation["metrics"]
+    assert (written / "tiny_confusion_matrix.png").is_file()
+    assert predict_main([rec.run_id, "--evaluate", str(tiny_image_dir), "--name", "cli",
+                         "--logs-dir", str(work / "logs")]) == 0
+    assert "weighted recall" in capsys.readouterr().out and (written / "cli.json").is_file()
+    odd = tmp_path / "odd"
+    (odd / "purple").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"class folders \['purple'\] are not classes"):
+        evaluate_run(run, odd)
+    with pytest.raises(ConfigError, match="--name"):
+        evaluate_run(run, tiny_image_dir, name="../escape")

@@ -11,7 +11,7 @@ This module imports neither TensorFlow nor Keras, so validating a grid is fast.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -108,6 +108,16 @@ class ExperimentSpec(BaseModel):
             fine-tuning phase.
         fine_tune_epochs: epochs of the fine-tuning phase.
         fine_tune_learning_rate: learning rate of the fine-tuning phase.
+        warm_start: start from the trained weights of an earlier run: a run
+            id, a unique prefix of one, or `"best"` (the best completed run
+            by weighted recall when this run starts); `None` for a fresh
+            start. The earlier run must have the same base, base_kwargs,
+            head, dense_units, image_size and classes.
+        warm_start_checkpoint: which weights of that run: `"best"` (its
+            `model.keras`) or an epoch number k >= 1 (its
+            `checkpoints/epoch_<k>.weights.h5`).
+        keep_checkpoints: per-epoch checkpoints kept in
+            `<run>/checkpoints/`: `None` keeps all, k keeps the last k, 0 none.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -147,6 +157,10 @@ class ExperimentSpec(BaseModel):
     fine_tune_layers: int = Field(0, ge=0)
     fine_tune_epochs: int = Field(0, ge=0)
     fine_tune_learning_rate: float = Field(1e-5, gt=0.0)
+    # Warm start and checkpoints
+    warm_start: Optional[str] = None
+    warm_start_checkpoint: Union[Literal["best"], int] = "best"
+    keep_checkpoints: Optional[int] = Field(None, ge=0)
 
     @field_validator("dense_units")
     @classmethod
@@ -168,6 +182,10 @@ class ExperimentSpec(BaseModel):
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1, got "
                 f"{self.val_fraction} + {self.test_fraction}"
+            )
+        if isinstance(self.warm_start_checkpoint, int) and self.warm_start_checkpoint < 1:
+            raise ValueError(
+                f"warm_start_checkpoint: got {self.warm_start_checkpoint}, expected 'best' or an epoch >= 1"
             )
         if self.fine_tune_layers and not self.fine_tune_epochs:
             raise ValueError(

@@ -26,6 +26,33 @@ from .spec import ExperimentSpec
 HEAD, FINE_TUNE = "head", "fine_tune"
 BEST_WEIGHTS_FILE = "best.weights.h5"
 MODEL_FILE = "model.keras"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PATTERN = "epoch_{epoch}.weights.h5"
+"""Per-epoch weights: `<output_dir>/checkpoints/epoch_<k>.weights.h5`, k 1-based across phases."""
+
+
+def checkpoint_path(run_dir, epoch: int) -> Path:
+    """The weights file of epoch `epoch` (1-based, across phases) of a run folder."""
+    return Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_PATTERN.format(epoch=epoch)
+
+
+class _KeepLastCheckpoints(keras.callbacks.Callback):
+    """Deletes per-epoch checkpoints older than the last `keep` epochs."""
+
+    def __init__(self, run_dir: Path, keep: int):
+        super().__init__()
+        self.run_dir, self.keep = run_dir, keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        checkpoint_path(self.run_dir, epoch + 1 - self.keep).unlink(missing_ok=True)
+
+
+def _checkpoint_callbacks(output_dir: Path, keep) -> list[keras.callbacks.Callback]:
+    if keep == 0:
+        return []
+    callbacks = [keras.callbacks.ModelCheckpoint(
+        output_dir / CHECKPOINT_DIR / CHECKPOINT_PATTERN, save_weights_only=True)]
+    return callbacks + ([_KeepLastCheckpoints(output_dir, keep)] if keep else [])
 
 
 @dataclass
@@ -127,6 +154,10 @@ def train_model(
     a constant `spec.fine_tune_learning_rate` and train `spec.fine_tune_epochs`
     more epochs, numbered on from the head phase.
 
+    Every epoch's weights go to `<output_dir>/checkpoints/epoch_<k>.weights.h5`
+    (k 1-based across both phases; the last `spec.keep_checkpoints` kept, all
+    when `None`), so a later run can warm-start from any epoch.
+
     A `ModelCheckpoint` keeps the weights of the lowest `val_loss` of both
     phases in `<output_dir>/best.weights.h5`; they are loaded at the end, the
     file is deleted and the full model is saved to `<output_dir>/model.keras`.
@@ -160,6 +191,7 @@ def train_model(
                 best_path, monitor="val_loss", save_best_only=True, save_weights_only=True,
                 initial_value_threshold=threshold),
             *schedule,
+            *_checkpoint_callbacks(output_dir, spec.keep_checkpoints),
             keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.setdefault(
                 "learning_rate", float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))),
         ]

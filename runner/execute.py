@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from runner import PROJECT_ROOT
+from runner.errors import RunnerError
 from runner.grid import RunSpec
+from runner.lineage import resolve_parent_id
 from runner.records import (
     COMPLETED,
     FAILED,
@@ -167,13 +169,14 @@ def execute_run(
     ipynb_path = run_dir / f"{run_id}.ipynb"
 
     _kernel_environment()
+    params = _resolve_warm_start_ref(run.params, logs_dir)
     error = None
     try:
         with _stderr_to(None if verbose else run_dir / "kernel.log"):
             papermill.execute_notebook(
                 str(notebook),
                 str(ipynb_path),
-                parameters={**run.params, "output_dir": str(run_dir)},
+                parameters={**params, "output_dir": str(run_dir), "logs_dir": str(logs_dir)},
                 kernel_name=KERNEL_NAME,
                 cwd=str(run_dir),
                 progress_bar=False,
@@ -209,7 +212,7 @@ def execute_run(
         status=FAILED if error else COMPLETED,
         started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        params=run.params,
+        params=params,
         model={**result.get("model", {}), **_model_file_checksum(files["model"])},
         data=result.get("data", {}),
         metrics=evaluation.get("metrics", {}),
@@ -222,9 +225,33 @@ def execute_run(
                for key, path in files.items()},
         error=error,
         warnings=warnings,
+        parent_run_id=(result.get("warm_start") or {}).get("parent_run_id"),
+        warm_start=_relative_warm_start(result.get("warm_start"), logs_dir),
     )
     write_record(record, logs_dir)
     return record
+
+
+def _resolve_warm_start_ref(params: dict[str, Any], logs_dir: Path) -> dict[str, Any]:
+    """Replace a `warm_start` of `"best"` or a prefix by the run id it names now.
+
+    Resolved when the run starts, so `best` sees the runs of this sweep that
+    finished before it. An unresolvable value is left as it is: the notebook
+    then fails on it with the full message, and the run is recorded failed.
+    """
+    ref = params.get("warm_start")
+    if ref is None:
+        return params
+    try:
+        return {**params, "warm_start": resolve_parent_id(str(ref), logs_dir)}
+    except RunnerError:
+        return params
+
+
+def _relative_warm_start(warm: Optional[dict[str, Any]], logs_dir: Path) -> dict[str, Any]:
+    if not warm:
+        return {}
+    return {**warm, "weights_path": os.path.relpath(warm["weights_path"], logs_dir)}
 
 
 def _model_file_checksum(model_path: Path) -> dict[str, str]:

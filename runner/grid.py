@@ -33,7 +33,7 @@ from runner.errors import ConfigError
 from runner.records import RANKING_METRICS
 
 DEFAULT_NOTEBOOK = PROJECT_ROOT / "notebooks" / "base_experiment.ipynb"
-RESERVED_PARAMS = ("output_dir",)
+RESERVED_PARAMS = ("output_dir", "logs_dir")
 """Notebook parameters set by the runner, never by a grid."""
 
 PATH_PARAMS = ("data_dir", "weights", "weights_dir")
@@ -104,7 +104,7 @@ class RunSpec:
     Attributes:
         index: position in the expanded sweep (0-based).
         params: every notebook parameter after defaults, JSON-safe, paths
-            absolute; `output_dir` excluded.
+            absolute; the runner's own `RESERVED_PARAMS` excluded.
         config_hash: sha256 hex of `params` (canonical JSON).
         origin: where the run came from, e.g. `grid[1]` or `runs[0]`.
     """
@@ -280,8 +280,8 @@ def expand_runs(
         if run_errors:
             errors += [e for e in run_errors if e not in errors]
             continue
-        params = {**defaults, **merged}
-        params.pop("output_dir", None)
+        params = {name: value for name, value in {**defaults, **merged}.items()
+                  if name not in RESERVED_PARAMS}
         try:
             params = _validate_values(_absolute_paths(params, base_dir))
         except ValidationError as exc:

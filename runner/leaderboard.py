@@ -28,9 +28,11 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import pandas as pd
 
 from runner.errors import ConfigError
-from runner.records import COMPLETED, RANKING_METRICS, RunRecord, read_records, write_text_atomic
+from runner.lineage import render_lineage
+from runner.records import COMPLETED, ENSEMBLE, RANKING_METRICS, RunRecord, read_records, write_text_atomic
 
 SUMMARY_COLUMNS = ("accuracy", "epochs", "train_s")
+LINEAGE_FILE = "lineage.html"
 
 
 def _param_value(value) -> str:
@@ -45,7 +47,8 @@ def records_frame(records: list[RunRecord], logs_dir: Path) -> pd.DataFrame:
         logs_dir: folder of the records (their `paths` are relative to it).
 
     Returns:
-        A DataFrame with columns `run_id`, `status`, every `RANKING_METRICS`
+        A DataFrame with columns `run_id`, `status`, `kind`, `parent_run_id`
+        (`""` for roots), every `RANKING_METRICS`
         key (float, NaN when missing), `epochs` (epochs trained), `train_s`,
         `html_path` (absolute or `None`), `error`, and `param.<name>` (str).
     """
@@ -55,6 +58,8 @@ def records_frame(records: list[RunRecord], logs_dir: Path) -> pd.DataFrame:
         row = {
             "run_id": rec.run_id,
             "status": rec.status,
+            "kind": rec.kind,
+            "parent_run_id": rec.parent_run_id or "",
             **{m: rec.metrics.get(m, float("nan")) for m in RANKING_METRICS},
             "epochs": sum(len(h.get("loss", [])) for h in rec.history.values()),
             "train_s": rec.timings.get("train_s"),
@@ -143,14 +148,19 @@ def render_leaderboard(frame: pd.DataFrame, metric: str, top_n: int, page_dir: P
     ranked = rank_runs(frame, metric)
     shown = ranked.head(top_n)
     params = differing_params(ranked) if len(ranked) > 1 else []
-    headers = ["rank", "run", metric, *[c for c in SUMMARY_COLUMNS if c != metric],
+    html_of = dict(zip(frame["run_id"], frame["html_path"])) if len(frame) else {}
+    headers = ["rank", "run", metric, *[c for c in SUMMARY_COLUMNS if c != metric], "parent",
                *[p.removeprefix("param.") for p in params]]
-    rows = [[str(r["rank"]), _link(r["html_path"], r["run_id"], page_dir), _cell(r[metric]),
-             *[_cell(r[c]) for c in SUMMARY_COLUMNS if c != metric], *[_cell(r[p]) for p in params]]
+    rows = [[str(r["rank"]),
+             _link(r["html_path"], r["run_id"], page_dir) + (" <b>(ensemble)</b>" if r["kind"] == ENSEMBLE else ""),
+             _cell(r[metric]), *[_cell(r[c]) for c in SUMMARY_COLUMNS if c != metric],
+             _link(html_of.get(r["parent_run_id"]), r["parent_run_id"], page_dir),
+             *[_cell(r[p]) for p in params]]
             for _, r in shown.iterrows()]
     parts = [f"<h1>Leaderboard</h1><p>Top {len(shown)} of {len(ranked)} completed runs by "
              f"<b>{html.escape(metric)}</b> (test split). Generated "
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>",
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. "
+             f'Warm starts: <a href="{LINEAGE_FILE}">lineage tree</a>.</p>',
              _table(headers, rows) if rows else "<p>No completed runs yet.</p>"]
     failed = frame[frame["status"] != COMPLETED] if not frame.empty else frame
     if len(failed):
@@ -171,7 +181,8 @@ def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = 
     """Read every record in `logs_dir`; write the leaderboard html and csv.
 
     The html goes to `out_path`, the csv (every completed run ranked, plus
-    parameters) beside it with the suffix `.csv`; both written atomically.
+    parameters) beside it with the suffix `.csv`, and the lineage tree of warm
+    starts to `lineage.html` in the same folder; all written atomically.
 
     Args:
         logs_dir: folder of the JSON records.
@@ -193,6 +204,8 @@ def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = 
     ranked = rank_runs(frame, metric)
     write_text_atomic(out_path, page)
     write_text_atomic(out_path.with_suffix(".csv"), ranked.to_csv(index=False))
+    write_text_atomic(out_path.parent / LINEAGE_FILE,
+                      render_lineage(records, metric, logs_dir, out_path.parent, out_path.name))
     return ranked
 
 

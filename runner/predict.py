@@ -29,57 +29,30 @@ import pandas as pd
 
 from models.spec import ExperimentSpec
 from runner.errors import ConfigError, RunnerError
-from runner.records import COMPLETED, RANKING_METRICS, RunRecord, read_record, read_records, write_json_atomic
+from runner.records import COMPLETED, ENSEMBLE, RunLoadError, RunRecord, find_record, read_record, write_json_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
-class RunLoadError(RunnerError):
-    """A recorded run cannot be rebuilt (unknown run, failed run, missing or altered files)."""
+class _Recorded:
+    """What every loaded run has: its record, where it was read, its classes and folder."""
 
+    record: RunRecord
+    record_path: Path
 
-def find_record(run: str, logs_dir: str | Path = "logs", metric: str = "weighted_recall") -> Path:
-    """The record file that `run` names.
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in the order of the model's outputs."""
+        return list(self.record.data["class_names"])
 
-    Args:
-        run: a record path, a run id, a unique run-id prefix, or `"best"`.
-        logs_dir: folder of the records. Defaults to `"logs"`.
-        metric: what `"best"` ranks by, one of `RANKING_METRICS`. Defaults to
-            `"weighted_recall"`.
-
-    Returns:
-        Path of the record.
-
-    Raises:
-        RunLoadError: no record matches, the prefix is ambiguous, or there is
-            no completed run for `"best"`.
-    """
-    if run.endswith(".json") and Path(run).is_file():
-        return Path(run)
-    logs_dir = Path(logs_dir)
-    if run == "best":
-        if metric not in RANKING_METRICS:
-            raise ConfigError(f"metric: got {metric!r}, expected one of {', '.join(RANKING_METRICS)}")
-        records, _ = read_records(logs_dir)
-        done = [r for r in records if r.status == COMPLETED and metric in r.metrics]
-        if not done:
-            raise RunLoadError(f"best: no completed run with {metric} in {logs_dir}")
-        best = max(done, key=lambda r: r.metrics[metric])  # ties: the earliest run
-        return logs_dir / f"{best.run_id}.json"
-    if "/" in run or "\\" in run or run.startswith("."):
-        raise RunLoadError(f"run: got {run!r}, expected a run id, a unique prefix, 'best' or a record path")
-    matches = sorted(logs_dir.glob(f"{run}*.json"))
-    exact = [p for p in matches if p.stem == run]
-    if exact or len(matches) == 1:
-        return (exact or matches)[0]
-    if not matches:
-        raise RunLoadError(f"run: no record for {run!r} in {logs_dir}")
-    raise RunLoadError(f"run: {run!r} matches {len(matches)} runs ({', '.join(p.stem for p in matches[:5])}"
-                       f"{', ...' if len(matches) > 5 else ''}); give more of the id")
+    @property
+    def run_dir(self) -> Path:
+        """The run's folder (`experiments/<run_id>/`)."""
+        return (self.record_path.parent / self.record.paths["predictions"]).resolve().parent
 
 
 @dataclass
-class LoadedRun:
+class LoadedRun(_Recorded):
     """A trained run, rebuilt from its record.
 
     Attributes:
@@ -95,16 +68,6 @@ class LoadedRun:
     record_path: Path
     model: Any
     spec: ExperimentSpec
-
-    @property
-    def run_dir(self) -> Path:
-        """The run's folder (`experiments/<run_id>/`)."""
-        return (self.record_path.parent / self.record.paths["model"]).resolve().parent
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names in the order of the model's outputs."""
-        return list(self.record.data["class_names"])
 
     def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Class probabilities for a batch of raw images.
@@ -148,6 +111,35 @@ class LoadedRun:
         return predictions_frame(kept, probabilities, self.class_names), skipped
 
 
+@dataclass
+class LoadedEnsemble(_Recorded):
+    """An ensemble record with its loaded members; predicts the mean of their probabilities.
+
+    Attributes:
+        record: the ensemble's record (`kind: ensemble`).
+        record_path: where the record was read from.
+        members: the loaded member runs.
+    """
+
+    record: RunRecord
+    record_path: Path
+    members: list[LoadedRun]
+
+    def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Mean of the members' `LoadedRun.predict` probabilities, float32 `(n, n_classes)`."""
+        return np.mean([m.predict(images, batch_size) for m in self.members], axis=0)
+
+    def predict_paths(self, paths: Iterable[str | Path]) -> tuple[pd.DataFrame, dict[str, str]]:
+        """As `LoadedRun.predict_paths`, with the members' probabilities averaged."""
+        from models.evaluate import predictions_frame
+
+        paths = list(paths)
+        results = [m.predict_paths(paths) for m in self.members]
+        columns = [f"prob_{c}" for c in self.class_names]
+        mean = np.mean([frame[columns].to_numpy() for frame, _ in results], axis=0)
+        return predictions_frame(results[0][0]["path"], mean, self.class_names), results[0][1]
+
+
 def expand_image_paths(paths: Iterable[str | Path]) -> tuple[list[Path], dict[str, str]]:
     """Files as given, folders walked (sorted) for files with an image suffix.
 
@@ -166,7 +158,8 @@ def expand_image_paths(paths: Iterable[str | Path]) -> tuple[list[Path], dict[st
     return files, missing
 
 
-def load_run(run: str | Path, logs_dir: str | Path = "logs", metric: str = "weighted_recall") -> LoadedRun:
+def load_run(run: str | Path, logs_dir: str | Path = "logs",
+             metric: str = "weighted_recall") -> LoadedRun | LoadedEnsemble:
     """Rebuild a recorded run's model from its spec and load its trained weights.
 
     Works in a new Python process: it needs the record and the run's
@@ -178,7 +171,8 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs", metric: str = "weig
         metric: what `"best"` ranks by. Defaults to `"weighted_recall"`.
 
     Returns:
-        The `LoadedRun`.
+        The `LoadedRun`, or a `LoadedEnsemble` for an ensemble record (its
+        members loaded the same way).
 
     Raises:
         RunLoadError: the run is unknown or ambiguous, did not complete, its
@@ -189,6 +183,9 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs", metric: str = "weig
     record = read_record(record_path)
     if record.status != COMPLETED:
         raise RunLoadError(f"run {record.run_id}: status is {record.status!r}, only completed runs can be loaded")
+    if record.kind == ENSEMBLE:
+        members = [load_run(member, record_path.parent) for member in record.members]
+        return LoadedEnsemble(record=record, record_path=record_path, members=members)
     model_rel = record.paths.get("model")
     model_path = (record_path.parent / model_rel).resolve() if model_rel else None
     if model_path is None or not model_path.is_file():

@@ -14,6 +14,7 @@ Both are written atomically (temporary file in the same folder, fsync, then
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
@@ -28,13 +29,17 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from runner import PROJECT_ROOT
-from runner.errors import FatalError
+from runner.errors import FatalError, RunnerError
 
 SCHEMA_VERSION = 1
 
 COMPLETED = "completed"
 FAILED = "failed"
 STATUSES = (COMPLETED, FAILED)
+
+RUN = "run"
+ENSEMBLE = "ensemble"
+KINDS = (RUN, ENSEMBLE)
 
 RESULT_FILE = "result.json"
 
@@ -48,6 +53,10 @@ RANKING_METRICS = (
     "macro_recall",
     "macro_f1",
 )
+
+
+class RunLoadError(RunnerError):
+    """A recorded run cannot be found or rebuilt (unknown id, failed run, missing or altered files)."""
 
 
 class RunRecord(BaseModel):
@@ -75,6 +84,12 @@ class RunRecord(BaseModel):
         paths: the run's files, relative to the folder of the record.
         error: for failed runs: `ename`, `evalue`, `traceback`, `cell_index`.
         warnings: problems that did not fail the run (e.g. html export).
+        kind: `RUN` (a notebook execution) or `ENSEMBLE` (averaged members).
+        parent_run_id: the run this one was warm-started from, or `None`.
+        warm_start: for warm starts: `checkpoint` (`"best"` or an epoch),
+            `weights_path` (relative to the record's folder) and
+            `weights_sha256` of the weights loaded.
+        members: for ensembles: the member run ids.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -96,6 +111,10 @@ class RunRecord(BaseModel):
     paths: dict[str, Optional[str]] = {}
     error: Optional[dict[str, Any]] = None
     warnings: list[str] = []
+    kind: str = RUN
+    parent_run_id: Optional[str] = None
+    warm_start: dict[str, Any] = {}
+    members: list[str] = []
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -223,6 +242,49 @@ def read_records(logs_dir: str | os.PathLike) -> tuple[list[RunRecord], dict[str
         except (OSError, ValueError) as exc:
             unreadable[path.name] = str(exc)
     return records, unreadable
+
+
+def find_record(run: str, logs_dir: str | Path = "logs", metric: str = "weighted_recall",
+                kinds: tuple[str, ...] = KINDS) -> Path:
+    """The record file that `run` names.
+
+    Args:
+        run: a record path, a run id, a unique run-id prefix, or `"best"`.
+        logs_dir: folder of the records. Defaults to `"logs"`.
+        metric: what `"best"` ranks by, one of `RANKING_METRICS`. Defaults to
+            `"weighted_recall"`.
+        kinds: record kinds `"best"` chooses from. Defaults to all (`KINDS`).
+
+    Returns:
+        Path of the record.
+
+    Raises:
+        RunLoadError: no record matches, the prefix is ambiguous, or there is
+            no completed run for `"best"`.
+        ValueError: `metric` is not one of `RANKING_METRICS`.
+    """
+    if run.endswith(".json") and Path(run).is_file():
+        return Path(run)
+    logs_dir = Path(logs_dir)
+    if run == "best":
+        if metric not in RANKING_METRICS:
+            raise ValueError(f"metric: got {metric!r}, expected one of {', '.join(RANKING_METRICS)}")
+        records, _ = read_records(logs_dir)
+        done = [r for r in records if r.status == COMPLETED and r.kind in kinds and metric in r.metrics]
+        if not done:
+            raise RunLoadError(f"best: no completed run with {metric} in {logs_dir}")
+        best = max(done, key=lambda r: r.metrics[metric])  # ties: the earliest run
+        return logs_dir / f"{best.run_id}.json"
+    if "/" in run or "\\" in run or run.startswith("."):
+        raise RunLoadError(f"run: got {run!r}, expected a run id, a unique prefix, 'best' or a record path")
+    matches = sorted(logs_dir.glob(f"{glob.escape(run)}*.json"))
+    exact = [p for p in matches if p.stem == run]
+    if exact or len(matches) == 1:
+        return (exact or matches)[0]
+    if not matches:
+        raise RunLoadError(f"run: no record for {run!r} in {logs_dir}")
+    raise RunLoadError(f"run: {run!r} matches {len(matches)} runs ({', '.join(p.stem for p in matches[:5])}"
+                       f"{', ...' if len(matches) > 5 else ''}); give more of the id")
 
 
 def _package_version(name: str) -> Optional[str]:

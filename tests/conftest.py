@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from runner import PROJECT_ROOT
-from runner.records import read_records
+from runner.records import COMPLETED, FAILED, RunRecord, read_records
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 """`../shared` beside the project: real TrashNet photos and ImageNet weights (absent in CI)."""
@@ -71,3 +71,28 @@ metric: weighted_recall
                           cwd=work, capture_output=True, text=True, timeout=600)
     records, unreadable = read_records(work / "logs")
     return work, proc, {r.params["base"]: r for r in records}, unreadable
+
+
+def _make_record(run_id: str, recall: float | None, **params) -> RunRecord:
+    """A synthetic record: completed with `recall` as weighted recall, or failed when `None`."""
+    metrics = {} if recall is None else {
+        "accuracy": recall - 0.01, "weighted_recall": recall, "weighted_precision": 0.5,
+        "weighted_f1": 0.5, "macro_precision": 0.5, "macro_recall": 0.5, "macro_f1": 0.5,
+        "confusion_matrix": [[3, 1], [0, 4]],
+    }
+    return RunRecord(
+        run_id=run_id, config_hash="ab" * 32, status=COMPLETED if recall is not None else FAILED,
+        started_at="2026-11-21T12:00:00+00:00", finished_at="2026-11-21T12:01:00+00:00",
+        params={"head": "gap", "dropout": 0.5, "dense_units": [256], **params},
+        metrics=metrics, history={"head": {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}},
+        best_epoch=2, timings={"train_s": 12.5, "eval_s": 1.0, "total_s": 20.0},
+        paths={"html": f"../experiments/{run_id}/{run_id}.html"},
+        error=None if recall is not None else {"ename": "ValueError", "evalue": "bad <base>",
+                                                "traceback": "...", "cell_index": 3},
+    )
+
+
+@pytest.fixture
+def make_record():
+    """The `_make_record` factory of synthetic run records."""
+    return _make_record

@@ -9,28 +9,10 @@ import pytest
 from runner.errors import ConfigError, FatalError
 from runner.leaderboard import main as leaderboard_main
 from runner.leaderboard import rank_runs, records_frame, write_leaderboard
-from runner.records import COMPLETED, FAILED, RunRecord, read_record, read_records, write_record
+from runner.records import read_record, read_records, write_record
 
 
-def make_record(run_id: str, recall: float | None, **params) -> RunRecord:
-    metrics = {} if recall is None else {
-        "accuracy": recall - 0.01, "weighted_recall": recall, "weighted_precision": 0.5,
-        "weighted_f1": 0.5, "macro_precision": 0.5, "macro_recall": 0.5, "macro_f1": 0.5,
-        "confusion_matrix": [[3, 1], [0, 4]],
-    }
-    return RunRecord(
-        run_id=run_id, config_hash="ab" * 32, status=COMPLETED if recall is not None else FAILED,
-        started_at="2026-11-21T12:00:00+00:00", finished_at="2026-11-21T12:01:00+00:00",
-        params={"head": "gap", "dropout": 0.5, "dense_units": [256], **params},
-        metrics=metrics, history={"head": {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}},
-        best_epoch=2, timings={"train_s": 12.5, "eval_s": 1.0, "total_s": 20.0},
-        paths={"html": f"../experiments/{run_id}/{run_id}.html"},
-        error=None if recall is not None else {"ename": "ValueError", "evalue": "bad <base>",
-                                                "traceback": "...", "cell_index": 3},
-    )
-
-
-def test_record_round_trip(tmp_path):
+def test_record_round_trip(tmp_path, make_record):
     record = make_record("20261121-120000-aaaaaaaa", 0.8)
     path = write_record(record, tmp_path / "logs")
     assert path == tmp_path / "logs" / "20261121-120000-aaaaaaaa.json"
@@ -39,7 +21,7 @@ def test_record_round_trip(tmp_path):
     assert [p.name for p in (tmp_path / "logs").iterdir()] == [path.name]  # no temp file left
 
 
-def test_unknown_schema_version_and_broken_json_are_reported_not_raised(tmp_path):
+def test_unknown_schema_version_and_broken_json_are_reported_not_raised(tmp_path, make_record):
     write_record(make_record("20261121-120000-aaaaaaaa", 0.8), tmp_path)
     (tmp_path / "20261121-130000-bbbbbbbb.json").write_text("{not json")
     payload = make_record("20261121-140000-cccccccc", 0.7).model_dump(mode="json") | {"schema_version": 99}
@@ -51,7 +33,7 @@ def test_unknown_schema_version_and_broken_json_are_reported_not_raised(tmp_path
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
-def test_unwritable_logs_dir_is_fatal_and_leaves_existing_records(tmp_path):
+def test_unwritable_logs_dir_is_fatal_and_leaves_existing_records(tmp_path, make_record):
     old = write_record(make_record("20261121-120000-aaaaaaaa", 0.8), tmp_path)
     before = old.read_bytes()
     tmp_path.chmod(0o500)
@@ -63,7 +45,7 @@ def test_unwritable_logs_dir_is_fatal_and_leaves_existing_records(tmp_path):
     assert old.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
 
 
-def test_failed_write_is_fatal_and_leaves_no_partial_file(tmp_path):
+def test_failed_write_is_fatal_and_leaves_no_partial_file(tmp_path, make_record):
     old = write_record(make_record("20261121-110000-oooooooo", 0.6), tmp_path)
     (tmp_path / "20261121-120000-aaaaaaaa.json").mkdir()  # the rename onto it fails
     with pytest.raises(FatalError, match="cannot write run record .*20261121-120000-aaaaaaaa.json"):
@@ -74,7 +56,7 @@ def test_failed_write_is_fatal_and_leaves_no_partial_file(tmp_path):
         write_record(make_record("20261121-120000-aaaaaaaa", 0.8), old)
 
 
-def test_ranking_orders_completed_runs_by_metric_and_keeps_ties_stable(tmp_path):
+def test_ranking_orders_completed_runs_by_metric_and_keeps_ties_stable(tmp_path, make_record):
     records = [make_record("20261121-120000-aaaaaaaa", 0.70), make_record("20261121-120100-bbbbbbbb", 0.90),
                make_record("20261121-120200-cccccccc", None), make_record("20261121-120300-dddddddd", 0.70)]
     ranked = rank_runs(records_frame(records, tmp_path), "weighted_recall")
@@ -87,7 +69,7 @@ def test_ranking_orders_completed_runs_by_metric_and_keeps_ties_stable(tmp_path)
         rank_runs(records_frame(records, tmp_path), "recall")
 
 
-def test_leaderboard_html_and_csv(tmp_path):
+def test_leaderboard_html_and_csv(tmp_path, make_record):
     logs = tmp_path / "logs"
     for rec in [make_record("20261121-120000-aaaaaaaa", 0.70, dropout=0.2),
                 make_record("20261121-120100-bbbbbbbb", 0.90, dropout="<script>alert('x')</script>"),
@@ -113,7 +95,7 @@ def test_leaderboard_html_and_csv(tmp_path):
     assert csv[1].startswith("20261121-120100-bbbbbbbb")
 
 
-def test_leaderboard_cli(tmp_path, capsys):
+def test_leaderboard_cli(tmp_path, capsys, make_record):
     write_record(make_record("20261121-120000-aaaaaaaa", 0.75), tmp_path / "logs")
     out = tmp_path / "board.html"
     assert leaderboard_main(["--logs-dir", str(tmp_path / "logs"), "--out", str(out)]) == 0
@@ -122,7 +104,7 @@ def test_leaderboard_cli(tmp_path, capsys):
     assert leaderboard_main(["--logs-dir", str(tmp_path / "logs"), "--metric", "nope"]) == 2
 
 
-def test_empty_logs_dir_gives_an_empty_board(tmp_path):
+def test_empty_logs_dir_gives_an_empty_board(tmp_path, make_record):
     ranked = write_leaderboard(tmp_path / "none", tmp_path / "leaderboard.html")
     assert len(ranked) == 0
     assert "No completed runs yet" in (tmp_path / "leaderboard.html").read_text()

@@ -110,9 +110,10 @@ class ExperimentSpec(BaseModel):
         fine_tune_learning_rate: learning rate of the fine-tuning phase.
         warm_start: start from the trained weights of an earlier run: a run
             id, a unique prefix of one, or `"best"` (the best completed run
-            by weighted recall when this run starts); `None` for a fresh
-            start. The earlier run must have the same base, base_kwargs,
-            head, dense_units, image_size and classes.
+            by weighted recall, when this run starts, among runs with the
+            same base, base_kwargs, head, dense_units and image_size); `None`
+            for a fresh start. The earlier run must have the same base,
+            base_kwargs, head, dense_units, image_size and classes.
         warm_start_checkpoint: which weights of that run: `"best"` (its
             `model.keras`) or an epoch number k >= 1 (its
             `checkpoints/epoch_<k>.weights.h5`).

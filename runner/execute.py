@@ -243,7 +243,7 @@ def _resolve_warm_start_ref(params: dict[str, Any], logs_dir: Path) -> dict[str,
     if ref is None:
         return params
     try:
-        return {**params, "warm_start": resolve_parent_id(str(ref), logs_dir)}
+        return {**params, "warm_start": resolve_parent_id(params, logs_dir)}
     except RunnerError:
         return params
 

@@ -48,12 +48,18 @@ class WarmStart:
         return asdict(self)
 
 
-def resolve_parent_id(ref: str, logs_dir: str | Path) -> str:
-    """The run id that a `warm_start` value names, now.
+def _same_architecture(params: Mapping[str, Any]):
+    return lambda rec: all(rec.params.get(k) == params.get(k) for k in ARCHITECTURE_PARAMS)
+
+
+def resolve_parent_id(params: Mapping[str, Any], logs_dir: str | Path) -> str:
+    """The run id that `params["warm_start"]` names, now.
 
     Args:
-        ref: a run id, a unique run-id prefix, or `"best"` (the best
-            completed notebook run by weighted recall, ensembles excluded).
+        params: the run's parameters; `warm_start` is a run id, a unique
+            run-id prefix, or `"best"`: the best completed notebook run by
+            weighted recall among those with the same `ARCHITECTURE_PARAMS`
+            (so its weights fit), ensembles excluded.
         logs_dir: folder of the records.
 
     Returns:
@@ -62,7 +68,7 @@ def resolve_parent_id(ref: str, logs_dir: str | Path) -> str:
     Raises:
         RunLoadError: no run, or more than one, matches.
     """
-    return find_record(ref, logs_dir, kinds=(RUN,)).stem
+    return find_record(str(params["warm_start"]), logs_dir, kinds=(RUN,), accept=_same_architecture(params)).stem
 
 
 def resolve_warm_start(params: Mapping[str, Any], class_names: Optional[Sequence[str]],
@@ -71,7 +77,8 @@ def resolve_warm_start(params: Mapping[str, Any], class_names: Optional[Sequence
 
     Args:
         params: the run's parameters (`warm_start`, `warm_start_checkpoint`,
-            and the `ARCHITECTURE_PARAMS`), e.g. `spec.model_dump()`.
+            and the `ARCHITECTURE_PARAMS`), e.g. `spec.model_dump()`;
+            `warm_start` as for `resolve_parent_id`.
         class_names: the run's classes, compared with the parent's; `None`
             skips that check. Defaults to nothing: required.
         logs_dir: folder of the records.
@@ -87,7 +94,7 @@ def resolve_warm_start(params: Mapping[str, Any], class_names: Optional[Sequence
     if ref is None:
         return None
     try:
-        record_path = find_record(str(ref), logs_dir, kinds=(RUN,))
+        record_path = find_record(str(ref), logs_dir, kinds=(RUN,), accept=_same_architecture(params))
         parent = read_record(record_path)
     except (RunLoadError, OSError, ValueError) as exc:
         raise ConfigError(f"warm_start: got {ref!r}: {exc}") from exc

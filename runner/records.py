@@ -24,7 +24,7 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -245,7 +245,7 @@ def read_records(logs_dir: str | os.PathLike) -> tuple[list[RunRecord], dict[str
 
 
 def find_record(run: str, logs_dir: str | Path = "logs", metric: str = "weighted_recall",
-                kinds: tuple[str, ...] = KINDS) -> Path:
+                kinds: tuple[str, ...] = KINDS, accept: Optional[Callable[[RunRecord], bool]] = None) -> Path:
     """The record file that `run` names.
 
     Args:
@@ -254,6 +254,8 @@ def find_record(run: str, logs_dir: str | Path = "logs", metric: str = "weighted
         metric: what `"best"` ranks by, one of `RANKING_METRICS`. Defaults to
             `"weighted_recall"`.
         kinds: record kinds `"best"` chooses from. Defaults to all (`KINDS`).
+        accept: further filter of the records `"best"` chooses from. Defaults
+            to `None` (all).
 
     Returns:
         Path of the record.
@@ -270,9 +272,10 @@ def find_record(run: str, logs_dir: str | Path = "logs", metric: str = "weighted
         if metric not in RANKING_METRICS:
             raise ValueError(f"metric: got {metric!r}, expected one of {', '.join(RANKING_METRICS)}")
         records, _ = read_records(logs_dir)
-        done = [r for r in records if r.status == COMPLETED and r.kind in kinds and metric in r.metrics]
+        done = [r for r in records if r.status == COMPLETED and r.kind in kinds and metric in r.metrics
+                and (accept is None or accept(r))]
         if not done:
-            raise RunLoadError(f"best: no completed run with {metric} in {logs_dir}")
+            raise RunLoadError(f"best: no completed{' matching' if accept else ''} run with {metric} in {logs_dir}")
         best = max(done, key=lambda r: r.metrics[metric])  # ties: the earliest run
         return logs_dir / f"{best.run_id}.json"
     if "/" in run or "\\" in run or run.startswith("."):

@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import pandas as pd
 from tqdm import tqdm
 
+from models.spec import ExperimentSpec
 from runner.errors import ConfigError, FatalError
 from runner.execute import execute_run
 from runner.grid import GridSpec, RunSpec, expand_runs, load_grid
@@ -100,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python runner/sweep.py",
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.fill("grid file keys: " + ", ".join(GridSpec.model_fields), 79) + "\n\n"
+        + textwrap.fill("notebook parameters (in fixed, grid, runs): " + ", ".join(ExperimentSpec.model_fields), 79)
+        + "\n\nEvery key and parameter is described in README.md (\"grid.yaml reference\").",
     )
     parser.add_argument("grid", type=Path, help="the grid file (YAML), e.g. grid.yaml; see README")
     parser.add_argument("--dry-run", action="store_true", help="print the expanded runs as a table and exit")

@@ -31,6 +31,17 @@ def test_notebook_parameters_match_defaults():
     assert "output_dir" in params
 
 
+def test_notebook_parameters_cell_and_spec_agree():
+    """The parameters cell has exactly the spec's fields (plus the runner's own), with its defaults."""
+    from models.spec import ExperimentSpec
+    from runner.grid import RESERVED_PARAMS
+
+    params = notebook_parameters(DEFAULT_NOTEBOOK)
+    assert set(params) == set(ExperimentSpec.model_fields) | set(RESERVED_PARAMS)
+    defaults = ExperimentSpec().model_dump(mode="json")
+    assert {k: params[k] for k in defaults} == defaults
+
+
 def test_expansion_is_sorted_cartesian_product_like_parameter_grid(tmp_path):
     runs, notes = expand(tmp_path, """
 fixed: {weights: null, epochs: 2}

@@ -34,6 +34,7 @@ from runner.errors import ConfigError, FatalError
 from runner.execute import execute_run
 from runner.grid import GridSpec, RunSpec, expand_runs, load_grid
 from runner.leaderboard import write_leaderboard
+from runner.preflight import check_runs
 from runner.records import COMPLETED, RunRecord
 
 
@@ -124,6 +125,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         spec = load_grid(args.grid)
         runs, notes = expand_runs(spec, args.grid, overrides=overrides)
+        notes += check_runs(spec, runs, args.grid)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,12 +15,15 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
+
+from jupyter_client.manager import AsyncKernelManager
 
 from runner import PROJECT_ROOT
 from runner.errors import RunnerError
@@ -29,6 +32,8 @@ from runner.lineage import resolve_parent_id
 from runner.records import (
     COMPLETED,
     FAILED,
+    INTERRUPTED,
+    TIMEOUT,
     RESULT_FILE,
     RunRecord,
     collect_environment,
@@ -89,7 +94,52 @@ def _stderr_to(path: Optional[Path]):
         os.close(saved)
 
 
+class _RunTimeout(BaseException):
+    """Raised by SIGALRM when a run exceeds its wall-clock limit.
+
+    A `BaseException`, like `KeyboardInterrupt`, so no `except Exception` in
+    papermill or nbclient swallows it on its way out.
+    """
+
+
+@contextlib.contextmanager
+def _alarm(seconds: Optional[float]):
+    """Raise `_RunTimeout` in the main thread after `seconds` (no limit when `None`)."""
+    if not seconds:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _RunTimeout(f"the run exceeded --timeout {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _shutdown(kernel) -> None:
+    """Stop the run's kernel if it is still there (after a timeout, an interrupt, an error)."""
+    from jupyter_core.utils import run_sync
+
+    try:
+        if kernel.has_kernel:
+            run_sync(kernel.shutdown_kernel)(now=True)
+    except Exception:  # already gone: nothing to stop
+        pass
+
+
+def _status_of(exc: Exception) -> str:
+    from nbclient.exceptions import CellTimeoutError
+
+    return TIMEOUT if isinstance(exc, CellTimeoutError) else FAILED
+
+
 def _error_from(exc: BaseException) -> dict[str, Any]:
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
@@ -101,7 +151,7 @@ def _error_from(exc: BaseException) -> dict[str, Any]:
         }
     return {
         "ename": type(exc).__name__,
-        "evalue": str(exc),
+        "evalue": f"kernel died: {exc}" if isinstance(exc, DeadKernelError) else str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
         "cell_index": None,
     }
@@ -136,6 +186,8 @@ def execute_run(
     *,
     verbose: bool = False,
     start_timeout_s: float = 120,
+    timeout_s: Optional[float] = None,
+    cell_timeout_s: Optional[float] = None,
 ) -> RunRecord:
     """Execute one run of the notebook and record it.
 
@@ -151,11 +203,20 @@ def execute_run(
             `False`.
         start_timeout_s: seconds to wait for the kernel to start. Defaults
             to `120`.
+        timeout_s: wall-clock limit of the whole run in seconds (SIGALRM,
+            main thread only), or `None`. Defaults to `None`.
+        cell_timeout_s: limit of each cell in seconds (papermill's
+            `execution_timeout`), or `None`. Defaults to `None`.
 
     Returns:
-        The written record; `status` is `COMPLETED` or `FAILED` (with `error`).
+        The written record: `COMPLETED`, `FAILED` (the notebook raised,
+        e.g. MemoryError, or the kernel died) or `TIMEOUT`, with `error`
+        unless completed. The kernel is shut down in every case; the partly
+        executed notebook and its html are kept.
 
     Raises:
+        KeyboardInterrupt: Ctrl-C or SIGTERM (see `runner.sweep`) during the
+            run, re-raised after the run is recorded as `INTERRUPTED`.
         FatalError: the record cannot be written.
     """
     import papermill
@@ -170,9 +231,10 @@ def execute_run(
 
     _kernel_environment()
     params = _resolve_warm_start_ref(run.params, logs_dir)
-    error = None
+    error, status, interrupted = None, COMPLETED, False
+    kernel = AsyncKernelManager(kernel_name=KERNEL_NAME)  # ours, so we can always shut it down
     try:
-        with _stderr_to(None if verbose else run_dir / "kernel.log"):
+        with _stderr_to(None if verbose else run_dir / "kernel.log"), _alarm(timeout_s):
             papermill.execute_notebook(
                 str(notebook),
                 str(ipynb_path),
@@ -182,9 +244,19 @@ def execute_run(
                 progress_bar=False,
                 log_output=verbose,
                 start_timeout=start_timeout_s,
+                execution_timeout=cell_timeout_s,
+                km=kernel,
             )
+    except KeyboardInterrupt:
+        status, interrupted = INTERRUPTED, True
+        error = {"ename": "KeyboardInterrupt", "evalue": "the sweep was interrupted (Ctrl-C or SIGTERM)",
+                 "traceback": "", "cell_index": None}
+    except _RunTimeout as exc:
+        status, error = TIMEOUT, {"ename": "Timeout", "evalue": str(exc), "traceback": "", "cell_index": None}
     except Exception as exc:  # a failed run is recorded, never raised
-        error = _error_from(exc)
+        status, error = _status_of(exc), _error_from(exc)
+    finally:
+        _shutdown(kernel)
 
     warnings, html_path = [], None
     if ipynb_path.exists():
@@ -195,7 +267,7 @@ def execute_run(
 
     result = _read_result(run_dir)
     if error is None and result is None:
-        error = {"ename": "MissingResult", "evalue": f"the notebook finished without writing {RESULT_FILE}",
+        status, error = FAILED, {"ename": "MissingResult", "evalue": f"the notebook finished without writing {RESULT_FILE}",
                  "traceback": "", "cell_index": None}
 
     result = result or {}
@@ -209,7 +281,7 @@ def execute_run(
     record = RunRecord(
         run_id=run_id,
         config_hash=run.config_hash,
-        status=FAILED if error else COMPLETED,
+        status=status,
         started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         params=params,
@@ -229,6 +301,8 @@ def execute_run(
         warm_start=_relative_warm_start(result.get("warm_start"), logs_dir),
     )
     write_record(record, logs_dir)
+    if interrupted:
+        raise KeyboardInterrupt(f"run {run_id} interrupted")
     return record
 
 

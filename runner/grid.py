@@ -18,6 +18,7 @@ import ast
 import difflib
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,9 @@ class RunSpec:
         index: position in the expanded sweep (0-based).
         params: every notebook parameter after defaults, JSON-safe, paths
             absolute; the runner's own `RESERVED_PARAMS` excluded.
-        config_hash: sha256 hex of `params` (canonical JSON).
+        config_hash: sha256 hex of everything that changes the run's result:
+            `params`, the notebook's code, the data manifest, the weights
+            file and the project's code (see `Fingerprinter`).
         origin: where the run came from, e.g. `grid[1]` or `runs[0]`.
     """
 
@@ -119,6 +122,67 @@ def hash_params(params: dict[str, Any]) -> str:
     """sha256 hex digest of `params` as canonical JSON (sorted keys, no spaces)."""
     text = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _tree_listing(folder: Path) -> str:
+    """sha256 of (relative path, size, mtime in ns) of every file below `folder`, sorted."""
+    if not folder.is_dir():
+        return f"missing:{folder}"
+    entries = sorted((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns)
+                     for p in folder.rglob("*") if p.is_file() and (st := p.stat()))
+    return hash_params(entries)
+
+
+class Fingerprinter:
+    """What besides its parameters decides a run's result, hashed for `RunSpec.config_hash`.
+
+    Re-running a grid skips runs whose completed record has the same
+    `config_hash`, so it must change whenever the result could: the notebook's
+    code cells, the project's `models/` and `runner/` sources, the data
+    manifest (every file's relative path, size and modification time: a
+    stat per file, no reading), and the weights (sha256 of a weights file;
+    for `imagenet`, the listing of the offline weights folder if one is
+    set). Each distinct folder or file is hashed once per instance.
+
+    Args:
+        notebook: the notebook the runs execute.
+    """
+
+    def __init__(self, notebook: Path):
+        import nbformat
+
+        cells = nbformat.read(str(notebook), as_version=4).cells
+        self._notebook = hash_params([c.source for c in cells if c.cell_type == "code"])
+        sources = sorted(p for pkg in ("models", "runner") for p in (PROJECT_ROOT / pkg).glob("*.py"))
+        self._code = hash_params([(p.relative_to(PROJECT_ROOT).as_posix(), _sha256_file(p)) for p in sources])
+        self._cache: dict[tuple[str, str], str] = {}
+
+    def _cached(self, kind: str, key: str, compute) -> str:
+        if (kind, key) not in self._cache:
+            self._cache[kind, key] = compute()
+        return self._cache[kind, key]
+
+    def __call__(self, params: dict[str, Any]) -> dict[str, str]:
+        """The fingerprint parts of one run's `params` (absolute paths)."""
+        data_dir = params.get("data_dir")
+        if not isinstance(data_dir, str) or data_dir.startswith("builtin:"):
+            data = str(data_dir)
+        else:
+            data = self._cached("data", data_dir, lambda: _tree_listing(Path(data_dir)))
+        weights = params.get("weights")
+        if weights == "imagenet":
+            folder = params.get("weights_dir") or os.environ.get("NBSWEEP_WEIGHTS_DIR")
+            weights_part = "imagenet" + (f":{self._cached('dir', folder, lambda: _tree_listing(Path(folder)))}" if folder else "")
+        elif weights:
+            weights_part = self._cached("file", weights, lambda: _sha256_file(Path(weights)) if Path(weights).is_file() else f"missing:{weights}")
+        else:
+            weights_part = "random"
+        return {"notebook": self._notebook, "code": self._code, "data": data, "weights": weights_part}
 
 
 def load_grid(path: str | Path) -> GridSpec:
@@ -262,6 +326,7 @@ def expand_runs(
     grid_path = Path(grid_path)
     base_dir = Path.cwd() if base_dir is None else base_dir
     defaults = notebook_parameters(spec.notebook)
+    fingerprint = Fingerprinter(spec.notebook)
     allowed = sorted(name for name in defaults if name not in RESERVED_PARAMS)
     shared = dict(spec.fixed)
     if spec.data_dir is not None:
@@ -293,7 +358,7 @@ def expand_runs(
                 if line not in errors:
                     errors.append(line)
             continue
-        digest = hash_params(params)
+        digest = hash_params({"params": params, **fingerprint(params)})
         if digest in seen:
             notes.append(f"{origin} duplicates {seen[digest]} after expansion: run once")
             continue

@@ -35,7 +35,12 @@ SCHEMA_VERSION = 1
 
 COMPLETED = "completed"
 FAILED = "failed"
-STATUSES = (COMPLETED, FAILED)
+INTERRUPTED = "interrupted"
+TIMEOUT = "timeout"
+STATUSES = (COMPLETED, FAILED, INTERRUPTED, TIMEOUT)
+"""Statuses a record can have."""
+SKIPPED = "skipped"
+"""A run not executed because a completed record with its `config_hash` exists (never recorded)."""
 
 RUN = "run"
 ENSEMBLE = "ensemble"
@@ -66,7 +71,9 @@ class RunRecord(BaseModel):
         schema_version: version of this layout (`SCHEMA_VERSION`).
         run_id: `YYYYmmdd-HHMMSS-<first 8 hex of config_hash>`, UTC start time.
         config_hash: sha256 hex of the run's parameters (after defaults).
-        status: `COMPLETED` or `FAILED`.
+        status: one of `STATUSES`: `COMPLETED`, `FAILED` (the notebook
+            raised or the kernel died), `INTERRUPTED` (Ctrl-C / SIGTERM) or
+            `TIMEOUT` (`--timeout` or `--cell-timeout` exceeded).
         started_at: ISO 8601 UTC start time.
         finished_at: ISO 8601 UTC end time.
         params: every notebook parameter of the run, after defaults.

@@ -1,7 +1,8 @@
 """Run a sweep: expand a grid file into papermill runs of one notebook.
 
-    python runner/sweep.py grid.yaml [--dry-run] [--verbose]
+    python runner/sweep.py grid.yaml [--dry-run] [--verbose] [--force | --retry-failed]
                                      [--data-dir DIR] [--weights-dir DIR]
+                                     [--timeout S] [--cell-timeout S] [--max-runs N --yes]
 
 Every configuration of the grid is validated against the notebook's
 parameters before anything runs. Each run is executed with papermill into
@@ -9,17 +10,26 @@ parameters before anything runs. Each run is executed with papermill into
 recorded in `logs/<run_id>.json`; a failed run is recorded as failed and the
 sweep goes on. At the end `leaderboard.html` ranks every recorded run.
 
-Exit codes: 0 every run completed; 1 at least one run failed; 2 invalid grid
-file or option (nothing ran).
+A run whose completed record has the same config_hash (parameters, notebook
+code, data manifest, weights, project code) is skipped, so re-running the
+same command after an interruption continues where it stopped.
+
+Exit codes: 0 every run completed (or was skipped); 1 at least one run failed
+or timed out; 2 invalid grid file or option, or another sweep holds the logs
+folder (nothing ran); 130 interrupted (Ctrl-C / SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import logging
 import os
+import signal
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +45,7 @@ from runner.execute import execute_run
 from runner.grid import GridSpec, RunSpec, expand_runs, load_grid
 from runner.leaderboard import write_leaderboard
 from runner.preflight import check_runs
-from runner.records import COMPLETED, RunRecord
+from runner.records import COMPLETED, INTERRUPTED, RUN, SKIPPED, STATUSES, read_records
 
 
 def runs_table(runs: list[RunSpec]) -> pd.DataFrame:
@@ -56,45 +66,135 @@ def runs_table(runs: list[RunSpec]) -> pd.DataFrame:
     return pd.concat([meta, params[varying]], axis=1)
 
 
-def run_sweep(spec: GridSpec, runs: list[RunSpec], *, verbose: bool = False) -> list[RunRecord]:
-    """Execute `runs` one after another, then write the leaderboard.
+@dataclass
+class SweepOptions:
+    """How `run_sweep` treats runs.
+
+    Attributes:
+        verbose: stream each notebook's cell output.
+        force: re-run runs that already have a completed record.
+        retry_failed: run only the runs whose latest record is failed,
+            interrupted or timed out.
+        timeout_s: wall-clock limit per run, seconds, or `None`.
+        cell_timeout_s: limit per notebook cell, seconds, or `None`.
+    """
+
+    verbose: bool = False
+    force: bool = False
+    retry_failed: bool = False
+    timeout_s: Optional[float] = None
+    cell_timeout_s: Optional[float] = None
+
+
+def plan_runs(runs: list[RunSpec], logs_dir: Path, options: SweepOptions) -> list[tuple[RunSpec, Optional[str]]]:
+    """Decide for every run whether to execute it: `(run, None)` or `(run, reason to skip)`.
+
+    By default a run whose `config_hash` has a completed record is skipped;
+    `force` runs everything; `retry_failed` runs only those whose latest
+    record (by run id) is failed, interrupted or timed out.
+    """
+    records, _ = read_records(logs_dir)
+    latest = {rec.config_hash: rec for rec in records if rec.kind == RUN}  # run ids sort by time
+    done = {rec.config_hash: rec.run_id for rec in records if rec.kind == RUN and rec.status == COMPLETED}
+    plan = []
+    for run in runs:
+        if options.force:
+            plan.append((run, None))
+        elif run.config_hash in done:
+            plan.append((run, f"completed as {done[run.config_hash]}"))
+        elif options.retry_failed and run.config_hash not in latest:
+            plan.append((run, "never run (--retry-failed only re-runs failed runs)"))
+        else:
+            plan.append((run, None))
+    return plan
+
+
+def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOptions] = None) -> dict[str, list]:
+    """Execute the runs one after another, skipping those already done; then write the leaderboard.
+
+    SIGTERM is turned into `KeyboardInterrupt` while the sweep runs, so Ctrl-C
+    and `kill` end the same way: the running notebook is stopped, saved and
+    recorded as interrupted, the leaderboard is regenerated, and the
+    `KeyboardInterrupt` goes up to the caller. Running the same sweep again
+    continues with the runs that have no completed record.
 
     Args:
         spec: the validated grid (notebook, output folders, metric, top_n).
         runs: the expanded runs.
-        verbose: stream notebook output. Defaults to `False`.
+        options: see `SweepOptions`. Defaults to `SweepOptions()`.
 
     Returns:
-        The records, in run order.
+        `{status: [record or run spec]}`: records by status, and the skipped
+        run specs under `SKIPPED`.
 
     Raises:
+        KeyboardInterrupt: Ctrl-C or SIGTERM; the running run is recorded.
         FatalError: a record could not be written; the leaderboard is still
             regenerated from what was recorded.
     """
-    records: list[RunRecord] = []
-    counts = {"completed": 0, "failed": 0}
+    options = options or SweepOptions()
+    outcome: dict[str, list] = {status: [] for status in (*STATUSES, SKIPPED)}
+    plan = plan_runs(runs, spec.logs_dir, options)
     try:
         # The bar writes to a copy of stderr: fd 2 itself goes to each run's kernel.log.
         bar_file = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
     except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
         bar_file = sys.stderr
+    previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with tqdm(runs, desc="sweep", unit="run", file=bar_file, dynamic_ncols=True) as bar:
-            for run in bar:
-                bar.set_postfix_str(f"run {run.index + 1}/{len(runs)} ({run.origin}) "
-                                    f"{counts['completed']} ok {counts['failed']} failed")
-                record = execute_run(run, spec.notebook, spec.experiments_dir, spec.logs_dir, verbose=verbose)
-                records.append(record)
-                counts["completed" if record.status == COMPLETED else "failed"] += 1
-                if record.status != COMPLETED:
-                    bar.write(f"run {record.run_id} failed: {record.error['ename']}: "
-                              f"{record.error['evalue'][:200]}")
-            bar.set_postfix_str(f"{counts['completed']} ok {counts['failed']} failed")
+        with tqdm(plan, desc="sweep", unit="run", file=bar_file, dynamic_ncols=True) as bar:
+            for run, skip in plan:
+                bar.set_postfix_str(f"run {run.index + 1}/{len(runs)} ({run.origin}) " + _counts(outcome))
+                if skip:
+                    outcome[SKIPPED].append(run)
+                    bar.write(f"skip run {run.index + 1} ({run.origin}): {skip}", file=bar_file)
+                else:
+                    record = execute_run(run, spec.notebook, spec.experiments_dir, spec.logs_dir,
+                                         verbose=options.verbose, timeout_s=options.timeout_s,
+                                         cell_timeout_s=options.cell_timeout_s)
+                    outcome[record.status].append(record)
+                    if record.status != COMPLETED:
+                        bar.write(f"run {record.run_id} {record.status}: {record.error['ename']}: "
+                                  f"{record.error['evalue'][:200]}", file=bar_file)
+                bar.update()
+            bar.set_postfix_str(_counts(outcome))
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if bar_file is not sys.stderr:
             bar_file.close()
         write_leaderboard(spec.logs_dir, spec.leaderboard, spec.metric, spec.top_n)
-    return records
+    return outcome
+
+
+def _counts(outcome: dict[str, list]) -> str:
+    return ", ".join(f"{len(items)} {status}" for status, items in outcome.items() if items or status == COMPLETED)
+
+
+@contextlib.contextmanager
+def sweep_lock(logs_dir: Path):
+    """Hold an exclusive lock on `<logs_dir>/.sweep.lock` for one sweep at a time.
+
+    The lock is an `fcntl.flock`, released by the kernel when the process
+    ends, so a crashed sweep never leaves a stale lock; the file records the
+    holder's pid for the message.
+
+    Raises:
+        ConfigError: another process holds the lock ("another sweep is
+            running (pid N)").
+    """
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    with open(logs_dir / ".sweep.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            raise ConfigError(f"another sweep is running (pid {handle.read().strip() or '?'}) on "
+                              f"{logs_dir}; wait for it or use other logs_dir/experiments_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="use this ImageFolder-style folder as data_dir of every run")
     parser.add_argument("--weights-dir", help="folder of offline ImageNet weights files used when weights is "
                         "'imagenet' (default: $NBSWEEP_WEIGHTS_DIR, else Keras downloads them)")
+    parser.add_argument("--force", action="store_true",
+                        help="re-run runs that already have a completed record with the same config_hash")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="run only the runs whose latest record failed, was interrupted or timed out")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="wall-clock limit of each run; a run over it is stopped and recorded as 'timeout'")
+    parser.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                        help="limit of each notebook cell (papermill's execution timeout)")
+    parser.add_argument("--max-runs", type=int, default=1000,
+                        help="refuse a grid of more runs than this unless --yes (default: 1000)")
+    parser.add_argument("--yes", action="store_true", help="run a grid larger than --max-runs")
     return parser
 
 
@@ -136,16 +247,27 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(runs_table(runs).to_string(index=False))
         print(f"{len(runs)} runs (dry run: nothing executed)")
         return 0
+    if len(runs) > args.max_runs and not args.yes:
+        print(f"error: {args.grid}: the grid expands to {len(runs)} runs, more than --max-runs "
+              f"{args.max_runs}; pass --yes to run them all, or narrow the grid / use sample:", file=sys.stderr)
+        return 2
+    options = SweepOptions(verbose=args.verbose, force=args.force, retry_failed=args.retry_failed,
+                           timeout_s=args.timeout, cell_timeout_s=args.cell_timeout)
     try:
-        records = run_sweep(spec, runs, verbose=args.verbose)
-    except FatalError as exc:
+        with sweep_lock(spec.logs_dir):
+            outcome = run_sweep(spec, runs, options)
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FatalError as exc:
+        print(f"error: {exc}; the sweep stopped, every record written so far is intact", file=sys.stderr)
         return 1
-    completed = sum(r.status == COMPLETED for r in records)
-    failed = len(records) - completed
-    print(f"{completed} completed, {failed} failed; leaderboard: {spec.leaderboard}")
-    return 1 if failed else 0
-
+    except KeyboardInterrupt:
+        print(f"interrupted: the running run is recorded as '{INTERRUPTED}' and {spec.leaderboard} is up to date; "
+              f"run the same command again to continue with the remaining runs", file=sys.stderr)
+        return 130
+    print(f"{_counts(outcome)}; leaderboard: {spec.leaderboard}")
+    return 0 if len(outcome[COMPLETED]) + len(outcome[SKIPPED]) == len(runs) else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@ import pytest
 from sklearn.model_selection import ParameterGrid
 
 from runner.errors import ConfigError
-from runner.grid import DEFAULT_NOTEBOOK, expand_runs, hash_params, load_grid, notebook_parameters
+from runner.grid import DEFAULT_NOTEBOOK, expand_runs, load_grid, notebook_parameters
 from runner.sweep import main as sweep_main
 
 ASSETS = Path(__file__).parent / "assets"
@@ -93,11 +93,28 @@ def test_sample_is_a_seeded_subset(tmp_path):
     assert {r.config_hash for r in other} <= {r.config_hash for r in full}
 
 
-def test_config_hash_is_stable_and_covers_every_param(tmp_path):
-    runs, _ = expand(tmp_path, "grid: {head: [gap]}\n")
-    assert runs[0].config_hash == hash_params(runs[0].params)
-    changed = dict(runs[0].params, seed=runs[0].params["seed"] + 1)
-    assert hash_params(changed) != runs[0].config_hash
+def test_config_hash_covers_params_data_weights_and_notebook(tmp_path):
+    import nbformat
+
+    data = tmp_path / "photos"
+    (data / "a").mkdir(parents=True)
+    (data / "a" / "1.png").write_bytes(b"x")
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"w1")
+    text = f"data_dir: {data}\nfixed: {{weights: {weights}}}\ngrid: {{head: [gap]}}\n"
+    first = expand(tmp_path, text)[0][0].config_hash
+    assert expand(tmp_path, text)[0][0].config_hash == first  # stable
+    assert expand(tmp_path, text.replace("[gap]", "[flatten]"))[0][0].config_hash != first
+    (data / "a" / "2.png").write_bytes(b"y")  # the data manifest changed
+    second = expand(tmp_path, text)[0][0].config_hash
+    assert second != first
+    weights.write_bytes(b"w2")  # other weights, same path
+    third = expand(tmp_path, text)[0][0].config_hash
+    assert third != second
+    nb = nbformat.read(DEFAULT_NOTEBOOK, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("print('changed')"))
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    assert expand(tmp_path, f"notebook: {tmp_path / 'nb.ipynb'}\n" + text)[0][0].config_hash != third
 
 
 def test_relative_paths_become_absolute_and_overrides_apply(tmp_path):

@@ -16,11 +16,12 @@ from .errors import ModelConfigError
 from .spec import Augmentation, ExperimentSpec
 
 _LAZY = {
-    "data": ("DataSplit", "SplitPart", "load_data", "load_images", "make_dataset",
-             "resolve_data_dir"),
+    "data": ("DataSplit", "ImageFolder", "SplitPart", "check_image_file", "list_image_folder",
+             "load_data", "load_images", "make_dataset", "resolve_data_dir", "split_image_folder"),
     "augment": ("build_augmentation",),
-    "bases": ("BASES", "BaseInfo", "WeightsChoice", "build_base", "offline_weights_file",
-              "resolve_base", "resolve_weights"),
+    "bases": ("BASES", "BaseInfo", "KerasWeightsFile", "WeightsChoice", "build_base",
+              "check_base_kwargs", "check_image_size", "imagenet_fix", "keras_imagenet_file",
+              "offline_weights_file", "resolve_base", "resolve_weights"),
     "heads": ("add_head",),
     "build": ("Preprocess", "build_model", "describe_model", "load_model"),
     "train": ("TrainingResult", "train_model", "unfreeze_base"),

@@ -113,7 +113,9 @@ class ExperimentSpec(BaseModel):
             by weighted recall, when this run starts, among runs with the
             same base, base_kwargs, head, dense_units and image_size); `None`
             for a fresh start. The earlier run must have the same base,
-            base_kwargs, head, dense_units, image_size and classes.
+            base_kwargs, head, dense_units, image_size and classes. Values
+            with `/`, `\\` or `..` are refused (records are looked up in the
+            logs folder only).
         warm_start_checkpoint: which weights of that run: `"best"` (its
             `model.keras`) or an epoch number k >= 1 (its
             `checkpoints/epoch_<k>.weights.h5`).
@@ -175,6 +177,14 @@ class ExperimentSpec(BaseModel):
     def _base_name(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("base must be a non-empty model name")
+        return value
+
+    @field_validator("warm_start")
+    @classmethod
+    def _run_reference(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and (not value.strip() or any(part in value for part in ("/", "\\", ".."))):
+            raise ValueError("expected a run id, a unique prefix of one, 'best' or null "
+                             "(no '/', '\\' or '..': records are looked up in logs_dir only)")
         return value
 
     @model_validator(mode="after")

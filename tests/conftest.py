@@ -44,6 +44,10 @@ def tiny_image_dir(tmp_path_factory) -> Path:
 def sweep(tmp_path_factory, tiny_image_dir):
     """A real 3-run sweep through `python runner/sweep.py` (2 complete, 1 fails).
 
+    The failing run passes the pre-flight check (its `warm_start: best` is only
+    resolved when it starts) and fails at run time: no completed
+    `simple_cnn_medium` run to start from.
+
     Returns `(work_dir, completed_process, {base: record}, unreadable_records)`.
     """
     work = tmp_path_factory.mktemp("sweep")
@@ -64,7 +68,7 @@ grid:
     head: [flatten]
 runs:
   - {{base: mobilenet_v2, base_kwargs: {{alpha: 0.35}}, head: gap, dropout: 0.25}}
-  - {{base: no_such_base, head: gap}}
+  - {{base: simple_cnn_medium, head: gap, warm_start: best}}
 metric: weighted_recall
 """, encoding="utf-8")
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "runner" / "sweep.py"), str(grid)],

@@ -168,7 +168,8 @@ def test_cli_config_error_exits_2_without_traceback_and_runs_nothing(tmp_path, c
 
 def test_cli_dry_run_prints_the_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = write_grid(tmp_path, "grid: {head: [flatten, gap], dropout: [0.1, 0.2]}\n")
+    path = write_grid(tmp_path, "fixed: {base: simple_cnn_small, weights: null}\n"
+                                "grid: {head: [flatten, gap], dropout: [0.1, 0.2]}\n")
     assert sweep_main([str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 runs (dry run" in out and "flatten" in out and "dropout" in out

@@ -159,7 +159,7 @@ def test_ensemble_cli_and_refusals(sweep, tmp_path, capsys):
     assert "ensemble " in capsys.readouterr().out
     logs, _ = read_records(tmp_path / "logs")
     assert sum(r.kind == ENSEMBLE for r in logs) == 1
-    assert ensemble_main([records["simple_cnn_small"].run_id, records["no_such_base"].run_id, *args]) == 2
+    assert ensemble_main([records["simple_cnn_small"].run_id, records["simple_cnn_medium"].run_id, *args]) == 2
     assert "must be a completed notebook run" in capsys.readouterr().err
     assert ensemble_main([records["simple_cnn_small"].run_id, *args]) == 2
     assert "at least 2 completed runs, got 1" in capsys.readouterr().err

@@ -79,7 +79,7 @@ def test_find_record_by_id_prefix_best_and_path(sweep):
 def test_failed_run_and_altered_weights_are_refused(sweep, tmp_path):
     work, _, records, _ = sweep
     with pytest.raises(RunLoadError, match="status is 'failed'"):
-        load_run(records["no_such_base"].run_id, logs_dir=work / "logs")
+        load_run(records["simple_cnn_medium"].run_id, logs_dir=work / "logs")
     rec = records["simple_cnn_small"]
     (tmp_path / "logs").mkdir()
     shutil.copytree(work / "experiments" / rec.run_id, tmp_path / "experiments" / rec.run_id)

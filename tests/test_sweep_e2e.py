@@ -1,7 +1,8 @@
 """End to end: `python runner/sweep.py` through real papermill kernels and real Keras.
 
 Tiny generated images (3 classes), random weights, 32 px, 1 epoch: two runs that
-complete and one that fails at run time (unknown base), so the sweep must
+complete and one that fails at run time (a warm start from a run that does not
+exist yet), so the sweep must
 record the failure and go on.
 """
 
@@ -22,7 +23,7 @@ def test_sweep_goes_on_after_a_failed_run_and_exits_non_zero(sweep):
     assert unreadable == {}
     assert records["simple_cnn_small"].status == COMPLETED
     assert records["mobilenet_v2"].status == COMPLETED
-    assert records["no_such_base"].status == FAILED
+    assert records["simple_cnn_medium"].status == FAILED
 
 
 def test_completed_run_files_and_real_values(sweep):
@@ -64,10 +65,10 @@ def test_html_shows_the_injected_parameters(sweep):
 
 def test_failed_run_keeps_notebook_html_and_error(sweep):
     work, _, records, _ = sweep
-    rec = records["no_such_base"]
+    rec = records["simple_cnn_medium"]
     run_dir = work / "experiments" / rec.run_id
     assert (run_dir / f"{rec.run_id}.ipynb").is_file() and (run_dir / f"{rec.run_id}.html").is_file()
-    assert "no_such_base" in rec.error["evalue"] and rec.error["traceback"]
+    assert "warm_start: got 'best'" in rec.error["evalue"] and rec.error["traceback"]
     assert rec.metrics == {} and rec.paths["model"] is None
     nb = json.loads((run_dir / f"{rec.run_id}.ipynb").read_text())
     assert any("papermill-error-cell" in json.dumps(cell.get("metadata", {})) or "An Exception was encountered"
@@ -82,4 +83,4 @@ def test_leaderboard_ranks_completed_runs_by_the_metric(sweep):
     assert set(board["run_id"]) == {records["simple_cnn_small"].run_id, records["mobilenet_v2"].run_id}
     first, second = board["run_id"]
     assert page.index(first) < page.index(second)
-    assert "Failed runs (1)" in page and records["no_such_base"].run_id in page
+    assert "Failed runs (1)" in page and records["simple_cnn_medium"].run_id in page

@@ -138,23 +138,20 @@ def _status_of(exc: Exception) -> str:
     return TIMEOUT if isinstance(exc, CellTimeoutError) else FAILED
 
 
+def _error(ename: str, evalue: str, traceback_text: str = "", cell_index: Optional[int] = None) -> dict[str, Any]:
+    """The `error` of a record: exception name and message, traceback, failing cell."""
+    return {"ename": ename, "evalue": evalue, "traceback": traceback_text, "cell_index": cell_index}
+
+
 def _error_from(exc: BaseException) -> dict[str, Any]:
     from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
-        return {
-            "ename": exc.ename,
-            "evalue": _ANSI.sub("", str(exc.evalue)),
-            "traceback": _ANSI.sub("", "\n".join(exc.traceback)),
-            "cell_index": exc.cell_index,
-        }
-    return {
-        "ename": type(exc).__name__,
-        "evalue": f"kernel died: {exc}" if isinstance(exc, DeadKernelError) else str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-        "cell_index": None,
-    }
+        return _error(exc.ename, _ANSI.sub("", str(exc.evalue)), _ANSI.sub("", "\n".join(exc.traceback)),
+                      exc.cell_index)
+    return _error(type(exc).__name__, f"kernel died: {exc}" if isinstance(exc, DeadKernelError) else str(exc),
+                  "".join(traceback.format_exception(exc)))
 
 
 def export_html(notebook_path: Path) -> Path:
@@ -249,10 +246,9 @@ def execute_run(
             )
     except KeyboardInterrupt:
         status, interrupted = INTERRUPTED, True
-        error = {"ename": "KeyboardInterrupt", "evalue": "the sweep was interrupted (Ctrl-C or SIGTERM)",
-                 "traceback": "", "cell_index": None}
+        error = _error("KeyboardInterrupt", "the sweep was interrupted (Ctrl-C or SIGTERM)")
     except _RunTimeout as exc:
-        status, error = TIMEOUT, {"ename": "Timeout", "evalue": str(exc), "traceback": "", "cell_index": None}
+        status, error = TIMEOUT, _error("Timeout", str(exc))
     except Exception as exc:  # a failed run is recorded, never raised
         status, error = _status_of(exc), _error_from(exc)
     finally:
@@ -267,8 +263,7 @@ def execute_run(
 
     result = _read_result(run_dir)
     if error is None and result is None:
-        status, error = FAILED, {"ename": "MissingResult", "evalue": f"the notebook finished without writing {RESULT_FILE}",
-                 "traceback": "", "cell_index": None}
+        status, error = FAILED, _error("MissingResult", f"the notebook finished without writing {RESULT_FILE}")
 
     result = result or {}
     training, evaluation = result.get("training", {}), result.get("evaluation", {})

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import traceback
 from datetime import datetime, timezone
@@ -94,42 +95,63 @@ def _stderr_to(path: Optional[Path]):
         os.close(saved)
 
 
-class _RunTimeout(BaseException):
-    """Raised by SIGALRM when a run exceeds its wall-clock limit.
+class _RunTimeout(Exception):
+    """The run exceeded its wall-clock limit."""
 
-    A `BaseException`, like `KeyboardInterrupt`, so no `except Exception` in
-    papermill or nbclient swallows it on its way out.
+
+class _NotebookThread(threading.Thread):
+    """Runs `papermill.execute_notebook` in a worker thread.
+
+    In the main thread nbclient installs its own SIGINT/SIGTERM handlers on
+    the event loop, which neither stop a kernel it does not own nor reach the
+    sweep: Ctrl-C was swallowed and the run went on. In a worker thread
+    nbclient cannot install them, so the main thread keeps the sweep's
+    handlers, waits here, and stops the kernel itself on an interrupt or a
+    timeout.
     """
 
+    def __init__(self, **papermill_kwargs):
+        super().__init__(name="papermill", daemon=True)
+        self.kwargs, self.error = papermill_kwargs, None
+        # Waited on instead of join(): a join interrupted by Ctrl-C can leave
+        # is_alive() wrongly False on CPython < 3.13.
+        self.done = threading.Event()
 
-@contextlib.contextmanager
-def _alarm(seconds: Optional[float]):
-    """Raise `_RunTimeout` in the main thread after `seconds` (no limit when `None`)."""
-    if not seconds:
-        yield
-        return
+    def run(self) -> None:
+        import papermill
 
-    def on_alarm(signum, frame):
-        raise _RunTimeout(f"the run exceeded --timeout {seconds:g} s")
+        try:
+            papermill.execute_notebook(**self.kwargs)
+        except BaseException as exc:  # handed to the main thread by wait()
+            self.error = exc
+        finally:
+            self.done.set()
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    def wait(self, timeout_s: Optional[float]) -> Optional[BaseException]:
+        """Wait for the notebook; its exception, or `None` when it succeeded.
+
+        Raises:
+            _RunTimeout: `timeout_s` seconds passed first.
+            KeyboardInterrupt: Ctrl-C / SIGTERM in the main thread.
+        """
+        deadline = None if not timeout_s else time.monotonic() + timeout_s
+        while not self.done.wait(0.2):
+            if deadline is not None and time.monotonic() > deadline:
+                raise _RunTimeout(f"the run exceeded --timeout {timeout_s:g} s")
+        return self.error
 
 
-def _shutdown(kernel) -> None:
-    """Stop the run's kernel if it is still there (after a timeout, an interrupt, an error)."""
-    from jupyter_core.utils import run_sync
+def _stop_kernel(kernel: AsyncKernelManager, thread: _NotebookThread, grace_s: float = 60) -> None:
+    """Kill the run's kernel (its whole process group) if it is still there, then let the worker end.
 
-    try:
-        if kernel.has_kernel:
-            run_sync(kernel.shutdown_kernel)(now=True)
-    except Exception:  # already gone: nothing to stop
-        pass
+    The kernel runs in a session of its own (jupyter_client starts it with
+    `start_new_session`), so `killpg` reaches it and whatever it started.
+    """
+    pid = getattr(kernel.provisioner, "pid", None) if kernel.has_kernel else None
+    if pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    thread.done.wait(grace_s)  # nbclient notices the dead kernel and returns
 
 
 def _status_of(exc: Exception) -> str:
@@ -200,8 +222,8 @@ def execute_run(
             `False`.
         start_timeout_s: seconds to wait for the kernel to start. Defaults
             to `120`.
-        timeout_s: wall-clock limit of the whole run in seconds (SIGALRM,
-            main thread only), or `None`. Defaults to `None`.
+        timeout_s: wall-clock limit of the whole run in seconds, or `None`.
+            Defaults to `None`.
         cell_timeout_s: limit of each cell in seconds (papermill's
             `execution_timeout`), or `None`. Defaults to `None`.
 
@@ -216,8 +238,6 @@ def execute_run(
             run, re-raised after the run is recorded as `INTERRUPTED`.
         FatalError: the record cannot be written.
     """
-    import papermill
-
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     experiments_dir, logs_dir = Path(experiments_dir).resolve(), Path(logs_dir).resolve()
@@ -229,30 +249,32 @@ def execute_run(
     _kernel_environment()
     params = _resolve_warm_start_ref(run.params, logs_dir)
     error, status, interrupted = None, COMPLETED, False
-    kernel = AsyncKernelManager(kernel_name=KERNEL_NAME)  # ours, so we can always shut it down
-    try:
-        with _stderr_to(None if verbose else run_dir / "kernel.log"), _alarm(timeout_s):
-            papermill.execute_notebook(
-                str(notebook),
-                str(ipynb_path),
-                parameters={**params, "output_dir": str(run_dir), "logs_dir": str(logs_dir)},
-                kernel_name=KERNEL_NAME,
-                cwd=str(run_dir),
-                progress_bar=False,
-                log_output=verbose,
-                start_timeout=start_timeout_s,
-                execution_timeout=cell_timeout_s,
-                km=kernel,
-            )
-    except KeyboardInterrupt:
-        status, interrupted = INTERRUPTED, True
-        error = _error("KeyboardInterrupt", "the sweep was interrupted (Ctrl-C or SIGTERM)")
-    except _RunTimeout as exc:
-        status, error = TIMEOUT, _error("Timeout", str(exc))
-    except Exception as exc:  # a failed run is recorded, never raised
-        status, error = _status_of(exc), _error_from(exc)
-    finally:
-        _shutdown(kernel)
+    kernel = AsyncKernelManager(kernel_name=KERNEL_NAME)  # ours, so we can always stop it
+    thread = _NotebookThread(
+        input_path=str(notebook),
+        output_path=str(ipynb_path),
+        parameters={**params, "output_dir": str(run_dir), "logs_dir": str(logs_dir)},
+        kernel_name=KERNEL_NAME,
+        cwd=str(run_dir),
+        progress_bar=False,
+        log_output=verbose,
+        start_timeout=start_timeout_s,
+        execution_timeout=cell_timeout_s,
+        km=kernel,
+    )
+    with _stderr_to(None if verbose else run_dir / "kernel.log"):
+        try:
+            thread.start()
+            exc = thread.wait(timeout_s)
+            if exc is not None:  # a failed run is recorded, never raised
+                status, error = _status_of(exc), _error_from(exc)
+        except KeyboardInterrupt:
+            status, interrupted = INTERRUPTED, True
+            error = _error("KeyboardInterrupt", "the sweep was interrupted (Ctrl-C or SIGTERM)")
+        except _RunTimeout as exc:
+            status, error = TIMEOUT, _error("Timeout", str(exc))
+        finally:
+            _stop_kernel(kernel, thread)
 
     warnings, html_path = [], None
     if ipynb_path.exists():

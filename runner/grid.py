@@ -64,9 +64,11 @@ class GridSpec(BaseModel):
         experiments_dir: folder of the run folders.
         logs_dir: folder of the JSON run records.
         leaderboard: path of the leaderboard html (a `.csv` goes beside it).
+
+    Paths are made absolute from the working folder when the grid is loaded.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     notebook: Path = DEFAULT_NOTEBOOK
     data_dir: Optional[str] = None
@@ -80,6 +82,13 @@ class GridSpec(BaseModel):
     experiments_dir: Path = Path("experiments")
     logs_dir: Path = Path("logs")
     leaderboard: Path = Path("leaderboard.html")
+
+    @field_validator("notebook", "experiments_dir", "logs_dir", "leaderboard")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # From the working folder, now: papermill changes the process's working
+        # folder while a notebook runs, so a relative path would move.
+        return Path(value).expanduser().resolve()
 
     @field_validator("metric")
     @classmethod
@@ -325,7 +334,10 @@ def expand_runs(
     """
     grid_path = Path(grid_path)
     base_dir = Path.cwd() if base_dir is None else base_dir
-    defaults = notebook_parameters(spec.notebook)
+    try:
+        defaults = notebook_parameters(spec.notebook)
+    except ConfigError as exc:
+        raise ConfigError(f"{grid_path}: {exc}") from exc
     fingerprint = Fingerprinter(spec.notebook)
     allowed = sorted(name for name in defaults if name not in RESERVED_PARAMS)
     shared = dict(spec.fixed)

@@ -112,8 +112,8 @@ def plan_runs(runs: list[RunSpec], logs_dir: Path, options: SweepOptions) -> lis
 def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOptions] = None) -> dict[str, list]:
     """Execute the runs one after another, skipping those already done; then write the leaderboard.
 
-    SIGTERM is turned into `KeyboardInterrupt` while the sweep runs, so Ctrl-C
-    and `kill` end the same way: the running notebook is stopped, saved and
+    SIGINT and SIGTERM raise `KeyboardInterrupt` while the sweep runs, so
+    Ctrl-C and `kill` end the same way: the running notebook is stopped, saved and
     recorded as interrupted, the leaderboard is regenerated, and the
     `KeyboardInterrupt` goes up to the caller. Running the same sweep again
     continues with the runs that have no completed record.
@@ -140,7 +140,8 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
         bar_file = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
     except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
         bar_file = sys.stderr
-    previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGINT too: a sweep started in the background by a script inherits an ignored SIGINT
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with tqdm(plan, desc="sweep", unit="run", file=bar_file, dynamic_ncols=True) as bar:
             for run, skip in plan:
@@ -159,7 +160,8 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
                 bar.update()
             bar.set_postfix_str(_counts(outcome))
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if bar_file is not sys.stderr:
             bar_file.close()
         write_leaderboard(spec.logs_dir, spec.leaderboard, spec.metric, spec.top_n)

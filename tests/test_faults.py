@@ -31,6 +31,19 @@ def write_grid(work: Path, runs: str, **extra) -> Path:
     return work / "grid.yaml"
 
 
+def kernels_running_in(folder: Path) -> list[int]:
+    """Pids of live processes, this one aside, whose working folder is below `folder` (the runs' kernels)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc.name.isdigit() and int(proc.name) != os.getpid()
+                    and Path(os.readlink(proc / "cwd")).is_relative_to(folder)):
+                pids.append(int(proc.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
 def by_action(work: Path) -> dict:
     records, unreadable = read_records(work / "logs")
     assert unreadable == {}
@@ -57,8 +70,7 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert records["ok", 0.9].status == COMPLETED  # after all of that, the last run still ran
     page = (tmp_path / "leaderboard.html").read_text()
     assert "Failed runs (5)" in page
-    leftover = subprocess.run(["pgrep", "-f", f"ipykernel_launcher.*{tmp_path.name}"], capture_output=True)
-    assert leftover.stdout == b""
+    assert kernels_running_in(tmp_path) == []
 
 
 def test_cell_timeout_is_recorded_as_timeout(tmp_path, monkeypatch):
@@ -93,7 +105,7 @@ def test_rerun_skips_completed_runs_force_and_retry_failed(tmp_path, monkeypatch
 
 
 def test_sigint_records_interrupted_and_the_same_command_continues(tmp_path):
-    grid = write_grid(tmp_path, "[{action: ok, score: 0.1}, {action: sleep, seconds: 60}, {action: ok, score: 0.3}]")
+    grid = write_grid(tmp_path, "[{action: ok, score: 0.1}, {action: busy, seconds: 60}, {action: ok, score: 0.3}]")
     proc = subprocess.Popen([*SWEEP, str(grid)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 120
@@ -107,20 +119,21 @@ def test_sigint_records_interrupted_and_the_same_command_continues(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "run the same command again" in err
+    assert kernels_running_in(tmp_path) == []
     records = by_action(tmp_path)
     assert records["ok", 0.1].status == COMPLETED
-    interrupted = records["sleep", 0.5]
+    interrupted = records["busy", 0.5]
     assert interrupted.status == INTERRUPTED
     assert (tmp_path / "logs" / interrupted.paths["notebook"]).is_file()
     assert (tmp_path / "logs" / interrupted.paths["html"]).is_file()
     assert ("ok", 0.3) not in records
     assert interrupted.run_id in (tmp_path / "leaderboard.html").read_text()
     # the same command again: the completed run is skipped, the rest runs (SIGTERM this time, after it ends)
-    grid = write_grid(tmp_path, "[{action: ok, score: 0.1}, {action: sleep, seconds: 1}, {action: ok, score: 0.3}]")
+    grid = write_grid(tmp_path, "[{action: ok, score: 0.1}, {action: busy, seconds: 1}, {action: ok, score: 0.3}]")
     done = subprocess.run([*SWEEP, str(grid)], cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     statuses = sorted((r.params["action"], r.status) for r in read_records(tmp_path / "logs")[0])
-    assert statuses == [("ok", COMPLETED), ("ok", COMPLETED), ("sleep", COMPLETED), ("sleep", INTERRUPTED)]
+    assert statuses == [("busy", COMPLETED), ("busy", INTERRUPTED), ("ok", COMPLETED), ("ok", COMPLETED)]
 
 
 def test_sigterm_is_an_interrupt_too(tmp_path):

@@ -148,7 +148,7 @@ def test_relative_paths_become_absolute_and_overrides_apply(tmp_path):
         ("grid: {head: [gap, flatten]}\nsample: 3\n", r"sample: got 3, expected at most 2"),
         ("fixed: {output_dir: /tmp}\n", r"fixed\.output_dir: output_dir is set by the runner"),
         ("metric: recall\n", r"metric: got 'recall', expected one of accuracy, weighted_precision"),
-        ("notebook: missing.ipynb\n", r"notebook: missing\.ipynb does not exist"),
+        ("notebook: missing.ipynb\n", r"grid\.yaml: notebook: .*/missing\.ipynb does not exist"),
         (f"notebook: {ASSETS / 'no_parameters.ipynb'}\n", r"has no cell tagged 'parameters'"),
     ],
 )

@@ -100,11 +100,11 @@ def differing_params(frame: pd.DataFrame) -> list[str]:
     return [c for c in cols if frame[c].fillna("<unset>").nunique() > 1]
 
 
-def _cell(value) -> str:
+def _cell(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.{digits}f}"
     return html.escape(str(value))
 
 
@@ -153,7 +153,7 @@ def render_leaderboard(frame: pd.DataFrame, metric: str, top_n: int, page_dir: P
                *[p.removeprefix("param.") for p in params]]
     rows = [[str(r["rank"]),
              _link(r["html_path"], r["run_id"], page_dir) + (" <b>(ensemble)</b>" if r["kind"] == ENSEMBLE else ""),
-             _cell(r[metric]), *[_cell(r[c]) for c in SUMMARY_COLUMNS if c != metric],
+             _cell(r[metric]), *[_cell(r[c], 1 if c == "train_s" else 4) for c in SUMMARY_COLUMNS if c != metric],
              _link(html_of.get(r["parent_run_id"]), r["parent_run_id"], page_dir),
              *[_cell(r[p]) for p in params]]
             for _, r in shown.iterrows()]

@@ -95,9 +95,10 @@ def rank_runs(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def differing_params(frame: pd.DataFrame) -> list[str]:
-    """The `param.*` columns whose values are not all equal across `frame`."""
+    """The `param.*` columns with more than one value across `frame` (rows without the parameter,
+    e.g. ensembles, are left out)."""
     cols = [c for c in frame.columns if c.startswith("param.")]
-    return [c for c in cols if frame[c].fillna("<unset>").nunique() > 1]
+    return [c for c in cols if frame[c].dropna().nunique() > 1]
 
 
 def _cell(value, digits: int = 4) -> str:

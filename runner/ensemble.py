@@ -149,7 +149,7 @@ def build_ensemble(runs: Sequence[str] = (), top: Optional[int] = None, *, logs_
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         params={"members": member_ids, "combine": "mean softmax"},
         data=first.data, metrics=metrics,
-        timings={"train_s": 0.0, "eval_s": round(time.perf_counter() - start, 3),
+        timings={"train_s": None, "eval_s": round(time.perf_counter() - start, 3),
                  "total_s": round(time.perf_counter() - start, 3)},
         environment=collect_environment(),
         paths={key: os.path.relpath(path, logs_dir) for key, path in files.items()},

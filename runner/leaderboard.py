@@ -31,7 +31,7 @@ from runner.errors import ConfigError
 from runner.lineage import render_lineage
 from runner.records import COMPLETED, ENSEMBLE, RANKING_METRICS, RunRecord, read_records, write_text_atomic
 
-SUMMARY_COLUMNS = ("accuracy", "epochs", "train_s")
+SUMMARY_COLUMNS = ("accuracy", "epochs_run", "train_s")
 LINEAGE_FILE = "lineage.html"
 
 
@@ -49,7 +49,8 @@ def records_frame(records: list[RunRecord], logs_dir: Path) -> pd.DataFrame:
     Returns:
         A DataFrame with columns `run_id`, `status`, `kind`, `parent_run_id`
         (`""` for roots), every `RANKING_METRICS`
-        key (float, NaN when missing), `epochs` (epochs trained), `train_s`,
+        key (float, NaN when missing), `epochs_run` (epochs trained, both
+        phases), `train_s`,
         `html_path` (absolute or `None`), `error`, and `param.<name>` (str).
     """
     rows = []
@@ -61,14 +62,15 @@ def records_frame(records: list[RunRecord], logs_dir: Path) -> pd.DataFrame:
             "kind": rec.kind,
             "parent_run_id": rec.parent_run_id or "",
             **{m: rec.metrics.get(m, float("nan")) for m in RANKING_METRICS},
-            "epochs": sum(len(h.get("loss", [])) for h in rec.history.values()),
+            "epochs_run": sum(len(h.get("loss", [])) for h in rec.history.values()) if rec.history else None,
             "train_s": rec.timings.get("train_s"),
             "html_path": str((logs_dir / html_rel).resolve()) if html_rel else None,
             "error": f"{rec.error['ename']}: {rec.error['evalue']}" if rec.error else "",
         }
         row.update({f"param.{k}": _param_value(v) for k, v in rec.params.items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame.astype({"epochs_run": "Int64"}) if rows else frame
 
 
 def rank_runs(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -102,7 +104,7 @@ def differing_params(frame: pd.DataFrame) -> list[str]:
 
 
 def _cell(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
         return ""
     if isinstance(value, float):
         return f"{value:.{digits}f}"
@@ -165,7 +167,7 @@ def render_leaderboard(frame: pd.DataFrame, metric: str, top_n: int, page_dir: P
              _table(headers, rows) if rows else "<p>No completed runs yet.</p>"]
     failed = frame[frame["status"] != COMPLETED] if not frame.empty else frame
     if len(failed):
-        parts.append(f"<h2>Failed runs ({len(failed)})</h2>")
+        parts.append(f"<h2>Runs that did not complete ({len(failed)})</h2>")
         parts.append(_table(["run", "status", "error"], [
             [_link(r["html_path"], r["run_id"], page_dir), _cell(r["status"]),
              f'<span class="err">{_cell(r["error"])}</span>'] for _, r in failed.iterrows()]))

@@ -69,7 +69,7 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert records["sleep", 0.5].status == TIMEOUT and "--timeout 8 s" in records["sleep", 0.5].error["evalue"]
     assert records["ok", 0.9].status == COMPLETED  # after all of that, the last run still ran
     page = (tmp_path / "leaderboard.html").read_text()
-    assert "Failed runs (5)" in page
+    assert "Runs that did not complete (5)" in page
     assert kernels_running_in(tmp_path) == []
 
 

@@ -88,7 +88,7 @@ def test_leaderboard_html_and_csv(tmp_path, make_record):
     assert "<th>dropout</th>" in page and "<th>head</th>" not in page
     assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     # failed runs and unreadable records have their own sections
-    assert "Failed runs (1)" in page and "ValueError: bad &lt;base&gt;" in page
+    assert "Runs that did not complete (1)" in page and "ValueError: bad &lt;base&gt;" in page
     assert "Unreadable records (1)" in page and "broken.json" in page
     csv = (tmp_path / "leaderboard.csv").read_text().splitlines()
     assert csv[0].startswith("run_id,status,") and len(csv) == 4

@@ -83,4 +83,4 @@ def test_leaderboard_ranks_completed_runs_by_the_metric(sweep):
     assert set(board["run_id"]) == {records["simple_cnn_small"].run_id, records["mobilenet_v2"].run_id}
     first, second = board["run_id"]
     assert page.index(first) < page.index(second)
-    assert "Failed runs (1)" in page and records["simple_cnn_medium"].run_id in page
+    assert "Runs that did not complete (1)" in page and records["simple_cnn_medium"].run_id in page

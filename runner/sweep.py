@@ -73,8 +73,8 @@ class SweepOptions:
     Attributes:
         verbose: stream each notebook's cell output.
         force: re-run runs that already have a completed record.
-        retry_failed: run only the runs whose latest record is failed,
-            interrupted or timed out.
+        retry_failed: run only the runs that have a record but no completed
+            one (failed, interrupted or timed out).
         timeout_s: wall-clock limit per run, seconds, or `None`.
         cell_timeout_s: limit per notebook cell, seconds, or `None`.
     """
@@ -90,11 +90,11 @@ def plan_runs(runs: list[RunSpec], logs_dir: Path, options: SweepOptions) -> lis
     """Decide for every run whether to execute it: `(run, None)` or `(run, reason to skip)`.
 
     By default a run whose `config_hash` has a completed record is skipped;
-    `force` runs everything; `retry_failed` runs only those whose latest
-    record (by run id) is failed, interrupted or timed out.
+    `force` runs everything; `retry_failed` runs only those that have a record
+    but no completed one (failed, interrupted or timed out).
     """
     records, _ = read_records(logs_dir)
-    latest = {rec.config_hash: rec for rec in records if rec.kind == RUN}  # run ids sort by time
+    recorded = {rec.config_hash for rec in records if rec.kind == RUN}
     done = {rec.config_hash: rec.run_id for rec in records if rec.kind == RUN and rec.status == COMPLETED}
     plan = []
     for run in runs:
@@ -102,7 +102,7 @@ def plan_runs(runs: list[RunSpec], logs_dir: Path, options: SweepOptions) -> lis
             plan.append((run, None))
         elif run.config_hash in done:
             plan.append((run, f"completed as {done[run.config_hash]}"))
-        elif options.retry_failed and run.config_hash not in latest:
+        elif options.retry_failed and run.config_hash not in recorded:
             plan.append((run, "never run (--retry-failed only re-runs failed runs)"))
         else:
             plan.append((run, None))
@@ -215,10 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="use this ImageFolder-style folder as data_dir of every run")
     parser.add_argument("--weights-dir", help="folder of offline ImageNet weights files used when weights is "
                         "'imagenet' (default: $NBSWEEP_WEIGHTS_DIR, else Keras downloads them)")
-    parser.add_argument("--force", action="store_true",
-                        help="re-run runs that already have a completed record with the same config_hash")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="run only the runs whose latest record failed, was interrupted or timed out")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true",
+                       help="re-run runs that already have a completed record with the same config_hash")
+    again.add_argument("--retry-failed", action="store_true",
+                       help="run only the runs whose records all failed, were interrupted or timed out")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="wall-clock limit of each run; a run over it is stopped and recorded as 'timeout'")
     parser.add_argument("--cell-timeout", type=float, metavar="SECONDS",

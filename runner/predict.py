@@ -82,18 +82,20 @@ class LoadedRun(_Recorded):
         """
         return self.model.predict(np.asarray(images, dtype="float32"), batch_size=batch_size, verbose=0)
 
-    def predict_paths(self, paths: Iterable[str | Path]) -> tuple[pd.DataFrame, dict[str, str]]:
+    def predict_paths(self, paths: Iterable[str | Path]) -> pd.DataFrame:
         """Predict image files; directories are walked for image files.
 
         Files are decoded and resized exactly as in training (`models.data.load_images`).
+        A file that cannot be read is skipped, never fatal.
 
         Args:
             paths: image files and/or folders.
 
         Returns:
-            `(predictions, skipped)`: a DataFrame with columns `path`,
-            `predicted_label`, `confidence`, `prob_<class>` per class; and the
-            files that could not be read, mapped to the reason.
+            One row per readable image: `path`, `predicted_label`, `confidence`
+            (top probability), `prob_<class>` per class (floats in [0, 1]).
+            `frame.attrs["skipped"]` maps every path that could not be read
+            (missing, not an image, corrupt) to the reason.
         """
         from models.data import load_images
         from models.evaluate import predictions_frame
@@ -108,7 +110,7 @@ class LoadedRun(_Recorded):
                 skipped[str(path)] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         probabilities = (self.predict(np.stack(images)) if images
                          else np.zeros((0, len(self.class_names)), dtype="float32"))
-        return predictions_frame(kept, probabilities, self.class_names), skipped
+        return _with_skipped(predictions_frame(kept, probabilities, self.class_names), skipped)
 
 
 @dataclass
@@ -129,15 +131,21 @@ class LoadedEnsemble(_Recorded):
         """Mean of the members' `LoadedRun.predict` probabilities, float32 `(n, n_classes)`."""
         return np.mean([m.predict(images, batch_size) for m in self.members], axis=0)
 
-    def predict_paths(self, paths: Iterable[str | Path]) -> tuple[pd.DataFrame, dict[str, str]]:
+    def predict_paths(self, paths: Iterable[str | Path]) -> pd.DataFrame:
         """As `LoadedRun.predict_paths`, with the members' probabilities averaged."""
         from models.evaluate import predictions_frame
 
         paths = list(paths)
-        results = [m.predict_paths(paths) for m in self.members]
+        frames = [m.predict_paths(paths) for m in self.members]
         columns = [f"prob_{c}" for c in self.class_names]
-        mean = np.mean([frame[columns].to_numpy() for frame, _ in results], axis=0)
-        return predictions_frame(results[0][0]["path"], mean, self.class_names), results[0][1]
+        mean = np.mean([frame[columns].to_numpy() for frame in frames], axis=0)
+        return _with_skipped(predictions_frame(frames[0]["path"], mean, self.class_names),
+                             frames[0].attrs["skipped"])
+
+
+def _with_skipped(frame: pd.DataFrame, skipped: dict[str, str]) -> pd.DataFrame:
+    frame.attrs["skipped"] = skipped
+    return frame
 
 
 def expand_image_paths(paths: Iterable[str | Path]) -> tuple[list[Path], dict[str, str]]:
@@ -246,9 +254,9 @@ def evaluate_run(loaded: LoadedRun, labelled_dir: str | Path, name: Optional[str
                           f"of run {loaded.record.run_id}; expected some of {', '.join(loaded.class_names)}")
     frames, skipped = [], {}
     for folder in folders:
-        frame, bad = loaded.predict_paths([folder])
+        frame = loaded.predict_paths([folder])
+        skipped.update(frame.attrs["skipped"])
         frames.append(frame.assign(true_label=folder.name))
-        skipped.update(bad)
     predictions = pd.concat(frames, ignore_index=True)
     labels = predictions["true_label"].map(loaded.class_names.index).to_numpy()
     probabilities = predictions[[f"prob_{c}" for c in loaded.class_names]].to_numpy()
@@ -291,7 +299,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"wrote {loaded.run_dir / 'evaluations' / (evaluation['name'] + '.json')}")
             skipped = evaluation["skipped"]
         if args.paths:
-            predictions, skipped = loaded.predict_paths(args.paths)
+            predictions = loaded.predict_paths(args.paths)
+            skipped = predictions.attrs["skipped"]
             with pd.option_context("display.width", 200, "display.max_columns", None):
                 print(predictions.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
             if args.out:

@@ -16,7 +16,7 @@ from runner.errors import ConfigError
 from runner.leaderboard import write_leaderboard
 from runner.lineage import lineage_text, resolve_warm_start
 from runner.predict import LoadedEnsemble, load_run
-from runner.records import COMPLETED, ENSEMBLE, FAILED, read_records
+from runner.records import COMPLETED, ENSEMBLE, FAILED, read_records, write_record
 
 
 def sha256(path) -> str:
@@ -142,8 +142,8 @@ def test_ensemble_of_two_runs_is_the_mean_and_ranks_on_the_leaderboard(sweep, tm
     np.testing.assert_allclose(loaded.predict(images),
                                (loaded.members[0].predict(images) + loaded.members[1].predict(images)) / 2,
                                atol=1e-7)
-    table, skipped = loaded.predict_paths([tiny_image_dir / "red"])
-    assert len(table) == 12 and skipped == {}
+    table = loaded.predict_paths([tiny_image_dir / "red"])
+    assert len(table) == 12 and table.attrs["skipped"] == {}
     write_leaderboard(tmp_path / "logs", tmp_path / "leaderboard.html")
     page = (tmp_path / "leaderboard.html").read_text()
     assert f"{ens.run_id}</a> <b>(ensemble)</b>" in page
@@ -166,3 +166,9 @@ def test_ensemble_cli_and_refusals(sweep, tmp_path, capsys):
     assert "must be a completed notebook run" in capsys.readouterr().err
     assert ensemble_main([records["simple_cnn_small"].run_id, *args]) == 2
     assert "at least 2 completed runs, got 1" in capsys.readouterr().err
+    other = records["mobilenet_v2"].model_copy(deep=True)
+    other.run_id = "20991231-000000-0ther5p1"
+    other.data["manifest_hash"] = "f" * 64  # another test split
+    write_record(other, tmp_path / "logs")
+    assert ensemble_main([records["simple_cnn_small"].run_id, other.run_id, *args]) == 2
+    assert "different manifest_hash" in capsys.readouterr().err

@@ -28,7 +28,8 @@ def test_fresh_process_reproduces_the_notebook_predictions(sweep):
         from runner.predict import load_run
         run = load_run({rec.run_id[:17]!r}, logs_dir={str(work / 'logs')!r})
         saved = pd.read_csv({str(work / 'experiments' / rec.run_id / 'predictions.csv')!r})
-        fresh, skipped = run.predict_paths(saved["path"])
+        fresh = run.predict_paths(saved["path"])
+        skipped = fresh.attrs["skipped"]
         cols = [f"prob_{{c}}" for c in run.class_names]
         diff = float((fresh[cols].to_numpy() - saved[cols].to_numpy()).__abs__().max())
         print(json.dumps({{"diff": diff, "n": len(fresh), "skipped": skipped,
@@ -107,10 +108,11 @@ def test_cli_predicts_folders_and_skips_unreadable_files(sweep, tiny_image_dir, 
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     out = tmp_path / "predictions.csv"
     rc = predict_main([records["simple_cnn_small"].run_id, str(folder), str(tmp_path / "missing.png"),
-                       "--out", str(out), "--logs-dir", str(work / "logs")])
+                       str(folder / "notes.txt"), "--out", str(out), "--logs-dir", str(work / "logs")])
     assert rc == 0
     captured = capsys.readouterr()
-    assert "skipped" in captured.err and "broken.jpg" in captured.err and "missing.png" in captured.err
+    for name in ("broken.jpg", "missing.png", "notes.txt"):  # corrupt, missing, not an image
+        assert f"{name}:" in captured.err
     table = pd.read_csv(out)
     assert len(table) == 12 and set(table["predicted_label"]) <= {"red", "green", "blue"}
     assert list(table.columns[:3]) == ["path", "predicted_label", "confidence"]
@@ -123,7 +125,11 @@ def test_evaluate_on_a_labelled_folder(sweep, tiny_image_dir, tmp_path, capsys):
     run = load_run(rec.run_id, logs_dir=work / "logs")
     evaluation = evaluate_run(run, tiny_image_dir, name="tiny")
     assert evaluation["n_images"] == 36
-    assert sum(map(sum, evaluation["metrics"]["confusion_matrix"])) == 36
+    matrix = np.array(evaluation["metrics"]["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == 36 and list(matrix.sum(axis=1)) == [12, 12, 12]
+    assert {c: v["support"] for c, v in evaluation["metrics"]["per_class"].items()} == {
+        "blue": 12, "green": 12, "red": 12}
+    assert "weighted avg" in evaluation["report"]
     assert 0.0 <= evaluation["metrics"]["weighted_recall"] <= 1.0
     written = work / "experiments" / rec.run_id / "evaluations"
     assert json.loads((written / "tiny.json").read_text())["metrics"] == evaluation["metrics"]

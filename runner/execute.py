@@ -11,7 +11,6 @@ record; nothing is raised for it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from runner.records import (
     RESULT_FILE,
     RunRecord,
     collect_environment,
+    sha256_file,
     write_record,
 )
 
@@ -346,10 +346,7 @@ def _relative_warm_start(warm: Optional[dict[str, Any]], logs_dir: Path) -> dict
 
 
 def _model_file_checksum(model_path: Path) -> dict[str, str]:
-    if not model_path.is_file():
-        return {}
-    with open(model_path, "rb") as handle:
-        return {"model_file_sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
+    return {"model_file_sha256": sha256_file(model_path)} if model_path.is_file() else {}
 
 
 def _read_result(run_dir: Path) -> Optional[dict[str, Any]]:

@@ -31,7 +31,7 @@ from sklearn.model_selection import ParameterGrid
 from models.spec import ExperimentSpec
 from runner import PROJECT_ROOT
 from runner.errors import ConfigError
-from runner.records import RANKING_METRICS
+from runner.records import RANKING_METRICS, sha256_file
 
 DEFAULT_NOTEBOOK = PROJECT_ROOT / "notebooks" / "base_experiment.ipynb"
 RESERVED_PARAMS = ("output_dir", "logs_dir")
@@ -133,11 +133,6 @@ def hash_params(params: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _tree_listing(folder: Path) -> str:
     """sha256 of (relative path, size, mtime in ns) of every file below `folder`, sorted."""
     if not folder.is_dir():
@@ -168,7 +163,7 @@ class Fingerprinter:
         cells = nbformat.read(str(notebook), as_version=4).cells
         self._notebook = hash_params([c.source for c in cells if c.cell_type == "code"])
         sources = sorted(p for pkg in ("models", "runner") for p in (PROJECT_ROOT / pkg).glob("*.py"))
-        self._code = hash_params([(p.relative_to(PROJECT_ROOT).as_posix(), _sha256_file(p)) for p in sources])
+        self._code = hash_params([(p.relative_to(PROJECT_ROOT).as_posix(), sha256_file(p)) for p in sources])
         self._cache: dict[tuple[str, str], str] = {}
 
     def _cached(self, kind: str, key: str, compute) -> str:
@@ -188,7 +183,7 @@ class Fingerprinter:
             folder = params.get("weights_dir") or os.environ.get("NBSWEEP_WEIGHTS_DIR")
             weights_part = "imagenet" + (f":{self._cached('dir', folder, lambda: _tree_listing(Path(folder)))}" if folder else "")
         elif weights:
-            weights_part = self._cached("file", weights, lambda: _sha256_file(Path(weights)) if Path(weights).is_file() else f"missing:{weights}")
+            weights_part = self._cached("file", weights, lambda: sha256_file(Path(weights)) if Path(weights).is_file() else f"missing:{weights}")
         else:
             weights_part = "random"
         return {"notebook": self._notebook, "code": self._code, "data": data, "weights": weights_part}

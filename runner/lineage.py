@@ -10,7 +10,6 @@ records as a tree: roots (ImageNet or scratch) and their warm-started children.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import os
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from runner.errors import ConfigError
-from runner.records import COMPLETED, RUN, RunLoadError, RunRecord, find_record, read_record
+from runner.records import COMPLETED, RUN, RunLoadError, RunRecord, find_record, read_record, sha256_file
 
 ARCHITECTURE_PARAMS = ("base", "base_kwargs", "head", "dense_units", "image_size")
 """Parameters that must match between a run and the run it warm-starts from."""
@@ -116,9 +115,7 @@ def resolve_warm_start(params: Mapping[str, Any], class_names: Optional[Sequence
         kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.weights.h5"))
         raise ConfigError(f"{where}: checkpoint {checkpoint!r}: {weights} does not exist "
                           f"(kept: {', '.join(kept) or 'none'})")
-    with open(weights, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    return WarmStart(parent.run_id, checkpoint, str(weights), digest)
+    return WarmStart(parent.run_id, checkpoint, str(weights), sha256_file(weights))
 
 
 def _label(record: RunRecord, metric: str) -> str:

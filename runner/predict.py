@@ -14,7 +14,6 @@ images itself, so photos of any size go in.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import sys
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import pandas as pd
 
 from models.spec import ExperimentSpec
 from runner.errors import ConfigError, RunnerError
-from runner.records import COMPLETED, ENSEMBLE, RunLoadError, RunRecord, find_record, read_record, write_json_atomic
+from runner.records import COMPLETED, ENSEMBLE, RunLoadError, RunRecord, find_record, read_record, sha256_file, write_json_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -199,8 +198,7 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs",
     if model_path is None or not model_path.is_file():
         raise RunLoadError(f"run {record.run_id}: weights file missing: {model_path or 'no model in record'}")
     expected = record.model.get("model_file_sha256")
-    with open(model_path, "rb") as handle:
-        actual = hashlib.file_digest(handle, "sha256").hexdigest()
+    actual = sha256_file(model_path)
     if expected and actual != expected:
         raise RunLoadError(f"run {record.run_id}: checksum mismatch for {model_path}: "
                            f"sha256 {actual[:12]}..., record says {expected[:12]}...")

@@ -15,6 +15,7 @@ Both are written atomically (temporary file in the same folder, fsync, then
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import platform
@@ -122,6 +123,16 @@ class RunRecord(BaseModel):
     parent_run_id: Optional[str] = None
     warm_start: dict[str, Any] = {}
     members: list[str] = []
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file's bytes (read in chunks by `hashlib.file_digest`).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -26,7 +26,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,8 +274,8 @@ def test_load_data_names_the_class_folder_that_runs_empty(tmp_path):
             load_data(spec)
 
 
-def test_image_check_reasons_and_cost(tmp_path):
-    """PIL's header check + verify, plus the JPEG end marker: far under a second per 1000 files."""
+def test_image_check_reasons(tmp_path):
+    """PIL's header check + verify, plus the JPEG end marker (its cost: bench/preflight_bench.py)."""
     good = make_image_folder(tmp_path / "photos", 2, ("a",)) / "a" / "a_000.jpg"
     jpeg = good.read_bytes()
     (tmp_path / "trailing.jpg").write_bytes(jpeg + b"\0" * 10_000)  # decodable: bytes after the end marker
@@ -290,11 +289,6 @@ def test_image_check_reasons_and_cost(tmp_path):
     assert check_image_file(tmp_path / "truncated.jpg").startswith("corrupt or truncated image")
     assert check_image_file(tmp_path / "tiff.png").startswith("TIFF image: tf.io.decode_image reads only")
     assert check_image_file(tmp_path / "bad_crc.png").startswith("corrupt or truncated image")
-    started = time.perf_counter()
-    for _ in range(500):
-        check_image_file(good)
-        check_image_file(tmp_path / "photos" / "a" / "a_001.png")
-    assert time.perf_counter() - started < 1.0  # about 0.05 s on one core
 
 
 def test_simple_cnn_sweep_preflight_builds_no_model_and_opens_no_connection(tmp_path, monkeypatch,
@@ -312,9 +306,7 @@ def test_simple_cnn_sweep_preflight_builds_no_model_and_opens_no_connection(tmp_
     spec = load_grid(grid)
     runs, _ = expand_runs(spec, grid, base_dir=tmp_path)
     monkeypatch.chdir(tmp_path)
-    started = time.perf_counter()
-    assert preflight.check_runs(spec, runs, grid) == []
-    assert time.perf_counter() - started < 2.0  # 20 runs, one folder listed once
+    assert preflight.check_runs(spec, runs, grid) == []  # its time: bench/preflight_bench.py
     assert list(tmp_path.iterdir()) == [grid]
 
 

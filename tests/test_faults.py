@@ -5,7 +5,6 @@ kernels that raises, exits, kills its own kernel or sleeps on demand (no
 TensorFlow, so each run takes about a second).
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -54,9 +53,7 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     grid = write_grid(tmp_path, "[{action: raise}, {action: memory}, {action: exit}, {action: kill}, "
                                 "{action: sleep, seconds: 30}, {action: ok, score: 0.9}]")
-    started = time.perf_counter()
     assert sweep_main([str(grid), "--timeout", "8"]) == 1
-    assert time.perf_counter() - started < 120
     records = by_action(tmp_path)
     assert len(records) == 6
     assert records["raise", 0.5].status == FAILED and "boom" in records["raise", 0.5].error["evalue"]
@@ -67,6 +64,7 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
         assert (tmp_path / "logs" / rec.paths["notebook"]).is_file()  # the partial notebook is kept
         assert (tmp_path / "logs" / rec.paths["html"]).is_file()
     assert records["sleep", 0.5].status == TIMEOUT and "--timeout 8 s" in records["sleep", 0.5].error["evalue"]
+    assert records["sleep", 0.5].timings["total_s"] < 30  # stopped, not left to sleep its 30 s
     assert records["ok", 0.9].status == COMPLETED  # after all of that, the last run still ran
     page = (tmp_path / "leaderboard.html").read_text()
     assert "Runs that did not complete (5)" in page

@@ -169,9 +169,24 @@ def lineage_text(records: Sequence[RunRecord], metric: str = "weighted_recall",
     return "\n".join(lines)
 
 
+def node_id(run_id: str) -> str:
+    """The html id of a run's node in `lineage.html` (the leaderboard gives its row the same id).
+
+    Args:
+        run_id: the run id.
+
+    Returns:
+        `"run-<run_id>"`, unescaped (escape it for an attribute, quote it for a URL fragment).
+    """
+    return f"run-{run_id}"
+
+
 def render_lineage(records: Sequence[RunRecord], metric: str, logs_dir: Path, page_dir: Path,
                    leaderboard_name: str = "leaderboard.html") -> str:
     """`lineage.html`: the lineage tree with each run id linking to its saved notebook html.
+
+    Each node carries the html id `node_id(run_id)`, so `lineage.html#run-<run_id>`
+    shows (and highlights) that run's place in the tree.
 
     Args:
         records: run records.
@@ -185,15 +200,15 @@ def render_lineage(records: Sequence[RunRecord], metric: str, logs_dir: Path, pa
         A complete, self-contained html document; every string escaped.
     """
     def link(rec: RunRecord) -> str:
-        rel = rec.paths.get("html")
+        rel, anchor = rec.paths.get("html"), html.escape(node_id(rec.run_id), quote=True)
         if not rel:
-            return html.escape(rec.run_id)
+            return f'<span id="{anchor}">{html.escape(rec.run_id)}</span>'
         href = Path(os.path.relpath((logs_dir / rel).resolve(), page_dir)).as_posix()
-        return f'<a href="{html.escape(href, quote=True)}">{html.escape(rec.run_id)}</a>'
+        return f'<a href="{html.escape(href, quote=True)}" id="{anchor}">{html.escape(rec.run_id)}</a>'
 
     body = lineage_text(records, metric, link=link, escape=html.escape) or "No runs yet."
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Lineage</title>"
-            "<style>body{font-family:system-ui,sans-serif;margin:2em}pre{font-size:0.95em}</style></head>\n"
+            "<style>body{font-family:system-ui,sans-serif;margin:2em}pre{font-size:0.95em}:target{background:#ffe98a}</style></head>\n"
             f"<body><h1>Lineage</h1><p>Roots start from ImageNet or random weights; children are "
             f"warm-started from their parent. Metric: <b>{html.escape(metric)}</b>. "
             f"<a href=\"{html.escape(leaderboard_name, quote=True)}\">Leaderboard</a></p>\n<pre>{body}</pre></body></html>\n")

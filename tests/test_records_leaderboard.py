@@ -1,13 +1,15 @@
 """Run records (schema, atomic writes) and the leaderboard (ranking, escaping)."""
 
+import base64
 import json
 import os
+import re
 
 import pytest
 
 from runner.errors import ConfigError, FatalError
 from runner.leaderboard import main as leaderboard_main
-from runner.leaderboard import rank_runs, records_frame, write_leaderboard
+from runner.leaderboard import base_head_groups, rank_runs, records_frame, write_leaderboard
 from runner.records import read_record, read_records, write_record
 
 
@@ -83,9 +85,11 @@ def test_leaderboard_html_and_csv(tmp_path, make_record):
     assert page.index("20261121-120100-bbbbbbbb") < page.index("20261121-120200-cccccccc")
     assert '<a href="experiments/20261121-120100-bbbbbbbb/20261121-120100-bbbbbbbb.html">' in page
     assert "0.9000" in page and "0.7000" not in page
-    # parameters that differ are columns; equal ones are not; everything escaped
-    assert "<th>dropout</th>" in page and "<th>head</th>" not in page
-    assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    # parameters that differ are columns; equal ones are hidden columns (shown by a toggle); everything
+    # escaped: the only script is the page's own
+    assert "<th>dropout</th>" in page and "<th>head</th>" not in page and '<th class="same">head</th>' in page
+    assert page.count("<script>") == 1 and "<script>alert" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     # failed runs and unreadable records have their own sections
     assert "Runs that did not complete (1)" in page and "ValueError: bad &lt;base&gt;" in page
     assert "Unreadable records (1)" in page and "broken.json" in page
@@ -107,3 +111,52 @@ def test_empty_logs_dir_gives_an_empty_board(tmp_path, make_record):
     ranked = write_leaderboard(tmp_path / "none", tmp_path / "leaderboard.html")
     assert len(ranked) == 0
     assert "No completed runs yet" in (tmp_path / "leaderboard.html").read_text()
+
+
+def embedded_pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_leaderboard_page_is_self_contained_with_figures_and_links(tmp_path, make_record):
+    logs = tmp_path / "logs"
+    root = make_record("20261121-120000-aaaaaaaa", 0.70, base="vgg16", head="flatten")
+    child = make_record("20261121-120100-bbbbbbbb", 0.90, base="vgg16", head="flatten").model_copy(
+        update={"parent_run_id": root.run_id})
+    other = make_record("20261121-120200-cccccccc", 0.80, base="mobilenet", head="gap")
+    for rec in (root, child, other):
+        write_record(rec, logs)
+    write_leaderboard(logs, tmp_path / "leaderboard.html")
+    page = (tmp_path / "leaderboard.html").read_text()
+    # nothing from another host: no http(s) or protocol-relative src/href, no CSS url()
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page, re.IGNORECASE) and "url(" not in page
+    # the metric plot and the best run's confusion matrix (drawn from its numbers: no png file) as PNGs
+    figures = embedded_pngs(page)
+    assert len(figures) == 2 and all(f.startswith(b"\x89PNG") for f in figures)
+    assert f'alt="confusion matrix of {child.run_id}"' in page
+    # rows are anchors; a run links to its html and its lineage node, a child to its parent's row
+    assert f'<tr id="run-{child.run_id}">' in page
+    assert f'href="lineage.html#run-{child.run_id}"' in page
+    assert f'<a href="#run-{root.run_id}">{root.run_id}</a>' in page
+    assert f'<a href="experiments/{root.run_id}/{root.run_id}.html" id="run-{root.run_id}">' in (
+        tmp_path / "lineage.html").read_text()
+    assert '<th aria-sort="descending">weighted_recall</th>' in page
+    assert '<th>base</th>' in page and '<th class="same">dropout</th>' in page
+
+
+def test_best_runs_saved_confusion_matrix_png_is_embedded_as_is(tmp_path, make_record):
+    from PIL import Image
+
+    record = make_record("20261121-120000-aaaaaaaa", 0.8).model_copy(
+        update={"paths": {"confusion_matrix": "../experiments/20261121-120000-aaaaaaaa/confusion_matrix.png"}})
+    png = tmp_path / "experiments" / record.run_id / "confusion_matrix.png"
+    png.parent.mkdir(parents=True)
+    Image.new("RGB", (7, 5), "purple").save(png)
+    write_record(record, tmp_path / "logs")
+    write_leaderboard(tmp_path / "logs", tmp_path / "leaderboard.html")
+    assert png.read_bytes() in embedded_pngs((tmp_path / "leaderboard.html").read_text())
+
+
+def test_base_head_groups_name_ensembles(tmp_path, make_record):
+    records = [make_record("20261121-120000-aaaaaaaa", 0.7, base="vgg16", head="gap"),
+               make_record("20261121-120100-bbbbbbbb", 0.8).model_copy(update={"kind": "ensemble", "params": {}})]
+    assert list(base_head_groups(records_frame(records, tmp_path))) == ["vgg16 + gap", "ensemble"]

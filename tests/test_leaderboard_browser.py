@@ -1,0 +1,160 @@
+"""The leaderboard as a person uses it: real headless Chromium sorts, filters, toggles and follows links.
+
+Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them) and selenium; skipped
+with the reason where they are missing. Fake records only (no sweep): a few seconds.
+
+The screenshot is written to the test's tmp folder and copied to `$NBSWEEP_ARTIFACTS_DIR`
+(default `<repo>/.artifacts/`) as `leaderboard.png`; the test prints both paths (`pytest -s`).
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from runner import PROJECT_ROOT
+from runner.leaderboard import write_leaderboard
+from runner.records import write_record
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver; "
+           ".ci/run installs them)")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -r requirements.txt)")
+from selenium.webdriver.common.by import By  # noqa: E402 (imported after the skip)
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+# run id -> (weighted recall, base, head); ranked: ccc, eee, aaa, ddd, bbb
+RUNS = {
+    "20261121-120000-aaaaaaaa": (0.80, "vgg16", "flatten"),
+    "20261121-120100-bbbbbbbb": (0.60, "vgg16", "gap"),
+    "20261121-120200-cccccccc": (0.90, "mobilenet", "gap"),
+    "20261121-120300-dddddddd": (0.70, "resnet50", "gap"),
+    "20261121-120400-eeeeeeee": (0.85, "mobilenet", "gap"),  # warm-started from cccccccc
+}
+RANKED = ["20261121-120200-cccccccc", "20261121-120400-eeeeeeee", "20261121-120000-aaaaaaaa",
+          "20261121-120300-dddddddd", "20261121-120100-bbbbbbbb"]
+
+
+@pytest.fixture
+def board(tmp_path, make_record) -> Path:
+    """A leaderboard of 5 completed runs and 1 failed one, each with a tiny saved html page."""
+    records = [make_record(run_id, recall, base=base, head=head) for run_id, (recall, base, head) in RUNS.items()]
+    records[4] = records[4].model_copy(update={"parent_run_id": "20261121-120200-cccccccc"})
+    records.append(make_record("20261121-120500-ffffffff", None, base="vgg16"))
+    for rec in records:
+        write_record(rec, tmp_path / "logs")
+        page = tmp_path / "experiments" / rec.run_id / f"{rec.run_id}.html"
+        page.parent.mkdir(parents=True)
+        page.write_text(f"<!DOCTYPE html><html><head><title>run {rec.run_id}</title></head>"
+                        f"<body><h1>{rec.run_id}</h1></body></html>", encoding="utf-8")
+    write_leaderboard(tmp_path / "logs", tmp_path / "leaderboard.html")
+    return tmp_path / "leaderboard.html"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium through chromedriver, with a fresh profile and no background network."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def visible_run_ids(driver) -> list[str]:
+    rows = driver.find_elements(By.CSS_SELECTOR, "#board tbody tr")
+    return [row.get_attribute("id").removeprefix("run-") for row in rows if row.is_displayed()]
+
+
+def header(driver, name: str):
+    return next(th for th in driver.find_elements(By.CSS_SELECTOR, "#board thead th")
+                if th.get_attribute("textContent") == name)
+
+
+def save_screenshot(driver, tmp_path: Path) -> list[Path]:
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, min(max(height + 200, 600), 4000))  # the whole page, from its top
+    driver.execute_script("window.scrollTo(0, 0)")
+    shot = tmp_path / "leaderboard.png"
+    assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    artifacts = Path(os.environ.get("NBSWEEP_ARTIFACTS_DIR") or PROJECT_ROOT / ".artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    copy = Path(shutil.copy2(shot, artifacts / "leaderboard.png"))
+    print(f"\nleaderboard screenshot: {shot}\n                  copy: {copy}")
+    return [shot, copy]
+
+
+def test_sort_filter_toggle_and_links_in_a_real_browser(board, browser, tmp_path):
+    browser.get(board.as_uri())
+    assert browser.title == "Leaderboard: weighted_recall"
+    assert visible_run_ids(browser) == RANKED
+    assert browser.find_element(By.ID, "row-count").text == "5 of 5 runs shown"
+
+    # click the metric header: ascending (worst first), again: descending, numbers sorted as numbers
+    header(browser, "weighted_recall").click()
+    assert visible_run_ids(browser) == RANKED[::-1]
+    assert header(browser, "weighted_recall").get_attribute("aria-sort") == "ascending"
+    header(browser, "weighted_recall").click()
+    assert visible_run_ids(browser) == RANKED
+    header(browser, "run").click()
+    assert visible_run_ids(browser) == sorted(RUNS)
+
+    # the filter: case-insensitive substring over each row's text, with the count shown
+    search = browser.find_element(By.ID, "filter")
+
+    def type_filter(text: str) -> None:  # select all, then type over it (input events, as a person)
+        search.send_keys(Keys.CONTROL, "a")
+        search.send_keys(text or Keys.BACKSPACE)
+
+    type_filter("MobileNet")
+    assert visible_run_ids(browser) == ["20261121-120200-cccccccc", "20261121-120400-eeeeeeee"]
+    assert browser.find_element(By.ID, "row-count").text == "2 of 5 runs shown"
+    type_filter("nothing matches this")
+    assert visible_run_ids(browser) == [] and browser.find_element(By.ID, "row-count").text == "0 of 5 runs shown"
+    type_filter("")
+    assert visible_run_ids(browser) == sorted(RUNS)
+    assert browser.find_element(By.ID, "row-count").text == "5 of 5 runs shown"
+
+    # parameters identical across runs are hidden until "show all parameters" is ticked
+    assert header(browser, "base").is_displayed()
+    assert not header(browser, "dropout").is_displayed()
+    browser.find_element(By.ID, "show-all").click()
+    assert header(browser, "dropout").is_displayed()
+    assert browser.find_element(By.CSS_SELECTOR, "#run-20261121-120000-aaaaaaaa td.same").text == "0.5"
+    browser.find_element(By.ID, "show-all").click()
+    assert not header(browser, "dropout").is_displayed()
+
+    header(browser, "rank").click()
+    assert visible_run_ids(browser) == RANKED
+    images = browser.find_elements(By.CSS_SELECTOR, ".figures img")
+    assert len(images) == 2 and all(browser.execute_script("return arguments[0].naturalWidth", img) > 100
+                                    for img in images)  # both decoded: real pictures, not broken icons
+    for path in save_screenshot(browser, tmp_path):
+        assert path.read_bytes().startswith(b"\x89PNG")
+
+    # a child's parent links to the parent's row; each run to its lineage node and its saved html
+    child = browser.find_element(By.ID, "run-20261121-120400-eeeeeeee")
+    child.find_element(By.LINK_TEXT, "20261121-120200-cccccccc").click()
+    assert browser.current_url == board.as_uri() + "#run-20261121-120200-cccccccc"
+    browser.find_element(By.ID, "run-20261121-120400-eeeeeeee").find_element(By.LINK_TEXT, "tree").click()
+    assert browser.current_url == (board.parent / "lineage.html").as_uri() + "#run-20261121-120400-eeeeeeee"
+    assert browser.find_element(By.ID, "run-20261121-120400-eeeeeeee").text == "20261121-120400-eeeeeeee"
+    browser.back()
+    browser.find_element(By.LINK_TEXT, "20261121-120300-dddddddd").click()
+    run_page = board.parent / "experiments" / "20261121-120300-dddddddd" / "20261121-120300-dddddddd.html"
+    assert browser.current_url == run_page.as_uri()
+    assert browser.title == "run 20261121-120300-dddddddd"
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []  # no script error, nothing failed to load

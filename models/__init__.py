@@ -26,6 +26,7 @@ _LAZY = {
     "build": ("Preprocess", "build_model", "describe_model", "load_model"),
     "train": ("TrainingResult", "train_model", "unfreeze_base"),
     "evaluate": ("EvaluationResult", "evaluate_model", "plot_history"),
+    "cache": ("ActivationCache", "CacheBypass", "cached_inputs", "split_model"),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 

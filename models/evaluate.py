@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, classification_report,
                              confusion_matrix)
 
+from . import cache
 from .data import DataSplit, make_dataset
 from .spec import ExperimentSpec
 from .train import FINE_TUNE, HEAD
@@ -38,10 +39,13 @@ class EvaluationResult:
             rows are true classes, columns predicted classes, in
             `class_names` order).
         eval_s: wall-clock time of the evaluation, seconds.
+        from_cache: whether the test split's frozen-layer outputs came from
+            the activation cache (only the layers above them ran).
     """
 
     metrics: dict
     eval_s: float
+    from_cache: bool = False
 
     def to_dict(self) -> dict:
         """Returns the fields as a JSON-safe dict."""
@@ -52,6 +56,10 @@ def evaluate_model(
     model: keras.Model, data: DataSplit, spec: ExperimentSpec, output_dir
 ) -> EvaluationResult:
     """Evaluates a model on the test split and writes its predictions and confusion matrix.
+
+    When training used the activation cache, the test split's stored
+    frozen-layer outputs are read from it (never built here) and only the
+    layers above them run; otherwise the full model runs on the images.
 
     Metrics come from scikit-learn's `classification_report` (`zero_division=0`)
     and `confusion_matrix`, over every class (`labels=range(n)`) even when the
@@ -72,14 +80,21 @@ def evaluate_model(
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    probabilities = model.predict(
-        make_dataset(data.test, spec.image_size, spec.batch_size), verbose=0)
+    trainable = spec.fine_tune_layers if spec.fine_tune_layers and not spec.from_scratch else 0
+    try:  # the entry training used holds the test split's outputs too
+        cached = cache.cached_inputs(model, data, spec, trainable, build=False, names=["test"])
+        probabilities = cached.split.top.predict(
+            cache.feature_dataset([cached.arrays["test"]], data.test.labels, spec.batch_size), verbose=0)
+    except cache.CacheBypass:
+        cached = None
+        probabilities = model.predict(
+            make_dataset(data.test, spec.image_size, spec.batch_size), verbose=0)
     predictions_frame(data.test.paths, probabilities, data.class_names, data.test.labels).to_csv(
         output_dir / PREDICTIONS_FILE, index=False)
     metrics = classification_metrics(data.test.labels, probabilities, data.class_names)
     save_confusion_matrix(metrics["confusion_matrix"], data.class_names,
                           output_dir / CONFUSION_MATRIX_FILE)
-    return EvaluationResult(metrics=metrics, eval_s=time.perf_counter() - start)
+    return EvaluationResult(metrics=metrics, eval_s=time.perf_counter() - start, from_cache=cached is not None)
 
 
 def predictions_frame(paths, probabilities: np.ndarray, class_names, labels=None) -> pd.DataFrame:

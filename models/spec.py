@@ -121,6 +121,17 @@ class ExperimentSpec(BaseModel):
             `checkpoints/epoch_<k>.weights.h5`).
         keep_checkpoints: per-epoch checkpoints kept in
             `<run>/checkpoints/`: `None` keeps all, k keeps the last k, 0 none.
+        activation_cache: compute the frozen layers' outputs once and train
+            the layers above them on the stored outputs (`models.cache`);
+            bypassed, and the reason recorded, when nothing is frozen or
+            augmentation is on without `augmented_copies`.
+        activation_cache_dtype: `"float32"` or `"float16"` (half the disk
+            and memory, outputs rounded to ~3 significant digits).
+        augmented_copies: with augmentation on, cache this many augmented
+            copies of each training image (an epoch draws from them); 0
+            bypasses the cache for augmented runs.
+        cache_dir: the cache folder; `None` reads `NBSWEEP_CACHE_DIR`, else
+            `<project>/.cache/activations`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -164,6 +175,11 @@ class ExperimentSpec(BaseModel):
     warm_start: Optional[str] = None
     warm_start_checkpoint: Union[Literal["best"], int] = "best"
     keep_checkpoints: Optional[int] = Field(None, ge=0)
+    # Activation cache
+    activation_cache: bool = True
+    activation_cache_dtype: Literal["float32", "float16"] = "float32"
+    augmented_copies: int = Field(0, ge=0)
+    cache_dir: Optional[str] = None
 
     @field_validator("dense_units")
     @classmethod

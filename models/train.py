@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
+from . import cache
 from .data import DataSplit, make_dataset
 from .spec import ExperimentSpec
 
@@ -36,6 +37,33 @@ def checkpoint_path(run_dir, epoch: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_PATTERN.format(epoch=epoch)
 
 
+class _FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """A `ModelCheckpoint` that saves the full model while the top part of a cut model is fitted.
+
+    The top part (`models.cache.FrozenSplit.top`) shares its layers with the
+    full model, so the full model's weights are the trained ones; saving
+    them keeps checkpoints and `best.weights.h5` loadable into the full
+    model whichever path trained it.
+    """
+
+    def __init__(self, full_model: keras.Model, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._full_model = full_model
+
+    def set_model(self, model):
+        super().set_model(self._full_model)
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Adds `epoch_s`, the epoch's wall-clock seconds (training + validation), to the logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["epoch_s"] = time.perf_counter() - self._start
+
+
 class _KeepLastCheckpoints(keras.callbacks.Callback):
     """Deletes per-epoch checkpoints older than the last `keep` epochs."""
 
@@ -47,11 +75,11 @@ class _KeepLastCheckpoints(keras.callbacks.Callback):
         checkpoint_path(self.run_dir, epoch + 1 - self.keep).unlink(missing_ok=True)
 
 
-def _checkpoint_callbacks(output_dir: Path, keep) -> list[keras.callbacks.Callback]:
+def _checkpoint_callbacks(model: keras.Model, output_dir: Path, keep) -> list[keras.callbacks.Callback]:
     if keep == 0:
         return []
-    callbacks = [keras.callbacks.ModelCheckpoint(
-        output_dir / CHECKPOINT_DIR / CHECKPOINT_PATTERN, save_weights_only=True)]
+    callbacks = [_FullModelCheckpoint(
+        model, output_dir / CHECKPOINT_DIR / CHECKPOINT_PATTERN, save_weights_only=True)]
     return callbacks + ([_KeepLastCheckpoints(output_dir, keep)] if keep else [])
 
 
@@ -61,14 +89,19 @@ class TrainingResult:
 
     Attributes:
         history: per phase (`"head"`, then `"fine_tune"` if it ran), the
-            per-epoch `loss`, `accuracy`, `val_loss`, `val_accuracy` and
-            `learning_rate` as lists of floats.
+            per-epoch `loss`, `accuracy`, `val_loss`, `val_accuracy`,
+            `learning_rate` and `epoch_s` (seconds) as lists of floats.
         best_epoch: epoch of the lowest `val_loss`, 1-based, counted across
             both phases; its weights are the model's final weights.
         best_phase: the phase of `best_epoch`.
         epochs_run: epochs actually run in both phases (early stopping
             included).
-        train_s: wall-clock time of both phases, seconds.
+        train_s: wall-clock time of both phases, seconds (building cache
+            entries included).
+        activation_cache: per phase, how its inputs were obtained
+            (`models.cache`): `status` `"hit"` or `"built"` (with `key`,
+            `cut_layer`, `dtype`, `augmented_copies`, `build_s`, `entry`,
+            `shapes`), or `"bypassed"` / `"off"` with the `reason`.
     """
 
     history: dict[str, dict[str, list[float]]]
@@ -76,6 +109,7 @@ class TrainingResult:
     best_phase: str
     epochs_run: int
     train_s: float
+    activation_cache: dict[str, dict]
 
     def to_dict(self) -> dict:
         """Returns the fields as a JSON-safe dict."""
@@ -162,6 +196,14 @@ def train_model(
     phases in `<output_dir>/best.weights.h5`; they are loaded at the end, the
     file is deleted and the full model is saved to `<output_dir>/model.keras`.
 
+    With `spec.activation_cache`, each phase whose lower layers are frozen
+    (head phase: the whole base; fine-tuning: all but the last
+    `fine_tune_layers`) trains only the layers above the freeze boundary, on
+    that boundary's outputs from `models.cache` (computed once per input and
+    stored). The layers are the full model's own, so the checkpoints and
+    `model.keras` are the full model either way; `TrainingResult.activation_cache`
+    says per phase what happened.
+
     Args:
         model: a model from `build_model(spec, len(data.class_names))`.
         data: the split; trains on `data.train`, validates on `data.val`.
@@ -176,32 +218,35 @@ def train_model(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     best_path = output_dir / BEST_WEIGHTS_FILE
-    train_ds = make_dataset(data.train, spec.image_size, spec.batch_size, shuffle=True,
-                            seed=spec.seed, augmentation=spec.augmentation)
-    val_ds = make_dataset(data.val, spec.image_size, spec.batch_size)
     class_weight = None
     if spec.class_weight == "balanced":
         classes = np.arange(len(data.class_names))
         class_weight = dict(enumerate(compute_class_weight(
             "balanced", classes=classes, y=data.train.labels).tolist()))
+    cache_use: dict[str, dict] = {}
 
-    def fit(epochs: int, initial_epoch: int, threshold, schedule) -> dict[str, list[float]]:
+    def fit(phase: str, trainable_base_layers: int, learning_rate, epochs: int, initial_epoch: int,
+            threshold, schedule) -> dict[str, list[float]]:
+        fit_model, train_ds, val_ds, cache_use[phase] = _phase_inputs(
+            model, data, spec, trainable_base_layers)
+        _compile(fit_model, spec, learning_rate)
         callbacks = [
-            keras.callbacks.ModelCheckpoint(
-                best_path, monitor="val_loss", save_best_only=True, save_weights_only=True,
+            _EpochTimer(),
+            _FullModelCheckpoint(
+                model, best_path, monitor="val_loss", save_best_only=True, save_weights_only=True,
                 initial_value_threshold=threshold),
             *schedule,
-            *_checkpoint_callbacks(output_dir, spec.keep_checkpoints),
+            *_checkpoint_callbacks(model, output_dir, spec.keep_checkpoints),
             keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.setdefault(
-                "learning_rate", float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))),
+                "learning_rate", float(keras.ops.convert_to_numpy(fit_model.optimizer.learning_rate)))),
         ]
         if spec.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=spec.early_stopping_patience))
-        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
-                            initial_epoch=initial_epoch, class_weight=class_weight,
-                            callbacks=callbacks, verbose=verbose,
-                            shuffle=False)  # train_ds reshuffles itself every epoch
+        history = fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                                initial_epoch=initial_epoch, class_weight=class_weight,
+                                callbacks=callbacks, verbose=verbose,
+                                shuffle=False)  # train_ds reshuffles itself every epoch
         return {key: [float(v) for v in values] for key, values in history.history.items()}
 
     start = time.perf_counter()
@@ -210,14 +255,13 @@ def train_model(
         learning_rate = keras.optimizers.schedules.CosineDecay(
             spec.learning_rate,
             decay_steps=spec.epochs * math.ceil(len(data.train) / spec.batch_size))
-    _compile(model, spec, learning_rate)
-    history = {HEAD: fit(spec.epochs, 0, None, _schedule_callbacks(spec))}
+    history = {HEAD: fit(HEAD, 0, learning_rate, spec.epochs, 0, None, _schedule_callbacks(spec))}
     head_epochs = len(history[HEAD]["val_loss"])
     if spec.fine_tune_layers:
         if not spec.from_scratch:
             unfreeze_base(model, spec.fine_tune_layers)
-        _compile(model, spec, spec.fine_tune_learning_rate)
-        history[FINE_TUNE] = fit(head_epochs + spec.fine_tune_epochs, head_epochs,
+        history[FINE_TUNE] = fit(FINE_TUNE, spec.fine_tune_layers, spec.fine_tune_learning_rate,
+                                 head_epochs + spec.fine_tune_epochs, head_epochs,
                                  float(np.nanmin(history[HEAD]["val_loss"])), [])
     train_s = time.perf_counter() - start
 
@@ -228,8 +272,32 @@ def train_model(
             warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
             model.load_weights(best_path)
         best_path.unlink()
+    if getattr(model, "optimizer", None) is None:  # only the top part was fitted: save the full model compiled alike
+        _compile(model, spec, spec.fine_tune_learning_rate if spec.fine_tune_layers else spec.learning_rate)
+        model.optimizer.build(model.trainable_variables)  # so loading it does not warn of a missing state
     model.save(output_dir / MODEL_FILE)
     return TrainingResult(
         history=history, best_epoch=best + 1,
         best_phase=HEAD if best < head_epochs else FINE_TUNE,
-        epochs_run=len(val_losses), train_s=train_s)
+        epochs_run=len(val_losses), train_s=train_s, activation_cache=cache_use)
+
+
+def _phase_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, trainable_base_layers: int):
+    """What a phase fits: `(model to fit, train dataset, val dataset, cache description)`.
+
+    From the activation cache (the top part of the cut model on stored
+    features) when it applies, else the full model on images.
+    """
+    try:
+        cached = cache.cached_inputs(model, data, spec, trainable_base_layers)
+    except cache.CacheBypass as exc:
+        status = cache.OFF if not spec.activation_cache else cache.BYPASSED
+        train_ds = make_dataset(data.train, spec.image_size, spec.batch_size, shuffle=True,
+                                seed=spec.seed, augmentation=spec.augmentation)
+        val_ds = make_dataset(data.val, spec.image_size, spec.batch_size)
+        return model, train_ds, val_ds, {"status": status, "reason": str(exc)}
+    train = [cached.arrays[name] for name in sorted(cached.arrays) if name.startswith("train_aug_")]
+    train_ds = cache.feature_dataset(train or [cached.arrays["train"]], data.train.labels,
+                                     spec.batch_size, shuffle=True, seed=spec.seed)
+    val_ds = cache.feature_dataset([cached.arrays["val"]], data.val.labels, spec.batch_size)
+    return cached.split.top, train_ds, val_ds, cached.info

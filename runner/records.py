@@ -48,6 +48,8 @@ ENSEMBLE = "ensemble"
 KINDS = (RUN, ENSEMBLE)
 
 RESULT_FILE = "result.json"
+THREAD_LIMIT_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+"""Environment variables capping a kernel's compute threads (set per worker by `--workers`)."""
 
 # Metrics a sweep can rank by: the scalar keys of `RunRecord.metrics`.
 RANKING_METRICS = (
@@ -87,7 +89,8 @@ class RunRecord(BaseModel):
             per epoch.
         best_epoch: 1-based epoch (across phases) whose weights were kept.
         timings: `train_s`, `eval_s`, `total_s` in seconds (`total_s` covers
-            kernel start to html export).
+            kernel start to html export); `cache_build_s`, the part of
+            `train_s` spent building activation cache entries.
         environment: python, package versions, git commit, hostname.
         paths: the run's files, relative to the folder of the record.
         error: for failed runs: `ename`, `evalue`, `traceback`, `cell_index`.
@@ -98,6 +101,11 @@ class RunRecord(BaseModel):
             `weights_path` (relative to the record's folder) and
             `weights_sha256` of the weights loaded.
         members: for ensembles: the member run ids.
+        activation_cache: per training phase, how the frozen layers' outputs
+            were obtained (`status` `hit`, `built`, `bypassed` or `off`, with
+            the `reason`, `key`, `cut_layer`, `dtype`, `augmented_copies`,
+            `build_s`; see `models.cache`), and `evaluation`: whether the
+            test split was read from the cache.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -123,6 +131,7 @@ class RunRecord(BaseModel):
     parent_run_id: Optional[str] = None
     warm_start: dict[str, Any] = {}
     members: list[str] = []
+    activation_cache: dict[str, Any] = {}
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -332,7 +341,9 @@ def collect_environment() -> dict[str, Any]:
     Package versions are read from installed metadata (no TensorFlow import).
 
     Returns:
-        `{"python", "platform", "hostname", "git_commit", "packages": {name: version}}`.
+        `{"python", "platform", "hostname", "git_commit", "packages": {name: version},
+        "cpu_count", "thread_limits": {variable: value}}`: `thread_limits` are the
+        thread caps the run's kernel inherited (`--workers`), empty when none.
     """
     packages = ("tensorflow", "keras", "papermill", "nbconvert", "scikit-learn", "numpy", "pandas")
     return {
@@ -341,4 +352,6 @@ def collect_environment() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "git_commit": _git_commit(),
         "packages": {name: _package_version(name) for name in packages},
+        "cpu_count": os.cpu_count(),
+        "thread_limits": {name: os.environ[name] for name in THREAD_LIMIT_ENV if name in os.environ},
     }

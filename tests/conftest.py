@@ -34,6 +34,15 @@ def make_image_folder(root: Path, n_per_class: int = 12, classes=("red", "green"
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def activation_cache_dir(tmp_path_factory) -> Path:
+    """Every test's activation cache (runs and sweeps inherit it): a session folder, not the project's."""
+    folder = tmp_path_factory.mktemp("activation_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NBSWEEP_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_image_dir(tmp_path_factory) -> Path:
     """3 classes x 12 images of 40x30 pixels (read-only by convention)."""

@@ -438,7 +438,7 @@ def test_train_and_evaluate_end_to_end(split, base_weights_file, tmp_path):
     assert list(result.history) == ["head", "fine_tune"]
     for phase, epochs in (("head", 2), ("fine_tune", 2)):
         assert set(result.history[phase]) == {"loss", "accuracy", "val_loss", "val_accuracy",
-                                              "learning_rate"}
+                                              "learning_rate", "epoch_s"}
         assert all(len(v) == epochs for v in result.history[phase].values())
     np.testing.assert_allclose(result.history["head"]["learning_rate"], [1e-3, 5e-4])
     np.testing.assert_allclose(result.history["fine_tune"]["learning_rate"], [1e-4, 1e-4])

@@ -1,0 +1,233 @@
+"""The activation cache (`models.cache`): keys, equivalence with the uncached path, integrity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from models import ExperimentSpec
+from models import cache
+from models.bases import build_base
+from models.build import build_model, load_model
+from models.data import load_data, load_images
+from models.evaluate import evaluate_model
+from models.train import train_model
+
+from conftest import make_image_folder
+
+
+def make_spec(data_dir, **overrides) -> ExperimentSpec:
+    params = dict(data_dir=str(data_dir), base="simple_cnn_small", image_size=32, val_fraction=0.25,
+                  test_fraction=0.25, dense_units=[16], epochs=4, learning_rate=0.01, batch_size=8,
+                  early_stopping_patience=None, seed=0)
+    return ExperimentSpec(**{**params, **overrides})
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("cache_images"), 12)
+
+
+@pytest.fixture(scope="module")
+def weights_files(tmp_path_factory):
+    """Two different 'pretrained' `simple_cnn_small` weights files (random, seeds 1 and 2)."""
+    folder = tmp_path_factory.mktemp("cache_weights")
+    paths = []
+    for seed in (1, 2):
+        base, _ = build_base(make_spec("unused", weights=None, seed=seed))
+        paths.append(str(folder / f"seed{seed}.weights.h5"))
+        base.save_weights(paths[-1])
+    return paths
+
+
+NO_DROPOUT = {"base_kwargs": {"dropout": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def pretrained_base(image_dir, tmp_path_factory) -> str:
+    """A `simple_cnn_small` base without Dropout, trained 3 epochs from scratch on the images.
+
+    Without Dropout, as the keras.applications bases of real sweeps: Keras 3
+    runs a frozen base's Dropout layers in training mode inside `fit` (the
+    outer `training` flag wins over the base call's), which stored outputs
+    cannot reproduce. BatchNormalization is in inference mode either way.
+    """
+    folder = tmp_path_factory.mktemp("pretrained")
+    spec = make_spec(image_dir, weights=None, epochs=3, seed=1, **NO_DROPOUT)
+    model = build_model(spec, 3)
+    train_model(model, load_data(spec), spec, folder / "pretraining", verbose=0)
+    model.get_layer("base").save_weights(folder / "base.weights.h5")
+    return str(folder / "base.weights.h5")
+
+
+def key_of(spec, trainable=0):
+    data = load_data(spec)
+    split = cache.split_model(build_model(spec, len(data.class_names)), spec, trainable)
+    return cache.cache_key(spec, data, split)
+
+
+def test_key_changes_with_every_input_that_changes_the_numbers(image_dir, weights_files, tmp_path):
+    spec = make_spec(image_dir, weights=weights_files[0])
+    key, inputs = key_of(spec)
+    assert key == key_of(spec)[0]  # deterministic
+    # what only trains the head leaves the key alone
+    assert key == key_of(make_spec(image_dir, weights=weights_files[0], dropout=0.1, head="flatten",
+                                   learning_rate=0.5, epochs=1))[0]
+    other_data = make_image_folder(tmp_path / "fewer", 12)
+    (other_data / "red" / "red_011.png").unlink()
+    changed = {
+        "weights file": make_spec(image_dir, weights=weights_files[1]),
+        "image size": make_spec(image_dir, weights=weights_files[0], image_size=40),
+        "file list": make_spec(other_data, weights=weights_files[0]),
+        "split": make_spec(image_dir, weights=weights_files[0], seed=1),
+        "dtype": make_spec(image_dir, weights=weights_files[0], activation_cache_dtype="float16"),
+    }
+    keys = {what: key_of(other)[0] for what, other in changed.items()}
+    keys["cut layer"], cut_inputs = key_of(spec, trainable=3)
+    assert len({key, *keys.values()}) == len(keys) + 1, keys
+    assert (inputs["cut_layer"], cut_inputs["cut_layer"]) == ("block2_dropout", "block2_bn1")
+    assert set(inputs) >= {"base", "base_kwargs", "frozen_weights_sha256", "image_size", "data_manifest",
+                           "cut_layer", "keras", "tensorflow"}
+
+
+def test_cached_and_uncached_training_agree(image_dir, pretrained_base, tmp_path):
+    results = {}
+    for name, use in (("uncached", False), ("built", True), ("hit", True)):
+        spec = make_spec(image_dir, weights=pretrained_base, activation_cache=use, fine_tune_layers=3,
+                         fine_tune_epochs=2, cache_dir=str(tmp_path / "cache"), **NO_DROPOUT)
+        data = load_data(spec)
+        model = build_model(spec, len(data.class_names))
+        out = tmp_path / name
+        training = train_model(model, data, spec, out, verbose=0)
+        evaluation = evaluate_model(model, data, spec, out)
+        results[name] = training, evaluation
+        # model.keras is the full model whatever trained it: it predicts raw images alike
+        images = load_images(data.test.paths, 32)
+        np.testing.assert_allclose(load_model(out / "model.keras").predict(images, verbose=0),
+                                   model.predict(images, verbose=0), atol=1e-6)
+
+    assert {phase: use["status"] for phase, use in results["uncached"][0].activation_cache.items()} == {
+        "head": "off", "fine_tune": "off"}
+    assert {phase: use["status"] for phase, use in results["built"][0].activation_cache.items()} == {
+        "head": "built", "fine_tune": "built"}
+    assert {phase: use["status"] for phase, use in results["hit"][0].activation_cache.items()} == {
+        "head": "hit", "fine_tune": "hit"}
+    assert results["built"][0].activation_cache["head"]["build_s"] > 0
+    fine_tune = results["built"][0].activation_cache["fine_tune"]
+    cut = model.get_layer("base").get_layer(fine_tune["cut_layer"])
+    assert fine_tune["shapes"]["train"] == [len(data.train), *cut.output.shape[1:]]
+    assert [results[n][1].from_cache for n in results] == [False, True, True]
+
+    def val_losses(name):
+        return [v for phase in results[name][0].history.values() for v in phase["val_loss"]]
+
+    assert min(val_losses("uncached")) < 0.9 * val_losses("uncached")[0]  # it learns
+    np.testing.assert_allclose(val_losses("built"), val_losses("uncached"), rtol=0.02)
+    np.testing.assert_allclose(val_losses("hit"), val_losses("built"), rtol=1e-5)
+    recalls = [results[name][1].metrics["weighted_recall"] for name in results]
+    assert max(recalls) - min(recalls) <= 0.12, recalls  # at most one of 9 test images differs
+
+
+def test_augmented_runs_bypass_the_cache_or_use_augmented_copies(image_dir, weights_files, tmp_path):
+    augmentation = {"flip": "horizontal", "rotation": 0.1}
+    spec = make_spec(image_dir, weights=weights_files[0], epochs=2, augmentation=augmentation,
+                     cache_dir=str(tmp_path))
+    data = load_data(spec)
+    training = train_model(build_model(spec, 3), data, spec, tmp_path / "a", verbose=0)
+    assert training.activation_cache["head"]["status"] == "bypassed"
+    assert "augmentation" in training.activation_cache["head"]["reason"]
+    assert not any(tmp_path.glob("*/meta.json"))
+
+    spec = make_spec(image_dir, weights=weights_files[0], epochs=2, augmentation=augmentation,
+                     augmented_copies=2, cache_dir=str(tmp_path))
+    training = train_model(build_model(spec, 3), data, spec, tmp_path / "b", verbose=0)
+    use = training.activation_cache["head"]
+    assert (use["status"], use["augmented_copies"]) == ("built", 2)
+    arrays = cache.ActivationCache(tmp_path).load(use["key"])
+    assert set(arrays) == {"train", "val", "test", "train_aug_0", "train_aug_1"}
+    assert not np.allclose(arrays["train_aug_0"], arrays["train_aug_1"])  # two different random copies
+
+
+def test_from_scratch_base_is_not_cached(image_dir, tmp_path):
+    spec = make_spec(image_dir, weights=None, epochs=1, cache_dir=str(tmp_path))
+    training = train_model(build_model(spec, 3), load_data(spec), spec, tmp_path / "run", verbose=0)
+    assert training.activation_cache["head"] == {
+        "status": "bypassed", "reason": "the base is trained from scratch: no frozen layers"}
+
+
+@pytest.fixture
+def built_entry(image_dir, weights_files, tmp_path):
+    spec = make_spec(image_dir, weights=weights_files[0], cache_dir=str(tmp_path / "cache"))
+    data = load_data(spec)
+    model = build_model(spec, 3)
+    first = cache.cached_inputs(model, data, spec, 0)
+    assert first.info["status"] == "built"
+    return spec, data, model, first
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "missing meta", "missing array"])
+def test_a_corrupted_entry_is_detected_and_rebuilt(built_entry, damage):
+    spec, data, model, first = built_entry
+    entry = cache.ActivationCache(cache.cache_dir(spec)).entry(first.info["key"])
+    original = np.array(first.arrays["train"])
+    train_file = entry / "train.npy"
+    if damage == "flipped byte":
+        raw = bytearray(train_file.read_bytes())
+        raw[-7] ^= 0xFF
+        train_file.write_bytes(bytes(raw))
+    elif damage == "truncated":
+        train_file.write_bytes(train_file.read_bytes()[:-100])
+    elif damage == "missing meta":
+        (entry / cache.META_FILE).unlink()
+    else:
+        train_file.unlink()
+    with pytest.warns(RuntimeWarning, match="corrupted entry"):
+        again = cache.cached_inputs(model, data, spec, 0)
+    assert again.info["status"] == "built"
+    np.testing.assert_array_equal(again.arrays["train"], original)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cache.cached_inputs(model, data, spec, 0).info["status"] == "hit"
+    assert not [w for w in caught if "activation cache" in str(w.message)]
+
+
+def test_half_written_entries_are_never_read(built_entry):
+    """A writer killed before its rename leaves only a `.tmp-*` folder, which no key names."""
+    spec, data, model, first = built_entry
+    root = cache.cache_dir(spec)
+    shutil.rmtree(root / first.info["key"])
+    (root / f".tmp-{first.info['key']}-123-abcd").mkdir()
+    (root / f".tmp-{first.info['key']}-123-abcd" / "train.npy").write_bytes(b"partial")
+    assert cache.cached_inputs(model, data, spec, 0).info["status"] == "built"
+    meta = json.loads((root / first.info["key"] / cache.META_FILE).read_text())
+    assert set(meta["arrays"]) == {"train", "val", "test"}
+    assert meta["arrays"]["train"]["dtype"] == "float32" and meta["inputs"] == cache.cache_key(
+        spec, data, cache.split_model(model, spec, 0))[1]
+
+
+def test_concurrent_builders_compute_an_entry_once(tmp_path):
+    store, calls = cache.ActivationCache(tmp_path), []
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.5)
+        return {"train": np.arange(6, dtype=np.float32).reshape(3, 2)}
+
+    outcomes = []
+    threads = [threading.Thread(target=lambda: outcomes.append(store.get_or_build("k" * 32, {}, compute)))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert sorted(status for _, status, _ in outcomes) == ["built", "hit", "hit"]
+    for arrays, _, _ in outcomes:
+        np.testing.assert_array_equal(arrays["train"], np.arange(6).reshape(3, 2))
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["k" * 32]

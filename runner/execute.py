@@ -14,14 +14,16 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from jupyter_client.manager import AsyncKernelManager
 
@@ -127,17 +129,21 @@ class _NotebookThread(threading.Thread):
         finally:
             self.done.set()
 
-    def wait(self, timeout_s: Optional[float]) -> Optional[BaseException]:
+    def wait(self, timeout_s: Optional[float], should_stop: Optional[Callable[[], bool]] = None
+             ) -> Optional[BaseException]:
         """Wait for the notebook; its exception, or `None` when it succeeded.
 
         Raises:
             _RunTimeout: `timeout_s` seconds passed first.
-            KeyboardInterrupt: Ctrl-C / SIGTERM in the main thread.
+            KeyboardInterrupt: Ctrl-C / SIGTERM in the main thread, or
+                `should_stop()` returned true (polled every 0.2 s).
         """
         deadline = None if not timeout_s else time.monotonic() + timeout_s
         while not self.done.wait(0.2):
             if deadline is not None and time.monotonic() > deadline:
                 raise _RunTimeout(f"the run exceeded --timeout {timeout_s:g} s")
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt("the sweep asked this run to stop")
         return self.error
 
 
@@ -207,6 +213,7 @@ def execute_run(
     start_timeout_s: float = 120,
     timeout_s: Optional[float] = None,
     cell_timeout_s: Optional[float] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> RunRecord:
     """Execute one run of the notebook and record it.
 
@@ -226,16 +233,18 @@ def execute_run(
             Defaults to `None`.
         cell_timeout_s: limit of each cell in seconds (papermill's
             `execution_timeout`), or `None`. Defaults to `None`.
+        should_stop: polled while the notebook runs; when it returns true
+            the run is stopped as if interrupted (how worker processes
+            learn of a Ctrl-C). Defaults to `None`.
 
     Returns:
         The written record: `COMPLETED`, `FAILED` (the notebook raised,
-        e.g. MemoryError, or the kernel died) or `TIMEOUT`, with `error`
-        unless completed. The kernel is shut down in every case; the partly
-        executed notebook and its html are kept.
+        e.g. MemoryError, or the kernel died), `TIMEOUT`, or `INTERRUPTED`
+        (Ctrl-C or SIGTERM, see `runner.sweep`, or `should_stop`), with
+        `error` unless completed. The kernel is shut down in every case; the
+        partly executed notebook and its html are kept.
 
     Raises:
-        KeyboardInterrupt: Ctrl-C or SIGTERM (see `runner.sweep`) during the
-            run, re-raised after the run is recorded as `INTERRUPTED`.
         FatalError: the record cannot be written.
     """
     started = datetime.now(timezone.utc)
@@ -248,8 +257,11 @@ def execute_run(
 
     _kernel_environment()
     params = _resolve_warm_start_ref(run.params, logs_dir)
-    error, status, interrupted = None, COMPLETED, False
-    kernel = AsyncKernelManager(kernel_name=KERNEL_NAME)  # ours, so we can always stop it
+    error, status = None, COMPLETED
+    # Ours, so we can always stop it; Unix sockets in a folder of its own: no TCP ports to clash
+    # between concurrent runs (the short /tmp path keeps within the socket path limit).
+    sockets = Path(tempfile.mkdtemp(prefix="nbsweep-kernel-"))
+    kernel = AsyncKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str(sockets / "kernel"))
     thread = _NotebookThread(
         input_path=str(notebook),
         output_path=str(ipynb_path),
@@ -265,16 +277,17 @@ def execute_run(
     with _stderr_to(None if verbose else run_dir / "kernel.log"):
         try:
             thread.start()
-            exc = thread.wait(timeout_s)
+            exc = thread.wait(timeout_s, should_stop)
             if exc is not None:  # a failed run is recorded, never raised
                 status, error = _status_of(exc), _error_from(exc)
         except KeyboardInterrupt:
-            status, interrupted = INTERRUPTED, True
+            status = INTERRUPTED
             error = _error("KeyboardInterrupt", "the sweep was interrupted (Ctrl-C or SIGTERM)")
         except _RunTimeout as exc:
             status, error = TIMEOUT, _error("Timeout", str(exc))
         finally:
             _stop_kernel(kernel, thread)
+            shutil.rmtree(sockets, ignore_errors=True)
 
     warnings, html_path = [], None
     if ipynb_path.exists():
@@ -289,6 +302,8 @@ def execute_run(
 
     result = result or {}
     training, evaluation = result.get("training", {}), result.get("evaluation", {})
+    cache_use = {**training.get("activation_cache", {}),
+                 **({"evaluation": {"from_cache": evaluation["from_cache"]}} if "from_cache" in evaluation else {})}
     files = {
         "notebook": ipynb_path, "html": html_path, "result": run_dir / RESULT_FILE,
         "model": run_dir / "model.keras", "training_curves": run_dir / "training_curves.png",
@@ -308,6 +323,7 @@ def execute_run(
         history=training.get("history", {}),
         best_epoch=training.get("best_epoch"),
         timings={"train_s": training.get("train_s"), "eval_s": evaluation.get("eval_s"),
+                 "cache_build_s": sum(use.get("build_s", 0.0) for use in cache_use.values()),
                  "total_s": round(time.perf_counter() - t0, 3)},
         environment=collect_environment(),
         paths={key: os.path.relpath(path, logs_dir) if path and Path(path).exists() else None
@@ -316,10 +332,9 @@ def execute_run(
         warnings=warnings,
         parent_run_id=(result.get("warm_start") or {}).get("parent_run_id"),
         warm_start=_relative_warm_start(result.get("warm_start"), logs_dir),
+        activation_cache=cache_use,
     )
     write_record(record, logs_dir)
-    if interrupted:
-        raise KeyboardInterrupt(f"run {run_id} interrupted")
     return record
 
 

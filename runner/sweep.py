@@ -2,7 +2,9 @@
 
     python runner/sweep.py grid.yaml [--dry-run] [--verbose] [--force | --retry-failed]
                                      [--data-dir DIR] [--weights-dir DIR]
-                                     [--timeout S] [--cell-timeout S] [--max-runs N --yes]
+                                     [--timeout S] [--cell-timeout S]
+                                     [--workers N | --executor dask --scheduler tcp://HOST:8786]
+                                     [--max-runs N --yes]
 
 Every configuration of the grid is validated against the notebook's
 parameters before anything runs. Each run is executed with papermill into
@@ -41,11 +43,11 @@ from tqdm import tqdm
 
 from models.spec import ExperimentSpec
 from runner.errors import ConfigError, FatalError
-from runner.execute import execute_run
+from runner.executors import DaskExecutor, InlineExecutor, LocalExecutor, RunTask
 from runner.grid import GridSpec, RunSpec, expand_runs, load_grid
 from runner.leaderboard import write_leaderboard
 from runner.preflight import check_runs
-from runner.records import COMPLETED, INTERRUPTED, RUN, SKIPPED, STATUSES, read_records
+from runner.records import COMPLETED, INTERRUPTED, RUN, SKIPPED, STATUSES, RunRecord, read_records
 
 
 def runs_table(runs: list[RunSpec]) -> pd.DataFrame:
@@ -77,6 +79,11 @@ class SweepOptions:
             one (failed, interrupted or timed out).
         timeout_s: wall-clock limit per run, seconds, or `None`.
         cell_timeout_s: limit per notebook cell, seconds, or `None`.
+        workers: runs executed at once on this machine, each in a worker
+            process of its own when > 1 (`runner.executors.LocalExecutor`).
+        executor: `"local"` (this machine, `workers`) or `"dask"` (a
+            `dask.distributed` cluster, `runner.executors.DaskExecutor`).
+        scheduler: the Dask scheduler's address, with `executor="dask"`.
     """
 
     verbose: bool = False
@@ -84,6 +91,9 @@ class SweepOptions:
     retry_failed: bool = False
     timeout_s: Optional[float] = None
     cell_timeout_s: Optional[float] = None
+    workers: int = 1
+    executor: str = "local"
+    scheduler: Optional[str] = None
 
 
 def plan_runs(runs: list[RunSpec], logs_dir: Path, options: SweepOptions) -> list[tuple[RunSpec, Optional[str]]]:
@@ -110,13 +120,19 @@ def plan_runs(runs: list[RunSpec], logs_dir: Path, options: SweepOptions) -> lis
 
 
 def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOptions] = None) -> dict[str, list]:
-    """Execute the runs one after another, skipping those already done; then write the leaderboard.
+    """Execute the runs not done yet on the chosen executor; then write the leaderboard.
+
+    Runs start in grid order, up to the executor's number of slots at once
+    (`--workers`); a run with a `warm_start` starts only once every run
+    before it has finished, so `warm_start: best` sees them. The progress bar
+    advances as runs finish.
 
     SIGINT and SIGTERM raise `KeyboardInterrupt` while the sweep runs, so
-    Ctrl-C and `kill` end the same way: the running notebook is stopped, saved and
-    recorded as interrupted, the leaderboard is regenerated, and the
-    `KeyboardInterrupt` goes up to the caller. Running the same sweep again
-    continues with the runs that have no completed record.
+    Ctrl-C and `kill` end the same way: runs not started are dropped, running
+    notebooks are stopped, saved and recorded as interrupted, the leaderboard
+    is regenerated, and the `KeyboardInterrupt` goes up to the caller.
+    Running the same sweep again continues with the runs that have no
+    completed record.
 
     Args:
         spec: the validated grid (notebook, output folders, metric, top_n).
@@ -128,13 +144,16 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
         run specs under `SKIPPED`.
 
     Raises:
-        KeyboardInterrupt: Ctrl-C or SIGTERM; the running run is recorded.
-        FatalError: a record could not be written; the leaderboard is still
-            regenerated from what was recorded.
+        KeyboardInterrupt: Ctrl-C or SIGTERM; running runs are recorded.
+        FatalError: a record could not be written, or a worker process
+            died; the leaderboard is still regenerated from what was recorded.
     """
     options = options or SweepOptions()
     outcome: dict[str, list] = {status: [] for status in (*STATUSES, SKIPPED)}
     plan = plan_runs(runs, spec.logs_dir, options)
+    task = RunTask(spec.notebook, spec.experiments_dir, spec.logs_dir, verbose=options.verbose,
+                   timeout_s=options.timeout_s, cell_timeout_s=options.cell_timeout_s)
+    executor = make_executor(options)
     try:
         # The bar writes to a copy of stderr: fd 2 itself goes to each run's kernel.log.
         bar_file = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
@@ -143,22 +162,24 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
     # SIGINT too: a sweep started in the background by a script inherits an ignored SIGINT
     previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with tqdm(plan, desc="sweep", unit="run", file=bar_file, dynamic_ncols=True) as bar:
+        with tqdm(total=len(plan), desc="sweep", unit="run", file=bar_file, dynamic_ncols=True) as bar:
+            def finished(record: RunRecord) -> None:
+                outcome[record.status].append(record)
+                if record.status not in (COMPLETED, INTERRUPTED):
+                    bar.write(f"run {record.run_id} {record.status}: {record.error['ename']}: "
+                              f"{record.error['evalue'][:200]}", file=bar_file)
+                bar.update()
+                bar.set_postfix_str(_counts(outcome))
+
+            pending: list[RunSpec] = []
             for run, skip in plan:
-                bar.set_postfix_str(f"run {run.index + 1}/{len(runs)} ({run.origin}) " + _counts(outcome))
                 if skip:
                     outcome[SKIPPED].append(run)
                     bar.write(f"skip run {run.index + 1} ({run.origin}): {skip}", file=bar_file)
+                    bar.update()
                 else:
-                    record = execute_run(run, spec.notebook, spec.experiments_dir, spec.logs_dir,
-                                         verbose=options.verbose, timeout_s=options.timeout_s,
-                                         cell_timeout_s=options.cell_timeout_s)
-                    outcome[record.status].append(record)
-                    if record.status != COMPLETED:
-                        bar.write(f"run {record.run_id} {record.status}: {record.error['ename']}: "
-                                  f"{record.error['evalue'][:200]}", file=bar_file)
-                bar.update()
-            bar.set_postfix_str(_counts(outcome))
+                    pending.append(run)
+            _execute(executor, task, pending, finished)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -166,6 +187,59 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
             bar_file.close()
         write_leaderboard(spec.logs_dir, spec.leaderboard, spec.metric, spec.top_n)
     return outcome
+
+
+def make_executor(options: SweepOptions):
+    """The executor of `options`: `DaskExecutor`, or `InlineExecutor` for 1 local worker, else `LocalExecutor`.
+
+    Raises:
+        ConfigError: no Dask scheduler answers at `options.scheduler`.
+    """
+    if options.executor == "dask":
+        return DaskExecutor(options.scheduler)
+    return InlineExecutor() if options.workers == 1 else LocalExecutor(options.workers)
+
+
+def _execute(executor, task: RunTask, pending: list[RunSpec], finished) -> None:
+    """Feeds `pending` to `executor` in order, calling `finished(record)` as each run ends.
+
+    Raises:
+        KeyboardInterrupt: after the running runs are recorded as interrupted.
+        FatalError: a worker process died (its run has no record).
+    """
+    running: dict = {}
+    queue = list(pending)
+    try:
+        while queue or running:
+            # a warm start waits for every earlier run, so `best` and explicit parents are there
+            while queue and len(running) < executor.slots and not (running and queue[0].params.get("warm_start")):
+                run = queue.pop(0)
+                running[executor.submit(task, run)] = run
+            for future in executor.wait_first(list(running)):
+                record = _result(future, running.pop(future))
+                finished(record)
+                if record.status == INTERRUPTED:  # Ctrl-C reached the run first
+                    raise KeyboardInterrupt(f"run {record.run_id} interrupted")
+    except KeyboardInterrupt:
+        executor.stop()
+        for future in list(running):
+            with contextlib.suppress(FatalError):
+                record = _result(future, running.pop(future))
+                if record is not None:  # None: stopped before it started
+                    finished(record)
+        raise
+    finally:
+        executor.close()
+
+
+def _result(future, run: RunSpec) -> RunRecord:
+    try:
+        return future.result()
+    except (FatalError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the worker process or machine died: the run has no record
+        raise FatalError(f"run {run.index + 1} ({run.origin}): its worker died "
+                         f"({type(exc).__name__}: {exc}); it has no record and runs again next time") from exc
 
 
 def _counts(outcome: dict[str, list]) -> str:
@@ -224,15 +298,37 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wall-clock limit of each run; a run over it is stopped and recorded as 'timeout'")
     parser.add_argument("--cell-timeout", type=float, metavar="SECONDS",
                         help="limit of each notebook cell (papermill's execution timeout)")
+    parser.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                        help="run N notebooks at once, each in its own worker process and kernel, with "
+                        "TensorFlow threads = cores / N (default: 1, in this process)")
+    parser.add_argument("--executor", choices=("local", "dask"), default="local",
+                        help="where runs execute: this machine (default) or a dask.distributed cluster "
+                        "(needs --scheduler and a filesystem shared with the workers; see README)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="the Dask scheduler, e.g. tcp://HOST:8786 (with --executor dask)")
     parser.add_argument("--max-runs", type=int, default=1000,
                         help="refuse a grid of more runs than this unless --yes (default: 1000)")
     parser.add_argument("--yes", action="store_true", help="run a grid larger than --max-runs")
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point; returns the exit code (0 all completed, 1 a run failed, 2 bad input)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.executor == "dask" and not args.scheduler:
+        parser.error("--executor dask needs --scheduler ADDRESS (e.g. tcp://HOST:8786)")
+    if args.executor == "dask" and args.workers != 1:
+        parser.error("--workers is for --executor local; a Dask cluster runs as many runs as its workers have threads")
+    if args.scheduler and args.executor != "dask":
+        parser.error("--scheduler needs --executor dask")
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {k: v for k, v in {"data_dir": args.data_dir, "weights_dir": args.weights_dir}.items() if v}
@@ -255,7 +351,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{args.max_runs}; pass --yes to run them all, or narrow the grid / use sample:", file=sys.stderr)
         return 2
     options = SweepOptions(verbose=args.verbose, force=args.force, retry_failed=args.retry_failed,
-                           timeout_s=args.timeout, cell_timeout_s=args.cell_timeout)
+                           timeout_s=args.timeout, cell_timeout_s=args.cell_timeout, workers=args.workers,
+                           executor=args.executor, scheduler=args.scheduler)
     try:
         with sweep_lock(spec.logs_dir):
             outcome = run_sweep(spec, runs, options)
@@ -266,7 +363,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}; the sweep stopped, every record written so far is intact", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: the running run is recorded as '{INTERRUPTED}' and {spec.leaderboard} is up to date; "
+        print(f"interrupted: running runs are recorded as '{INTERRUPTED}' and {spec.leaderboard} is up to date; "
               f"run the same command again to continue with the remaining runs", file=sys.stderr)
         return 130
     print(f"{_counts(outcome)}; leaderboard: {spec.leaderboard}")

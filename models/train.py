@@ -27,6 +27,8 @@ from .spec import ExperimentSpec
 HEAD, FINE_TUNE = "head", "fine_tune"
 BEST_WEIGHTS_FILE = "best.weights.h5"
 MODEL_FILE = "model.keras"
+TENSORBOARD_DIR = "tensorboard"
+"""Per-run TensorBoard logs, `<output_dir>/tensorboard/{train,validation}/` (epoch scalars)."""
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = "epoch_{epoch}.weights.h5"
 """Per-epoch weights: `<output_dir>/checkpoints/epoch_<k>.weights.h5`, k 1-based across phases."""
@@ -188,6 +190,10 @@ def train_model(
     a constant `spec.fine_tune_learning_rate` and train `spec.fine_tune_epochs`
     more epochs, numbered on from the head phase.
 
+    Per-epoch scalars (loss, accuracy, learning rate; steps = epochs across
+    both phases) go to TensorBoard logs in `<output_dir>/tensorboard/`, so
+    `tensorboard --logdir experiments` compares the runs' curves.
+
     Every epoch's weights go to `<output_dir>/checkpoints/epoch_<k>.weights.h5`
     (k 1-based across both phases; the last `spec.keep_checkpoints` kept, all
     when `None`), so a later run can warm-start from any epoch.
@@ -232,6 +238,7 @@ def train_model(
         _compile(fit_model, spec, learning_rate)
         callbacks = [
             _EpochTimer(),
+            keras.callbacks.TensorBoard(output_dir / TENSORBOARD_DIR, write_graph=False, profile_batch=0),
             _FullModelCheckpoint(
                 model, best_path, monitor="val_loss", save_best_only=True, save_weights_only=True,
                 initial_value_threshold=threshold),

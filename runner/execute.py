@@ -308,7 +308,7 @@ def execute_run(
         "notebook": ipynb_path, "html": html_path, "result": run_dir / RESULT_FILE,
         "model": run_dir / "model.keras", "training_curves": run_dir / "training_curves.png",
         "confusion_matrix": run_dir / "confusion_matrix.png", "predictions": run_dir / "predictions.csv",
-        "kernel_log": run_dir / "kernel.log",
+        "kernel_log": run_dir / "kernel.log", "tensorboard": run_dir / "tensorboard",
     }
     record = RunRecord(
         run_id=run_id,

@@ -433,8 +433,8 @@ def test_train_and_evaluate_end_to_end(split, base_weights_file, tmp_path):
     model = build_model(spec, len(split.class_names))
     result = train_model(model, split, spec, tmp_path, verbose=0)
 
-    # best.weights.h5 removed; the per-epoch checkpoints (for warm starts) stay
-    assert {p.name for p in tmp_path.iterdir()} == {"model.keras", "checkpoints"}
+    # best.weights.h5 removed; the per-epoch checkpoints (for warm starts) and TensorBoard logs stay
+    assert {p.name for p in tmp_path.iterdir()} == {"model.keras", "checkpoints", "tensorboard"}
     assert list(result.history) == ["head", "fine_tune"]
     for phase, epochs in (("head", 2), ("fine_tune", 2)):
         assert set(result.history[phase]) == {"loss", "accuracy", "val_loss", "val_accuracy",
@@ -448,6 +448,12 @@ def test_train_and_evaluate_end_to_end(split, base_weights_file, tmp_path):
     assert result.best_phase == ("head" if result.best_epoch <= 2 else "fine_tune")
     assert result.train_s > 0
     json.dumps(result.to_dict())
+    # TensorBoard: one step per epoch across both phases, the same values as the history
+    for folder, key in (("train", "loss"), ("validation", "val_loss")):
+        logged = _tensorboard_scalars(tmp_path / "tensorboard" / folder, "epoch_loss")
+        assert [step for step, _ in logged] == [0, 1, 2, 3]
+        np.testing.assert_allclose([v for _, v in logged],
+                                   result.history["head"][key] + result.history["fine_tune"][key], rtol=1e-5)
     assert _val_loss(model, split) == pytest.approx(min(val_losses), rel=1e-4)  # best weights
     # Fine-tuning unfroze the last block (conv, BatchNorm, ReLU, pool, dropout) but its BatchNorm.
     base = model.get_layer("base")
@@ -480,6 +486,15 @@ def test_train_and_evaluate_end_to_end(split, base_weights_file, tmp_path):
     difference = np.abs(reloaded.predict(images, verbose=0) - model.predict(images, verbose=0))
     assert difference.max() <= 1e-6
     assert describe_model(reloaded, spec)["weights_source"] == "file"
+
+
+def _tensorboard_scalars(folder, tag) -> list[tuple[int, float]]:
+    """(step, value) of a scalar in a TensorBoard log folder, read back with TensorBoard's own reader."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload()
+    return sorted((e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag))
 
 
 def _val_loss(model, split) -> float:

@@ -33,6 +33,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -231,8 +232,10 @@ class ActivationCache:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
             try:
                 tmp.rename(self.entry(key))
-            except OSError:  # another writer's complete entry is already there
-                shutil.rmtree(tmp, ignore_errors=True)
+            except OSError:
+                if not self.entry(key).is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another writer's complete entry is there
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -253,7 +256,9 @@ class ActivationCache:
         Returns:
             `(arrays, status, build_s)`: `status` is `HIT` or `BUILT`;
             `build_s` is the wall-clock seconds spent computing and writing
-            (0 for a hit).
+            (0 for a hit). An entry that cannot be written (disk full,
+            read-only folder) is only warned about: the computed arrays are
+            still returned.
         """
         arrays = self.load(key)
         if arrays is not None:
@@ -266,12 +271,14 @@ class ActivationCache:
                 return arrays, HIT, 0.0
             start = time.perf_counter()
             arrays = compute()
-            self.store(key, inputs, arrays, time.perf_counter() - start)
+            try:
+                self.store(key, inputs, arrays, time.perf_counter() - start)
+            except OSError as exc:  # e.g. disk full: this run goes on with what it computed
+                warnings.warn(f"activation cache {self.root}: could not store entry {key} ({exc}); "
+                              f"later runs will compute it again", RuntimeWarning, stacklevel=2)
             return arrays, BUILT, time.perf_counter() - start
 
     def _discard(self, folder: Path, reason: str) -> None:
-        import warnings
-
         warnings.warn(f"activation cache {folder}: {reason}; rebuilding it", RuntimeWarning, stacklevel=3)
         trash = folder.with_name(f".trash-{folder.name}-{uuid.uuid4().hex[:8]}")
         with contextlib.suppress(OSError):
@@ -290,8 +297,9 @@ class CachedInputs:
 
     Attributes:
         split: the cut model.
-        arrays: `train`, `val`, `test` features (and `train_aug_<i>` per
-            augmented copy), float32 or float16, memory-mapped.
+        arrays: `val` and `test` features, and `train` or, with augmented
+            copies, `train_aug_<i>` per copy; float32 or float16,
+            memory-mapped.
         info: the record's description of this use: `status`, `key`,
             `cut_layer`, `dtype`, `augmented_copies`, `build_s`, `entry`,
             `shapes`.
@@ -330,7 +338,7 @@ def cached_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, tra
         trainable_base_layers: see `split_model`.
         build: compute and store a missing entry; when `False` a missing
             entry raises `CacheBypass`.
-        names: the arrays to read (all when `None`).
+        names: with `build=False`, the arrays to read (all when `None`).
 
     Returns:
         The `CachedInputs`.
@@ -351,16 +359,15 @@ def cached_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, tra
             dataset = make_dataset(part, spec.image_size, BUILD_BATCH_SIZE, **augment)
             return split.frozen.predict(dataset, verbose=0).astype(spec.activation_cache_dtype)
 
-        arrays = {name: outputs(getattr(data, name)) for name in ("train", "val", "test")}
-        for copy in range(inputs["augmented_copies"]):
+        copies = inputs["augmented_copies"]
+        arrays = {name: outputs(getattr(data, name)) for name in ("val", "test", *(["train"] * (not copies)))}
+        for copy in range(copies):
             arrays[f"train_aug_{copy}"] = outputs(data.train, seed=spec.seed + copy,
                                                   augmentation=spec.augmentation)
         return arrays
 
     if build:
         arrays, status, build_s = cache.get_or_build(key, inputs, compute)
-        if names:
-            arrays = {name: arrays[name] for name in names}
     else:
         arrays, status, build_s = cache.load(key, names), HIT, 0.0
         if arrays is None:

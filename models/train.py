@@ -3,8 +3,8 @@
 The two phases follow Keras's transfer-learning guide ("Transfer learning &
 fine-tuning", keras.io/guides/transfer_learning): train the new head with the
 pretrained base frozen, then unfreeze the top of the base (BatchNormalization
-layers stay frozen) and go on at a low learning rate. One `ModelCheckpoint`
-threshold spans both phases, so the weights with the best `val_loss` of the
+layers stay frozen) and go on at a low learning rate. One best-weights
+tracker spans both phases, so the weights with the best `val_loss` of the
 whole run are the ones kept.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from .data import DataSplit, make_dataset
 from .spec import ExperimentSpec
 
 HEAD, FINE_TUNE = "head", "fine_tune"
-BEST_WEIGHTS_FILE = "best.weights.h5"
 MODEL_FILE = "model.keras"
 TENSORBOARD_DIR = "tensorboard"
 """Per-run TensorBoard logs, `<output_dir>/tensorboard/{train,validation}/` (epoch scalars)."""
@@ -44,8 +42,8 @@ class _FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     The top part (`models.cache.FrozenSplit.top`) shares its layers with the
     full model, so the full model's weights are the trained ones; saving
-    them keeps checkpoints and `best.weights.h5` loadable into the full
-    model whichever path trained it.
+    them keeps the per-epoch checkpoints loadable into the full model
+    whichever path trained it.
     """
 
     def __init__(self, full_model: keras.Model, *args, **kwargs):
@@ -54,6 +52,24 @@ class _FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def set_model(self, model):
         super().set_model(self._full_model)
+
+
+class _BestWeights(keras.callbacks.Callback):
+    """Keeps a copy, in memory, of the full model's weights at the lowest finite `val_loss` so far.
+
+    One instance spans both phases. In memory rather than a `ModelCheckpoint`
+    file: writing the whole model (59 MB for VGG16) at every improvement
+    cost more than an epoch of head training on cached activations.
+    """
+
+    def __init__(self, full_model: keras.Model):
+        super().__init__()
+        self.full_model, self.best, self.weights = full_model, np.inf, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_loss", np.nan)
+        if np.isfinite(value) and value < self.best:
+            self.best, self.weights = value, self.full_model.get_weights()
 
 
 class _EpochTimer(keras.callbacks.Callback):
@@ -198,9 +214,9 @@ def train_model(
     (k 1-based across both phases; the last `spec.keep_checkpoints` kept, all
     when `None`), so a later run can warm-start from any epoch.
 
-    A `ModelCheckpoint` keeps the weights of the lowest `val_loss` of both
-    phases in `<output_dir>/best.weights.h5`; they are loaded at the end, the
-    file is deleted and the full model is saved to `<output_dir>/model.keras`.
+    The weights of the lowest `val_loss` of both phases are kept (in memory)
+    and restored at the end; the full model is then saved to
+    `<output_dir>/model.keras`.
 
     With `spec.activation_cache`, each phase whose lower layers are frozen
     (head phase: the whole base; fine-tuning: all but the last
@@ -223,7 +239,7 @@ def train_model(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    best_path = output_dir / BEST_WEIGHTS_FILE
+    best_weights = _BestWeights(model)
     class_weight = None
     if spec.class_weight == "balanced":
         classes = np.arange(len(data.class_names))
@@ -232,16 +248,14 @@ def train_model(
     cache_use: dict[str, dict] = {}
 
     def fit(phase: str, trainable_base_layers: int, learning_rate, epochs: int, initial_epoch: int,
-            threshold, schedule) -> dict[str, list[float]]:
+            schedule) -> dict[str, list[float]]:
         fit_model, train_ds, val_ds, cache_use[phase] = _phase_inputs(
             model, data, spec, trainable_base_layers)
         _compile(fit_model, spec, learning_rate)
         callbacks = [
             _EpochTimer(),
             keras.callbacks.TensorBoard(output_dir / TENSORBOARD_DIR, write_graph=False, profile_batch=0),
-            _FullModelCheckpoint(
-                model, best_path, monitor="val_loss", save_best_only=True, save_weights_only=True,
-                initial_value_threshold=threshold),
+            best_weights,
             *schedule,
             *_checkpoint_callbacks(model, output_dir, spec.keep_checkpoints),
             keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.setdefault(
@@ -262,23 +276,19 @@ def train_model(
         learning_rate = keras.optimizers.schedules.CosineDecay(
             spec.learning_rate,
             decay_steps=spec.epochs * math.ceil(len(data.train) / spec.batch_size))
-    history = {HEAD: fit(HEAD, 0, learning_rate, spec.epochs, 0, None, _schedule_callbacks(spec))}
+    history = {HEAD: fit(HEAD, 0, learning_rate, spec.epochs, 0, _schedule_callbacks(spec))}
     head_epochs = len(history[HEAD]["val_loss"])
     if spec.fine_tune_layers:
         if not spec.from_scratch:
             unfreeze_base(model, spec.fine_tune_layers)
         history[FINE_TUNE] = fit(FINE_TUNE, spec.fine_tune_layers, spec.fine_tune_learning_rate,
-                                 head_epochs + spec.fine_tune_epochs, head_epochs,
-                                 float(np.nanmin(history[HEAD]["val_loss"])), [])
+                                 head_epochs + spec.fine_tune_epochs, head_epochs, [])
     train_s = time.perf_counter() - start
 
     val_losses = np.array([v for phase in history.values() for v in phase["val_loss"]])
     best = int(np.argmin(np.where(np.isfinite(val_losses), val_losses, np.inf)))
-    if best_path.exists():  # absent only if val_loss was never finite
-        with warnings.catch_warnings():  # optimizer state of the other phase: not needed
-            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
-            model.load_weights(best_path)
-        best_path.unlink()
+    if best_weights.weights is not None:  # None only if val_loss was never finite
+        model.set_weights(best_weights.weights)
     if getattr(model, "optimizer", None) is None:  # only the top part was fitted: save the full model compiled alike
         _compile(model, spec, spec.fine_tune_learning_rate if spec.fine_tune_layers else spec.learning_rate)
         model.optimizer.build(model.trainable_variables)  # so loading it does not warn of a missing state
@@ -303,8 +313,7 @@ def _phase_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, tra
                                 seed=spec.seed, augmentation=spec.augmentation)
         val_ds = make_dataset(data.val, spec.image_size, spec.batch_size)
         return model, train_ds, val_ds, {"status": status, "reason": str(exc)}
-    train = [cached.arrays[name] for name in sorted(cached.arrays) if name.startswith("train_aug_")]
-    train_ds = cache.feature_dataset(train or [cached.arrays["train"]], data.train.labels,
-                                     spec.batch_size, shuffle=True, seed=spec.seed)
+    train = [array for name, array in sorted(cached.arrays.items()) if name.startswith("train")]
+    train_ds = cache.feature_dataset(train, data.train.labels, spec.batch_size, shuffle=True, seed=spec.seed)
     val_ds = cache.feature_dataset([cached.arrays["val"]], data.val.labels, spec.batch_size)
     return cached.split.top, train_ds, val_ds, cached.info

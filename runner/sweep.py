@@ -153,7 +153,6 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
     plan = plan_runs(runs, spec.logs_dir, options)
     task = RunTask(spec.notebook, spec.experiments_dir, spec.logs_dir, verbose=options.verbose,
                    timeout_s=options.timeout_s, cell_timeout_s=options.cell_timeout_s)
-    executor = make_executor(options)
     try:
         # The bar writes to a copy of stderr: fd 2 itself goes to each run's kernel.log.
         bar_file = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
@@ -179,7 +178,8 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
                     bar.update()
                 else:
                     pending.append(run)
-            _execute(executor, task, pending, finished)
+            if pending:
+                _execute(make_executor(options), task, pending, finished)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -433,7 +433,7 @@ def test_train_and_evaluate_end_to_end(split, base_weights_file, tmp_path):
     model = build_model(spec, len(split.class_names))
     result = train_model(model, split, spec, tmp_path, verbose=0)
 
-    # best.weights.h5 removed; the per-epoch checkpoints (for warm starts) and TensorBoard logs stay
+    # the per-epoch checkpoints (for warm starts) and TensorBoard logs stay
     assert {p.name for p in tmp_path.iterdir()} == {"model.keras", "checkpoints", "tensorboard"}
     assert list(result.history) == ["head", "fine_tune"]
     for phase, epochs in (("head", 2), ("fine_tune", 2)):

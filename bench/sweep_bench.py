@@ -79,6 +79,34 @@ def describe(label: str, wall: float, records: list[dict]) -> dict:
     return {"wall": wall, "train": train, "overhead": statistics.mean(overheads), "build": build}
 
 
+CELL_LABELS = (("import models", "imports of the notebook's first cell"),
+               ("data = models.load_data", "TensorFlow import + listing and splitting the data"),
+               ("model = models.build_model", "building the model, loading the base weights"),
+               ("training = models.train_model", "training (not overhead)"),
+               ("evaluation = models.evaluate_model", "evaluation on the test split"),
+               ("write_result", "writing result.json"))
+
+
+def overhead_breakdown(records: list[dict], logs: Path) -> None:
+    """Prints where a run's time goes, averaged over `records`, from papermill's per-cell durations."""
+    parts: dict[str, list[float]] = {}
+    for record in records:
+        notebook = json.loads((logs / record["paths"]["notebook"]).read_text())
+        cells = [(("".join(c["source"])), c["metadata"].get("papermill", {}).get("duration") or 0.0)
+                 for c in notebook["cells"] if c["cell_type"] == "code"]
+        executed = notebook["metadata"]["papermill"]["duration"]
+        for prefix, label in CELL_LABELS:
+            parts.setdefault(label, []).append(sum(d for source, d in cells if source.startswith(prefix)))
+        parts.setdefault("other cells (parameters, display)", []).append(
+            sum(d for source, d in cells if not any(source.startswith(p) for p, _ in CELL_LABELS)))
+        parts.setdefault("kernel start and shutdown (papermill, outside cells)", []).append(
+            executed - sum(d for _, d in cells))
+        parts.setdefault("html export + record (after the notebook)", []).append(
+            record["timings"]["total_s"] - executed)
+    for label, values in parts.items():
+        print(f"  {statistics.mean(values):6.2f} s  {label}")
+
+
 def recalls(records: list[dict]) -> dict:
     return {(r["params"]["head"], r["params"]["dense_units"][0], r["params"]["dropout"]):
             r["metrics"]["weighted_recall"] for r in records}
@@ -132,6 +160,8 @@ def main() -> None:
           f"cold minus warm {b['wall'] - c['wall']:.1f} s (building the cache: {b['build']:.1f} s)")
     print(f"target per-run fixed overhead <= 12 s: {'met' if c['overhead'] <= 12 else 'NOT met'} "
           f"({c['overhead']:.1f} s warm, {a['overhead']:.1f} s uncached)")
+    print("where a warm run's time goes (mean of the (c) runs):")
+    overhead_breakdown(run_c[1], grid_c.parent / f"{grid_c.stem}_logs")
 
     ft = {**fixed, "epochs": 1, "head": "gap", "dense_units": [256], "dropout": 0.5,
           "fine_tune_layers": 4, "fine_tune_epochs": args.fine_tune_epochs, "fine_tune_learning_rate": 1e-5}

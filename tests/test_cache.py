@@ -231,3 +231,21 @@ def test_concurrent_builders_compute_an_entry_once(tmp_path):
     for arrays, _, _ in outcomes:
         np.testing.assert_array_equal(arrays["train"], np.arange(6).reshape(3, 2))
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["k" * 32]
+
+
+def test_a_cut_inside_a_residual_block_bypasses_the_cache(image_dir, tmp_path):
+    """MobileNetV2's block_15 adds its input to its output: no single tensor at a cut inside it."""
+    spec = make_spec(image_dir, weights=None, base="mobilenet_v2", base_kwargs={"alpha": 0.35})
+    base, _ = build_base(spec)
+    base.save_weights(tmp_path / "mnv2.weights.h5")
+    spec = make_spec(image_dir, weights=str(tmp_path / "mnv2.weights.h5"), base="mobilenet_v2",
+                     base_kwargs={"alpha": 0.35})
+    model = build_model(spec, 3)
+    names = [layer.name for layer in model.get_layer("base").layers]
+
+    def layers_above(name):  # trainable layers that put the cut at `name`
+        return len(names) - 1 - names.index(name)
+
+    with pytest.raises(cache.CacheBypass, match="not a single tensor"):
+        cache.split_model(model, spec, layers_above("block_15_project_BN"))
+    assert cache.split_model(model, spec, layers_above("block_15_add")).cut_layer == "block_15_add"

@@ -34,7 +34,10 @@ def test_completed_run_files_and_real_values(sweep):
                  "confusion_matrix.png", "predictions.csv", "result.json"):
         assert (run_dir / name).is_file(), name
     for key, rel in rec.paths.items():
-        assert rel is not None and (work / "logs" / rel).resolve().is_file(), key
+        assert rel is not None, key
+        path = (work / "logs" / rel).resolve()
+        assert path.is_dir() if key == "tensorboard" else path.is_file(), key
+    assert list((run_dir / "tensorboard").glob("*/events.out.tfevents.*"))
     assert rec.run_id.endswith(rec.config_hash[:8])
     m = rec.metrics
     for key in ("accuracy", "weighted_recall", "weighted_precision", "weighted_f1", "macro_f1"):

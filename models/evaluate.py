@@ -80,9 +80,8 @@ def evaluate_model(
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainable = spec.fine_tune_layers if spec.fine_tune_layers and not spec.from_scratch else 0
-    try:  # the entry training used holds the test split's outputs too
-        cached = cache.cached_inputs(model, data, spec, trainable, build=False, names=["test"])
+    try:  # the entry of the last training phase holds the test split's outputs too
+        cached = cache.cached_inputs(model, data, spec, spec.fine_tune_layers, build=False, names=["test"])
         probabilities = cached.split.top.predict(
             cache.feature_dataset([cached.arrays["test"]], data.test.labels, spec.batch_size), verbose=0)
     except cache.CacheBypass:

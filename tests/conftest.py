@@ -50,6 +50,18 @@ def tiny_image_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def base_weights_file(tmp_path_factory) -> str:
+    """A weights file of `simple_cnn_small` (random, 32 px): a 'pretrained' base that runs freeze."""
+    from models import ExperimentSpec
+    from models.bases import build_base
+
+    base, _ = build_base(ExperimentSpec(base="simple_cnn_small", weights=None, image_size=32))
+    path = tmp_path_factory.mktemp("weights") / "simple_cnn_small.weights.h5"
+    base.save_weights(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def sweep(tmp_path_factory, tiny_image_dir):
     """A real 3-run sweep through `python runner/sweep.py` (2 complete, 1 fails).
 

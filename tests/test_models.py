@@ -58,15 +58,6 @@ def split(image_dir):
     return load_data(make_spec(image_dir))
 
 
-@pytest.fixture(scope="session")
-def base_weights_file(tmp_path_factory) -> str:
-    """A weights file of `simple_cnn_small` at 32 px: a 'pretrained' base to freeze."""
-    base, _ = build_base(make_spec("unused"))
-    path = tmp_path_factory.mktemp("weights") / "simple_cnn_small.weights.h5"
-    base.save_weights(path)
-    return str(path)
-
-
 def test_package_import_is_light_and_lazy():
     code = ("import sys, models; models.ExperimentSpec(); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")

@@ -16,24 +16,12 @@ from test_faults import SWEEP, kernels_running_in, write_grid
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def frozen_base_weights(tmp_path_factory) -> str:
-    """A `simple_cnn_small` weights file: a 'pretrained' base the runs freeze (so the cache applies)."""
-    from models import ExperimentSpec
-    from models.bases import build_base
-
-    base, _ = build_base(ExperimentSpec(base="simple_cnn_small", weights=None, image_size=32))
-    path = tmp_path_factory.mktemp("weights") / "base.weights.h5"
-    base.save_weights(path)
-    return str(path)
-
-
-def test_two_workers_complete_a_four_run_sweep(tmp_path, tiny_image_dir, frozen_base_weights):
+def test_two_workers_complete_a_four_run_sweep(tmp_path, tiny_image_dir, base_weights_file):
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"""
 notebook: {PROJECT_ROOT / 'notebooks' / 'base_experiment.ipynb'}
 data_dir: {tiny_image_dir}
-fixed: {{base: simple_cnn_small, weights: {frozen_base_weights}, image_size: 32, epochs: 2, batch_size: 8,
+fixed: {{base: simple_cnn_small, weights: {base_weights_file}, image_size: 32, epochs: 2, batch_size: 8,
         dense_units: [8], val_fraction: 0.2, test_fraction: 0.25}}
 grid:
   - head: [flatten, gap]

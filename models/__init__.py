@@ -23,7 +23,7 @@ _LAZY = {
               "check_base_kwargs", "check_image_size", "imagenet_fix", "keras_imagenet_file",
               "offline_weights_file", "resolve_base", "resolve_weights"),
     "heads": ("add_head",),
-    "build": ("Preprocess", "build_model", "describe_model", "load_model"),
+    "build": ("Preprocess", "build_model", "describe_model", "load_model", "load_warm_start"),
     "train": ("TrainingResult", "train_model", "unfreeze_base"),
     "evaluate": ("EvaluationResult", "evaluate_model", "plot_history"),
     "cache": ("ActivationCache", "CacheBypass", "cached_inputs", "split_model"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
-import hashlib
 import importlib
 import inspect
 import os
@@ -25,6 +24,7 @@ from typing import Callable, Optional
 
 import keras
 
+from .hashing import sha256_file
 from .errors import ModelConfigError
 from .spec import ExperimentSpec
 
@@ -263,11 +263,6 @@ class WeightsChoice:
                                       self.sha256 and f"(sha256 {self.sha256[:12]})")))
 
 
-def _sha256(path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def offline_weights_file(info: BaseInfo, base_kwargs: dict) -> str:
     """Name of the offline ImageNet weights file of a base, as `../shared/weights` names them.
 
@@ -319,7 +314,7 @@ def resolve_weights(spec: ExperimentSpec, info: BaseInfo) -> WeightsChoice:
             raise ModelConfigError(
                 f"weights: file {path} does not exist; expected 'imagenet', null or a "
                 f"Keras weights file of base {info.name}")
-        return WeightsChoice(str(path), "file", _sha256(path), str(path))
+        return WeightsChoice(str(path), "file", sha256_file(path), str(path))
     if not info.has_imagenet:
         raise ModelConfigError(
             f"weights: got 'imagenet' for {info.name}, which is trained from scratch; "
@@ -330,7 +325,7 @@ def resolve_weights(spec: ExperimentSpec, info: BaseInfo) -> WeightsChoice:
             raise ModelConfigError(f"weights_dir: folder {folder} does not exist")
         path = Path(folder).expanduser() / offline_weights_file(info, spec.base_kwargs)
         if path.is_file():
-            return WeightsChoice(str(path), "weights_dir", _sha256(path), str(path))
+            return WeightsChoice(str(path), "weights_dir", sha256_file(path), str(path))
     return WeightsChoice("imagenet", "keras", None)
 
 
@@ -552,5 +547,5 @@ def build_base(spec: ExperimentSpec) -> tuple[keras.Model, WeightsChoice]:
     if choice.source in ("file", "weights_dir"):
         _load_weights_file(base, info, choice.path)
     if fetched:
-        choice = replace(choice, path=fetched[-1], sha256=_sha256(fetched[-1]))
+        choice = replace(choice, path=fetched[-1], sha256=sha256_file(fetched[-1]))
     return base, choice

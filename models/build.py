@@ -63,6 +63,9 @@ def build_model(spec: ExperimentSpec, num_classes: int) -> keras.Model:
     """
     if num_classes < 2:
         raise ModelConfigError(f"num_classes: got {num_classes}, expected >= 2")
+    from .train import set_precision_policy
+
+    set_precision_policy(spec)  # before any layer exists: mixed precision (GPU only) or float32
     keras.utils.set_random_seed(spec.seed)
     base, choice = build_base(spec)
     inputs = keras.Input((None, None, 3), dtype="float32", name="image")
@@ -121,3 +124,40 @@ def load_model(path) -> keras.Model:
         ValueError: if Keras cannot read the file.
     """
     return keras.models.load_model(path)
+
+
+def load_warm_start(model: keras.Model, resolved, class_names) -> dict | None:
+    """Loads the weights of a warm start the runner resolved into `model`, after checking them.
+
+    The runner resolves `warm_start` once, when the run starts
+    (`runner.lineage.resolve_warm_start`), and hands the result to the
+    notebook as the `resolved_warm_start` parameter; this only checks and loads.
+
+    Args:
+        model: a model from `build_model` with the parent's architecture.
+        resolved: `None` (no warm start), or a mapping with `parent_run_id`,
+            `checkpoint` (`"best"` or an epoch), `weights_path` (absolute),
+            `weights_sha256` and `class_names` (the parent's).
+        class_names: this run's classes, in label order.
+
+    Returns:
+        `None` without a warm start; otherwise `{"parent_run_id",
+        "checkpoint", "weights_path", "weights_sha256"}` of the weights loaded.
+
+    Raises:
+        ModelConfigError: the classes differ from the parent's, or the
+            weights file changed since it was resolved (sha256).
+    """
+    if not resolved:
+        return None
+    from .hashing import sha256_file
+
+    parent = resolved["parent_run_id"]
+    if list(resolved["class_names"]) != list(class_names):
+        raise ModelConfigError(f"warm_start: run {parent} has classes {list(resolved['class_names'])}, "
+                               f"this run has {list(class_names)}")
+    path = resolved["weights_path"]
+    if sha256_file(path) != resolved["weights_sha256"]:
+        raise ModelConfigError(f"warm_start: {path} changed since the run started (sha256 differs)")
+    model.load_weights(path)
+    return {key: resolved[key] for key in ("parent_run_id", "checkpoint", "weights_path", "weights_sha256")}

@@ -1,4 +1,4 @@
-"""Evaluation on the test split (metrics, predictions, confusion matrix) and training curves.
+"""Evaluation on the validation and test splits (metrics, predictions, confusion matrix) and training curves.
 
 Figures are drawn on `matplotlib.figure.Figure` objects rendered by the Agg
 canvas, never through `pyplot`: no global backend is switched and no figure
@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from matplotlib.figure import Figure
 from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, classification_report,
                              confusion_matrix)
@@ -21,58 +23,181 @@ from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, classificat
 from . import cache
 from .data import DataSplit, make_dataset
 from .spec import ExperimentSpec
-from .train import FINE_TUNE, HEAD
+from .train import FINE_TUNE, HEAD, resolve_fine_tune_layers
 
 PREDICTIONS_FILE = "predictions.csv"
+VAL_PREDICTIONS_FILE = "val_predictions.csv"
+PREDICTION_FILES = {"test": PREDICTIONS_FILE, "val": VAL_PREDICTIONS_FILE}
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+TTA_VIEWS = ("flip", "vflip", "crop")
+"""`ExperimentSpec.tta` items (`tta_transforms`)."""
+TTA_CROP_FRACTION = 0.875
+"""Side of each `crop` view, a fraction of the image's side: the 87.5 % central crop of
+Inception's evaluation (Szegedy et al. 2016; TF-slim `inception_preprocessing`,
+`tf.image.central_crop(image, 0.875)`)."""
+TTA_CACHE_BYPASS = ("tta needs the full model on transformed images (the stored activations are "
+                    "those of the untransformed images): evaluation ran the full model")
+"""`EvaluationResult.cache_bypass_reason` of an evaluation with test-time augmentation."""
+
+
+def _crop(images: tf.Tensor, corner: str) -> tf.Tensor:
+    """One `crop` view of a batch: a corner (or the centre) crop, resized back (bilinear) to its size."""
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    crop_h = tf.maximum(1, tf.cast(tf.round(tf.cast(height, tf.float32) * TTA_CROP_FRACTION), tf.int32))
+    crop_w = tf.maximum(1, tf.cast(tf.round(tf.cast(width, tf.float32) * TTA_CROP_FRACTION), tf.int32))
+    top = {"top": 0, "bottom": height - crop_h, "centre": (height - crop_h) // 2}[corner.split("_")[0]]
+    left = {"left": 0, "right": width - crop_w, "centre": (width - crop_w) // 2}[corner.split("_")[-1]]
+    return tf.image.resize(images[:, top:top + crop_h, left:left + crop_w], (height, width))
+
+
+CROP_CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right", "centre")
+"""The five `crop` views, in order (Krizhevsky et al. 2012's five crops)."""
+_VIEWS: dict[str, list[Callable[[tf.Tensor], tf.Tensor]]] = {
+    "flip": [lambda images: tf.reverse(images, axis=[2])],   # width axis: horizontal mirror
+    "vflip": [lambda images: tf.reverse(images, axis=[1])],  # height axis: vertical mirror
+    "crop": [lambda images, corner=corner: _crop(images, corner) for corner in CROP_CORNERS],
+}
+
+
+def tta_transforms(tta: Optional[Sequence[str]]) -> list[Callable[[tf.Tensor], tf.Tensor]]:
+    """The views that test-time augmentation averages over, as functions of a batch; the identity first.
+
+    Each function maps float32 `(batch, height, width, 3)` RGB in [0, 255]
+    to a float32 batch of the same shape and range.
+
+    Args:
+        tta: `None` / empty (only the identity), or distinct items of
+            `TTA_VIEWS`: `"flip"` adds the horizontal mirror, `"vflip"` the
+            vertical mirror, `"crop"` five crops of `TTA_CROP_FRACTION` of
+            each side (`CROP_CORNERS`: the four corners and the centre),
+            each resized back to `(height, width)` with `tf.image.resize`
+            (bilinear). Views are not combined: `["flip", "crop"]` gives
+            1 + 1 + 5 = 7.
+
+    Returns:
+        The functions, the identity first.
+
+    Raises:
+        ValueError: an item is not one of `TTA_VIEWS`, or is repeated.
+    """
+    tta = list(tta or [])
+    if any(name not in _VIEWS for name in tta) or len(set(tta)) != len(tta):
+        raise ValueError(f"tta: got {tta}, expected None or distinct items of {', '.join(TTA_VIEWS)}")
+    return [lambda images: images] + [view for name in tta for view in _VIEWS[name]]
+
+
+def predict_with_tta(model: keras.Model, images, tta: Optional[Sequence[str]] = None,
+                     batch_size: int = 32) -> np.ndarray:
+    """Class probabilities, averaged over test-time augmented views when `tta` is set.
+
+    The one place where TTA happens: the notebook's evaluation
+    (`evaluate_model`) and `runner.predict` both call it. With `tta` the
+    prediction is the mean of the model's softmax outputs over the original
+    and every transformed copy (`tta_transforms`), each view weighing the same.
+    Without it, this is `model.predict`.
+
+    Args:
+        model: maps float32 `(batch, height, width, 3)` RGB in [0, 255] to
+            probabilities `(batch, n_classes)`, e.g. from `build_model`.
+        images: an array `(n, height, width, 3)` RGB (uint8 or float in
+            [0, 255]), or a `tf.data.Dataset` of such batches or of
+            `(images, labels)` batches (labels are ignored) in a fixed
+            order, e.g. from `make_dataset` without shuffling; it is
+            iterated once per view.
+        tta: `None` or `[]` (off), or distinct items of `TTA_VIEWS`.
+            Defaults to `None`.
+        batch_size: images per forward pass for an array (a dataset keeps
+            its own batches). Defaults to `32`.
+
+    Returns:
+        float32 `(n, n_classes)` probabilities in [0, 1], rows summing to 1.
+
+    Raises:
+        ValueError: `tta` has an unknown or repeated item (`tta_transforms`).
+    """
+    views = tta_transforms(tta)
+    if not isinstance(images, tf.data.Dataset):
+        images = np.asarray(images, dtype="float32")
+    if len(views) == 1:
+        return model.predict(images, batch_size=None if isinstance(images, tf.data.Dataset) else batch_size,
+                             verbose=0)
+    if isinstance(images, tf.data.Dataset):
+        dataset = images.map(lambda *element: element[0])
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    total = None
+    for view in views:
+        viewed = dataset.map(lambda batch, view=view: view(tf.cast(batch, tf.float32)),
+                             num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        probabilities = model.predict(viewed, verbose=0).astype(np.float64)
+        total = probabilities if total is None else total + probabilities
+    return (total / len(views)).astype(np.float32)
 
 
 @dataclass
 class EvaluationResult:
-    """Test-split evaluation of a trained model.
+    """Evaluation of a trained model's kept weights on the validation and test splits.
 
     Attributes:
-        metrics: `accuracy`, `weighted_precision`, `weighted_recall`,
-            `weighted_f1`, `macro_precision`, `macro_recall`, `macro_f1`
-            (floats in [0, 1]), `per_class` (`{class name: {"precision",
-            "recall", "f1", "support"}}`) and `confusion_matrix` (`[[int]]`,
-            rows are true classes, columns predicted classes, in
-            `class_names` order).
+        metrics: test-split metrics (`classification_metrics`): `accuracy`,
+            `weighted_precision`, `weighted_recall`, `weighted_f1`,
+            `macro_precision`, `macro_recall`, `macro_f1` (floats in [0, 1]),
+            `per_class` (`{class name: {"precision", "recall", "f1",
+            "support"}}`) and `confusion_matrix` (`[[int]]`, rows are true
+            classes, columns predicted classes, in `class_names` order).
+        val_metrics: the same on the validation split: what a sweep selects
+            runs by (the test split is only reported).
         eval_s: wall-clock time of the evaluation, seconds.
-        from_cache: whether the test split's frozen-layer outputs came from
+        from_cache: whether the splits' frozen-layer outputs came from
             the activation cache (only the layers above them ran).
+        tta: the test-time augmentation used on both splits
+            (`ExperimentSpec.tta`), or `None`.
+        cache_bypass_reason: why the activation cache was not read although
+            it may hold the splits' outputs: `TTA_CACHE_BYPASS` with `tta`,
+            else `None`.
     """
 
     metrics: dict
+    val_metrics: dict
     eval_s: float
     from_cache: bool = False
+    tta: Optional[list[str]] = None
+    cache_bypass_reason: Optional[str] = None
 
     def to_dict(self) -> dict:
-        """Returns the fields as a JSON-safe dict."""
-        return asdict(self)
+        """Returns the fields as a JSON-safe dict; `tta` and `cache_bypass_reason` only when set."""
+        return {key: value for key, value in asdict(self).items()
+                if value is not None or key not in ("tta", "cache_bypass_reason")}
 
 
 def evaluate_model(
     model: keras.Model, data: DataSplit, spec: ExperimentSpec, output_dir
 ) -> EvaluationResult:
-    """Evaluates a model on the test split and writes its predictions and confusion matrix.
+    """Evaluates a model on the validation and test splits; writes the test predictions and confusion matrix.
 
-    When training used the activation cache, the test split's stored
-    frozen-layer outputs are read from it (never built here) and only the
-    layers above them run; otherwise the full model runs on the images.
+    When training used the activation cache, the splits' stored frozen-layer
+    outputs are read from it (never built here) and only the layers above
+    them run; otherwise the full model runs on the images. With `spec.tta`
+    (test-time augmentation) both splits are predicted by
+    `predict_with_tta`: the full model on the images and on their
+    transformed copies, averaged. The stored outputs are those of the
+    untransformed images, so TTA never reads the cache
+    (`EvaluationResult.cache_bypass_reason` says so).
 
     Metrics come from scikit-learn's `classification_report` (`zero_division=0`)
-    and `confusion_matrix`, over every class (`labels=range(n)`) even when the
-    test split never predicts some of them.
+    and `confusion_matrix`, over every class (`labels=range(n)`) even when a
+    split never predicts some of them.
 
     Args:
         model: a trained model from `build_model`.
-        data: the split; evaluates on `data.test`.
-        spec: the run's parameters; reads `image_size` and `batch_size`.
+        data: the split; evaluates on `data.val` and `data.test`.
+        spec: the run's parameters; reads `image_size`, `batch_size`,
+            `tta` and the activation cache's parameters.
         output_dir: folder (created if missing) for `predictions.csv`
-            (columns `path`, `true_label`, `predicted_label` (class names),
-            `confidence` (top probability), one `prob_<class>` per class) and
-            `confusion_matrix.png`.
+            (test split; columns `path`, `true_label`, `predicted_label`
+            (class names), `confidence` (top probability), one `prob_<class>`
+            per class; with `tta`, the averaged probabilities) and
+            `confusion_matrix.png` (test split).
 
     Returns:
         An `EvaluationResult`.
@@ -80,20 +205,29 @@ def evaluate_model(
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    try:  # the entry of the last training phase holds the test split's outputs too
-        cached = cache.cached_inputs(model, data, spec, spec.fine_tune_layers, build=False, names=["test"])
-        probabilities = cached.split.top.predict(
-            cache.feature_dataset([cached.arrays["test"]], data.test.labels, spec.batch_size), verbose=0)
+    splits = {"val": data.val, "test": data.test}
+    try:  # the entry of the last training phase holds the val and test splits' outputs too
+        if spec.tta:
+            raise cache.CacheBypass(TTA_CACHE_BYPASS)
+        cached = cache.cached_inputs(model, data, spec, resolve_fine_tune_layers(model, spec), build=False,
+                                     names=list(splits))
+        probabilities = {name: cached.split.top.predict(cache.feature_dataset(
+            [cached.arrays[name]], part.labels, spec.batch_size), verbose=0) for name, part in splits.items()}
     except cache.CacheBypass:
         cached = None
-        probabilities = model.predict(
-            make_dataset(data.test, spec.image_size, spec.batch_size), verbose=0)
-    predictions_frame(data.test.paths, probabilities, data.class_names, data.test.labels).to_csv(
-        output_dir / PREDICTIONS_FILE, index=False)
-    metrics = classification_metrics(data.test.labels, probabilities, data.class_names)
-    save_confusion_matrix(metrics["confusion_matrix"], data.class_names,
+        probabilities = {name: predict_with_tta(model, make_dataset(part, spec.image_size, spec.batch_size),
+                                                spec.tta) for name, part in splits.items()}
+    for name, part in splits.items():  # the test split's, and the validation split's (ensembles select on it)
+        predictions_frame(part.paths, probabilities[name], data.class_names, part.labels).to_csv(
+            output_dir / PREDICTION_FILES[name], index=False)
+    metrics = {name: classification_metrics(part.labels, probabilities[name], data.class_names)
+               for name, part in splits.items()}
+    save_confusion_matrix(metrics["test"]["confusion_matrix"], data.class_names,
                           output_dir / CONFUSION_MATRIX_FILE)
-    return EvaluationResult(metrics=metrics, eval_s=time.perf_counter() - start, from_cache=cached is not None)
+    return EvaluationResult(metrics=metrics["test"], val_metrics=metrics["val"],
+                            eval_s=time.perf_counter() - start, from_cache=cached is not None,
+                            tta=list(spec.tta) if spec.tta else None,
+                            cache_bypass_reason=TTA_CACHE_BYPASS if spec.tta else None)
 
 
 def predictions_frame(paths, probabilities: np.ndarray, class_names, labels=None) -> pd.DataFrame:
@@ -121,7 +255,7 @@ def predictions_frame(paths, probabilities: np.ndarray, class_names, labels=None
 
 
 def classification_metrics(labels, probabilities: np.ndarray, class_names) -> dict:
-    """Test metrics from scikit-learn's `classification_report` and `confusion_matrix`.
+    """A split's metrics from scikit-learn's `classification_report` and `confusion_matrix`.
 
     Every class counts (`labels=range(n)`, `zero_division=0`), even one that is
     never predicted or absent from `labels`.
@@ -194,7 +328,7 @@ def plot_history(history: dict[str, dict[str, list[float]]], path) -> Path:
         for key, label in ((metric, "train"), (f"val_{metric}", "val")):
             values = [v for phase in history.values() for v in phase.get(key, [])]
             axis.plot(range(1, len(values) + 1), values, marker="o", label=label)
-        if FINE_TUNE in history:
+        if FINE_TUNE in history and HEAD in history:
             axis.axvline(len(history[HEAD]["loss"]) + 0.5, color="grey", linestyle="--",
                          label="fine-tuning starts")
         axis.set(title=metric, xlabel="epoch", ylabel=metric)

@@ -13,12 +13,8 @@ averaging).
 
 from __future__ import annotations
 
-import argparse
-import html
-import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -28,72 +24,125 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import numpy as np
 import pandas as pd
 
-from runner.errors import ConfigError, RunnerError
-from runner.execute import make_run_id
-from runner.grid import hash_params
-from runner.leaderboard import write_leaderboard
+from runner.errors import ConfigError
+from models.hashing import sha256_json
+from runner.execute import prepare_run
+from runner.query import find, parse_metric, rank, read_all
 from runner.records import (
-    COMPLETED, ENSEMBLE, RANKING_METRICS, RUN, RunRecord, collect_environment, find_record,
-    read_record, read_records, write_record,
+    COMPLETED, ENSEMBLE, RANKING_METRICS, RUN, RunLoadError, RunRecord, SplitMetrics, build_record,
+    write_record, write_text_atomic,
 )
 
 
 def choose_members(runs: Sequence[str], top: Optional[int], logs_dir: Path, metric: str) -> list[tuple[Path, RunRecord]]:
     """The member records: the runs named, or the `top` completed notebook runs by `metric`.
 
+    Every member's files are checked as `runner.predict.load_run` checks them
+    (`runner.predict.check_run_files`: `model.keras` exists and its sha256
+    matches the record) and its `predictions.csv` must exist, so that the
+    ensemble can be averaged now and loaded later.
+
+    Args:
+        runs: member run ids / prefixes / record paths; empty to use `top`.
+        top: with no `runs`, how many of the best completed runs to take;
+            runs whose files fail the check are skipped (a `UserWarning`
+            names each with its problems) and the next best are taken.
+            `None` takes every loadable completed run.
+        logs_dir: folder of the records.
+        metric: what `top` ranks by, one of `RANKING_METRICS`.
+
+    Returns:
+        `(record path, record)` per member, best first for `top`.
+
     Raises:
-        ConfigError: fewer than 2 members, a member that did not complete or
-            is itself an ensemble, or members with different test splits or
-            classes.
+        ConfigError: `metric` is unknown; fewer than 2 members (for `top`,
+            after skipping, the message names the runs skipped); a named
+            member that did not complete, is itself an ensemble, or whose
+            files fail the check (the message names the run and each file);
+            or members with different test splits or classes.
     """
-    if metric not in RANKING_METRICS:
-        raise ConfigError(f"--metric: got {metric!r}, expected one of {', '.join(RANKING_METRICS)}")
+    import warnings
+
+    from runner.predict import check_run_files
+
+    ranking = parse_metric(metric, "--metric")
+    found = read_all(logs_dir)
+    unloadable: dict[str, str] = {}
     if runs:
-        paths = [find_record(ref, logs_dir) for ref in runs]
-        members = [(p, read_record(p)) for p in dict.fromkeys(paths)]
+        try:
+            named = [find(str(ref), found) for ref in runs]
+        except RunLoadError as exc:
+            raise ConfigError(str(exc)) from exc
+        members = [(found.path_of(rec), rec) for rec in {rec.run_id: rec for rec in named}.values()]
     else:
-        records, _ = read_records(logs_dir)
-        done = [r for r in records if r.status == COMPLETED and r.kind == RUN and metric in r.metrics]
-        done.sort(key=lambda r: r.metrics[metric], reverse=True)  # stable: ties keep run-id order
-        members = [(logs_dir / f"{r.run_id}.json", r) for r in done[:top]]
+        done = rank(found.records, ranking, kinds=(RUN,))
+        members = []
+        for rec in done:
+            if top is not None and len(members) >= top:
+                break
+            path = found.path_of(rec)
+            problems = check_run_files(rec, path, predictions=True)
+            if problems:
+                unloadable[rec.run_id] = "; ".join(problems)
+            else:
+                members.append((path, rec))
+        if unloadable:
+            warnings.warn(f"--top {top}: skipped {len(unloadable)} run(s) whose files cannot be loaded, took the "
+                          f"next best instead: " + "; ".join(f"run {run_id}: {problems}"
+                                                             for run_id, problems in unloadable.items()),
+                          UserWarning, stacklevel=2)
     if len(members) < 2:
-        raise ConfigError(f"an ensemble needs at least 2 completed runs, got {len(members)}")
-    for _, rec in members:
+        skipped = f" ({len(unloadable)} skipped: {', '.join(unloadable)})" if unloadable else ""
+        raise ConfigError(f"an ensemble needs at least 2 completed runs, got {len(members)}{skipped}")
+    for path, rec in members:
         if rec.status != COMPLETED or rec.kind != RUN:
             raise ConfigError(f"run {rec.run_id}: a member must be a completed notebook run "
                               f"(status {rec.status!r}, kind {rec.kind!r})")
+        problems = check_run_files(rec, path, predictions=True) if runs else []
+        if problems:
+            raise ConfigError(f"run {rec.run_id}: cannot be an ensemble member, its files cannot be loaded: "
+                              f"{'; '.join(problems)}")
     first = members[0][1]
     for _, rec in members[1:]:
         for key in ("manifest_hash", "class_names"):
-            if rec.data.get(key) != first.data.get(key):
+            mine, theirs = getattr(first.data, key, None), getattr(rec.data, key, None)
+            if mine != theirs:
                 raise ConfigError(f"runs {first.run_id} and {rec.run_id} have different {key} "
-                                  f"({first.data.get(key)!r} vs {rec.data.get(key)!r}): an ensemble "
-                                  f"needs the same test split and classes")
+                                  f"({mine!r} vs {theirs!r}): an ensemble needs the same test split and classes")
     return members
 
 
-def average_predictions(members: Sequence[tuple[Path, RunRecord]]) -> pd.DataFrame:
-    """Mean of the members' test-split probabilities, read from their `predictions.csv`.
+def average_predictions(members: Sequence[tuple[Path, RunRecord]], key: str = "predictions") -> Optional[pd.DataFrame]:
+    """Mean of the members' probabilities on one split, read from their saved predictions.
+
+    Args:
+        members: `(record path, record)` per member.
+        key: `"predictions"` (the test split, `predictions.csv`) or
+            `"val_predictions"` (the validation split). Defaults to `"predictions"`.
 
     Returns:
         Columns `path`, `true_label`, then `prob_<class>` per class (the
-        mean over members), rows in the first member's order.
+        mean over members), rows in the first member's order; `None` for
+        `"val_predictions"` when a member has none (runs of schema 1).
 
     Raises:
-        ConfigError: a member's predictions file is missing or lists other images.
+        ConfigError: a member's test predictions file is missing, or a
+            member's file lists other images.
     """
     first = members[0][1]
-    columns = [f"prob_{c}" for c in first.data["class_names"]]
+    columns = [f"prob_{c}" for c in first.data.class_names]
     frames = []
     for record_path, rec in members:
-        rel = rec.paths.get("predictions")
-        if not rel or not (record_path.parent / rel).is_file():
+        path = rec.path_of(key, record_path.parent)
+        if path is None or not path.is_file():
+            if key != "predictions":
+                return None
             raise ConfigError(f"run {rec.run_id}: predictions.csv missing")
-        frames.append(pd.read_csv(record_path.parent / rel).set_index("path"))
+        frames.append(pd.read_csv(path).set_index("path"))
     index = frames[0].index
     for (_, rec), frame in zip(members[1:], frames[1:]):
         if set(frame.index) != set(index):
-            raise ConfigError(f"run {rec.run_id}: its predictions.csv lists other test images than {first.run_id}'s")
+            raise ConfigError(f"run {rec.run_id}: its {key} list other images than {first.run_id}'s")
     mean = np.mean([frame.loc[index, columns].to_numpy() for frame in frames], axis=0)
     return pd.concat([frames[0].loc[index, ["true_label"]].reset_index(),
                       pd.DataFrame(mean, columns=columns)], axis=1)
@@ -101,11 +150,12 @@ def average_predictions(members: Sequence[tuple[Path, RunRecord]]) -> pd.DataFra
 
 def build_ensemble(runs: Sequence[str] = (), top: Optional[int] = None, *, logs_dir: str | Path = "logs",
                    experiments_dir: str | Path = "experiments", metric: str = "weighted_recall") -> RunRecord:
-    """Average the members' test-split probabilities, evaluate, and record an ensemble.
+    """Average the members' probabilities on the test and validation splits, evaluate, and record an ensemble.
 
-    Writes `experiments/<run_id>/` (`predictions.csv`, `confusion_matrix.png`,
-    `<run_id>.html`) and `logs/<run_id>.json` with `kind: ensemble` and
-    `members`.
+    Writes `experiments/<run_id>/` (`predictions.csv`, `val_predictions.csv`
+    when every member has one, `confusion_matrix.png`, `<run_id>.html`) and
+    `logs/<run_id>.json` with `kind: ensemble`, `members`, the test
+    `metrics` and the `val_metrics` it is ranked by.
 
     Args:
         runs: member run ids / prefixes / record paths; empty to use `top`.
@@ -126,71 +176,74 @@ def build_ensemble(runs: Sequence[str] = (), top: Optional[int] = None, *, logs_
     logs_dir, experiments_dir = Path(logs_dir).resolve(), Path(experiments_dir).resolve()
     members = choose_members(runs, top, logs_dir, metric)
     first = members[0][1]
-    names = first.data["class_names"]
-    mean = average_predictions(members)
-    probabilities = mean[[f"prob_{c}" for c in names]].to_numpy()
-    labels = mean["true_label"].astype(str).map({str(c): i for i, c in enumerate(names)}).to_numpy()
-    metrics = classification_metrics(labels, probabilities, names)
+    names = first.data.class_names
+    evaluated = {}
+    for key in ("predictions", "val_predictions"):
+        mean = average_predictions(members, key)
+        if mean is None:
+            continue
+        probabilities = mean[[f"prob_{c}" for c in names]].to_numpy()
+        labels = mean["true_label"].astype(str).map({str(c): i for i, c in enumerate(names)}).to_numpy()
+        evaluated[key] = (mean["path"], probabilities, labels, classification_metrics(labels, probabilities, names))
 
     member_ids = [rec.run_id for _, rec in members]
-    config_hash = hash_params({"ensemble": sorted(member_ids)})
-    started = datetime.now(timezone.utc)
-    run_id = make_run_id(config_hash, experiments_dir, started)
-    run_dir = experiments_dir / run_id
-    run_dir.mkdir(parents=True)
-    predictions_frame(mean["path"], probabilities, names, labels).to_csv(run_dir / "predictions.csv", index=False)
-    save_confusion_matrix(metrics["confusion_matrix"], names, run_dir / "confusion_matrix.png")
-    (run_dir / f"{run_id}.html").write_text(_report(run_id, member_ids, metrics, metric), encoding="utf-8")
-    files = {"html": run_dir / f"{run_id}.html", "predictions": run_dir / "predictions.csv",
-             "confusion_matrix": run_dir / "confusion_matrix.png"}
-    record = RunRecord(
-        run_id=run_id, config_hash=config_hash, status=COMPLETED, kind=ENSEMBLE, members=member_ids,
-        started_at=started.isoformat(timespec="seconds"),
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        params={"members": member_ids, "combine": "mean softmax"},
-        data=first.data, metrics=metrics,
-        timings={"train_s": None, "eval_s": round(time.perf_counter() - start, 3),
-                 "total_s": round(time.perf_counter() - start, 3)},
-        environment=collect_environment(),
-        paths={key: os.path.relpath(path, logs_dir) for key, path in files.items()},
+    config_hash = sha256_json({"ensemble": sorted(member_ids)})
+    folder = prepare_run(config_hash, experiments_dir)
+    files = folder.files()
+    for key, (paths, probabilities, labels, _) in evaluated.items():
+        write_text_atomic(files[key], predictions_frame(paths, probabilities, names, labels).to_csv(index=False))
+    metrics = evaluated["predictions"][3]
+    val_metrics = evaluated["val_predictions"][3] if "val_predictions" in evaluated else None
+    save_confusion_matrix(metrics["confusion_matrix"], names, files["confusion_matrix"])
+    write_text_atomic(files["html"], _report(folder.run_id, member_ids, metrics, metric))
+    record = build_record(
+        run_id=folder.run_id, config_hash=config_hash, status=COMPLETED, kind=ENSEMBLE, members=member_ids,
+        started_at=folder.started, params={"members": member_ids, "combine": "mean softmax"}, result=None,
+        files={key: files[key] for key in ("html", "predictions", "val_predictions", "confusion_matrix")},
+        logs_dir=logs_dir, total_s=time.perf_counter() - start, metrics=SplitMetrics.model_validate(metrics),
+        val_metrics=None if val_metrics is None else SplitMetrics.model_validate(val_metrics), data=first.data,
     )
     write_record(record, logs_dir)
     return record
 
 
-def _report(run_id: str, member_ids: list[str], metrics: dict, metric: str) -> str:
-    rows = "".join(f"<li>{html.escape(m)}</li>" for m in member_ids)
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{metrics[k]:.4f}</td></tr>" for k in RANKING_METRICS)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Ensemble {html.escape(run_id)}"
-            f"</title></head><body style=\"font-family:system-ui,sans-serif;margin:2em\">"
-            f"<h1>Ensemble {html.escape(run_id)}</h1><p>Mean of the softmax outputs of {len(member_ids)} runs "
-            f"on their shared test split:</p><ul>{rows}</ul><table border=1 cellpadding=4>{table}</table>"
-            f"<p><img src=\"confusion_matrix.png\" alt=\"confusion matrix\"></p></body></html>\n")
+def _report(run_id: str, member_ids: Sequence[str], metrics, metric: str) -> str:
+    """The ensemble's report page, `experiments/<run_id>/<run_id>.html` (`runner/templates/ensemble.html`).
+
+    Args:
+        run_id: the ensemble's run id.
+        member_ids: its members, in order.
+        metrics: its test-split metrics, a `SplitMetrics` or the mapping
+            `models.evaluate.classification_metrics` returns.
+        metric: the ranking metric (a `runner.query.METRIC_NAMES` name), shown in bold.
+
+    Returns:
+        A complete html document; every value (run ids, class names) escaped.
+    """
+    from runner.templates import render
+
+    scores = metrics if isinstance(metrics, SplitMetrics) else SplitMetrics.model_validate(metrics)
+    bold = metric.removeprefix("val_").removeprefix("test_")
+    return render("ensemble.html", run_id=run_id, members=list(member_ids), metric=bold,
+                  figures=[(name, getattr(scores, name)) for name in RANKING_METRICS],
+                  per_class=list(scores.per_class.items()))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Command line; returns 0, or 2 for bad input."""
-    parser = argparse.ArgumentParser(prog="python runner/ensemble.py", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", help="member runs (ids, unique prefixes or record paths)")
-    parser.add_argument("--top", type=int, help="use the N best completed runs instead")
-    parser.add_argument("--metric", default="weighted_recall", help="what --top ranks by (default: weighted_recall)")
-    parser.add_argument("--logs-dir", default="logs", help="folder of run records (default: logs)")
-    parser.add_argument("--experiments-dir", default="experiments", help="folder of run folders (default: experiments)")
-    parser.add_argument("--leaderboard", default="leaderboard.html", help="leaderboard to regenerate")
-    args = parser.parse_args(argv)
-    if bool(args.runs) == (args.top is not None):
-        parser.error("give either member runs or --top N")
-    try:
-        record = build_ensemble(args.runs, args.top, logs_dir=args.logs_dir,
-                                experiments_dir=args.experiments_dir, metric=args.metric)
-    except (RunnerError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    write_leaderboard(args.logs_dir, args.leaderboard, args.metric)
-    print(f"ensemble {record.run_id} of {', '.join(record.members)}: "
-          f"{args.metric} {record.metrics[args.metric]:.4f}; leaderboard: {args.leaderboard}")
-    return 0
+    """`python runner/ensemble.py`: the `nbsweep ensemble` command (`runner.cli`): record an ensemble, regenerate the leaderboard.
+
+    Args:
+        argv: the arguments after the script's name. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        The exit code: 0, or 2 for bad input.
+
+    Raises:
+        SystemExit: a usage error (code 2), after the usage is printed.
+    """
+    from runner import cli
+
+    return cli.run_command("ensemble", argv, prog_name="python runner/ensemble.py")
 
 
 if __name__ == "__main__":

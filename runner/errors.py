@@ -1,12 +1,17 @@
-"""The runner's exceptions: one root, subclasses that encode policy.
+"""The runner's exceptions: subclasses of the project's one root, that encode policy.
 
-Modelled on keras-tuner's errors: a config error stops everything before any
-run starts, a run error is recorded and the sweep goes on, a fatal error stops
-the sweep after what is already recorded has been kept.
+The root, `models.errors.NbsweepError`, lives in `models/` (which must not
+import `runner/`); `RunnerError` is the runner's branch of it. Modelled on
+keras-tuner's errors: a config error stops everything before any run starts,
+a fatal error stops the sweep after what is already recorded has been kept.
+A run that fails is not an exception here: it is recorded with status
+`failed` (`runner.execute`) and the sweep goes on.
 """
 
+from models.errors import NbsweepError
 
-class RunnerError(Exception):
+
+class RunnerError(NbsweepError):
     """Root of every error raised on purpose by `runner`."""
 
 
@@ -15,10 +20,6 @@ class ConfigError(RunnerError, ValueError):
 
     The CLI prints the message without a traceback and exits with code 2.
     """
-
-
-class RunFailedError(RunnerError):
-    """One run failed; it is recorded with status `failed` and the sweep goes on."""
 
 
 class FatalError(RunnerError):

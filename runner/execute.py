@@ -1,17 +1,24 @@
-"""Execute one run: papermill, then nbconvert, then the record.
+"""Execute one run: its steps, each a function, in the order papermill's `execute_notebook` reads.
 
-`execute_run` reads as its steps, as papermill's `execute_notebook` does:
-make the run folder, execute the notebook with the run's parameters, export
-the executed notebook to html, merge the notebook's `result.json`, and write
-the record. A notebook that raises still gets its executed `.ipynb` (with
-papermill's error banner at the failing cell), its `.html` and a `failed`
-record; nothing is raised for it.
+`execute_run` is the list of them:
+
+1. `prepare_run`: the run id and its folder `experiments/<run_id>/`;
+2. `resolve_warm_start` (`runner.lineage`), once, when the run starts;
+3. `execute_notebook`: papermill in a fresh kernel, parameters injected;
+4. `cap_outputs`: stream outputs over the cap are trimmed (with a warning);
+5. `export_html`: the executed notebook as a standalone page;
+6. `read_result` (`runner.records`): the notebook's typed `result.json`;
+7. `check_outputs`: a run missing a file the sweep depends on is failed;
+8. `build_record` + `write_record` (`runner.records`).
+
+A notebook that raises still gets its executed `.ipynb` (with papermill's
+error banner at the failing cell), its `.html` and a `failed` record; nothing
+is raised for it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -21,6 +28,7 @@ import tempfile
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -28,23 +36,48 @@ from typing import Any, Callable, Optional
 from jupyter_client.manager import AsyncKernelManager
 
 from runner import PROJECT_ROOT
-from runner.errors import RunnerError
+from runner.errors import ConfigError
 from runner.grid import RunSpec
-from runner.lineage import resolve_parent_id
+from runner.lineage import resolve_warm_start
+from runner.query import Ranking, parse_metric, read_all
 from runner.records import (
-    COMPLETED,
-    FAILED,
-    INTERRUPTED,
-    TIMEOUT,
-    RESULT_FILE,
-    RunRecord,
-    collect_environment,
-    sha256_file,
-    write_record,
+    COMPLETED, FAILED, INTERRUPTED, KERNEL_LOG_FILE, PRUNED, REQUIRED_FILES, RESULT_FILE, RUN_FILES, TIMEOUT,
+    NotebookResult, RunError, RunRecord, build_record, read_result, write_record, write_text_atomic,
 )
 
 KERNEL_NAME = "python3"
+MAX_OUTPUT_BYTES = 10 * 2**20
+"""Default cap on a saved notebook's stream output (stdout/stderr text), bytes: 10 MiB."""
+KERNEL_ARGUMENTS = ["--IPKernelApp.capture_fd_output=False"]
+"""ipykernel 6+ copies what the kernel's C++ libraries write to fd 1/2 (TensorFlow's start-up
+logs) into the notebook; without that copy they go to the kernel's real stderr, `kernel.log`."""
+STOP_GRACE_S = 30
+"""Seconds a stopped run may take to end before its kernel's process group is killed."""
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where one run's files go (`prepare_run`).
+
+    Attributes:
+        run_id: `YYYYmmdd-HHMMSS-<hash8>`.
+        run_dir: `experiments/<run_id>/`, created.
+        started: UTC start time.
+    """
+
+    run_id: str
+    run_dir: Path
+    started: datetime
+
+    @property
+    def notebook_path(self) -> Path:
+        """`<run_dir>/<run_id>.ipynb`."""
+        return self.run_dir / f"{self.run_id}.ipynb"
+
+    def files(self) -> dict[str, Path]:
+        """Every `RUN_FILES` key -> its path in the run folder."""
+        return {key: self.run_dir / name.format(run_id=self.run_id) for key, name in RUN_FILES.items()}
 
 
 def make_run_id(config_hash: str, experiments_dir: Path, now: Optional[datetime] = None) -> str:
@@ -67,12 +100,31 @@ def make_run_id(config_hash: str, experiments_dir: Path, now: Optional[datetime]
     return candidate
 
 
+def prepare_run(config_hash: str, experiments_dir: Path) -> RunFolder:
+    """Step 1: a new run id and its folder.
+
+    Args:
+        config_hash: the run's `config_hash`.
+        experiments_dir: parent of the run folders (absolute).
+
+    Returns:
+        The `RunFolder` (its folder exists, empty).
+
+    Raises:
+        OSError: the folder cannot be created.
+    """
+    started = datetime.now(timezone.utc)
+    run_id = make_run_id(config_hash, experiments_dir, started)
+    run_dir = experiments_dir / run_id
+    run_dir.mkdir(parents=True)
+    return RunFolder(run_id, run_dir, started)
+
+
 def _kernel_environment() -> None:
-    """Let the kernel import `models`/`runner` and keep TensorFlow's C++ logs quiet."""
+    """Let the kernel import `models`/`runner`; TensorFlow's C++ logs go to `kernel.log` (not hidden)."""
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     if str(PROJECT_ROOT) not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, paths)])
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @contextlib.contextmanager
@@ -147,139 +199,94 @@ class _NotebookThread(threading.Thread):
         return self.error
 
 
-def _stop_kernel(kernel: AsyncKernelManager, thread: _NotebookThread, grace_s: float = 60) -> None:
-    """Kill the run's kernel (its whole process group) if it is still there, then let the worker end.
+def _kernel_pid(kernel: AsyncKernelManager) -> Optional[int]:
+    provisioner = getattr(kernel, "provisioner", None)
+    return getattr(provisioner, "pid", None) if provisioner is not None else None
+
+
+def _stop_kernel(kernel: AsyncKernelManager, thread: _NotebookThread, grace_s: float = STOP_GRACE_S) -> bool:
+    """Kill the run's kernel (its whole process group) until the notebook thread ends.
 
     The kernel runs in a session of its own (jupyter_client starts it with
-    `start_new_session`), so `killpg` reaches it and whatever it started.
+    `start_new_session`), so `killpg` reaches it and whatever it started. A
+    stop during kernel start-up is why this loops: the process may appear
+    only after the first look, and it is killed as soon as it does, so the
+    notebook never starts its cells.
+
+    Returns:
+        Whether the notebook thread ended within `grace_s` seconds.
     """
-    pid = getattr(kernel.provisioner, "pid", None) if kernel.has_kernel else None
-    if pid:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    thread.done.wait(grace_s)  # nbclient notices the dead kernel and returns
+    deadline = time.monotonic() + grace_s
+    while not thread.done.wait(0.05):
+        pid = _kernel_pid(kernel)
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            return False
+    return True
 
 
-def _status_of(exc: Exception) -> str:
-    from nbclient.exceptions import CellTimeoutError
-
-    return TIMEOUT if isinstance(exc, CellTimeoutError) else FAILED
+def _error(ename: str, evalue: str, traceback_text: str = "", cell_index: Optional[int] = None) -> RunError:
+    return RunError(ename=ename, evalue=evalue, traceback=traceback_text, cell_index=cell_index)
 
 
-def _error(ename: str, evalue: str, traceback_text: str = "", cell_index: Optional[int] = None) -> dict[str, Any]:
-    """The `error` of a record: exception name and message, traceback, failing cell."""
-    return {"ename": ename, "evalue": evalue, "traceback": traceback_text, "cell_index": cell_index}
-
-
-def _error_from(exc: BaseException) -> dict[str, Any]:
-    from nbclient.exceptions import DeadKernelError
+def _outcome_of(exc: BaseException) -> tuple[str, RunError]:
+    """The status and error of a run whose notebook thread raised `exc`."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
-        return _error(exc.ename, _ANSI.sub("", str(exc.evalue)), _ANSI.sub("", "\n".join(exc.traceback)),
-                      exc.cell_index)
-    return _error(type(exc).__name__, f"kernel died: {exc}" if isinstance(exc, DeadKernelError) else str(exc),
-                  "".join(traceback.format_exception(exc)))
+        return FAILED, _error(exc.ename, _ANSI.sub("", str(exc.evalue)), _ANSI.sub("", "\n".join(exc.traceback)),
+                              exc.cell_index)
+    status = TIMEOUT if isinstance(exc, CellTimeoutError) else FAILED
+    return status, _error(type(exc).__name__, f"kernel died: {exc}" if isinstance(exc, DeadKernelError) else str(exc),
+                          "".join(traceback.format_exception(exc)))
 
 
-def export_html(notebook_path: Path) -> Path:
-    """Convert an executed notebook to a standalone html file beside it.
+def execute_notebook(notebook: Path, folder: RunFolder, parameters: dict[str, Any], *, verbose: bool = False,
+                     start_timeout_s: float = 120, timeout_s: Optional[float] = None,
+                     cell_timeout_s: Optional[float] = None,
+                     should_stop: Optional[Callable[[], bool]] = None) -> tuple[str, Optional[RunError]]:
+    """Step 3: papermill executes `notebook` into `folder.notebook_path` in a kernel of its own.
 
-    Args:
-        notebook_path: an `.ipynb` file.
-
-    Returns:
-        The `.html` path (same name, other suffix).
-
-    Raises:
-        Exception: whatever nbconvert raises for an unreadable notebook.
-    """
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook_path, as_version=4))
-    html_path = notebook_path.with_suffix(".html")
-    html_path.write_text(body, encoding="utf-8")
-    return html_path
-
-
-def execute_run(
-    run: RunSpec,
-    notebook: Path,
-    experiments_dir: Path,
-    logs_dir: Path,
-    *,
-    verbose: bool = False,
-    start_timeout_s: float = 120,
-    timeout_s: Optional[float] = None,
-    cell_timeout_s: Optional[float] = None,
-    should_stop: Optional[Callable[[], bool]] = None,
-) -> RunRecord:
-    """Execute one run of the notebook and record it.
-
-    Steps: run folder → papermill execution (parameters injected, kernel cwd
-    = run folder) → html export → `result.json` merge → atomic record.
+    The kernel talks over Unix sockets in a temporary folder of its own (no
+    TCP ports to clash between concurrent runs), its connection file lives
+    there too and goes with it, its cwd is the run folder, and its stderr
+    goes to `kernel.log` unless `verbose`. It is killed (process group) on
+    any stop, and the call returns only after the notebook thread has ended.
 
     Args:
-        run: the run spec.
         notebook: the base notebook.
-        experiments_dir: parent of the run folder `experiments_dir/<run_id>/`.
-        logs_dir: folder of the record `logs_dir/<run_id>.json`.
-        verbose: stream the notebook's cell output to the log. Defaults to
-            `False`.
-        start_timeout_s: seconds to wait for the kernel to start. Defaults
-            to `120`.
-        timeout_s: wall-clock limit of the whole run in seconds, or `None`.
-            Defaults to `None`.
-        cell_timeout_s: limit of each cell in seconds (papermill's
-            `execution_timeout`), or `None`. Defaults to `None`.
-        should_stop: polled while the notebook runs; when it returns true
-            the run is stopped as if interrupted (how worker processes
-            learn of a Ctrl-C). Defaults to `None`.
+        folder: the run folder.
+        parameters: injected into the notebook's parameters cell.
+        verbose: stream cell output to the log. Defaults to `False`.
+        start_timeout_s: seconds to wait for the kernel to start. Defaults to `120`.
+        timeout_s: wall-clock limit of the run, seconds, or `None`. Defaults to `None`.
+        cell_timeout_s: limit of each cell (papermill's `execution_timeout`). Defaults to `None`.
+        should_stop: polled every 0.2 s; true stops the run as interrupted. Defaults to `None`.
 
     Returns:
-        The written record: `COMPLETED`, `FAILED` (the notebook raised,
-        e.g. MemoryError, or the kernel died), `TIMEOUT`, or `INTERRUPTED`
-        (Ctrl-C or SIGTERM, see `runner.sweep`, or `should_stop`), with
-        `error` unless completed. The kernel is shut down in every case; the
-        partly executed notebook and its html are kept.
-
-    Raises:
-        FatalError: the record cannot be written.
+        `(status, error)`: `(COMPLETED, None)`, or `FAILED` / `TIMEOUT` /
+        `INTERRUPTED` with a `RunError`.
     """
-    started = datetime.now(timezone.utc)
-    t0 = time.perf_counter()
-    experiments_dir, logs_dir = Path(experiments_dir).resolve(), Path(logs_dir).resolve()
-    run_id = make_run_id(run.config_hash, experiments_dir, started)
-    run_dir = experiments_dir / run_id
-    run_dir.mkdir(parents=True)
-    ipynb_path = run_dir / f"{run_id}.ipynb"
-
     _kernel_environment()
-    params = _resolve_warm_start_ref(run.params, logs_dir)
-    error, status = None, COMPLETED
-    # Ours, so we can always stop it; Unix sockets in a folder of its own: no TCP ports to clash
-    # between concurrent runs (the short /tmp path keeps within the socket path limit).
-    sockets = Path(tempfile.mkdtemp(prefix="nbsweep-kernel-"))
-    kernel = AsyncKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str(sockets / "kernel"))
+    sockets = Path(tempfile.mkdtemp(prefix="nbsweep-kernel-"))  # short: Unix socket paths are limited
+    kernel = AsyncKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str(sockets / "kernel"),
+                                connection_file=str(sockets / "kernel.json"))
     thread = _NotebookThread(
-        input_path=str(notebook),
-        output_path=str(ipynb_path),
-        parameters={**params, "output_dir": str(run_dir), "logs_dir": str(logs_dir)},
-        kernel_name=KERNEL_NAME,
-        cwd=str(run_dir),
-        progress_bar=False,
-        log_output=verbose,
-        start_timeout=start_timeout_s,
-        execution_timeout=cell_timeout_s,
-        km=kernel,
+        input_path=str(notebook), output_path=str(folder.notebook_path), parameters=parameters,
+        kernel_name=KERNEL_NAME, cwd=str(folder.run_dir), progress_bar=False, log_output=verbose,
+        start_timeout=start_timeout_s, execution_timeout=cell_timeout_s, km=kernel,
+        extra_arguments=KERNEL_ARGUMENTS,
     )
-    with _stderr_to(None if verbose else run_dir / "kernel.log"):
+    status, error = COMPLETED, None
+    with _stderr_to(None if verbose else folder.run_dir / KERNEL_LOG_FILE):
         try:
             thread.start()
             exc = thread.wait(timeout_s, should_stop)
             if exc is not None:  # a failed run is recorded, never raised
-                status, error = _status_of(exc), _error_from(exc)
+                status, error = _outcome_of(exc)
         except KeyboardInterrupt:
             status = INTERRUPTED
             error = _error("KeyboardInterrupt", "the sweep was interrupted (Ctrl-C or SIGTERM)")
@@ -288,84 +295,200 @@ def execute_run(
         finally:
             _stop_kernel(kernel, thread)
             shutil.rmtree(sockets, ignore_errors=True)
+    return status, error
 
-    warnings, html_path = [], None
-    if ipynb_path.exists():
-        try:
-            html_path = export_html(ipynb_path)
-        except Exception as exc:  # keep the run; say the page is missing
-            warnings.append(f"html export failed: {type(exc).__name__}: {exc}")
 
-    result = _read_result(run_dir)
-    if error is None and result is None:
-        status, error = FAILED, _error("MissingResult", f"the notebook finished without writing {RESULT_FILE}")
+def cap_outputs(notebook_path: Path, max_bytes: int = MAX_OUTPUT_BYTES) -> Optional[str]:
+    """Step 4: trim the saved notebook's stream outputs to `max_bytes` in all, keeping each one's start.
 
-    result = result or {}
-    training, evaluation = result.get("training", {}), result.get("evaluation", {})
-    cache_use = {**training.get("activation_cache", {}),
-                 **({"evaluation": {"from_cache": evaluation["from_cache"]}} if "from_cache" in evaluation else {})}
-    files = {
-        "notebook": ipynb_path, "html": html_path, "result": run_dir / RESULT_FILE,
-        "model": run_dir / "model.keras", "training_curves": run_dir / "training_curves.png",
-        "confusion_matrix": run_dir / "confusion_matrix.png", "predictions": run_dir / "predictions.csv",
-        "kernel_log": run_dir / "kernel.log", "tensorboard": run_dir / "tensorboard",
-    }
-    record = RunRecord(
-        run_id=run_id,
-        config_hash=run.config_hash,
-        status=status,
-        started_at=started.isoformat(timespec="seconds"),
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        params=params,
-        model={**result.get("model", {}), **_model_file_checksum(files["model"])},
-        data=result.get("data", {}),
-        metrics=evaluation.get("metrics", {}),
-        history=training.get("history", {}),
-        best_epoch=training.get("best_epoch"),
-        timings={"train_s": training.get("train_s"), "eval_s": evaluation.get("eval_s"),
-                 "cache_build_s": sum(use.get("build_s", 0.0) for use in cache_use.values()),
-                 "total_s": round(time.perf_counter() - t0, 3)},
-        environment=collect_environment(),
-        paths={key: os.path.relpath(path, logs_dir) if path and Path(path).exists() else None
-               for key, path in files.items()},
-        error=error,
-        warnings=warnings,
-        parent_run_id=(result.get("warm_start") or {}).get("parent_run_id"),
-        warm_start=_relative_warm_start(result.get("warm_start"), logs_dir),
-        activation_cache=cache_use,
+    nbclient has no output limit, so a cell that prints 50 MB makes a 56 MB
+    notebook and a 51 MB page; this cuts stream outputs (stdout/stderr text)
+    beyond the cap, in cell order, replacing the rest of each with a note.
+
+    Args:
+        notebook_path: the executed `.ipynb`.
+        max_bytes: total stream text kept, bytes (UTF-8). Defaults to `MAX_OUTPUT_BYTES`.
+
+    Returns:
+        A warning for the record when something was trimmed, else `None`.
+
+    Raises:
+        OSError: the notebook cannot be rewritten.
+    """
+    import nbformat
+
+    if notebook_path.stat().st_size <= max_bytes:
+        return None
+    nb = nbformat.read(notebook_path, as_version=4)
+    budget, trimmed = max_bytes, 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") != "stream":
+                continue
+            text = output.get("text", "")
+            size = len(text.encode("utf-8"))
+            if size <= budget:
+                budget -= size
+                continue
+            keep = text.encode("utf-8")[:budget].decode("utf-8", "ignore")
+            output["text"] = keep + f"\n[nbsweep: {size - len(keep.encode('utf-8'))} bytes of output cut: over the {max_bytes} byte cap]\n"
+            trimmed += size - len(keep.encode("utf-8"))
+            budget = 0
+    if not trimmed:
+        return None
+    write_text_atomic(notebook_path, nbformat.writes(nb))
+    return f"notebook stream output over {max_bytes} bytes: {trimmed} bytes cut from the saved notebook"
+
+
+def export_html(notebook_path: Path) -> Path:
+    """Step 5: the executed notebook as a standalone html page beside it, written atomically.
+
+    The parameters cell (the notebook's defaults) is left out of the page:
+    papermill's injected cell right after it shows every parameter of the
+    run, once. A page that cannot be written leaves no partial file.
+
+    Args:
+        notebook_path: an `.ipynb` file.
+
+    Returns:
+        The `.html` path (same name, other suffix).
+
+    Raises:
+        OSError: the page cannot be written (disk full...).
+        Exception: whatever nbconvert raises for an unreadable notebook.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config
+
+    config = Config()
+    config.TagRemovePreprocessor.remove_cell_tags = ("parameters",)
+    config.TagRemovePreprocessor.enabled = True
+    body, _ = HTMLExporter(config=config).from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    return write_text_atomic(notebook_path.with_suffix(".html"), body)
+
+
+def check_outputs(files: dict[str, Path], status: str, error: Optional[RunError]
+                  ) -> tuple[str, Optional[RunError]]:
+    """Step 7: a run the notebook finished is `COMPLETED` only if every `REQUIRED_FILES` file is there.
+
+    Args:
+        files: `RUN_FILES` key -> path.
+        status, error: the outcome so far.
+
+    Returns:
+        `(status, error)`: unchanged, or `FAILED` with a `MissingOutput`
+        error naming each missing file (so `--retry-failed` re-runs it).
+    """
+    if status != COMPLETED:
+        return status, error
+    missing = [f"{key} ({files[key].name})" for key in REQUIRED_FILES if not files[key].exists()]
+    if not missing:
+        return status, error
+    return FAILED, _error("MissingOutput", f"the run finished but these files are missing: {', '.join(missing)}")
+
+
+def execute_run(
+    run: RunSpec,
+    notebook: Path,
+    experiments_dir: Path,
+    logs_dir: Path,
+    *,
+    ranking: Optional[Ranking] = None,
+    verbose: bool = False,
+    start_timeout_s: float = 120,
+    timeout_s: Optional[float] = None,
+    cell_timeout_s: Optional[float] = None,
+    max_output_bytes: int = MAX_OUTPUT_BYTES,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> RunRecord:
+    """Execute one run of the notebook and record it: the steps of the module docstring.
+
+    Args:
+        run: the run spec.
+        notebook: the base notebook.
+        experiments_dir: parent of the run folder `experiments_dir/<run_id>/`.
+        logs_dir: folder of the record `logs_dir/<run_id>.json`.
+        ranking: what `warm_start: best` ranks by. Defaults to weighted
+            recall on the validation split.
+        verbose: stream the notebook's cell output to the log. Defaults to `False`.
+        start_timeout_s: seconds to wait for the kernel to start. Defaults to `120`.
+        timeout_s: wall-clock limit of the whole run in seconds, or `None`. Defaults to `None`.
+        cell_timeout_s: limit of each cell in seconds, or `None`. Defaults to `None`.
+        max_output_bytes: cap of the saved notebook's stream output (`cap_outputs`).
+            Defaults to `MAX_OUTPUT_BYTES`.
+        should_stop: polled while the notebook runs; true stops the run as
+            interrupted (how worker processes learn of a Ctrl-C). Defaults to `None`.
+
+    Returns:
+        The written record: `COMPLETED`, `PRUNED` (a search's pruner stopped
+        it; evaluated on its best weights so far), `FAILED` (the notebook raised, the
+        kernel died, the warm start could not be resolved, or a required
+        output is missing), `TIMEOUT`, or `INTERRUPTED`, with `error` unless
+        completed. The kernel is shut down in every case; the partly executed
+        notebook and its html are kept.
+
+    Raises:
+        FatalError: the record cannot be written.
+    """
+    t0 = time.perf_counter()
+    experiments_dir, logs_dir = Path(experiments_dir).resolve(), Path(logs_dir).resolve()
+    folder = prepare_run(run.config_hash, experiments_dir)
+    files = folder.files()
+    warnings: list[str] = []
+    status, error, warm = COMPLETED, None, None
+    try:
+        warm = resolve_warm_start(run.params, read_all(logs_dir), ranking=ranking or parse_metric("weighted_recall"))
+    except ConfigError as exc:
+        status, error = FAILED, _error("ConfigError", str(exc))
+    if status == COMPLETED:
+        parameters = {**run.params, "output_dir": str(folder.run_dir),
+                      "resolved_warm_start": warm.to_dict() if warm else None, "pruning": run.trial}
+        status, error = execute_notebook(notebook, folder, parameters, verbose=verbose,
+                                         start_timeout_s=start_timeout_s, timeout_s=timeout_s,
+                                         cell_timeout_s=cell_timeout_s, should_stop=should_stop)
+    result: Optional[NotebookResult] = None
+    if folder.notebook_path.exists():
+        warnings += _attempt(cap_outputs, folder.notebook_path, max_output_bytes, what="output cap")
+        warnings += _attempt(export_html, folder.notebook_path, what="html export")
+        result = read_result(folder.run_dir)
+        if status == COMPLETED and result is None:
+            status, error = FAILED, _error("MissingResult", f"the notebook finished without writing a valid {RESULT_FILE}")
+    status, error = check_outputs(files, status, error)
+    if status == COMPLETED and result is not None and result.training.pruned_epoch:
+        status = PRUNED
+    record = build_record(
+        run_id=folder.run_id, config_hash=run.config_hash, status=status, started_at=folder.started,
+        params=run.params, result=result, files=files, logs_dir=logs_dir, total_s=time.perf_counter() - t0,
+        error=error, warnings=warnings, warm_start=warm.section() if warm else None,
+        name=run.params.get("name"),
     )
     write_record(record, logs_dir)
     return record
 
 
-def _resolve_warm_start_ref(params: dict[str, Any], logs_dir: Path) -> dict[str, Any]:
-    """Replace a `warm_start` of `"best"` or a prefix by the run id it names now.
+def _attempt(step: Callable[..., Any], *args, what: str) -> list[str]:
+    """Run a step that must not fail the record; its failure (or its own warning) as a list of warnings."""
+    try:
+        outcome = step(*args)
+    except Exception as exc:  # keep the run; say what is missing
+        return [f"{what} failed: {type(exc).__name__}: {exc}"]
+    return [outcome] if isinstance(outcome, str) else []
 
-    Resolved when the run starts, so `best` sees the runs of this sweep that
-    finished before it. An unresolvable value is left as it is: the notebook
-    then fails on it with the full message, and the run is recorded failed.
+
+def orphan_run_folders(experiments_dir: Path, recorded_ids: set[str]) -> list[Path]:
+    """Run folders without a record: left by a SIGKILL, a crash or a failed record write.
+
+    Args:
+        experiments_dir: parent of the run folders.
+        recorded_ids: run ids that have a record.
+
+    Returns:
+        The folders named like run ids (`YYYYmmdd-HHMMSS-<hash8>[-n]`) with no
+        record, sorted.
     """
-    ref = params.get("warm_start")
-    if ref is None:
-        return params
-    try:
-        return {**params, "warm_start": resolve_parent_id(params, logs_dir)}
-    except RunnerError:
-        return params
-
-
-def _relative_warm_start(warm: Optional[dict[str, Any]], logs_dir: Path) -> dict[str, Any]:
-    if not warm:
-        return {}
-    return {**warm, "weights_path": os.path.relpath(warm["weights_path"], logs_dir)}
-
-
-def _model_file_checksum(model_path: Path) -> dict[str, str]:
-    return {"model_file_sha256": sha256_file(model_path)} if model_path.is_file() else {}
-
-
-def _read_result(run_dir: Path) -> Optional[dict[str, Any]]:
-    try:
-        return json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    pattern = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}(-\d+)?$")
+    if not experiments_dir.is_dir():
+        return []
+    return sorted(p for p in experiments_dir.iterdir()
+                  if p.is_dir() and pattern.match(p.name) and p.name not in recorded_ids)

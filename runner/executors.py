@@ -27,14 +27,16 @@ import concurrent.futures
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from runner.execute import execute_run
+from runner.execute import MAX_OUTPUT_BYTES, execute_run
 from runner.grid import RunSpec
+from runner.query import parse_metric
 from runner.records import RunRecord
 
 
@@ -49,6 +51,8 @@ class RunTask:
         verbose: stream cell output to the worker's log.
         timeout_s: wall-clock limit per run, seconds, or `None`.
         cell_timeout_s: limit per cell, seconds, or `None`.
+        metric: the grid's ranking metric (what `warm_start: best` ranks by).
+        max_output_bytes: cap of a saved notebook's stream output, bytes.
     """
 
     notebook: Path
@@ -57,12 +61,15 @@ class RunTask:
     verbose: bool = False
     timeout_s: Optional[float] = None
     cell_timeout_s: Optional[float] = None
+    metric: str = "weighted_recall"
+    max_output_bytes: int = MAX_OUTPUT_BYTES
 
 
 def run_task(task: RunTask, run: RunSpec, should_stop: Optional[Callable[[], bool]] = None) -> RunRecord:
     """Executes one run (`execute_run`) and returns its record, interrupted ones included."""
-    return execute_run(run, task.notebook, task.experiments_dir, task.logs_dir, verbose=task.verbose,
-                       timeout_s=task.timeout_s, cell_timeout_s=task.cell_timeout_s,
+    return execute_run(run, task.notebook, task.experiments_dir, task.logs_dir,
+                       ranking=parse_metric(task.metric), verbose=task.verbose, timeout_s=task.timeout_s,
+                       cell_timeout_s=task.cell_timeout_s, max_output_bytes=task.max_output_bytes,
                        should_stop=should_stop)
 
 
@@ -85,22 +92,30 @@ def thread_limits(workers: int, cores: Optional[int] = None) -> dict[str, str]:
 
 
 class InlineExecutor:
-    """Runs one run at a time in this process (`--workers 1`)."""
+    """Runs one run at a time in this process (`--workers 1`).
+
+    Args:
+        stop: set on Ctrl-C / SIGTERM (`runner.sweep.StopSignals`); the
+            running run polls it. Defaults to `None` (never stopped).
+    """
 
     slots = 1
+
+    def __init__(self, stop: Optional[threading.Event] = None):
+        self._should_stop = stop.is_set if stop is not None else None
 
     def submit(self, task: RunTask, run: RunSpec) -> concurrent.futures.Future:
         """Executes the run now; returns a finished future holding its record."""
         future: concurrent.futures.Future = concurrent.futures.Future()
-        future.set_result(run_task(task, run))
+        future.set_result(run_task(task, run, should_stop=self._should_stop))
         return future
 
-    def wait_first(self, futures):
+    def wait_first(self, futures, timeout_s: Optional[float] = None):
         """The finished futures (all of them: `submit` finishes each run)."""
         return set(futures)
 
     def stop(self) -> None:
-        """Nothing to do: Ctrl-C already stopped the run in this process."""
+        """Nothing to do: the run in this process polls the stop event itself."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -140,9 +155,10 @@ class LocalExecutor:
         """Queues the run on a worker; the future's result is its `RunRecord`."""
         return self._pool.submit(_local_task, task, run)
 
-    def wait_first(self, futures):
-        """Blocks until at least one of `futures` is done; returns the done ones."""
-        return concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED).done
+    def wait_first(self, futures, timeout_s: Optional[float] = None):
+        """Blocks until one of `futures` is done or `timeout_s` passed; returns the done ones."""
+        return concurrent.futures.wait(futures, timeout=timeout_s,
+                                       return_when=concurrent.futures.FIRST_COMPLETED).done
 
     def stop(self) -> None:
         """Asks every running run to stop and record itself as interrupted."""
@@ -202,11 +218,16 @@ class DaskExecutor:
         return self.client.submit(_dask_task, task, run, self._event_name, pure=False,
                                   key=f"nbsweep-run-{run.index + 1}-{run.config_hash[:8]}-{uuid.uuid4().hex[:6]}")
 
-    def wait_first(self, futures):
-        """Blocks until at least one of `futures` is done; returns the done ones."""
+    def wait_first(self, futures, timeout_s: Optional[float] = None):
+        """Blocks until one of `futures` is done or `timeout_s` passed; returns the done ones."""
         from dask.distributed import wait
 
-        return wait(futures, return_when="FIRST_COMPLETED").done
+        if not futures:
+            return set()
+        try:
+            return wait(futures, timeout=timeout_s, return_when="FIRST_COMPLETED").done
+        except TimeoutError:
+            return set()
 
     def stop(self) -> None:
         """Asks every running task to stop and record its run as interrupted."""

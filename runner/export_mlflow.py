@@ -58,7 +58,6 @@ folder, an unusable tracking URI or experiment, mlflow not installed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -73,8 +72,9 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner.errors import ConfigError, RunnerError
-from runner.records import COMPLETED, FAILED, INTERRUPTED, TIMEOUT, RunRecord, read_record, sha256_file
+from runner.errors import ConfigError
+from runner.query import read_all
+from runner.records import COMPLETED, FAILED, INTERRUPTED, PRUNED, RANKING_METRICS, TIMEOUT, RunRecord, sha256_file
 
 DEFAULT_TRACKING_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "nbsweep"
@@ -85,7 +85,7 @@ TAG_RECORD_SHA = "nbsweep.record_sha256"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_MEMBER_IDS = "nbsweep.member_mlflow_run_ids"
 
-MLFLOW_STATUS = {COMPLETED: "FINISHED", FAILED: "FAILED", INTERRUPTED: "KILLED", TIMEOUT: "KILLED"}
+MLFLOW_STATUS = {COMPLETED: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED", INTERRUPTED: "KILLED", TIMEOUT: "KILLED"}
 """Record status -> MLflow run status (an unknown status exports as FAILED)."""
 
 ARTIFACT_KEYS = ("notebook", "html", "training_curves", "confusion_matrix", "predictions", "result", "kernel_log")
@@ -250,30 +250,30 @@ def final_metrics(record: RunRecord) -> dict[str, float]:
         record: a run record.
 
     Returns:
-        The numeric top-level `metrics` (accuracy, weighted/macro
-        precision/recall/F1, ...), `per_class.<class>.<name>`, the `timings`
-        that are set, `best_epoch`, `epochs_run` (epochs in the history) and
-        the model's `trainable_params` / `total_params` when known.
+        The test-split metrics under their names (accuracy, weighted/macro
+        precision/recall/F1) and `per_class.<class>.<name>`, the validation
+        split's as `val_<name>`, the `timings` that are set, `best_epoch`,
+        `epochs_run` (the record's) and the model's `trainable_params` /
+        `total_params` when known.
     """
     out: dict[str, float] = {}
-    for name, value in record.metrics.items():
-        if (number := _number(value)) is not None:
-            out[_key(name)] = number
-    per_class = record.metrics.get("per_class")
-    if isinstance(per_class, Mapping):
-        for cls, report in per_class.items():
-            for name, value in (report.items() if isinstance(report, Mapping) else ()):
-                if (number := _number(value)) is not None:
-                    out[_key(f"per_class.{cls}.{name}")] = number
-    for name, value in record.timings.items():
+    for prefix, metrics in (("", record.metrics), ("val_", record.val_metrics)):
+        if metrics is None:
+            continue
+        for name in RANKING_METRICS:
+            out[_key(prefix + name)] = float(getattr(metrics, name))
+        for cls, report in metrics.per_class.items():
+            for name, value in report.items():
+                out[_key(f"{prefix}per_class.{cls}.{name}")] = float(value)
+    for name, value in record.timings.model_dump().items():
         if (number := _number(value)) is not None:
             out[_key(name)] = number
     if record.best_epoch is not None:
         out["best_epoch"] = float(record.best_epoch)
-    if record.history:
-        out["epochs_run"] = float(sum(_phase_length(h) for h in record.history.values()))
+    if record.epochs_run is not None:
+        out["epochs_run"] = float(record.epochs_run)
     for name in ("trainable_params", "total_params"):
-        if (number := _number(record.model.get(name))) is not None:
+        if record.model is not None and (number := _number(getattr(record.model, name))) is not None:
             out[name] = number
     return out
 
@@ -344,12 +344,13 @@ def record_tags(record: RunRecord, record_sha256: str, phases: str = "") -> dict
     if phases:
         tags["nbsweep.history_phases"] = phases
     if record.error:
-        tags["nbsweep.error"] = f"{record.error.get('ename', '')}: {record.error.get('evalue', '')}"
+        tags["nbsweep.error"] = f"{record.error.ename}: {record.error.evalue}"
     if record.warnings:
         tags["nbsweep.warnings"] = "\n".join(record.warnings)
     if record.parent_run_id:
         tags["nbsweep.parent_run_id"] = record.parent_run_id
-        tags["nbsweep.warm_start_checkpoint"] = _text(record.warm_start.get("checkpoint", "best"))
+    if record.warm_start:
+        tags["nbsweep.warm_start_checkpoint"] = _text(record.warm_start.checkpoint)
     if record.members:
         tags["nbsweep.members"] = ",".join(record.members)
     commit = record.environment.get("git_commit")
@@ -450,23 +451,6 @@ def _experiment(client, name: str, tracking_uri: str) -> str:
     return experiment.experiment_id
 
 
-def _read_records(logs_dir: Path) -> tuple[list[tuple[Path, RunRecord]], dict[str, str]]:
-    """Like `runner.records.read_records`, keeping each record's file."""
-    records, unreadable, seen = [], {}, set()
-    for path in sorted(logs_dir.glob("*.json")):
-        try:
-            record = read_record(path)
-        except (OSError, ValueError) as exc:
-            unreadable[path.name] = str(exc)
-            continue
-        if record.run_id in seen:
-            unreadable[path.name] = f"{path}: run_id {record.run_id} already read from another file"
-            continue
-        seen.add(record.run_id)
-        records.append((path, record))
-    return records, unreadable
-
-
 def _export_one(client, experiment_id: str, record: RunRecord, record_path: Path, record_sha: str,
                 mlflow_ids: Mapping[str, str], warnings: list[str]) -> str:
     """Create the MLflow run of one record; returns its MLflow run id."""
@@ -541,7 +525,8 @@ def export_records(logs_dir: str | os.PathLike = "logs", tracking_uri: Optional[
     except MlflowException as exc:
         raise ConfigError(f"--tracking-uri {uri}: cannot use the tracking store: {exc}") from exc
     summary = ExportSummary(uri, experiment_id)
-    records, summary.unreadable = _read_records(from_dir)
+    found = read_all(from_dir)
+    records, summary.unreadable = [(found.path_of(rec), rec) for rec in found.records], found.unreadable
     mlflow_ids = summary.mlflow_ids
     mlflow_ids.update({rid: run.info.run_id for rid, run in existing.items()})
     paths = {r.run_id: p for p, r in records}
@@ -584,22 +569,20 @@ def _print_summary(summary: ExportSummary) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Command line: export the records to MLflow; returns 0, 1 (some runs failed to export) or 2 (bad input)."""
-    parser = argparse.ArgumentParser(prog="python runner/export_mlflow.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--logs-dir", default="logs", help="folder of JSON run records (default: logs)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI or file store folder (default: mlruns, a local file store)")
-    parser.add_argument("--experiment-name", default=DEFAULT_EXPERIMENT,
-                        help=f"MLflow experiment, created if missing (default: {DEFAULT_EXPERIMENT})")
-    args = parser.parse_args(argv)
-    try:
-        summary = export_records(args.logs_dir, args.tracking_uri, args.experiment_name)
-    except RunnerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    _print_summary(summary)
-    return 1 if summary.failed else 0
+    """`python runner/export_mlflow.py`: the `nbsweep export-mlflow` command (`runner.cli`): export the records to MLflow.
+
+    Args:
+        argv: the arguments after the script's name. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        The exit code: 0, 1 some run could not be exported, 2 bad input.
+
+    Raises:
+        SystemExit: a usage error (code 2), after the usage is printed.
+    """
+    from runner import cli
+
+    return cli.run_command("export-mlflow", argv, prog_name="python runner/export_mlflow.py")
 
 
 if __name__ == "__main__":

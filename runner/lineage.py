@@ -10,14 +10,21 @@ records as a tree: roots (ImageNet or scratch) and their warm-started children.
 
 from __future__ import annotations
 
-import html
 import os
+import posixpath
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+from urllib.parse import quote
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runner.errors import ConfigError
-from runner.records import COMPLETED, RUN, RunLoadError, RunRecord, find_record, read_record, sha256_file
+from runner.query import Ranking, RecordSet, find, parse_metric
+from runner.records import COMPLETED, RUN, RunLoadError, RunRecord, WarmStartSection, sha256_file
+from runner.templates import render
 
 ARCHITECTURE_PARAMS = ("base", "base_kwargs", "head", "dense_units", "image_size")
 """Parameters that must match between a run and the run it warm-starts from."""
@@ -28,59 +35,68 @@ CHECKPOINT_FILE = "checkpoints/epoch_{epoch}.weights.h5"  # as models.train writ
 
 @dataclass(frozen=True)
 class WarmStart:
-    """The weights a run starts from.
+    """The weights a run starts from, resolved once by the runner when the run starts.
 
     Attributes:
         parent_run_id: the run they come from.
         checkpoint: `"best"` (the parent's `model.keras`) or an epoch (1-based).
         weights_path: absolute path of the weights file.
         weights_sha256: sha256 hex of that file.
+        class_names: the parent's classes, which the run's data must have
+            (checked in the kernel by `models.build.load_warm_start`).
     """
 
     parent_run_id: str
     checkpoint: Any
     weights_path: str
     weights_sha256: str
+    class_names: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe fields."""
+        """JSON-safe fields: the notebook's `resolved_warm_start` parameter."""
         return asdict(self)
 
+    def section(self) -> WarmStartSection:
+        """The record's `warm_start` section (absolute `weights_path`)."""
+        return WarmStartSection(parent_run_id=self.parent_run_id, checkpoint=self.checkpoint,
+                                weights_path=self.weights_path, weights_sha256=self.weights_sha256)
 
-def _same_architecture(params: Mapping[str, Any]):
-    return lambda rec: all(rec.params.get(k) == params.get(k) for k in ARCHITECTURE_PARAMS)
+
+def _candidates(params: Mapping[str, Any]):
+    """The filter of the runs `warm_start: best` may choose: same architecture, and `best_of`."""
+    best_of = params.get("best_of")
+
+    def accept(rec: RunRecord) -> bool:
+        if not all(rec.params.get(k) == params.get(k) for k in ARCHITECTURE_PARAMS):
+            return False
+        if best_of == "roots":
+            return rec.parent_run_id is None
+        return best_of is None or (rec.name or "").startswith(best_of)
+
+    return accept
 
 
-def resolve_parent_id(params: Mapping[str, Any], logs_dir: str | Path) -> str:
-    """The run id that `params["warm_start"]` names, now.
+def resolve_warm_start(params: Mapping[str, Any], found: RecordSet, *, ranking: Optional[Ranking] = None,
+                       class_names: Optional[Sequence[str]] = None) -> Optional[WarmStart]:
+    """The one resolution of a run's `warm_start` reference into the weights it loads.
+
+    Called by the runner when the run starts (so `best` sees the runs of the
+    same sweep that finished before it) and by the pre-flight check for
+    explicit references. The record keeps the user's reference in `params`
+    and the resolved parent in `parent_run_id`.
 
     Args:
-        params: the run's parameters; `warm_start` is a run id, a unique
-            run-id prefix, or `"best"`: the best completed notebook run by
-            weighted recall among those with the same `ARCHITECTURE_PARAMS`
-            (so its weights fit), ensembles excluded.
-        logs_dir: folder of the records.
-
-    Returns:
-        The parent's run id.
-
-    Raises:
-        RunLoadError: no run, or more than one, matches.
-    """
-    return find_record(str(params["warm_start"]), logs_dir, kinds=(RUN,), accept=_same_architecture(params)).stem
-
-
-def resolve_warm_start(params: Mapping[str, Any], class_names: Optional[Sequence[str]],
-                       logs_dir: str | Path) -> Optional[WarmStart]:
-    """Find and check the weights a run warm-starts from.
-
-    Args:
-        params: the run's parameters (`warm_start`, `warm_start_checkpoint`,
-            and the `ARCHITECTURE_PARAMS`), e.g. `spec.model_dump()`;
-            `warm_start` as for `resolve_parent_id`.
+        params: the run's parameters: `warm_start` (a run id, a run name, a
+            unique run-id prefix, or `"best"`: the best completed notebook
+            run by `ranking` among those with the same `ARCHITECTURE_PARAMS`,
+            so its weights fit, and `best_of` (`"roots"`: runs not warm-started
+            themselves; a prefix: runs whose name starts with it); pruned runs
+            and ensembles never), and `warm_start_checkpoint`.
+        found: the records (`runner.query.read_all`).
+        ranking: what `best` ranks by. Defaults to weighted recall on the
+            validation split.
         class_names: the run's classes, compared with the parent's; `None`
-            skips that check. Defaults to nothing: required.
-        logs_dir: folder of the records.
+            leaves that check to the kernel. Defaults to `None`.
 
     Returns:
         A `WarmStart`, or `None` when `params["warm_start"]` is `None`.
@@ -93,9 +109,9 @@ def resolve_warm_start(params: Mapping[str, Any], class_names: Optional[Sequence
     if ref is None:
         return None
     try:
-        record_path = find_record(str(ref), logs_dir, kinds=(RUN,), accept=_same_architecture(params))
-        parent = read_record(record_path)
-    except (RunLoadError, OSError, ValueError) as exc:
+        parent = find(str(ref), found, ranking=ranking, kinds=(RUN,), accept=_candidates(params),
+                      what="warm_start")
+    except RunLoadError as exc:
         raise ConfigError(f"warm_start: got {ref!r}: {exc}") from exc
     where = f"warm_start: run {parent.run_id}"
     if parent.status != COMPLETED:
@@ -105,68 +121,97 @@ def resolve_warm_start(params: Mapping[str, Any], class_names: Optional[Sequence
             raise ConfigError(f"{where} has {name}={parent.params.get(name)!r}, this run has "
                               f"{name}={params.get(name)!r}; a warm start needs the same "
                               f"{', '.join(ARCHITECTURE_PARAMS)}")
-    if class_names is not None and list(parent.data.get("class_names", [])) != list(class_names):
-        raise ConfigError(f"{where} has classes {parent.data.get('class_names')}, this run has "
-                          f"{list(class_names)}")
+    parent_classes = list(parent.data.class_names) if parent.data else []
+    if class_names is not None and parent_classes != list(class_names):
+        raise ConfigError(f"{where} has classes {parent_classes}, this run has {list(class_names)}")
     checkpoint = params.get("warm_start_checkpoint", "best")
-    run_dir = (record_path.parent / (parent.paths.get("model") or parent.paths["notebook"])).resolve().parent
+    anchor = parent.path_of("model", found.logs_dir) or parent.path_of("notebook", found.logs_dir)
+    if anchor is None:
+        raise ConfigError(f"{where} records no run folder")
+    run_dir = anchor.parent
     weights = run_dir / (MODEL_FILE if checkpoint == "best" else CHECKPOINT_FILE.format(epoch=checkpoint))
     if not weights.is_file():
         kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.weights.h5"))
         raise ConfigError(f"{where}: checkpoint {checkpoint!r}: {weights} does not exist "
                           f"(kept: {', '.join(kept) or 'none'})")
-    return WarmStart(parent.run_id, checkpoint, str(weights), sha256_file(weights))
+    return WarmStart(parent.run_id, checkpoint, str(weights), sha256_file(weights), parent_classes)
 
 
-def _label(record: RunRecord, metric: str) -> str:
+def _as_ranking(metric: str | Ranking) -> Ranking:
+    return metric if isinstance(metric, Ranking) else parse_metric(metric)
+
+
+def _label(record: RunRecord, ranking: Ranking) -> str:
     p = record.params
     if record.parent_run_id:
-        text = f"warm start ckpt={record.warm_start.get('checkpoint', 'best')}"
+        text = f"warm start ckpt={record.warm_start.checkpoint if record.warm_start else 'best'}"
         if p.get("fine_tune_layers"):
             text += f" ft={p['fine_tune_layers']} lr={p.get('fine_tune_learning_rate')}"
     else:
         text = f"{p.get('base', record.kind)} {p.get('head', '')}".strip()
-    value = record.metrics.get(metric)
-    score = f"{value:.4f}" if isinstance(value, (int, float)) else record.status
+    if record.name:
+        text = f"[{record.name}] {text}"
+    value = ranking.value(record)
+    score = record.status if value is None else f"{value:.4f}"
+    if value is not None and ranking.split_of(record) != ranking.split:
+        score += " (schema 1: test split)"
     return f"{text}  {score}"
 
 
-def lineage_text(records: Sequence[RunRecord], metric: str = "weighted_recall",
-                 link=None, escape=str) -> str:
+def lineage_nodes(records: Sequence[RunRecord]) -> list[tuple[str, RunRecord]]:
+    """The runs in tree order, each with the branch drawn before it.
+
+    Roots first (run-id order), each followed by its warm-started children
+    (run-id order), depth first; a child whose parent is not among `records`
+    is a root. Iterative, so however long a chain of warm starts is.
+
+    Args:
+        records: run records (ensembles are left out).
+
+    Returns:
+        `(prefix, record)` pairs; `prefix` is `""` for a root, else the
+        indentation and `"└── "` or `"├── "`.
+    """
+    runs = sorted((r for r in records if r.kind == RUN), key=lambda r: r.run_id)
+    ids = {r.run_id for r in runs}
+    children: dict[Optional[str], list[RunRecord]] = {}
+    for rec in runs:
+        children.setdefault(rec.parent_run_id if rec.parent_run_id in ids else None, []).append(rec)
+    nodes: list[tuple[str, RunRecord]] = []
+    # (record, indentation of its children, its own branch); reversed so that pops come in order
+    stack = [(root, "", "") for root in reversed(children.get(None, []))]
+    seen: set[str] = set()
+    while stack:
+        rec, prefix, branch = stack.pop()
+        if rec.run_id in seen:  # a cycle of parents in hand-edited records: draw each run once
+            continue
+        seen.add(rec.run_id)
+        nodes.append((prefix + branch, rec))
+        deeper = prefix + ("" if not branch else ("    " if branch == "└── " else "│   "))
+        kids = children.get(rec.run_id, [])
+        stack.extend((kid, deeper, "└── " if i == len(kids) - 1 else "├── ") for i, kid in reversed(list(enumerate(kids))))
+    return nodes
+
+
+def lineage_text(records: Sequence[RunRecord], metric: str | Ranking = "weighted_recall") -> str:
     """Draw runs as a tree: roots first (run-id order), warm-started children under their parent.
 
     Args:
         records: notebook-run records (ensembles are left out).
-        metric: the metric shown at each node. Defaults to `"weighted_recall"`.
-        link: optional function `record -> str` giving each node's id text
-            (e.g. an html link). Defaults to the plain run id.
-        escape: applied to each node's label (e.g. `html.escape`). Defaults
-            to `str` (unchanged).
+        metric: the figure shown at each node: a `runner.query.METRIC_NAMES`
+            name or a `Ranking` (a schema-1 record shows its test figure,
+            marked). Defaults to `"weighted_recall"` (validation split).
 
     Returns:
         Lines like `20261121-1200-a1b2  vgg16 gap  0.8100` with `└── ` / `├── `
-        branches for children; a child whose parent is not among `records`
-        is drawn as a root.
+        branches for children (the run's status where it has no figure); a
+        child whose parent is not among `records` is drawn as a root.
+
+    Raises:
+        ConfigError: unknown `metric`.
     """
-    runs = [r for r in records if r.kind == RUN]
-    ids = {r.run_id for r in runs}
-    children: dict[Optional[str], list[RunRecord]] = {}
-    for rec in sorted(runs, key=lambda r: r.run_id):
-        parent = rec.parent_run_id if rec.parent_run_id in ids else None
-        children.setdefault(parent, []).append(rec)
-    link = link or (lambda rec: rec.run_id)
-    lines: list[str] = []
-
-    def walk(rec: RunRecord, prefix: str, branch: str) -> None:
-        lines.append(f"{prefix}{branch}{link(rec)}  {escape(_label(rec, metric))}")
-        kids = children.get(rec.run_id, [])
-        deeper = prefix + ("" if not branch else ("    " if branch == "└── " else "│   "))
-        for i, kid in enumerate(kids):
-            walk(kid, deeper, "└── " if i == len(kids) - 1 else "├── ")
-
-    for root in children.get(None, []):
-        walk(root, "", "")
-    return "\n".join(lines)
+    ranking = _as_ranking(metric)
+    return "\n".join(f"{prefix}{rec.run_id}  {_label(rec, ranking)}" for prefix, rec in lineage_nodes(records))
 
 
 def node_id(run_id: str) -> str:
@@ -181,35 +226,57 @@ def node_id(run_id: str) -> str:
     return f"run-{run_id}"
 
 
-def render_lineage(records: Sequence[RunRecord], metric: str, logs_dir: Path, page_dir: Path,
+def render_lineage(records: Sequence[RunRecord], metric: str | Ranking, logs_dir: Path, page_dir: Path,
                    leaderboard_name: str = "leaderboard.html") -> str:
     """`lineage.html`: the lineage tree with each run id linking to its saved notebook html.
 
     Each node carries the html id `node_id(run_id)`, so `lineage.html#run-<run_id>`
-    shows (and highlights) that run's place in the tree.
+    shows (and highlights) that run's place in the tree. Rendered from
+    `runner/templates/lineage.html` (every value escaped).
 
     Args:
         records: run records.
-        metric: the metric shown at each node.
+        metric: the figure shown at each node (a name or a `Ranking`).
         logs_dir: folder of the records (their paths are relative to it).
         page_dir: folder of the page (links are relative to it).
         leaderboard_name: file name of the leaderboard beside it, linked.
             Defaults to `"leaderboard.html"`.
 
     Returns:
-        A complete, self-contained html document; every string escaped.
+        A complete, self-contained html document.
+
+    Raises:
+        ConfigError: unknown `metric`.
     """
-    def link(rec: RunRecord) -> str:
-        rel, anchor = rec.paths.get("html"), html.escape(node_id(rec.run_id), quote=True)
-        if not rel:
-            return f'<span id="{anchor}">{html.escape(rec.run_id)}</span>'
-        href = Path(os.path.relpath((logs_dir / rel).resolve(), page_dir)).as_posix()
-        return f'<a href="{html.escape(href, quote=True)}" id="{anchor}">{html.escape(rec.run_id)}</a>'
+    ranking = _as_ranking(metric)
+    # record paths are relative to logs_dir: one relpath for all of them, not a resolve() per run
+    logs_from_page = Path(os.path.relpath(Path(logs_dir).resolve(), Path(page_dir).resolve())).as_posix()
+    nodes = []
+    for prefix, rec in lineage_nodes(records):
+        rel = rec.paths.get("html")
+        href = quote(posixpath.normpath(posixpath.join(logs_from_page, rel)), safe="/~") if rel else None
+        nodes.append({"prefix": prefix, "run_id": rec.run_id, "anchor": node_id(rec.run_id), "href": href,
+                      "label": _label(rec, ranking)})
+    return render("lineage.html", ranking=ranking, nodes=nodes, leaderboard_href=quote(leaderboard_name),
+                  split_words="validation split" if ranking.split == "val" else "test split")
 
-    body = lineage_text(records, metric, link=link, escape=html.escape) or "No runs yet."
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Lineage</title>"
-            "<style>body{font-family:system-ui,sans-serif;margin:2em}pre{font-size:0.95em}:target{background:#ffe98a}</style></head>\n"
-            f"<body><h1>Lineage</h1><p>Roots start from ImageNet or random weights; children are "
-            f"warm-started from their parent. Metric: <b>{html.escape(metric)}</b>. "
-            f"<a href=\"{html.escape(leaderboard_name, quote=True)}\">Leaderboard</a></p>\n<pre>{body}</pre></body></html>\n")
 
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python runner/lineage.py`: the `nbsweep lineage` command (`runner.cli`): write lineage.html from the records.
+
+    Args:
+        argv: the arguments after the script's name. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        The exit code: 0, or 2 for bad input (an unknown metric).
+
+    Raises:
+        SystemExit: a usage error (code 2), after the usage is printed.
+    """
+    from runner import cli
+
+    return cli.run_command("lineage", argv, prog_name="python runner/lineage.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,19 +1,21 @@
 """Reload a recorded run in a fresh session; predict on new images or evaluate on a labelled folder.
 
-    python runner/predict.py RUN IMAGE_OR_DIR [...] [--out predictions.csv]
-    python runner/predict.py RUN --evaluate LABELLED_DIR [--name NAME]
+    python runner/predict.py RUN IMAGE_OR_DIR [...] [--out predictions.csv] [--tta flip,...|none]
+    python runner/predict.py RUN --evaluate LABELLED_DIR [--name NAME] [--tta flip,...|none]
 
 RUN is a run id, a unique prefix of one, `best` (the top completed run by
 `--metric`), or the path of a record. The model is rebuilt from the record's
 `params` with the same `models.build_model` the notebook used, then the run's
 trained weights are loaded from its `model.keras` (whose sha256 must match the
 record): no notebook, no retraining. The model resizes and preprocesses raw
-images itself, so photos of any size go in.
+images itself, so photos of any size go in. Predictions use the run's own
+test-time augmentation (its `tta` parameter) unless `--tta` overrides it:
+`--tta flip,crop`, or `--tta none` for the plain model.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -27,10 +29,37 @@ import numpy as np
 import pandas as pd
 
 from models.spec import ExperimentSpec
-from runner.errors import ConfigError, RunnerError
-from runner.records import COMPLETED, ENSEMBLE, RunLoadError, RunRecord, find_record, read_record, sha256_file, write_json_atomic
+from runner.errors import ConfigError
+from runner.query import find_path, parse_metric
+from runner.records import COMPLETED, ENSEMBLE, RunLoadError, RunRecord, sha256_file, write_json_atomic
+from runner.records import write_text_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+TTA_CHOICES = ("flip", "vflip", "crop")
+"""What `--tta` takes, comma-separated (`models.evaluate.TTA_VIEWS`), or `none`."""
+
+
+def parse_tta(text: str) -> list[str]:
+    """The `--tta` option: `"none"` (no test-time augmentation) or comma-separated views.
+
+    Args:
+        text: e.g. `"flip"`, `"flip,crop"`, `"none"` (case-insensitive,
+            spaces ignored).
+
+    Returns:
+        The views, e.g. `["flip", "crop"]`; `[]` for `"none"`.
+
+    Raises:
+        ConfigError: an unknown or repeated view, or an empty item; the
+            message echoes `text` and lists the allowed views.
+    """
+    items = [item.strip().lower() for item in text.split(",")]
+    if items == ["none"]:
+        return []
+    if any(item not in TTA_CHOICES for item in items) or len(set(items)) != len(items):
+        raise ConfigError(f"--tta: got {text!r}, expected 'none' or distinct comma-separated items of "
+                          f"{', '.join(TTA_CHOICES)} (e.g. 'flip' or 'flip,crop')")
+    return items
 
 
 class _Recorded:
@@ -42,7 +71,7 @@ class _Recorded:
     @property
     def class_names(self) -> list[str]:
         """Class names in the order of the model's outputs."""
-        return list(self.record.data["class_names"])
+        return list(self.record.data.class_names)
 
     @property
     def run_dir(self) -> Path:
@@ -60,7 +89,7 @@ class LoadedRun(_Recorded):
         model: the rebuilt Keras model with the run's trained weights; maps
             float32 `(batch, height, width, 3)` RGB in [0, 255] to
             probabilities `(batch, n_classes)`.
-        spec: the run's parameters.
+        spec: the run's parameters (`spec.tta`: its test-time augmentation).
     """
 
     record: RunRecord
@@ -68,20 +97,43 @@ class LoadedRun(_Recorded):
     model: Any
     spec: ExperimentSpec
 
-    def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Class probabilities for a batch of raw images.
+    def tta_used(self, tta: Optional[list[str]] = None) -> list[str]:
+        """The test-time augmentation `predict(..., tta=tta)` applies.
+
+        Args:
+            tta: `None` (the run's own `spec.tta`), `[]` (none) or views.
+                Defaults to `None`.
+
+        Returns:
+            The views, e.g. `["flip"]`; `[]` for none.
+        """
+        return list(self.spec.tta or []) if tta is None else list(tta)
+
+    def predict(self, images: np.ndarray, batch_size: int = 32, tta: Optional[list[str]] = None) -> np.ndarray:
+        """Class probabilities for a batch of raw images, with the run's test-time augmentation.
+
+        `models.evaluate.predict_with_tta`, as the run's evaluation: the mean
+        of the softmax outputs over the images and their transformed copies.
 
         Args:
             images: `(n, height, width, 3)` RGB, uint8 or float in [0, 255],
                 any height and width (the model resizes).
             batch_size: images per forward pass. Defaults to `32`.
+            tta: `None` for the run's own `tta` parameter, `[]` for none, or
+                views of `TTA_CHOICES` (e.g. `["flip"]`) overriding it.
+                Defaults to `None`.
 
         Returns:
             float32 `(n, n_classes)`, rows summing to 1.
-        """
-        return self.model.predict(np.asarray(images, dtype="float32"), batch_size=batch_size, verbose=0)
 
-    def predict_paths(self, paths: Iterable[str | Path]) -> pd.DataFrame:
+        Raises:
+            ValueError: `tta` has an unknown or repeated view.
+        """
+        from models.evaluate import predict_with_tta
+
+        return predict_with_tta(self.model, np.asarray(images, dtype="float32"), self.tta_used(tta), batch_size)
+
+    def predict_paths(self, paths: Iterable[str | Path], tta: Optional[list[str]] = None) -> pd.DataFrame:
         """Predict image files; directories are walked for image files.
 
         Files are decoded and resized exactly as in training (`models.data.load_images`).
@@ -89,6 +141,7 @@ class LoadedRun(_Recorded):
 
         Args:
             paths: image files and/or folders.
+            tta: as in `predict`. Defaults to `None` (the run's own).
 
         Returns:
             One row per readable image: `path`, `predicted_label`, `confidence`
@@ -107,7 +160,7 @@ class LoadedRun(_Recorded):
                 kept.append(path)
             except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, never fatal
                 skipped[str(path)] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        probabilities = (self.predict(np.stack(images)) if images
+        probabilities = (self.predict(np.stack(images), tta=tta) if images
                          else np.zeros((0, len(self.class_names)), dtype="float32"))
         return _with_skipped(predictions_frame(kept, probabilities, self.class_names), skipped)
 
@@ -126,16 +179,23 @@ class LoadedEnsemble(_Recorded):
     record_path: Path
     members: list[LoadedRun]
 
-    def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Mean of the members' `LoadedRun.predict` probabilities, float32 `(n, n_classes)`."""
-        return np.mean([m.predict(images, batch_size) for m in self.members], axis=0)
+    def tta_used(self, tta: Optional[list[str]] = None) -> dict[str, list[str]]:
+        """Each member's test-time augmentation under `predict(..., tta=tta)`: `{run_id: views}`."""
+        return {m.record.run_id: m.tta_used(tta) for m in self.members}
 
-    def predict_paths(self, paths: Iterable[str | Path]) -> pd.DataFrame:
-        """As `LoadedRun.predict_paths`, with the members' probabilities averaged."""
+    def predict(self, images: np.ndarray, batch_size: int = 32, tta: Optional[list[str]] = None) -> np.ndarray:
+        """Mean of the members' `LoadedRun.predict` probabilities, float32 `(n, n_classes)`.
+
+        `tta`: `None` (each member its own `tta`), `[]` or views for all of them.
+        """
+        return np.mean([m.predict(images, batch_size, tta=tta) for m in self.members], axis=0)
+
+    def predict_paths(self, paths: Iterable[str | Path], tta: Optional[list[str]] = None) -> pd.DataFrame:
+        """As `LoadedRun.predict_paths`, with the members' probabilities averaged (`tta` as in `predict`)."""
         from models.evaluate import predictions_frame
 
         paths = list(paths)
-        frames = [m.predict_paths(paths) for m in self.members]
+        frames = [m.predict_paths(paths, tta=tta) for m in self.members]
         columns = [f"prob_{c}" for c in self.class_names]
         mean = np.mean([frame[columns].to_numpy() for frame in frames], axis=0)
         return _with_skipped(predictions_frame(frames[0]["path"], mean, self.class_names),
@@ -165,6 +225,104 @@ def expand_image_paths(paths: Iterable[str | Path]) -> tuple[list[Path], dict[st
     return files, missing
 
 
+def check_run_files(record: RunRecord, record_path: str | Path, *, predictions: bool = False) -> list[str]:
+    """The problems that keep a recorded run's files from being loaded; empty when there are none.
+
+    The one check of a run's files: `load_run` makes it before rebuilding the
+    model, `runner.ensemble.choose_members` before taking a member. It hashes
+    `model.keras` (seconds for a large model) and decodes nothing.
+
+    Args:
+        record: a run record.
+        record_path: the file the record was read from; its `paths` are
+            relative to its folder.
+        predictions: also require the run's test-split `predictions.csv`
+            (what an ensemble averages). Defaults to `False`.
+
+    Returns:
+        One message per problem, naming the file: `"weights file missing:
+        <path>"` (no `model` path in the record, or no file there),
+        `"cannot read <path>: <reason>"`, `"checksum mismatch for <path>:
+        sha256 <12 hex>..., record says <12 hex>..."` (only when the record
+        has a `model_file_sha256`), and with `predictions`, `"predictions file
+        missing: <path>"`. An ensemble record has no model file of its own
+        (its members are checked when they are loaded): only `predictions`
+        applies to it.
+    """
+    folder = Path(record_path).parent
+    problems = []
+    if record.kind != ENSEMBLE:
+        model_path = record.path_of("model", folder)
+        if model_path is None or not model_path.is_file():
+            problems.append(f"weights file missing: {model_path or 'no model in record'}")
+        else:
+            expected = (record.model.model_file_sha256 if record.model else None)
+            try:
+                actual = sha256_file(model_path)
+            except OSError as exc:
+                problems.append(f"cannot read {model_path}: {exc.strerror or exc}")
+            else:
+                if expected and actual != expected:
+                    problems.append(f"checksum mismatch for {model_path}: sha256 {actual[:12]}..., "
+                                    f"record says {expected[:12]}...")
+    if predictions:
+        predictions_path = record.path_of("predictions", folder)
+        if predictions_path is None or not predictions_path.is_file():
+            problems.append(f"predictions file missing: {predictions_path or 'no predictions in record'}")
+    return problems
+
+
+def check_out_path(out_path: str | Path) -> Path:
+    """Refuse a CSV destination that cannot be written, before any model is loaded.
+
+    Args:
+        out_path: the `--out` file; an existing file is replaced.
+
+    Returns:
+        `out_path` as a `Path`.
+
+    Raises:
+        ConfigError: `out_path` is an existing folder (`"--out P: is a
+            directory"`), its folder does not exist (`"--out P: folder F does
+            not exist"`; it is never created), is not a folder, or cannot be
+            written.
+    """
+    out_path = Path(out_path)
+    folder = out_path.parent
+    if out_path.is_dir():
+        raise ConfigError(f"--out {out_path}: is a directory; give a file path such as {out_path / 'predictions.csv'}")
+    if not folder.exists():
+        raise ConfigError(f"--out {out_path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise ConfigError(f"--out {out_path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out_path}: folder {folder} is not writable")
+    return out_path
+
+
+def write_predictions_csv(frame: pd.DataFrame, out_path: str | Path) -> Path:
+    """Write a predictions table as CSV atomically (temporary file in the same folder, then rename).
+
+    Args:
+        frame: e.g. from `LoadedRun.predict_paths`.
+        out_path: destination file; checked with `check_out_path` (its folder
+            must exist: it is not created).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ConfigError: `check_out_path` refuses `out_path`, or writing fails
+            (e.g. disk full); nothing is left at `out_path` then, and a file
+            already there is untouched.
+    """
+    out_path = check_out_path(out_path)
+    try:
+        return write_text_atomic(out_path, frame.to_csv(index=False))
+    except OSError as exc:
+        raise ConfigError(f"--out {out_path}: cannot write it ({exc.strerror or exc})") from exc
+
+
 def load_run(run: str | Path, logs_dir: str | Path = "logs",
              metric: str = "weighted_recall") -> LoadedRun | LoadedEnsemble:
     """Rebuild a recorded run's model from its spec and load its trained weights.
@@ -183,60 +341,83 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs",
 
     Raises:
         RunLoadError: the run is unknown or ambiguous, did not complete, its
-            spec cannot be rebuilt (e.g. unknown base), its `model.keras` is
-            missing, or the file's sha256 differs from the record's.
+            spec cannot be rebuilt (e.g. unknown base), or `check_run_files`
+            finds a problem (its `model.keras` is missing or unreadable, or
+            the file's sha256 differs from the record's); the message lists
+            each problem with the file.
     """
-    record_path = find_record(str(run), logs_dir, metric)
-    record = read_record(record_path)
+    record_path, record = find_path(run, logs_dir, ranking=parse_metric(metric))
     if record.status != COMPLETED:
         raise RunLoadError(f"run {record.run_id}: status is {record.status!r}, only completed runs can be loaded")
     if record.kind == ENSEMBLE:
         members = [load_run(member, record_path.parent) for member in record.members]
         return LoadedEnsemble(record=record, record_path=record_path, members=members)
-    model_rel = record.paths.get("model")
-    model_path = (record_path.parent / model_rel).resolve() if model_rel else None
-    if model_path is None or not model_path.is_file():
-        raise RunLoadError(f"run {record.run_id}: weights file missing: {model_path or 'no model in record'}")
-    expected = record.model.get("model_file_sha256")
-    actual = sha256_file(model_path)
-    if expected and actual != expected:
-        raise RunLoadError(f"run {record.run_id}: checksum mismatch for {model_path}: "
-                           f"sha256 {actual[:12]}..., record says {expected[:12]}...")
+    problems = check_run_files(record, record_path)
+    if problems:
+        raise RunLoadError(f"run {record.run_id}: {'; '.join(problems)}")
+    model_path = record.path_of("model", record_path.parent)
     import models
 
     fields = ExperimentSpec.model_fields
     try:
         spec = ExperimentSpec(**{k: v for k, v in record.params.items() if k in fields})
         # Same architecture, random initial weights: the trained ones are loaded next.
-        model = models.build_model(spec.model_copy(update={"weights": None}), len(record.data["class_names"]))
+        model = models.build_model(spec.model_copy(update={"weights": None, "precision": "float32"}),
+                                   len(record.data.class_names))
         model.load_weights(model_path)
     except (ValueError, KeyError, OSError) as exc:
         raise RunLoadError(f"run {record.run_id}: cannot rebuild the model from its record: {exc}") from exc
     return LoadedRun(record=record, record_path=record_path, model=model, spec=spec)
 
 
-def evaluate_run(loaded: LoadedRun, labelled_dir: str | Path, name: Optional[str] = None) -> dict[str, Any]:
+SHOWN_SKIPPED = 10
+"""How many skipped files an error message lists (then a count of the rest)."""
+
+
+def _no_readable_images(labelled_dir: Path, class_folders: list[str], skipped: dict[str, str]) -> str:
+    """The message for a labelled folder without one readable image: the files skipped and why."""
+    if not skipped:
+        return (f"--evaluate: {labelled_dir}: no image files in its class folders {', '.join(class_folders)} "
+                f"(expected {', '.join(IMAGE_SUFFIXES)} files)")
+    shown = "; ".join(f"{path}: {reason}" for path, reason in list(skipped.items())[:SHOWN_SKIPPED])
+    more = len(skipped) - SHOWN_SKIPPED
+    return (f"--evaluate: {labelled_dir}: no readable image in its class folders {', '.join(class_folders)}; "
+            f"skipped {len(skipped)} file(s): {shown}{f'; and {more} more' if more > 0 else ''}")
+
+
+def evaluate_run(loaded: LoadedRun, labelled_dir: str | Path, name: Optional[str] = None,
+                 tta: Optional[list[str]] = None) -> dict[str, Any]:
     """Evaluate a loaded run on an ImageFolder-style folder (one sub-folder per class).
 
     Writes `<run folder>/evaluations/<name>.json` (metrics, counts, skipped
-    files) and `<name>_confusion_matrix.png` beside it.
+    files) and `<name>_confusion_matrix.png` beside it. Unreadable files are
+    skipped, and so are hidden sub-folders (`models.data.list_class_folders`):
+    both are listed in the evaluation's `skipped` with the reason.
 
     Args:
         loaded: from `load_run`.
         labelled_dir: folder whose sub-folder names are class names of the run.
         name: evaluation name (letters, digits, `.`, `_`, `-`). Defaults to
             the folder's name.
+        tta: test-time augmentation, as in `LoadedRun.predict`: `None` for
+            the run's own, `[]` for none. Defaults to `None`.
 
     Returns:
-        The evaluation record (also written as JSON).
+        The evaluation record (also written as JSON): `run_id`, `name`,
+        `data_dir`, `n_images`, `tta` (the views used, `[]` for none; for
+        an ensemble `{member run id: views}`), `metrics`, `report`,
+        `skipped`.
 
     Raises:
         ConfigError: the folder is missing, has no class sub-folders, has a
-            sub-folder that is not one of the run's classes, or `name` has
-            other characters.
+            sub-folder that is not one of the run's classes, `name` has
+            other characters, or not one image in the class folders can be
+            read (the message lists the first `SHOWN_SKIPPED` files skipped
+            with their reasons and counts the rest); nothing is written then.
     """
     from sklearn.metrics import classification_report
 
+    from models.data import list_class_folders
     from models.evaluate import classification_metrics, save_confusion_matrix
 
     labelled_dir = Path(labelled_dir)
@@ -245,17 +426,19 @@ def evaluate_run(loaded: LoadedRun, labelled_dir: str | Path, name: Optional[str
         raise ConfigError(f"--name: got {name!r}, expected letters, digits, '.', '_' or '-' (no leading '.')")
     if not labelled_dir.is_dir():
         raise ConfigError(f"--evaluate: {labelled_dir} is not a folder")
-    folders = sorted(p for p in labelled_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders, hidden = list_class_folders(labelled_dir)
     unknown = [p.name for p in folders if p.name not in loaded.class_names]
     if not folders or unknown:
         raise ConfigError(f"--evaluate: {labelled_dir}: class folders {unknown or '(none)'} are not classes "
                           f"of run {loaded.record.run_id}; expected some of {', '.join(loaded.class_names)}")
-    frames, skipped = [], {}
+    frames, skipped = [], {str(labelled_dir / folder): reason for folder, reason in hidden.items()}
     for folder in folders:
-        frame = loaded.predict_paths([folder])
+        frame = loaded.predict_paths([folder], tta=tta)
         skipped.update(frame.attrs["skipped"])
         frames.append(frame.assign(true_label=folder.name))
     predictions = pd.concat(frames, ignore_index=True)
+    if predictions.empty:
+        raise ConfigError(_no_readable_images(labelled_dir, [p.name for p in folders], skipped))
     labels = predictions["true_label"].map(loaded.class_names.index).to_numpy()
     probabilities = predictions[[f"prob_{c}" for c in loaded.class_names]].to_numpy()
     metrics = classification_metrics(labels, probabilities, loaded.class_names)
@@ -265,51 +448,27 @@ def evaluate_run(loaded: LoadedRun, labelled_dir: str | Path, name: Optional[str
     out_dir.mkdir(parents=True, exist_ok=True)
     save_confusion_matrix(metrics["confusion_matrix"], loaded.class_names, out_dir / f"{name}_confusion_matrix.png")
     evaluation = {"run_id": loaded.record.run_id, "name": name, "data_dir": str(labelled_dir.resolve()),
-                  "n_images": len(predictions), "metrics": metrics, "report": report, "skipped": skipped}
+                  "n_images": len(predictions), "tta": loaded.tta_used(tta), "metrics": metrics,
+                  "report": report, "skipped": skipped}
     write_json_atomic(out_dir / f"{name}.json", evaluation)
     return evaluation
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Command line; returns 0 on success, 2 for bad input or a run that cannot be loaded."""
-    parser = argparse.ArgumentParser(prog="python runner/predict.py", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="run id, unique run-id prefix, 'best', or a record path")
-    parser.add_argument("paths", nargs="*", help="image files and/or folders (walked for images)")
-    parser.add_argument("--out", type=Path, help="also write the predictions to this CSV file")
-    parser.add_argument("--evaluate", metavar="LABELLED_DIR", type=Path,
-                        help="evaluate on an ImageFolder-style folder (one sub-folder per class)")
-    parser.add_argument("--name", help="evaluation name (default: the folder's name)")
-    parser.add_argument("--logs-dir", default="logs", help="folder of run records (default: logs)")
-    parser.add_argument("--metric", default="weighted_recall", help="what 'best' ranks by (default: weighted_recall)")
-    args = parser.parse_args(argv)
-    if not args.paths and args.evaluate is None:
-        parser.error("give image paths to predict, or --evaluate LABELLED_DIR")
-    try:
-        loaded = load_run(args.run, args.logs_dir, args.metric)
-        if args.evaluate is not None:
-            evaluation = evaluate_run(loaded, args.evaluate, args.name)
-            m = evaluation["metrics"]
-            print(f"run {loaded.record.run_id} on {args.evaluate} ({evaluation['n_images']} images)")
-            print(evaluation["report"])
-            print(f"accuracy {m['accuracy']:.4f}  weighted recall {m['weighted_recall']:.4f}  "
-                  f"macro F1 {m['macro_f1']:.4f}")
-            print(f"wrote {loaded.run_dir / 'evaluations' / (evaluation['name'] + '.json')}")
-            skipped = evaluation["skipped"]
-        if args.paths:
-            predictions = loaded.predict_paths(args.paths)
-            skipped = predictions.attrs["skipped"]
-            with pd.option_context("display.width", 200, "display.max_columns", None):
-                print(predictions.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-            if args.out:
-                predictions.to_csv(args.out, index=False)
-                print(f"wrote {args.out} ({len(predictions)} images)")
-    except (RunnerError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path, reason in skipped.items():
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    return 0
+    """`python runner/predict.py`: the `nbsweep predict` command (`runner.cli`): predict with a run, or evaluate it.
+
+    Args:
+        argv: the arguments after the script's name. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        The exit code: 0, or 2 for bad input or a run that cannot be loaded.
+
+    Raises:
+        SystemExit: a usage error (code 2), after the usage is printed.
+    """
+    from runner import cli
+
+    return cli.run_command("predict", argv, prog_name="python runner/predict.py")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Optional
 
 from models.errors import ModelConfigError
+from models.hashing import canonical_json
 from models.spec import ExperimentSpec
 from runner.errors import ConfigError
 from runner.grid import GridSpec, RunSpec
@@ -93,7 +94,7 @@ def _group(runs: Iterable[RunSpec], key: Callable[[dict[str, Any]], Any]) -> dic
     """Runs grouped by `key(params)` (made hashable as canonical JSON), in run order."""
     groups: dict[Hashable, list[RunSpec]] = {}
     for run in runs:
-        groups.setdefault(json.dumps(key(run.params), sort_keys=True, default=str), []).append(run)
+        groups.setdefault(canonical_json(key(run.params)), []).append(run)
     return groups
 
 
@@ -122,6 +123,7 @@ def check_runs(spec: GridSpec, runs: list[RunSpec], grid_path: Path) -> list[str
     folders = _check_data_dirs(runs, report)
     _check_models(runs, report)
     _check_warm_starts(runs, spec.logs_dir, folders, report)
+    _check_run_names(runs, spec.logs_dir, report)
     if report.errors:
         raise ConfigError("\n".join(report.errors))
     return report.warnings
@@ -335,15 +337,44 @@ def network_problem(url: str) -> Optional[str]:
 
 
 def _check_warm_starts(runs: list[RunSpec], logs_dir: Path, folders: dict[str, Any], report: _Report) -> None:
-    """A `warm_start` run id or prefix must name a completed run with the same architecture and classes."""
-    from runner.lineage import ARCHITECTURE_PARAMS, resolve_warm_start
+    """A `warm_start` run id, name or prefix must name a completed run with the same architecture and classes.
 
-    explicit = [r for r in runs if r.params.get("warm_start") not in (None, "best")]
+    `best`, and the `name` of an earlier run of this sweep, are left to the
+    run's start; both go through the one resolution, `runner.lineage.resolve_warm_start`.
+    """
+    from runner.lineage import ARCHITECTURE_PARAMS, resolve_warm_start
+    from runner.query import read_all
+
+    named_earlier = {r.params.get("name"): r.index for r in runs if r.params.get("name")}
+    # `best`, and a name an earlier run of this sweep will have, are resolved when the run starts
+    explicit = [r for r in runs if r.params.get("warm_start") not in (None, "best")
+                and named_earlier.get(r.params["warm_start"], r.index) >= r.index]
+    if not explicit:
+        return
+    found = read_all(logs_dir)
     keys = ("warm_start", "warm_start_checkpoint", "data_dir", *ARCHITECTURE_PARAMS)
     for group in _group(explicit, lambda p: [p.get(k) for k in keys]).values():
         params = group[0].params
         folder = folders.get(params.get("data_dir"))
         try:
-            resolve_warm_start(params, folder.class_names if folder is not None else None, logs_dir)
+            resolve_warm_start(params, found, class_names=folder.class_names if folder is not None else None)
         except ConfigError as error:
             report.error(group, "warm_start", str(error))
+
+
+def _check_run_names(runs: list[RunSpec], logs_dir: Path, report: _Report) -> None:
+    """A run `name` is unique: in this sweep, and in the logs folder (unless it is the same configuration again)."""
+    named = [r for r in runs if r.params.get("name") is not None]
+    if not named:
+        return
+    from runner.query import read_all
+
+    taken = {rec.name: rec for rec in read_all(logs_dir).records if rec.name}
+    for group in _group(named, lambda p: p.get("name")).values():
+        name = group[0].params["name"]
+        hashes = {r.config_hash for r in group}
+        if len(hashes) > 1:
+            report.error(group, "name", f"got {name!r} for {len(group)} different runs; a name names one run")
+        elif name in taken and taken[name].config_hash not in hashes:
+            report.error(group, "name", f"got {name!r}, already the name of run {taken[name].run_id} "
+                         f"(another configuration) in {logs_dir}; choose another name")

@@ -1,0 +1,526 @@
+"""The `nbsweep` command line: one entry point for every command of the project.
+
+    nbsweep sweep GRID [--dry-run] [--verbose] [--force | --retry-failed] [...]
+    nbsweep leaderboard [--logs-dir logs] [--out leaderboard.html] [--metric weighted_recall] [--top-n 10]
+    nbsweep predict RUN IMAGE_OR_DIR [...] [--out predictions.csv]
+    nbsweep predict RUN --evaluate LABELLED_DIR [--name NAME]
+    nbsweep ensemble --top N | RUN RUN [RUN ...]
+    nbsweep lineage [--logs-dir logs] [--out lineage.html] [--metric weighted_recall]
+    nbsweep export-mlflow [--logs-dir logs] [--tracking-uri mlruns] [--experiment-name nbsweep]
+
+`python runner/<script>.py ...` (`sweep.py`, `leaderboard.py`, `predict.py`,
+`ensemble.py`, `lineage.py`, `export_mlflow.py`) runs the same subcommand:
+each script's `main(argv)` calls `run_command`.
+
+Errors become exit codes in one place, `_Command.invoke`: a `ConfigError`
+(or `models.errors.ModelConfigError`) that a command raises is printed as
+`error: <message>` on stderr, without a traceback, and exits 2. A command
+whose module documents more bad-input errors lists them in its
+`input_errors` (predict and ensemble: any `RunnerError` or `ValueError`;
+export-mlflow: any `RunnerError`). A `FatalError` that is not one of those
+(a file that cannot be written) is printed the same way and exits 1. click's
+own usage errors (unknown option, bad value, missing argument) also exit 2.
+Other exit codes (1 a run failed, 130 interrupted) are what the command
+returns.
+
+Nothing heavy is imported here: each command imports its module when it
+runs, and the help texts are read from the modules' docstrings without
+importing them, so `--help` never imports TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import click
+
+from models.errors import ModelConfigError
+from runner.errors import ConfigError, FatalError, RunnerError
+
+INPUT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ModelConfigError)
+"""Errors every command prints as `error: <message>` and exits 2 for."""
+
+BAD_INPUT_EXIT = 2
+FATAL_EXIT = 1
+INTERRUPTED_EXIT = 130
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+def _module_doc(module: str) -> str:
+    """The docstring of `module`, read from its source without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        return ""
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    return ast.get_docstring(tree, clean=True) or ""
+
+
+def _keep_blocks(text: str) -> str:
+    """Mark indented paragraphs (usage lines) and lists so that click does not rewrap them."""
+    paragraphs = []
+    for paragraph in text.strip("\n").split("\n\n"):
+        lines = paragraph.splitlines()
+        if any(line.startswith((" ", "- ")) for line in lines):
+            paragraph = "\b\n" + paragraph
+        paragraphs.append(paragraph)
+    return "\n\n".join(paragraphs)
+
+
+def _doc(module: str, part: str) -> Callable[[], str]:
+    """A help text taken from a module docstring when the help is shown.
+
+    Args:
+        module: the module, e.g. `"runner.sweep"`.
+        part: `"summary"` (its first paragraph) or `"body"` (the rest).
+
+    Returns:
+        A function returning the text.
+    """
+    def text() -> str:
+        summary, _, body = _module_doc(module).partition("\n\n")
+        return _keep_blocks(summary if part == "summary" else body)
+
+    return text
+
+
+class _Argument(click.Argument):
+    """A positional argument with a help text (listed under "Arguments" in the help)."""
+
+    def __init__(self, *args: Any, help: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = help
+
+
+class _Option(click.Option):
+    """An option whose help text may be computed when the help is shown (`help_factory`)."""
+
+    def __init__(self, *args: Any, help_factory: Optional[Callable[[], str]] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_factory = help_factory
+
+    def get_help_record(self, ctx: click.Context) -> Optional[tuple[str, str]]:
+        if self.help_factory is not None:
+            self.help, self.help_factory = self.help_factory(), None
+        return super().get_help_record(ctx)
+
+
+class _Command(click.Command):
+    """A subcommand: lazy help texts, and the one place where errors become exit codes.
+
+    Attributes:
+        input_errors: exceptions printed as `error: <message>` (exit 2).
+    """
+
+    def __init__(self, *args: Any, input_errors: Sequence[type[BaseException]] = INPUT_ERRORS,
+                 doc: Optional[Callable[[], str]] = None, epilog_factory: Optional[Callable[[], str]] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.input_errors = tuple(input_errors)
+        self._doc, self._epilog_factory = doc, epilog_factory
+        if doc is not None:
+            self.help = None  # not the callback's docstring
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Runs the command; a bad-input error exits 2, a `FatalError` 1, each printed without traceback.
+
+        A non-zero exit code returned by the callback leaves through
+        `ctx.exit`, so that it is the process's exit code in click's
+        standalone mode too (e.g. under `click.testing.CliRunner`).
+        """
+        try:
+            code = super().invoke(ctx)
+        except self.input_errors as exc:
+            click.echo(f"error: {exc}", err=True)
+            code = BAD_INPUT_EXIT
+        except FatalError as exc:
+            click.echo(f"error: {exc}", err=True)
+            code = FATAL_EXIT
+        if code:
+            ctx.exit(code)
+        return code
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:  # argparse's words, which the scripts printed so far
+            raise click.NoSuchOption(exc.option_name, f"unrecognized arguments: {exc.option_name}",
+                                     exc.possibilities, exc.ctx) from None
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self._doc is not None:
+            self.help, self._doc = self._doc(), None
+        super().format_help_text(ctx, formatter)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(param.metavar or param.name.upper(), param.help) for param in self.get_params(ctx)
+                if isinstance(param, _Argument) and param.help]
+        if rows:
+            with formatter.section("Arguments"):
+                formatter.write_dl(rows)
+        super().format_options(ctx, formatter)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self._epilog_factory is not None:
+            self.epilog, self._epilog_factory = self._epilog_factory(), None
+        super().format_epilog(ctx, formatter)
+
+
+class _Group(click.Group):
+    """The `nbsweep` group; its subcommands are `_Command`s."""
+
+    command_class = _Command
+
+
+def _usage_error(message: str) -> None:
+    """Stops with a click usage error (exit 2), like argparse's `parser.error`."""
+    raise click.UsageError(message, click.get_current_context())
+
+
+class _PositiveInt(click.ParamType):
+    """An integer >= 1."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            self.fail(f"expected an integer >= 1, got {value}", param, ctx)
+        return number
+
+
+@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
+def nbsweep() -> None:
+    """nbsweep: recorded, reproducible Keras image-classification sweeps with papermill.
+
+    A grid file (grid.yaml) is expanded into one papermill run per
+    configuration of one base notebook; each run is saved as an executed
+    notebook and its html and recorded as JSON in logs/; the leaderboard ranks
+    the runs. `python runner/<script>.py ...` runs the same commands.
+    Every command is described in README.md.
+
+    Exit codes: 0 success; 1 a run (or an export) failed; 2 bad input or
+    usage (nothing ran); 130 interrupted.
+    """
+
+
+def _sweep_epilog() -> str:
+    from models.spec import ExperimentSpec
+    from runner.grid import GridSpec
+
+    return ("grid file keys: " + ", ".join(GridSpec.model_fields) + "\n\n"
+            + "notebook parameters (in fixed, grid, runs): " + ", ".join(ExperimentSpec.model_fields)
+            + "\n\nEvery key and parameter is described in README.md (\"grid.yaml reference\").")
+
+
+@nbsweep.command("sweep", short_help="Run a sweep: expand a grid file into papermill runs of one notebook.",
+                 doc=_doc("runner.sweep", "body"), epilog_factory=_sweep_epilog)
+@click.argument("grid", cls=_Argument, type=click.Path(path_type=Path), metavar="GRID",
+                help="the grid file (YAML), e.g. grid.yaml; see README")
+@click.option("--dry-run", is_flag=True, help="print the expanded runs as a table and exit")
+@click.option("--verbose", is_flag=True, help="show each notebook's cell output while it runs")
+@click.option("--data-dir", metavar="DIR", help="use this ImageFolder-style folder as data_dir of every run")
+@click.option("--weights-dir", metavar="DIR", help="folder of offline ImageNet weights files used when weights is "
+              "'imagenet' (default: $NBSWEEP_WEIGHTS_DIR, else Keras downloads them)")
+@click.option("--force", is_flag=True,
+              help="re-run runs that already have a completed record with the same config_hash")
+@click.option("--retry-failed", is_flag=True,
+              help="run only the runs whose records all failed, were interrupted or timed out")
+@click.option("--timeout", type=float, metavar="SECONDS",
+              help="wall-clock limit of each run; a run over it is stopped and recorded as 'timeout'")
+@click.option("--cell-timeout", type=float, metavar="SECONDS",
+              help="limit of each notebook cell (papermill's execution timeout)")
+@click.option("--workers", type=_PositiveInt(), default=1, metavar="N",
+              help="run N notebooks at once, each in its own worker process and kernel, with "
+              "TensorFlow threads = cores / N (default: 1, in this process)")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local",
+              help="where runs execute: this machine (default) or a dask.distributed cluster "
+              "(needs --scheduler and a filesystem shared with the workers; see README)")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="the Dask scheduler, e.g. tcp://HOST:8786 (with --executor dask)")
+@click.option("--max-runs", type=int, default=1000, metavar="N",
+              help="refuse a grid of more runs than this unless --yes (default: 1000)")
+@click.option("--yes", is_flag=True, help="run a grid larger than --max-runs")
+@click.option("--retry-pruned", is_flag=True,
+              help="also run again the runs a search's pruner stopped (they count as done otherwise)")
+@click.option("--clean-orphans", is_flag=True, help="remove run folders that have no record (left by a SIGKILL "
+              "or a failed record write); they are listed either way")
+def sweep(grid: Path, dry_run: bool, verbose: bool, data_dir: Optional[str], weights_dir: Optional[str],
+          force: bool, retry_failed: bool, timeout: Optional[float], cell_timeout: Optional[float],
+          workers: int, executor: str, scheduler: Optional[str], max_runs: int, yes: bool,
+          retry_pruned: bool, clean_orphans: bool) -> int:
+    """`nbsweep sweep`: checks the options, then `runner.sweep.sweep_command`.
+
+    Returns:
+        0 every run completed or was skipped (or a dry run), 1 a run failed
+        or timed out, 130 interrupted.
+    """
+    if force and retry_failed:
+        _usage_error("--force and --retry-failed cannot be used together")
+    if executor == "dask" and not scheduler:
+        _usage_error("--executor dask needs --scheduler ADDRESS (e.g. tcp://HOST:8786)")
+    if executor == "dask" and workers != 1:
+        _usage_error("--workers is for --executor local; a Dask cluster runs as many runs as its workers have threads")
+    if scheduler and executor != "dask":
+        _usage_error("--scheduler needs --executor dask")
+    from runner.sweep import SweepOptions, sweep_command
+
+    options = SweepOptions(verbose=verbose, force=force, retry_failed=retry_failed, timeout_s=timeout,
+                           cell_timeout_s=cell_timeout, workers=workers, executor=executor, scheduler=scheduler,
+                           retry_pruned=retry_pruned, clean_orphans=clean_orphans)
+    return sweep_command(grid, options, dry_run=dry_run, data_dir=data_dir, weights_dir=weights_dir,
+                         max_runs=max_runs, yes=yes)
+
+
+def _metric_choices() -> str:
+    from runner.records import RANKING_METRICS
+
+    return f"one of {', '.join(RANKING_METRICS)}"
+
+
+@nbsweep.command("leaderboard", short_help="Rank the run records into leaderboard.html and leaderboard.csv.",
+                 doc=_doc("runner.leaderboard", "summary"))
+@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
+@click.option("--out", default="leaderboard.html", metavar="FILE", help="html page to write (default: leaderboard.html)")
+@click.option("--metric", cls=_Option, default="weighted_recall", metavar="NAME", help_factory=_metric_choices)
+@click.option("--top-n", type=int, default=10, metavar="N", help="runs shown (default: 10)")
+def leaderboard(logs_dir: str, out: str, metric: str, top_n: int) -> int:
+    """`nbsweep leaderboard`: `runner.leaderboard.write_leaderboard`, then its one-line summary."""
+    from runner.leaderboard import write_leaderboard
+
+    print(write_leaderboard(logs_dir, out, metric, top_n).summary())
+    return 0
+
+
+@nbsweep.command("predict", short_help="Predict with a recorded run, or evaluate it on a labelled folder.",
+                 doc=_doc("runner.predict", "body"), input_errors=(RunnerError, ValueError))
+@click.argument("run", cls=_Argument, metavar="RUN",
+                help="run id, unique run-id prefix, 'best', or a record path")
+@click.argument("paths", cls=_Argument, nargs=-1, metavar="[IMAGE_OR_DIR]...",
+                help="image files and/or folders (walked for images)")
+@click.option("--out", type=click.Path(path_type=Path), metavar="FILE", help="also write the predictions to this CSV file")
+@click.option("--evaluate", type=click.Path(path_type=Path), metavar="LABELLED_DIR",
+              help="evaluate on an ImageFolder-style folder (one sub-folder per class)")
+@click.option("--name", metavar="NAME", help="evaluation name (default: the folder's name)")
+@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
+@click.option("--metric", default="weighted_recall", metavar="NAME", help="what 'best' ranks by (default: weighted_recall)")
+@click.option("--tta", "tta_text", metavar="VIEWS",
+              help="test-time augmentation instead of the run's own: flip, vflip, crop, comma-separated, or none")
+def predict(run: str, paths: tuple[str, ...], out: Optional[Path], evaluate: Optional[Path], name: Optional[str],
+            logs_dir: str, metric: str, tta_text: Optional[str]) -> int:
+    """`nbsweep predict`: `runner.predict.load_run`, then `evaluate_run` and/or `predict_paths`."""
+    if not paths and evaluate is None:
+        _usage_error("give image paths to predict, or --evaluate LABELLED_DIR")
+    import pandas as pd
+
+    from runner.predict import evaluate_run, load_run, parse_tta
+
+    tta = None if tta_text is None else parse_tta(tta_text)
+    loaded = load_run(run, logs_dir, metric)
+    skipped: dict[str, str] = {}
+    if evaluate is not None:
+        evaluation = evaluate_run(loaded, evaluate, name, tta=tta)
+        m = evaluation["metrics"]
+        print(f"run {loaded.record.run_id} on {evaluate} ({evaluation['n_images']} images)")
+        print(evaluation["report"])
+        print(f"accuracy {m['accuracy']:.4f}  weighted recall {m['weighted_recall']:.4f}  "
+              f"macro F1 {m['macro_f1']:.4f}")
+        print(f"wrote {loaded.run_dir / 'evaluations' / (evaluation['name'] + '.json')}")
+        skipped = evaluation["skipped"]
+    if paths:
+        predictions = loaded.predict_paths(list(paths), tta=tta)
+        skipped = predictions.attrs["skipped"]
+        with pd.option_context("display.width", 200, "display.max_columns", None):
+            print(predictions.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if out:
+            predictions.to_csv(out, index=False)
+            print(f"wrote {out} ({len(predictions)} images)")
+    for path, reason in skipped.items():
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 0
+
+
+@nbsweep.command("ensemble", short_help="Average the softmax outputs of the top runs (or chosen runs).",
+                 doc=_doc("runner.ensemble", "body"), input_errors=(RunnerError, ValueError))
+@click.argument("runs", cls=_Argument, nargs=-1, metavar="[RUN]...",
+                help="member runs (ids, unique prefixes or record paths)")
+@click.option("--top", type=int, metavar="N", help="use the N best completed runs instead")
+@click.option("--metric", default="weighted_recall", metavar="NAME", help="what --top ranks by (default: weighted_recall)")
+@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
+@click.option("--experiments-dir", default="experiments", metavar="DIR", help="folder of run folders (default: experiments)")
+@click.option("--leaderboard", "leaderboard_path", default="leaderboard.html", metavar="FILE", help="leaderboard to regenerate")
+def ensemble(runs: tuple[str, ...], top: Optional[int], metric: str, logs_dir: str, experiments_dir: str,
+             leaderboard_path: str) -> int:
+    """`nbsweep ensemble`: `runner.ensemble.build_ensemble`, then the leaderboard is regenerated."""
+    if bool(runs) == (top is not None):
+        _usage_error("give either member runs or --top N")
+    from runner.ensemble import build_ensemble
+    from runner.leaderboard import write_leaderboard
+    from runner.query import parse_metric
+
+    record = build_ensemble(list(runs), top, logs_dir=logs_dir, experiments_dir=experiments_dir, metric=metric)
+    write_leaderboard(logs_dir, leaderboard_path, metric)
+    name = parse_metric(metric, "--metric").metric  # an ensemble is evaluated on the members' test split
+    print(f"ensemble {record.run_id} of {', '.join(record.members)}: "
+          f"test_{name} {getattr(record.metrics, name):.4f}; leaderboard: {leaderboard_path}")
+    return 0
+
+
+@nbsweep.command("lineage", short_help="Write lineage.html: the tree of warm starts of the recorded runs.",
+                 doc=lambda: ("Write lineage.html from the run records: the tree of runs, roots (ImageNet or "
+                              "random weights) and the runs warm-started from them, each run id linking to its "
+                              "saved notebook html. The sweep and `nbsweep leaderboard` write it too, beside the "
+                              "leaderboard."))
+@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
+@click.option("--out", default="lineage.html", metavar="FILE", help="html page to write (default: lineage.html)")
+@click.option("--metric", cls=_Option, default="weighted_recall", metavar="NAME", help_factory=lambda: "the metric shown at "
+              f"each run, {_metric_choices()} (default: weighted_recall)")
+def lineage(logs_dir: str, out: str, metric: str) -> int:
+    """`nbsweep lineage`: `runner.lineage.render_lineage` of the records, written atomically.
+
+    Raises:
+        ConfigError: unknown metric (nothing is written).
+        FatalError: the page cannot be written.
+    """
+    from runner.lineage import render_lineage
+    from runner.query import read_all
+    from runner.records import write_page
+
+    logs, page = Path(logs_dir).resolve(), Path(out).resolve()
+    found = read_all(logs)
+    write_page(page, render_lineage(found.records, metric, logs, page.parent))
+    for name, reason in found.unreadable.items():
+        print(f"unreadable record {name}: {reason}", file=sys.stderr)
+    print(f"wrote {out} ({len(found.records)} records)")
+    return 0
+
+
+@nbsweep.command("export-mlflow", short_help="Export the run records to MLflow, parents linked.",
+                 doc=_doc("runner.export_mlflow", "summary"), input_errors=(RunnerError, ModelConfigError))
+@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking URI or file store folder (default: mlruns, a local file store)")
+@click.option("--experiment-name", default="nbsweep", metavar="NAME",
+              help="MLflow experiment, created if missing (default: nbsweep)")
+def export_mlflow(logs_dir: str, tracking_uri: Optional[str], experiment_name: str) -> int:
+    """`nbsweep export-mlflow`: `runner.export_mlflow.export_records`, then its summary.
+
+    Returns:
+        0 exported, 1 some run could not be exported.
+    """
+    from runner.export_mlflow import _print_summary, export_records
+
+    summary = export_records(logs_dir, tracking_uri, experiment_name)
+    _print_summary(summary)
+    return 1 if summary.failed else 0
+
+
+NATIVE_LOG = "nbsweep-native-stderr.log"
+"""Where this process's native libraries' stderr goes (in the temporary folder, or `$NBSWEEP_NATIVE_LOG`)."""
+
+
+def quiet_native_stderr() -> Optional[Path]:
+    """Send what C/C++ libraries write to file descriptor 2 (TensorFlow's start-up lines) to a log file.
+
+    TensorFlow prints "Could not find cuda drivers", "failed call to cuInit"
+    and the cpu_feature_guard notice from C++ straight to fd 2, before the
+    progress bar and even for `--dry-run`. Python's own `sys.stderr`
+    (messages, warnings, tracebacks, the progress bar) is moved to a copy of
+    the terminal's stderr first, so only the native lines leave the console;
+    each run's kernel still writes its own to `kernel.log`. Does nothing
+    when `sys.stderr` is not the process's real stderr (e.g. under pytest's
+    capture) or `$NBSWEEP_NATIVE_LOG` is `-`.
+
+    Returns:
+        The log file, or `None` when nothing was redirected.
+    """
+    import os
+    import tempfile
+
+    target = os.environ.get("NBSWEEP_NATIVE_LOG") or str(Path(tempfile.gettempdir()) / NATIVE_LOG)
+    if target == "-" or sys.stderr is not sys.__stderr__:
+        return None
+    try:
+        sys.stderr.flush()
+        terminal = os.dup(2)
+        log = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    except OSError:
+        return None
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stderr = sys.__stderr__ = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding,
+                                            errors="backslashreplace")
+    return Path(target)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def run_command(command: Optional[str], argv: Optional[Sequence[str]] = None,
+                prog_name: Optional[str] = None) -> int:
+    """Run `nbsweep` or one of its subcommands; return the exit code.
+
+    Args:
+        command: a subcommand name (`"sweep"`, ...), or `None` for the
+            `nbsweep` group itself.
+        argv: the arguments. Defaults to `sys.argv[1:]`.
+        prog_name: the name shown in usage lines. Defaults to `"nbsweep"`
+            (with the subcommand's name after it).
+
+    Returns:
+        The exit code: 0, or what the command returned (1, 2, 130); 0 for
+        `--help`; 130 for Ctrl-C outside a sweep's own handling.
+
+    Raises:
+        SystemExit: a usage error (code 2, after click printed the usage and
+            the error), as argparse's `parse_args` did.
+    """
+    quiet_native_stderr()
+    target = nbsweep if command is None else nbsweep.commands[command]
+    if prog_name is None:
+        prog_name = "nbsweep" if command is None else f"nbsweep {command}"
+    try:
+        result = target.main(args=None if argv is None else list(argv), prog_name=prog_name,
+                             standalone_mode=False)
+    except click.exceptions.Abort:  # Ctrl-C that no command handled
+        click.echo("interrupted", err=True)
+        return INTERRUPTED_EXIT
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    return result if isinstance(result, int) else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The `nbsweep` console script; returns the exit code (usage errors included).
+
+    Args:
+        argv: the arguments after `nbsweep`. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        The exit code (see `run_command`; 2 for a usage error).
+    """
+    try:
+        return run_command(None, argv)
+    except SystemExit as exc:
+        return _exit_code(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,165 +1,210 @@
-"""Rank run records into `leaderboard.html` and `leaderboard.csv`.
+"""Rank run records into `leaderboard.html`, `leaderboard.csv` and `lineage.html`.
 
 Usage: `python runner/leaderboard.py [--logs-dir logs] [--out leaderboard.html]
 [--metric weighted_recall] [--top-n 10]`. The sweep calls `write_leaderboard`
 at its end with the grid's `metric` and `top_n`.
 
-The page is one static, self-contained html file that works offline: its CSS
-and script (`runner/leaderboard_assets/`) and its figures (PNG data URIs) are
-inlined. At the top, the metric of every completed run by base and head (a
-strip over a box plot) and the best run's confusion matrix; then the top runs
-ranked by the metric (best first; ties keep the earlier run): click a header
-to sort, type to filter, tick "show all parameters" to see the parameter
-columns that are the same for every run (hidden by default; those that differ
-are shown). Each run id links to its saved notebook html and its node in
-`lineage.html`, each parent to its row. Then failed runs with their error,
-then unreadable records. Every string from a record is html-escaped.
+The records are read once (`runner.query.read_all`), the metric is validated
+once (`runner.query.parse_metric`) and the runs are ranked by `runner.query.rank`:
+by default on the **validation** split (`weighted_recall` is
+`val_weighted_recall`); the test figures are shown beside it for reporting. A
+schema-1 record (no validation metrics) ranks by its test figure, marked `*`.
+
+The page is one static, self-contained html file that works offline
+(`runner/templates/leaderboard.html`, rendered with Jinja2, every value
+escaped): its CSS and script (`runner/leaderboard_assets/`) and its figures
+(PNG data URIs) are inlined. At the top, the ranking figure of every ranked
+run by base and head (a strip over a box plot) and the best run's confusion
+matrix (test split: its saved picture, or a table of its counts); then the top runs, best first (ties keep the earlier
+run): click a header to sort, type to filter, tick "show all parameters" to
+see the parameter columns that are the same for every run shown. Each run id
+links to its saved notebook html and its node in `lineage.html`, each parent
+to its row. Then pruned runs (with the epoch they reached), runs that did not
+complete (the `MAX_LISTED` most recent of each, and a count), completed runs
+without a figure for the metric, and unreadable records. The page embeds only
+what it shows, so it stays small however many records there are.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
-import html
+import csv
+import gc
 import io
 import json
 import os
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional, Sequence
 from urllib.parse import quote
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
+from markupsafe import Markup
 
-from runner.errors import ConfigError
 from runner.lineage import node_id, render_lineage
-from runner.records import COMPLETED, ENSEMBLE, RANKING_METRICS, RunRecord, read_records, write_text_atomic
+from runner.query import Ranking, RecordSet, parse_metric, rank, read_all
+from runner.records import (
+    COMPLETED, ENSEMBLE, PRUNED, RANKING_METRICS, RunRecord, SplitMetrics, write_page,
+)
+from runner.templates import render
 
-SUMMARY_COLUMNS = ("accuracy", "epochs_run", "train_s")
 LINEAGE_FILE = "lineage.html"
 ASSETS_DIR = Path(__file__).resolve().parent / "leaderboard_assets"
 """`leaderboard.css` and `leaderboard.js`, inlined into every page (no file beside the page, no network)."""
+MAX_LISTED = 50
+"""Rows listed per section of runs that are not ranked (pruned, not completed, ...); the rest are counted."""
+REPORTED_TEST_METRICS = ("accuracy", "weighted_recall")
+"""Test-split figures always shown beside the ranking figure (with the ranking metric's own)."""
+SCHEMA1_NOTE = "schema 1: no validation metrics, ranked by test"
+SPLIT_WORDS = {"val": "validation split", "test": "test split"}
 
 
-def _param_value(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+@dataclass(frozen=True)
+class Leaderboard:
+    """What `write_leaderboard` wrote.
+
+    Attributes:
+        ranking: the validated metric the runs were ranked by.
+        ranked: the completed runs with a figure for `ranking`, best first.
+        page_path, csv_path, lineage_path: the files written (absolute).
+        unranked: completed runs without a figure for `ranking` (e.g.
+            ensembles under a validation ranking), in run-id order.
+    """
+
+    ranking: Ranking
+    ranked: list[RunRecord]
+    page_path: Path
+    csv_path: Path
+    lineage_path: Path
+    unranked: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def best(self) -> Optional[RunRecord]:
+        """The first ranked run, or `None` when none ranks."""
+        return self.ranked[0] if self.ranked else None
+
+    def summary(self) -> str:
+        """One line for the command line, e.g. `wrote leaderboard.html (3 ranked runs; best val_weighted_recall 0.9000 (<run id>))`."""
+        best = self.best
+        text = f"wrote {self.page_path.name} ({len(self.ranked)} ranked runs"
+        if best is not None:
+            split = self.ranking.split_of(best)
+            marked = f", {split}" if split != self.ranking.split else ""
+            text += f"; best {self.ranking.column} {self.ranking.value(best):.4f} ({best.run_id}{marked})"
+        return text + ")"
 
 
-def records_frame(records: list[RunRecord], logs_dir: Path) -> pd.DataFrame:
-    """One row per record: id, status, metrics, timings and `param.<name>` columns.
+@dataclass(frozen=True)
+class _Link:
+    text: str
+    href: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class _Figure:
+    text: str
+    mark: bool = False
+
+
+@dataclass
+class _Section:
+    """One table of the page: the rows shown (at most `MAX_LISTED`, or the top N) out of `total`."""
+
+    rows: list = field(default_factory=list)
+    total: int = 0
+    figure_columns: list[str] = field(default_factory=list)
+    params: list[dict[str, Any]] = field(default_factory=list)  # the board's: {"name", "same"}
+    n_same: int = 0  # the board's parameters that are the same on every row
+    schema1: bool = False  # a row's ranking figure is a schema-1 test figure (footnote)
+
+    @property
+    def more(self) -> int:
+        return self.total - len(self.rows)
+
+
+_to_json = json.JSONEncoder(sort_keys=True).encode
+_param_texts: dict[tuple[type, Any], str] = {}
+_HASHABLE = frozenset((int, float, bool, type(None)))
+
+
+def _param_value(value: Any) -> str:
+    """A parameter as the page and the csv show it: a string as it is, anything else as JSON (sorted keys).
+
+    Memoized on `(type, repr)`: a sweep's parameters take few distinct values
+    and JSON-encoding each of 10,000 runs' 40 parameters anew is most of the
+    csv's time.
+    """
+    cls = value.__class__
+    if cls is str:
+        return value
+    key = (cls, value) if cls in _HASHABLE else (cls, repr(value))
+    text = _param_texts.get(key)
+    if text is None:
+        if len(_param_texts) > 100_000:
+            _param_texts.clear()
+        text = _param_texts[key] = value if isinstance(value, str) else _to_json(value)
+    return text
+
+
+def _number(value: Optional[float], digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _split_metrics(record: RunRecord, split: str) -> Optional[SplitMetrics]:
+    return record.val_metrics if split == "val" else record.metrics
+
+
+def split_figure(record: RunRecord, column: str) -> Optional[float]:
+    """A record's figure by column name, e.g. `"val_weighted_recall"`, `"test_accuracy"`.
 
     Args:
-        records: run records.
-        logs_dir: folder of the records (their `paths` are relative to it).
+        record: a run record.
+        column: `"val_"` or `"test_"` followed by a `RANKING_METRICS` key.
 
     Returns:
-        A DataFrame with columns `run_id`, `status`, `kind`, `parent_run_id`
-        (`""` for roots), every `RANKING_METRICS`
-        key (float, NaN when missing), `epochs_run` (epochs trained, both
-        phases), `train_s`,
-        `html_path` (absolute or `None`), `error`, and `param.<name>` (str).
+        The float in [0, 1], or `None` when the record has no metrics for that split.
     """
-    rows = []
-    for rec in records:
-        html_rel = rec.paths.get("html")
-        row = {
-            "run_id": rec.run_id,
-            "status": rec.status,
-            "kind": rec.kind,
-            "parent_run_id": rec.parent_run_id or "",
-            **{m: rec.metrics.get(m, float("nan")) for m in RANKING_METRICS},
-            "epochs_run": sum(len(h.get("loss", [])) for h in rec.history.values()) if rec.history else None,
-            "train_s": rec.timings.get("train_s"),
-            "html_path": str((logs_dir / html_rel).resolve()) if html_rel else None,
-            "error": f"{rec.error['ename']}: {rec.error['evalue']}" if rec.error else "",
-        }
-        row.update({f"param.{k}": _param_value(v) for k, v in rec.params.items()})
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    return frame.astype({"epochs_run": "Int64"}) if rows else frame
+    split, metric = column.split("_", 1)
+    metrics = _split_metrics(record, split)
+    return None if metrics is None else getattr(metrics, metric)
 
 
-def rank_runs(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Completed runs sorted by `metric`, best first, with a 1-based `rank` column.
+def figure_columns(ranking: Ranking) -> list[str]:
+    """The figure columns of the board: the ranking column first, then its other split's, then the reported test figures.
 
     Args:
-        frame: output of `records_frame`.
-        metric: one of `RANKING_METRICS`.
+        ranking: from `parse_metric`.
 
     Returns:
-        The completed rows, sorted descending by `metric` (stable: ties keep
-        run-id order), with `rank` 1..n.
-
-    Raises:
-        ConfigError: `metric` is not one of `RANKING_METRICS`.
+        E.g. `["val_weighted_recall", "test_weighted_recall", "test_accuracy"]`.
     """
-    if metric not in RANKING_METRICS:
-        raise ConfigError(f"metric: got {metric!r}, expected one of {', '.join(RANKING_METRICS)}")
-    if frame.empty:
-        return frame.assign(rank=pd.Series(dtype=int))
-    done = frame[frame["status"] == COMPLETED].sort_values("run_id")
-    ranked = done.sort_values(metric, ascending=False, kind="stable", na_position="last")
-    return ranked.assign(rank=range(1, len(ranked) + 1)).reset_index(drop=True)
+    other = "test" if ranking.split == "val" else "val"
+    columns = [ranking.column, f"{other}_{ranking.metric}", *(f"test_{m}" for m in REPORTED_TEST_METRICS)]
+    return list(dict.fromkeys(columns))
 
 
-def differing_params(frame: pd.DataFrame) -> list[str]:
-    """The `param.*` columns with more than one value across `frame` (rows without the parameter,
-    e.g. ensembles, are left out)."""
-    cols = [c for c in frame.columns if c.startswith("param.")]
-    return [c for c in cols if frame[c].dropna().nunique() > 1]
-
-
-def _cell(value, digits: int = 4) -> str:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return html.escape(str(value))
-
-
-def _link(path: Optional[str], text: str, page_dir: Path) -> str:
-    if not path:
-        return html.escape(text)
-    href = Path(os.path.relpath(path, page_dir)).as_posix()
-    return f'<a href="{html.escape(href, quote=True)}">{html.escape(text)}</a>'
+def _href(path: Optional[Path], page_dir: Path) -> Optional[str]:
+    """A relative, URL-quoted href from the page to `path`, or `None`."""
+    return None if path is None else quote(Path(os.path.relpath(path, page_dir)).as_posix(), safe="/~")
 
 
 def _fragment(run_id: str) -> str:
-    """`#run-<run_id>`, quoted for a URL and escaped for an attribute."""
-    return html.escape("#" + quote(node_id(run_id), safe=""), quote=True)
+    """`#run-<run_id>`, quoted for a URL (the template escapes it for the attribute)."""
+    return "#" + quote(node_id(run_id), safe="")
 
 
-def _anchor(run_id: str) -> str:
-    return html.escape(node_id(run_id), quote=True)
+def _asset(name: str) -> Markup:
+    """One of `ASSETS_DIR`'s files, inlined as it is (the project's own CSS or script)."""
+    return Markup((ASSETS_DIR / name).read_text(encoding="utf-8"))
 
 
-def _table(headers: list[str], rows: list[tuple[str, list[str]]], table_id: str = "",
-           header_attrs: Optional[list[str]] = None, column_classes: Optional[list[str]] = None) -> str:
-    """An html table; each row is `(run_id or "", cells)` and a run's row gets `id=node_id(run_id)`.
-
-    `header_attrs` gives each `<th>` extra attributes and `column_classes` each column's `class`
-    (`""` for none, so a plain header stays `<th>name</th>`).
-    """
-    header_attrs, column_classes = header_attrs or [""] * len(headers), column_classes or [""] * len(headers)
-    head = "".join(f"<th{a}>{html.escape(h)}</th>" for h, a in zip(headers, header_attrs))
-    tds = [f'<td class="{c}">' if c else "<td>" for c in column_classes]
-    body = "\n".join((f'<tr id="{_anchor(run_id)}">' if run_id else "<tr>")
-                     + "".join(f"{td}{c}</td>" for td, c in zip(tds, cells)) + "</tr>" for run_id, cells in rows)
-    attrs = f' id="{table_id}" class="{table_id}"' if table_id else ""
-    return f"<table{attrs}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
-
-
-def _asset(name: str) -> str:
-    return (ASSETS_DIR / name).read_text(encoding="utf-8")
-
-
-def _png(figure: Figure) -> bytes:
+def _png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return buffer.getvalue()
@@ -169,250 +214,337 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def base_head_groups(frame: pd.DataFrame) -> pd.Series:
-    """Each row's `"<base> + <head>"` (ensembles: `"ensemble"`), the groups of the metric plot.
+def base_head_group(record: RunRecord) -> str:
+    """A record's group in the metric plot: `"<base> + <head>"`, `"<base>"` without a head, `"ensemble"` for ensembles.
 
     Args:
-        frame: rows of `records_frame` (any subset, e.g. `rank_runs`'s).
+        record: a run record.
 
     Returns:
-        A str Series on `frame`'s index.
+        The group's label.
     """
-    def column(name: str) -> pd.Series:
-        return frame[name] if name in frame else pd.Series(None, index=frame.index, dtype=object)
+    base = record.params.get("base")
+    if base is None:
+        base = record.kind
+    head = record.params.get("head")
+    return f"{base} + {head}" if head else str(base)
 
-    base = column("param.base").fillna(frame["kind"])
-    return (base + " + " + column("param.head").fillna("")).str.removesuffix(" + ")
 
+def metric_plot_png(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[bytes]:
+    """A box plot of the ranking figure per base and head with every run as a point over it (a strip).
 
-def metric_plot_png(ranked: pd.DataFrame, metric: str) -> Optional[bytes]:
-    """A box plot of `metric` per base and head with every run as a point over it (a strip).
-
-    Groups are ordered by median, best at the top; the best run is a red star.
+    Groups are ordered by median, best at the top; the best run is a red
+    star. The axis names the column and its split (schema-1 runs: their
+    test figure, said on the axis).
 
     Args:
-        ranked: output of `rank_runs` (best first).
-        metric: the column plotted, one of `RANKING_METRICS`.
+        ranked: `runner.query.rank`'s output (best first).
+        ranking: what they were ranked by.
 
     Returns:
-        PNG bytes, or `None` when no run has a value for `metric`.
+        PNG bytes, or `None` when `ranked` is empty.
     """
-    data = ranked.dropna(subset=[metric]) if metric in ranked else ranked.iloc[:0]
-    if data.empty:
+    if not ranked:
         return None
-    groups = base_head_groups(data)
-    order = list(data.groupby(groups)[metric].median().sort_values(kind="stable").index)
-    values = [data.loc[groups == g, metric].to_numpy(dtype=float) for g in order]
+    from matplotlib.figure import Figure  # only when there is something to draw
+
+    values_of: dict[str, list[float]] = {}
+    for rec in ranked:
+        values_of.setdefault(base_head_group(rec), []).append(ranking.value(rec))
+    order = sorted(values_of, key=lambda g: float(np.median(values_of[g])))  # stable: ties keep first-seen order
+    values = [np.asarray(values_of[g], dtype=float) for g in order]
     figure = Figure(figsize=(7, 1.3 + 0.5 * len(order)))
     ax = figure.subplots()
     ax.boxplot(values, orientation="horizontal", tick_labels=order, widths=0.55, showfliers=False,
                patch_artist=True, boxprops={"facecolor": "#dbe7f5", "edgecolor": "#6b8fb8"},
                medianprops={"color": "#1f4e8c"}, whiskerprops={"color": "#6b8fb8"}, capprops={"color": "#6b8fb8"})
     jitter = np.random.default_rng(0)
-    for position, group_values in enumerate(values, start=1):
-        ax.scatter(group_values, position + jitter.uniform(-0.12, 0.12, len(group_values)),
-                   s=24, color="#1f77b4", alpha=0.8, zorder=3)
-    best = data.iloc[0]
-    ax.scatter([best[metric]], [order.index(groups.iloc[0]) + 1], marker="*", s=220, color="#d62728",
-               zorder=4, label=f"best: {best['run_id']} ({best[metric]:.4f})")
+    many = len(ranked) > 500  # smaller, lighter points so that thousands stay readable
+    ax.scatter(np.concatenate(values),  # one collection for every run: one draw call, not one per group
+               np.concatenate([np.full(len(v), float(position)) for position, v in enumerate(values, start=1)])
+               + jitter.uniform(-0.12, 0.12, len(ranked)),
+               s=6 if many else 24, color="#1f77b4", alpha=0.3 if many else 0.8, zorder=3, linewidths=0)
+    best = ranked[0]
+    ax.scatter([ranking.value(best)], [order.index(base_head_group(best)) + 1], marker="*", s=220,
+               color="#d62728", zorder=4, label=f"best: {best.run_id} ({ranking.value(best):.4f})")
     ax.legend(loc="lower left", fontsize=8, frameon=False, bbox_to_anchor=(0, 1.0))
-    ax.set_xlabel(f"{metric} (test split)")
+    schema1 = any(ranking.split_of(rec) != ranking.split for rec in ranked)
+    ax.set_xlabel(f"{ranking.column} ({SPLIT_WORDS[ranking.split]}"
+                  f"{'; schema 1 runs: test split' if schema1 else ''})")
     ax.grid(axis="x", alpha=0.3)
     return _png(figure)
 
 
 def confusion_matrix_png(record: RunRecord, logs_dir: str | Path) -> Optional[bytes]:
-    """The confusion matrix of a run as PNG bytes.
+    """The run's saved confusion matrix picture (test split), as the notebook drew it.
 
     Args:
         record: the run record.
         logs_dir: folder of the record (its `paths` are relative to it).
 
     Returns:
-        The bytes of the run's saved `paths["confusion_matrix"]` PNG when it is
-        there; otherwise a drawing of `metrics["confusion_matrix"]` (rows true
-        classes, labelled with `data["class_names"]` when they fit); `None` when
-        the record has neither (or a matrix that is not square).
+        The bytes of the run's `confusion_matrix` PNG, or `None` when the
+        record has none or the file is missing or not a PNG (the page then
+        shows `confusion_matrix_table`).
     """
-    rel = record.paths.get("confusion_matrix")
-    if rel:
-        try:
-            saved = (Path(logs_dir) / rel).read_bytes()
-        except OSError:
-            saved = b""
-        if saved.startswith(b"\x89PNG"):
-            return saved
-    matrix = np.asarray(record.metrics.get("confusion_matrix") or [])
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.size == 0:
+    saved_path = record.path_of("confusion_matrix", logs_dir)
+    if saved_path is None:
         return None
-    from sklearn.metrics import ConfusionMatrixDisplay  # only for records without the png
-
-    names = list(record.data.get("class_names") or [])
-    figure = Figure(figsize=(3 + 0.5 * len(matrix), 2.5 + 0.5 * len(matrix)))
-    ConfusionMatrixDisplay(matrix, display_labels=names if len(names) == len(matrix) else None).plot(
-        ax=figure.subplots(), cmap="Blues", xticks_rotation=45, colorbar=False)
-    return _png(figure)
+    try:
+        saved = saved_path.read_bytes()
+    except OSError:
+        return None
+    return saved if saved.startswith(b"\x89PNG") else None
 
 
-def _figures(ranked: pd.DataFrame, metric: str, confusion_png: Optional[bytes]) -> str:
-    parts = []
-    plot = metric_plot_png(ranked, metric)
-    if plot:
-        parts.append(f'<figure><img src="{_data_uri(plot)}" alt="{html.escape(metric)} by base and head">'
-                     f"<figcaption>{html.escape(metric)} of every completed run ({len(ranked)}) by base and "
-                     "head: boxes span the middle half, points are runs, the star is the best.</figcaption></figure>")
-    if confusion_png:
-        best = html.escape(ranked.iloc[0]["run_id"])
-        parts.append(f'<figure><img src="{_data_uri(confusion_png)}" alt="confusion matrix of {best}">'
-                     f'<figcaption>Confusion matrix of the best run, <a href="{_fragment(ranked.iloc[0]["run_id"])}">'
-                     f"{best}</a> (test split; rows true, columns predicted).</figcaption></figure>")
-    return f'<section class="figures">{"".join(parts)}</section>' if parts else ""
+MAX_TABLE_CLASSES = 40
+"""Largest confusion matrix drawn as a table on the page (classes)."""
 
 
-def _run_cell(row: pd.Series, page_dir: Path) -> str:
-    cell = _link(row["html_path"], row["run_id"], page_dir)
-    if row["kind"] == ENSEMBLE:
-        return cell + " <b>(ensemble)</b>"
-    return (cell + f' <a class="tree" href="{LINEAGE_FILE}{_fragment(row["run_id"])}" '
-                   'title="this run in the lineage tree">tree</a>')
+def confusion_matrix_table(record: RunRecord) -> Optional[dict[str, Any]]:
+    """The run's confusion matrix (test split) as a shaded html table, for a run without a saved picture.
 
-
-def _parent_cell(parent: str, on_page: set[str], html_of: dict[str, Optional[str]], page_dir: Path) -> str:
-    if parent in on_page:
-        return f'<a href="{_fragment(parent)}">{html.escape(parent)}</a>'
-    return _link(html_of.get(parent), parent, page_dir)
-
-
-def render_leaderboard(frame: pd.DataFrame, metric: str, top_n: int, page_dir: Path,
-                       unreadable: Optional[dict[str, str]] = None,
-                       confusion_png: Optional[bytes] = None) -> str:
-    """The leaderboard page as one self-contained html string (inline CSS, JS and images).
-
-    At the top, a strip-over-box plot of `metric` by base and head (all
-    completed runs) and the best run's confusion matrix, as PNG data URIs.
-    Then the top runs, sortable by any column (click a header), filtered by a
-    text box, with the parameters that differ as columns (the identical ones
-    behind a "show all parameters" checkbox); each run id links to its saved
-    notebook html and its node in `lineage.html`, each parent to its row (or
-    its html). Then runs that did not complete and unreadable records.
+    A table instead of a drawing: exact counts, selectable text, and no
+    matplotlib figure with a text per cell (drawing 10x10 counts took half a
+    second; `bench/leaderboard_bench.py`).
 
     Args:
-        frame: output of `records_frame`.
-        metric: ranking metric, one of `RANKING_METRICS`.
-        top_n: number of ranked runs shown in the table.
-        page_dir: folder the page is written to (links are relative to it).
-        unreadable: record file name → reason, listed in their own section.
-            Defaults to `None`.
-        confusion_png: PNG bytes of the best run's confusion matrix (see
-            `confusion_matrix_png`). Defaults to `None` (not shown).
+        record: the run record.
 
     Returns:
-        A complete html document; every string from a record is escaped and
-        nothing is loaded from another host.
-
-    Raises:
-        ConfigError: `metric` is not one of `RANKING_METRICS`.
+        `{"labels": [class name], "rows": [(class name, [(count, shade)])]}`,
+        rows true classes, columns predicted (`shade` in [0, 1], the count
+        over the largest count), labelled with `data.class_names` when they
+        fit (else `0..n-1`); `None` when the record has no square matrix or
+        more than `MAX_TABLE_CLASSES` classes.
     """
-    ranked = rank_runs(frame, metric)
-    shown = ranked.head(top_n)
-    all_params = [c for c in ranked.columns if c.startswith("param.")]
-    differing = differing_params(ranked) if len(ranked) > 1 else []
-    params = differing + [p for p in all_params if p not in differing]
-    html_of = dict(zip(frame["run_id"], frame["html_path"])) if len(frame) else {}
-    on_page = set(shown["run_id"]) if len(shown) else set()
-    numbers = [c for c in SUMMARY_COLUMNS if c != metric]
-    fixed = ["rank", "run", metric, *numbers, "parent"]
-    headers = fixed + [p.removeprefix("param.") for p in params]
-    column_classes = ["", "run", *[""] * (len(fixed) - 2), *["" if p in differing else "same" for p in params]]
-    header_attrs = [' class="same"' if c == "same" else "" for c in column_classes]
-    header_attrs[fixed.index(metric)] = ' aria-sort="descending"'  # the rows come sorted by it
-    rows = [(r["run_id"], [str(r["rank"]), _run_cell(r, page_dir), _cell(r[metric]),
-                           *[_cell(r[c], 1 if c == "train_s" else 4) for c in numbers],
-                           _parent_cell(r["parent_run_id"], on_page, html_of, page_dir),
-                           *[_cell(r[p]) for p in params]])
-            for _, r in shown.iterrows()]
-    n_same = len(params) - len(differing)
-    controls = ('<div class="controls"><label>Filter <input type="search" id="filter" autocomplete="off" '
-                'placeholder="run id, base, any value…"></label>'
-                f'<span id="row-count" aria-live="polite">{len(rows)} runs</span>'
-                f'<label><input type="checkbox" id="show-all"> show all parameters (+{n_same} that do not '
-                "differ between runs)</label></div>")
-    parts = [(f'<h1>Leaderboard</h1><p class="summary">Top {len(shown)} of {len(ranked)} completed runs by '
-              f"<b>{html.escape(metric)}</b> (test split). Generated "
-              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. "
-              f'Warm starts: <a href="{LINEAGE_FILE}">lineage tree</a>.</p>'),
-             _figures(ranked, metric, confusion_png),
-             controls + _table(headers, rows, "board", header_attrs, column_classes) if rows
-             else "<p>No completed runs yet.</p>"]
-    failed = frame[frame["status"] != COMPLETED] if not frame.empty else frame
-    if len(failed):
-        parts.append(f"<h2>Runs that did not complete ({len(failed)})</h2>")
-        parts.append(_table(["run", "status", "error"], [
-            (r["run_id"], [_link(r["html_path"], r["run_id"], page_dir), _cell(r["status"]), _cell(r["error"])])
-            for _, r in failed.iterrows()], column_classes=["", "", "err"]))
-    if unreadable:
-        parts.append(f"<h2>Unreadable records ({len(unreadable)})</h2>")
-        parts.append(_table(["file", "problem"], [("", [_cell(k), _cell(v)]) for k, v in unreadable.items()]))
-    script = f"<script>{_asset('leaderboard.js')}</script>\n" if rows else ""
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>Leaderboard: {html.escape(metric)}</title><style>{_asset('leaderboard.css')}</style></head>\n"
-            "<body>\n" + "\n".join(p for p in parts if p) + "\n" + script + "</body></html>\n")
+    matrix = record.metrics.confusion_matrix if record.metrics else []
+    n = len(matrix)
+    if not n or n > MAX_TABLE_CLASSES or any(len(row) != n for row in matrix):
+        return None
+    names = list(record.data.class_names) if record.data else []
+    labels = names if len(names) == n else [str(i) for i in range(n)]
+    top = max(max(row) for row in matrix) or 1
+    return {"labels": labels,
+            "rows": [(label, [(count, round(count / top, 3)) for count in row]) for label, row in zip(labels, matrix)]}
+
+
+def _most_recent(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """Newest first (run ids start with the UTC start time), at most `MAX_LISTED`."""
+    return sorted(records, key=lambda rec: rec.run_id, reverse=True)[:MAX_LISTED]
+
+
+def _note(record: RunRecord) -> str:
+    return f"{record.error.ename}: {record.error.evalue}" if record.error else ""
+
+
+def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunRecord], top_n: int,
+                       page_dir: Path, confusion_png: Optional[bytes] = None) -> str:
+    """The leaderboard page as one self-contained html string (inline CSS, JS and images).
+
+    Args:
+        found: every record (`runner.query.read_all`).
+        ranking: the metric `ranked` is ranked by.
+        ranked: `runner.query.rank(found.records, ranking)`.
+        top_n: number of ranked runs shown in the table.
+        page_dir: folder the page is written to (links are relative to it).
+        confusion_png: PNG bytes of the best run's saved confusion matrix
+            (`confusion_matrix_png`). Defaults to `None`: the page shows
+            `confusion_matrix_table` of the best run instead.
+
+    Returns:
+        A complete html document (`runner/templates/leaderboard.html`); every
+        value from a record is escaped and nothing is loaded from another host.
+    """
+    logs_dir = found.logs_dir
+    by_id = found.by_id()
+    shown = list(ranked[:top_n])
+    on_page = {rec.run_id for rec in shown}
+
+    def run_link(rec: RunRecord) -> _Link:
+        return _Link(rec.run_id, _href(rec.path_of("html", logs_dir), page_dir))
+
+    def parent_link(parent_id: Optional[str]) -> _Link:
+        if not parent_id:
+            return _Link("")
+        if parent_id in on_page:
+            return _Link(parent_id, _fragment(parent_id))
+        parent = by_id.get(parent_id)
+        return run_link(parent) if parent is not None else _Link(parent_id)
+
+    def ranked_figure(rec: RunRecord) -> _Figure:
+        return _Figure(_number(ranking.value(rec)), mark=ranking.split_of(rec) != ranking.split)
+
+    columns = figure_columns(ranking)
+    param_names = list(dict.fromkeys(name for rec in shown for name in rec.params))
+    values = {name: {_param_value(rec.params[name]) for rec in shown if name in rec.params} for name in param_names}
+    differing = [name for name in param_names if len(values[name]) > 1] if len(shown) > 1 else []
+    params = differing + [name for name in param_names if name not in differing]
+    board = _Section(total=len(shown), figure_columns=columns, n_same=len(params) - len(differing),
+                     params=[{"name": name, "same": name not in differing} for name in params])
+    for position, rec in enumerate(shown, start=1):
+        board.rows.append({
+            "anchor": node_id(rec.run_id), "rank": position, "run": run_link(rec),
+            "ensemble": rec.kind == ENSEMBLE, "tree_href": LINEAGE_FILE + _fragment(rec.run_id),
+            "figures": [ranked_figure(rec), *(_Figure(_number(split_figure(rec, c))) for c in columns[1:])],
+            "epochs_run": rec.epochs_run, "train_s": _number(rec.timings.train_s, 1),
+            "parent": parent_link(rec.parent_run_id),
+            "params": [(_param_value(rec.params[name]) if name in rec.params else "", name not in differing)
+                       for name in params],
+        })
+    board.schema1 = any(row["figures"][0].mark for row in board.rows)
+
+    pruned_records = [rec for rec in found.records if rec.status == PRUNED]
+    pruned = _Section(total=len(pruned_records))
+    pruned.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "epochs_run": rec.epochs_run,
+                    "figure": ranked_figure(rec), "note": _note(rec)} for rec in _most_recent(pruned_records)]
+    failed_records = [rec for rec in found.records if rec.status not in (COMPLETED, PRUNED)]
+    failed = _Section(total=len(failed_records))
+    failed.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "status": rec.status, "note": _note(rec)}
+                   for rec in _most_recent(failed_records)]
+    ranked_ids = {rec.run_id for rec in ranked}
+    unranked_records = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids]
+    unranked = _Section(total=len(unranked_records), figure_columns=columns[1:])
+    unranked.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "kind": rec.kind,
+                      "figures": [_Figure(_number(split_figure(rec, c))) for c in columns[1:]]}
+                     for rec in _most_recent(unranked_records)]
+    unreadable = _Section(rows=list(found.unreadable.items())[:MAX_LISTED], total=len(found.unreadable))
+
+    plot = metric_plot_png(ranked, ranking)
+    figures = {"metric_plot": _data_uri(plot) if plot else None,
+               "confusion": _data_uri(confusion_png) if confusion_png and ranked else None,
+               "confusion_table": confusion_matrix_table(ranked[0]) if ranked and not confusion_png else None}
+    best = {"run_id": ranked[0].run_id, "fragment": _fragment(ranked[0].run_id)} if ranked else None
+    return render("leaderboard.html", ranking=ranking, split_words=SPLIT_WORDS[ranking.split],
+                  css=_asset("leaderboard.css"), js=_asset("leaderboard.js"),
+                  generated=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", lineage_href=LINEAGE_FILE,
+                  n_ranked=len(ranked), figures=figures, best=best, schema1_note=SCHEMA1_NOTE,
+                  board=board, pruned=pruned, failed=failed, unranked=unranked, unreadable=unreadable)
+
+
+CSV_COLUMNS = ("rank", "run_id", "name", "status", "kind", "ranked_by", "ranked_split",
+               *(f"val_{m}" for m in RANKING_METRICS), *(f"test_{m}" for m in RANKING_METRICS),
+               "epochs_run", "best_epoch", "best_phase", "train_s", "eval_s", "total_s",
+               "parent_run_id", "started_at", "finished_at")
+"""The columns of `leaderboard.csv` before the `param.<name>` columns."""
+
+
+def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Sequence[RunRecord] = ()) -> str:
+    """`leaderboard.csv`: every completed run, ranked, with its validation and test figures and all parameters.
+
+    Args:
+        ranked: the ranked runs, best first (`rank` 1..n).
+        ranking: what they were ranked by (`ranked_by` is its column,
+            `ranked_split` the split each figure came from: `val`, `test`
+            or `test (schema 1)`).
+        unranked: completed runs without a figure for `ranking`, listed
+            after the ranked ones with an empty `rank`. Defaults to none.
+
+    Returns:
+        The CSV text: `CSV_COLUMNS`, then `param.<name>` for every parameter
+        of any run (strings as they are, other values as JSON); empty cells
+        for missing values.
+    """
+    rows = [*ranked, *unranked]
+    params = list(dict.fromkeys(name for rec in rows for name in rec.params))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS, *(f"param.{name}" for name in params)])
+    blank = [None] * len(RANKING_METRICS)
+    for position, rec in enumerate(rows, start=1):
+        is_ranked = position <= len(ranked)
+        val = [getattr(rec.val_metrics, m) for m in RANKING_METRICS] if rec.val_metrics else blank
+        test = [getattr(rec.metrics, m) for m in RANKING_METRICS] if rec.metrics else blank
+        values = rec.params
+        writer.writerow([
+            position if is_ranked else None, rec.run_id, rec.name, rec.status, rec.kind,
+            ranking.column, ranking.split_of(rec) if is_ranked else None, *val, *test,
+            rec.epochs_run, rec.best_epoch, rec.best_phase,
+            rec.timings.train_s, rec.timings.eval_s, rec.timings.total_s,
+            rec.parent_run_id, rec.started_at, rec.finished_at,
+            *[_param_value(values[name]) if name in values else None for name in params]])
+    return out.getvalue()
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while records are read and the pages built.
+
+    Reading 10,000 records makes millions of objects that all stay alive;
+    each automatic collection walks all of them again, which cost about a
+    third of the time (measured with `bench/leaderboard_bench.py`). Nothing
+    here makes much cyclic garbage (the figures' is collected afterwards).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = "weighted_recall",
-                      top_n: int = 10) -> pd.DataFrame:
-    """Read every record in `logs_dir`; write the leaderboard html and csv.
+                      top_n: int = 10) -> Leaderboard:
+    """Read every record in `logs_dir` once; write the leaderboard html, its csv and the lineage page.
 
     The html (`render_leaderboard`, with the best run's `confusion_matrix_png`)
-    goes to `out_path`, the csv (every completed run ranked, plus parameters)
-    beside it with the suffix `.csv`, and the lineage tree of warm starts to
-    `lineage.html` in the same folder; all written atomically.
+    goes to `out_path`, the csv (`leaderboard_csv`: every completed run
+    ranked) beside it with the suffix `.csv`, and the lineage tree of warm
+    starts to `lineage.html` in the same folder; each written atomically
+    (`runner.records.write_text_atomic`).
 
     Args:
         logs_dir: folder of the JSON records.
         out_path: path of the html page.
-        metric: ranking metric, one of `RANKING_METRICS`. Defaults to
-            `"weighted_recall"`.
+        metric: ranking metric, a `runner.query.METRIC_NAMES` name
+            (`weighted_recall`: validation split; `test_weighted_recall`: test
+            split). Defaults to `"weighted_recall"`.
         top_n: ranked runs shown in the html. Defaults to `10`.
 
     Returns:
-        The ranked DataFrame of completed runs.
+        A `Leaderboard` (the ranking, the ranked records, the files written).
 
     Raises:
-        ConfigError: unknown `metric`.
+        ConfigError: unknown `metric` (nothing is read or written).
+        FatalError: a file cannot be written (disk full, read-only folder);
+            the message names the file and the reason, and the previous
+            version of that file is left intact.
     """
+    ranking = parse_metric(metric)
     logs_dir, out_path = Path(logs_dir).resolve(), Path(out_path).resolve()
-    records, unreadable = read_records(logs_dir)
-    frame = records_frame(records, logs_dir)
-    ranked = rank_runs(frame, metric)
-    best = next((r for r in records if r.run_id == ranked.iloc[0]["run_id"]), None) if len(ranked) else None
-    confusion = confusion_matrix_png(best, logs_dir) if best else None
-    page = render_leaderboard(frame, metric, top_n, out_path.parent, unreadable, confusion)
-    write_text_atomic(out_path, page)
-    write_text_atomic(out_path.with_suffix(".csv"), ranked.to_csv(index=False))
-    write_text_atomic(out_path.parent / LINEAGE_FILE,
-                      render_lineage(records, metric, logs_dir, out_path.parent, out_path.name))
-    return ranked
+    with _gc_paused():
+        found = read_all(logs_dir)
+        ranked = rank(found.records, ranking)
+        ranked_ids = {rec.run_id for rec in ranked}
+        unranked = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids]
+        confusion = confusion_matrix_png(ranked[0], logs_dir) if ranked else None
+        board = Leaderboard(ranking, ranked, out_path, out_path.with_suffix(".csv"),
+                            out_path.parent / LINEAGE_FILE, unranked)
+        page = render_leaderboard(found, ranking, ranked, top_n, out_path.parent, confusion)
+        table = leaderboard_csv(ranked, ranking, unranked)
+        lineage = render_lineage(found.records, ranking, logs_dir, out_path.parent, out_path.name)
+    write_page(board.page_path, page)
+    write_page(board.csv_path, table)
+    write_page(board.lineage_path, lineage)
+    return board
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Command line: rank the records of a logs folder into a leaderboard."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--logs-dir", default="logs", help="folder of JSON run records (default: logs)")
-    parser.add_argument("--out", default="leaderboard.html", help="html page to write (default: leaderboard.html)")
-    parser.add_argument("--metric", default="weighted_recall", help=f"one of {', '.join(RANKING_METRICS)}")
-    parser.add_argument("--top-n", type=int, default=10, help="runs shown (default: 10)")
-    args = parser.parse_args(argv)
-    try:
-        ranked = write_leaderboard(args.logs_dir, args.out, args.metric, args.top_n)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    best = f"; best {args.metric} {ranked.iloc[0][args.metric]:.4f} ({ranked.iloc[0]['run_id']})" if len(ranked) else ""
-    print(f"wrote {args.out} ({len(ranked)} completed runs{best})")
-    return 0
+    """`python runner/leaderboard.py`: the `nbsweep leaderboard` command (`runner.cli`): rank the records into a leaderboard.
+
+    Args:
+        argv: the arguments after the script's name. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        The exit code: 0, or 2 for bad input (an unknown metric).
+
+    Raises:
+        SystemExit: a usage error (code 2), after the usage is printed.
+    """
+    from runner import cli
+
+    return cli.run_command("leaderboard", argv, prog_name="python runner/leaderboard.py")
 
 
 if __name__ == "__main__":

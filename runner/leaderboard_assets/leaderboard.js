@@ -9,7 +9,8 @@
   const count = document.getElementById("row-count");
   const showAll = document.getElementById("show-all");
   const rows = () => Array.from(body.rows);
-  const cellText = (row, i) => row.cells[i].textContent.trim();
+  // A cell's sort key: its data-sort (a figure with a footnote mark) or its text.
+  const cellText = (row, i) => (row.cells[i].dataset.sort ?? row.cells[i].textContent).trim();
   const isNumber = (s) => s !== "" && Number.isFinite(Number(s));
 
   // Click a header: ascending, click again: descending. A column whose non-empty

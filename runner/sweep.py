@@ -23,17 +23,17 @@ folder (nothing ran); 130 interrupted (Ctrl-C / SIGTERM).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import sys
-import textwrap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,13 +41,15 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import pandas as pd
 from tqdm import tqdm
 
-from models.spec import ExperimentSpec
 from runner.errors import ConfigError, FatalError
 from runner.executors import DaskExecutor, InlineExecutor, LocalExecutor, RunTask
-from runner.grid import GridSpec, RunSpec, expand_runs, load_grid
+from runner.grid import GridSpec, RunBuilder, RunSpec, expand_runs, load_grid
 from runner.leaderboard import write_leaderboard
 from runner.preflight import check_runs
-from runner.records import COMPLETED, INTERRUPTED, RUN, SKIPPED, STATUSES, RunRecord, read_records
+from runner.execute import orphan_run_folders
+from models.hashing import sha256_json
+from runner.query import RecordSet, parse_metric, read_all
+from runner.records import COMPLETED, DONE_STATUSES, FAILED, INTERRUPTED, PRUNED, RUN, TIMEOUT, SKIPPED, STATUSES, RunRecord
 
 
 def runs_table(runs: list[RunSpec]) -> pd.DataFrame:
@@ -84,6 +86,10 @@ class SweepOptions:
         executor: `"local"` (this machine, `workers`) or `"dask"` (a
             `dask.distributed` cluster, `runner.executors.DaskExecutor`).
         scheduler: the Dask scheduler's address, with `executor="dask"`.
+        clean_orphans: remove run folders that have no record (left by a
+            SIGKILL or a failed record write); they are listed either way.
+        retry_pruned: also run again the runs a pruner stopped (they count
+            as done otherwise, `retry_failed` included).
     """
 
     verbose: bool = False
@@ -94,32 +100,116 @@ class SweepOptions:
     workers: int = 1
     executor: str = "local"
     scheduler: Optional[str] = None
+    clean_orphans: bool = False
+    retry_pruned: bool = False
 
 
-def plan_runs(runs: list[RunSpec], logs_dir: Path, options: SweepOptions) -> list[tuple[RunSpec, Optional[str]]]:
+def plan_runs(runs: list[RunSpec], found: RecordSet, options: SweepOptions) -> list[tuple[RunSpec, Optional[str]]]:
     """Decide for every run whether to execute it: `(run, None)` or `(run, reason to skip)`.
 
-    By default a run whose `config_hash` has a completed record is skipped;
-    `force` runs everything; `retry_failed` runs only those that have a record
-    but no completed one (failed, interrupted or timed out).
+    By default a run whose `config_hash` has a completed (or pruned) record
+    is skipped; `force` runs everything; `retry_failed` runs only those that
+    have a record but none completed or pruned (failed, interrupted or timed
+    out); `retry_pruned` runs the pruned ones (with `retry_failed`: both).
+
+    Args:
+        runs: the expanded runs.
+        found: the records of the logs folder (`runner.query.read_all`).
+        options: `force` and `retry_failed`.
+
+    Returns:
+        One `(run, reason)` per run, in order; `reason` is `None` for runs to execute.
     """
-    records, _ = read_records(logs_dir)
-    recorded = {rec.config_hash for rec in records if rec.kind == RUN}
-    done = {rec.config_hash: rec.run_id for rec in records if rec.kind == RUN and rec.status == COMPLETED}
+    notebook_runs = [rec for rec in found.records if rec.kind == RUN]
+    recorded = {rec.config_hash for rec in notebook_runs}
+    done_statuses = (COMPLETED,) if options.retry_pruned else DONE_STATUSES
+    done = {rec.config_hash: f"{rec.status} as {rec.run_id}" for rec in notebook_runs if rec.status in done_statuses}
     plan = []
     for run in runs:
         if options.force:
             plan.append((run, None))
         elif run.config_hash in done:
-            plan.append((run, f"completed as {done[run.config_hash]}"))
+            plan.append((run, done[run.config_hash]))
         elif options.retry_failed and run.config_hash not in recorded:
             plan.append((run, "never run (--retry-failed only re-runs failed runs)"))
+        elif options.retry_pruned and not options.retry_failed and run.config_hash not in {
+                rec.config_hash for rec in notebook_runs if rec.status == PRUNED}:
+            plan.append((run, "not pruned (--retry-pruned only re-runs pruned runs)"))
         else:
             plan.append((run, None))
     return plan
 
 
-def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOptions] = None) -> dict[str, list]:
+class StopSignals:
+    """SIGINT / SIGTERM while a sweep runs: an orderly stop that later signals cannot cut short.
+
+    The handler never raises: it sets `event`, which every running run polls
+    (its kernel is killed, its notebook saved and it is recorded
+    `interrupted`) and the feeding loop reads (no run starts after it). So a
+    second or third Ctrl-C, whenever it lands, cannot interrupt the writing
+    of a record; it only says what is going on. A run whose notebook thread
+    does not end within `runner.execute.STOP_GRACE_S` seconds of its kernel
+    being killed is recorded anyway.
+
+    Args:
+        write: prints a line for the user (the progress bar's `write`).
+    """
+
+    def __init__(self, write: Callable[[str], None]):
+        self.event = threading.Event()
+        self.count = 0
+        self._write = write
+        self._previous: dict = {}
+
+    def __call__(self, signum, frame) -> None:
+        self.count += 1
+        self.event.set()
+        name = signal.Signals(signum).name
+        if self.count == 1:
+            self._write(f"{name}: stopping; running runs are killed, saved and recorded as '{INTERRUPTED}' "
+                        f"(no new run starts)")
+        else:
+            self._write(f"{name} again ({self.count}): still stopping; the records are being written, "
+                        f"the sweep exits as soon as they are")
+
+    def __enter__(self) -> "StopSignals":
+        # SIGINT too: a sweep started in the background by a script inherits an ignored SIGINT
+        self._previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class ListSource:
+    """The runs of a grid, in order, for `_execute` (a `runner.search.SearchSource` has the same methods).
+
+    Args:
+        runs: the runs to execute.
+    """
+
+    def __init__(self, runs: list[RunSpec]):
+        self._queue = list(runs)
+        self.notes: list[str] = []
+
+    def peek(self) -> Optional[RunSpec]:
+        """The next run, or `None` when none is left."""
+        return self._queue[0] if self._queue else None
+
+    def pop(self) -> RunSpec:
+        """Takes the next run."""
+        return self._queue.pop(0)
+
+    def finished(self, record: RunRecord) -> None:
+        """Nothing to tell: a grid's runs are fixed."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOptions] = None,
+              search=None) -> dict[str, list]:
     """Execute the runs not done yet on the chosen executor; then write the leaderboard.
 
     Runs start in grid order, up to the executor's number of slots at once
@@ -127,17 +217,19 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
     before it has finished, so `warm_start: best` sees them. The progress bar
     advances as runs finish.
 
-    SIGINT and SIGTERM raise `KeyboardInterrupt` while the sweep runs, so
-    Ctrl-C and `kill` end the same way: runs not started are dropped, running
-    notebooks are stopped, saved and recorded as interrupted, the leaderboard
-    is regenerated, and the `KeyboardInterrupt` goes up to the caller.
-    Running the same sweep again continues with the runs that have no
-    completed record.
+    SIGINT and SIGTERM (`StopSignals`) end the same way: runs not started
+    are dropped, running notebooks are stopped (their kernels killed, also
+    during kernel start-up), saved and recorded as interrupted, the
+    leaderboard is regenerated, and `KeyboardInterrupt` goes up to the
+    caller. Running the same sweep again continues with the runs that have
+    no completed record.
 
     Args:
         spec: the validated grid (notebook, output folders, metric, top_n).
-        runs: the expanded runs.
+        runs: the expanded runs (ignored with `search`).
         options: see `SweepOptions`. Defaults to `SweepOptions()`.
+        search: a `runner.search.SearchSource` proposing the runs instead,
+            or `None` (the grid's `runs`). Defaults to `None`.
 
     Returns:
         `{status: [record or run spec]}`: records by status, and the skipped
@@ -150,25 +242,36 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
     """
     options = options or SweepOptions()
     outcome: dict[str, list] = {status: [] for status in (*STATUSES, SKIPPED)}
-    plan = plan_runs(runs, spec.logs_dir, options)
+    found = search.found if search is not None else read_all(spec.logs_dir)
+    plan = [] if search is not None else plan_runs(runs, found, options)
     task = RunTask(spec.notebook, spec.experiments_dir, spec.logs_dir, verbose=options.verbose,
-                   timeout_s=options.timeout_s, cell_timeout_s=options.cell_timeout_s)
+                   timeout_s=options.timeout_s, cell_timeout_s=options.cell_timeout_s, metric=spec.metric)
     try:
         # The bar writes to a copy of stderr: fd 2 itself goes to each run's kernel.log.
         bar_file = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
     except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
         bar_file = sys.stderr
-    # SIGINT too: a sweep started in the background by a script inherits an ignored SIGINT
-    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with tqdm(total=len(plan), desc="sweep", unit="run", file=bar_file, dynamic_ncols=True) as bar:
+        total = search.remaining() if search is not None else len(plan)
+        with tqdm(total=total, desc="search" if search else "sweep", unit="run", file=bar_file,
+                  dynamic_ncols=True) as bar, \
+                StopSignals(lambda line: bar.write(line, file=bar_file)) as stop:
+            orphans = orphan_run_folders(spec.experiments_dir, {rec.run_id for rec in found.records}
+                                         | set(found.unreadable_ids()))
+            if orphans:
+                bar.write(_orphans_line(orphans, options.clean_orphans), file=bar_file)
+                if options.clean_orphans:
+                    for folder in orphans:
+                        shutil.rmtree(folder, ignore_errors=True)
+
             def finished(record: RunRecord) -> None:
+                source.finished(record)
                 outcome[record.status].append(record)
-                if record.status not in (COMPLETED, INTERRUPTED):
-                    bar.write(f"run {record.run_id} {record.status}: {record.error['ename']}: "
-                              f"{record.error['evalue'][:200]}", file=bar_file)
+                if record.error is not None and record.status != INTERRUPTED:
+                    bar.write(f"run {record.run_id} {record.status}: {record.error.ename}: "
+                              f"{record.error.evalue[:200]}", file=bar_file)
                 bar.update()
-                bar.set_postfix_str(_counts(outcome))
+                bar.set_postfix_str(_counts(outcome) + _eta(search, bar))
 
             pending: list[RunSpec] = []
             for run, skip in plan:
@@ -178,64 +281,128 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
                     bar.update()
                 else:
                     pending.append(run)
-            if pending:
-                _execute(make_executor(options), task, pending, finished)
+            source = search if search is not None else ListSource(pending)
+            try:
+                if source.peek() is not None:
+                    _execute(make_executor(options, stop.event), task, source, finished, stop.event)
+            finally:
+                source.close()
+                for note in source.notes:
+                    bar.write(f"note: {note}", file=bar_file)
+            for line in build_grid_ensembles(spec):
+                bar.write(line, file=bar_file)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if bar_file is not sys.stderr:
             bar_file.close()
         write_leaderboard(spec.logs_dir, spec.leaderboard, spec.metric, spec.top_n)
     return outcome
 
 
-def make_executor(options: SweepOptions):
+def build_grid_ensembles(spec: GridSpec) -> list[str]:
+    """Build the grid's `ensembles:` (`runner.ensemble.build_ensemble`), each once per set of members.
+
+    Args:
+        spec: the grid (`ensembles`, `metric`, output folders).
+
+    Returns:
+        One line per ensemble: built (with its figures), already recorded,
+        or why it could not be built (fewer than 2 fitting runs...); a
+        problem never fails the sweep.
+    """
+    from runner.ensemble import build_ensemble, choose_members
+    from runner.errors import RunnerError
+
+    lines = []
+    for i, entry in enumerate(spec.ensembles):
+        where = f"ensembles[{i}]"
+        try:
+            members = [rec.run_id for _, rec in choose_members(entry.runs, entry.top, spec.logs_dir, spec.metric)]
+            existing = {rec.config_hash: rec.run_id for rec in read_all(spec.logs_dir).records if rec.kind == "ensemble"}
+            digest = sha256_json({"ensemble": sorted(members)})
+            if digest in existing:
+                lines.append(f"{where}: the ensemble of {', '.join(members)} is recorded already ({existing[digest]})")
+                continue
+            record = build_ensemble(entry.runs, entry.top, logs_dir=spec.logs_dir,
+                                    experiments_dir=spec.experiments_dir, metric=spec.metric)
+        except (RunnerError, ValueError) as exc:
+            lines.append(f"{where}: not built: {exc}")
+            continue
+        ranking = parse_metric(spec.metric)
+        value = ranking.value(record)
+        lines.append(f"{where}: ensemble {record.run_id} of {', '.join(record.members)}: "
+                     f"{ranking.column} {value if value is None else round(value, 4)}, "
+                     f"test_{ranking.metric} {getattr(record.metrics, ranking.metric):.4f}")
+    return lines
+
+
+def _eta(search, bar) -> str:
+    """`, eta 12m` for a search: the predicted seconds of the runs left (the bar's own ETA assumes equal runs)."""
+    if search is None or search.peek() is None:
+        return ""
+    predicted = search.predicted_s(search.peek())
+    return f", eta {predicted * max(1, bar.total - bar.n) / 60:.0f}m" if predicted else ""
+
+
+def _orphans_line(orphans: list[Path], removed: bool) -> str:
+    names = ", ".join(p.name for p in orphans[:5]) + (", ..." if len(orphans) > 5 else "")
+    action = "removed (--clean-orphans)" if removed else "remove them with --clean-orphans"
+    return (f"{len(orphans)} run folder(s) from interrupted sweeps have no record: {names} "
+            f"(in {orphans[0].parent}); {action}")
+
+
+def make_executor(options: SweepOptions, stop: Optional[threading.Event] = None):
     """The executor of `options`: `DaskExecutor`, or `InlineExecutor` for 1 local worker, else `LocalExecutor`.
+
+    Args:
+        options: the sweep's options.
+        stop: set on Ctrl-C / SIGTERM; the inline executor's run polls it.
 
     Raises:
         ConfigError: no Dask scheduler answers at `options.scheduler`.
     """
     if options.executor == "dask":
         return DaskExecutor(options.scheduler)
-    return InlineExecutor() if options.workers == 1 else LocalExecutor(options.workers)
+    return InlineExecutor(stop) if options.workers == 1 else LocalExecutor(options.workers)
 
 
-def _execute(executor, task: RunTask, pending: list[RunSpec], finished) -> None:
-    """Feeds `pending` to `executor` in order, calling `finished(record)` as each run ends.
+def _execute(executor, task: RunTask, source, finished, stop: threading.Event) -> None:
+    """Feeds the runs of `source` to `executor` in order, calling `finished(record)` as each run ends.
+
+    `source` is a `ListSource` (a grid) or a `runner.search.SearchSource`
+    (`peek`, `pop`). Polls `stop` (set by `StopSignals`) every 0.2 s: once it
+    is set nothing more starts, the executor is told to stop its running
+    runs, and their records are collected.
 
     Raises:
-        KeyboardInterrupt: after the running runs are recorded as interrupted.
+        KeyboardInterrupt: `stop` was set; every run that ran is recorded.
         FatalError: a worker process died (its run has no record).
     """
     running: dict = {}
-    queue = list(pending)
+    stopping = False
     try:
-        while queue or running:
+        while running or (not stop.is_set() and source.peek() is not None):
             # a warm start waits for every earlier run, so `best` and explicit parents are there
-            while queue and len(running) < executor.slots and not (running and queue[0].params.get("warm_start")):
-                run = queue.pop(0)
+            while (not stop.is_set() and len(running) < executor.slots and (nxt := source.peek()) is not None
+                   and not (running and nxt.params.get("warm_start"))):
+                run = source.pop()
                 running[executor.submit(task, run)] = run
-            for future in executor.wait_first(list(running)):
+            if stop.is_set() and not stopping:
+                stopping = True
+                executor.stop()
+            for future in executor.wait_first(list(running), timeout_s=0.2):
                 record = _result(future, running.pop(future))
-                finished(record)
-                if record.status == INTERRUPTED:  # Ctrl-C reached the run first
-                    raise KeyboardInterrupt(f"run {record.run_id} interrupted")
-    except KeyboardInterrupt:
-        executor.stop()
-        for future in list(running):
-            with contextlib.suppress(FatalError):
-                record = _result(future, running.pop(future))
-                if record is not None:  # None: stopped before it started
+                if record is not None:  # None: a Dask task stopped before it started
                     finished(record)
-        raise
     finally:
         executor.close()
+    if stop.is_set():
+        raise KeyboardInterrupt("the sweep was stopped")
 
 
-def _result(future, run: RunSpec) -> RunRecord:
+def _result(future, run: RunSpec) -> Optional[RunRecord]:
     try:
         return future.result()
-    except (FatalError, KeyboardInterrupt):
+    except FatalError:
         raise
     except Exception as exc:  # the worker process or machine died: the run has no record
         raise FatalError(f"run {run.index + 1} ({run.origin}): its worker died "
@@ -273,92 +440,74 @@ def sweep_lock(logs_dir: Path):
         yield
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser of `python runner/sweep.py`."""
-    parser = argparse.ArgumentParser(
-        prog="python runner/sweep.py",
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=textwrap.fill("grid file keys: " + ", ".join(GridSpec.model_fields), 79) + "\n\n"
-        + textwrap.fill("notebook parameters (in fixed, grid, runs): " + ", ".join(ExperimentSpec.model_fields), 79)
-        + "\n\nEvery key and parameter is described in README.md (\"grid.yaml reference\").",
-    )
-    parser.add_argument("grid", type=Path, help="the grid file (YAML), e.g. grid.yaml; see README")
-    parser.add_argument("--dry-run", action="store_true", help="print the expanded runs as a table and exit")
-    parser.add_argument("--verbose", action="store_true", help="show each notebook's cell output while it runs")
-    parser.add_argument("--data-dir", help="use this ImageFolder-style folder as data_dir of every run")
-    parser.add_argument("--weights-dir", help="folder of offline ImageNet weights files used when weights is "
-                        "'imagenet' (default: $NBSWEEP_WEIGHTS_DIR, else Keras downloads them)")
-    again = parser.add_mutually_exclusive_group()
-    again.add_argument("--force", action="store_true",
-                       help="re-run runs that already have a completed record with the same config_hash")
-    again.add_argument("--retry-failed", action="store_true",
-                       help="run only the runs whose records all failed, were interrupted or timed out")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="wall-clock limit of each run; a run over it is stopped and recorded as 'timeout'")
-    parser.add_argument("--cell-timeout", type=float, metavar="SECONDS",
-                        help="limit of each notebook cell (papermill's execution timeout)")
-    parser.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                        help="run N notebooks at once, each in its own worker process and kernel, with "
-                        "TensorFlow threads = cores / N (default: 1, in this process)")
-    parser.add_argument("--executor", choices=("local", "dask"), default="local",
-                        help="where runs execute: this machine (default) or a dask.distributed cluster "
-                        "(needs --scheduler and a filesystem shared with the workers; see README)")
-    parser.add_argument("--scheduler", metavar="ADDRESS",
-                        help="the Dask scheduler, e.g. tcp://HOST:8786 (with --executor dask)")
-    parser.add_argument("--max-runs", type=int, default=1000,
-                        help="refuse a grid of more runs than this unless --yes (default: 1000)")
-    parser.add_argument("--yes", action="store_true", help="run a grid larger than --max-runs")
-    return parser
+def space_table(dims) -> pd.DataFrame:
+    """The search space as a table: parameter, kind, values or range."""
+    return pd.DataFrame([{"parameter": d.name, "kind": d.kind,
+                          "values": (", ".join(map(str, d.choices)) if d.kind == "categorical" else
+                                     f"[{d.low}, {d.high}]" + (" log" if d.log else "")
+                                     + (f" step {d.step}" if d.step else ""))} for d in dims])
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
+def sweep_command(grid: Path, options: SweepOptions, *, dry_run: bool = False, data_dir: Optional[str] = None,
+                  weights_dir: Optional[str] = None, max_runs: int = 1000, yes: bool = False) -> int:
+    """Validate, expand and check a grid file, then run its sweep: `nbsweep sweep` once its options are parsed.
 
+    Notes of the expansion and the checks go to stderr. A dry run prints the
+    runs as a table; otherwise the runs execute (`run_sweep`) under
+    `sweep_lock`, and the outcome is summed up on stdout.
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point; returns the exit code (0 all completed, 1 a run failed, 2 bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.executor == "dask" and not args.scheduler:
-        parser.error("--executor dask needs --scheduler ADDRESS (e.g. tcp://HOST:8786)")
-    if args.executor == "dask" and args.workers != 1:
-        parser.error("--workers is for --executor local; a Dask cluster runs as many runs as its workers have threads")
-    if args.scheduler and args.executor != "dask":
-        parser.error("--scheduler needs --executor dask")
-    if args.verbose:
+    Args:
+        grid: the grid file.
+        options: how runs are treated and where they execute (`SweepOptions`);
+            `options.verbose` also logs at INFO level.
+        dry_run: print the expanded runs and return without running anything.
+            Defaults to `False`.
+        data_dir: `data_dir` of every run. Defaults to `None` (the grid's).
+        weights_dir: `weights_dir` of every run. Defaults to `None` (the grid's).
+        max_runs: refuse a grid of more runs than this unless `yes`. Defaults
+            to `1000`.
+        yes: run a grid larger than `max_runs`. Defaults to `False`.
+
+    Returns:
+        The exit code: 0 every run completed or was skipped (or a dry run), 1
+        a run failed or timed out, or the sweep stopped on a `FatalError`; 130
+        interrupted (Ctrl-C / SIGTERM).
+
+    Raises:
+        ConfigError: invalid grid file, parameters or inputs, more runs than
+            `max_runs`, or another sweep holds the logs folder; nothing ran.
+            The CLI prints it without a traceback and exits 2.
+    """
+    if options.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides = {k: v for k, v in {"data_dir": args.data_dir, "weights_dir": args.weights_dir}.items() if v}
-    try:
-        spec = load_grid(args.grid)
-        runs, notes = expand_runs(spec, args.grid, overrides=overrides)
-        notes += check_runs(spec, runs, args.grid)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    overrides = {k: v for k, v in {"data_dir": data_dir, "weights_dir": weights_dir}.items() if v}
+    spec = load_grid(grid)
+    if spec.search is not None:
+        return _search_command(spec, grid, options, overrides, dry_run)
+    runs, notes = expand_runs(spec, grid, overrides=overrides)
+    notes += check_runs(spec, runs, grid)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    if args.dry_run:
+    if dry_run:
         with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", 40):
             print(runs_table(runs).to_string(index=False))
         print(f"{len(runs)} runs (dry run: nothing executed)")
         return 0
-    if len(runs) > args.max_runs and not args.yes:
-        print(f"error: {args.grid}: the grid expands to {len(runs)} runs, more than --max-runs "
-              f"{args.max_runs}; pass --yes to run them all, or narrow the grid / use sample:", file=sys.stderr)
-        return 2
-    options = SweepOptions(verbose=args.verbose, force=args.force, retry_failed=args.retry_failed,
-                           timeout_s=args.timeout, cell_timeout_s=args.cell_timeout, workers=args.workers,
-                           executor=args.executor, scheduler=args.scheduler)
+    if len(runs) > max_runs and not yes:
+        raise ConfigError(f"{grid}: the grid expands to {len(runs)} runs, more than --max-runs "
+                          f"{max_runs}; pass --yes to run them all, or narrow the grid / use sample:")
+    outcome = _run_locked(spec, lambda: run_sweep(spec, runs, options))
+    if isinstance(outcome, int):
+        return outcome
+    print(f"{_counts(outcome)}; leaderboard: {spec.leaderboard}")
+    return 0 if len(outcome[COMPLETED]) + len(outcome[SKIPPED]) == len(runs) else 1
+
+
+def _run_locked(spec: GridSpec, sweep: Callable[[], dict]) -> dict | int:
+    """`sweep()` under `sweep_lock`: its outcome, or the exit code of a fatal error (1) or an interrupt (130)."""
     try:
         with sweep_lock(spec.logs_dir):
-            outcome = run_sweep(spec, runs, options)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            return sweep()
     except FatalError as exc:
         print(f"error: {exc}; the sweep stopped, every record written so far is intact", file=sys.stderr)
         return 1
@@ -366,8 +515,58 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"interrupted: running runs are recorded as '{INTERRUPTED}' and {spec.leaderboard} is up to date; "
               f"run the same command again to continue with the remaining runs", file=sys.stderr)
         return 130
+
+
+def _search_command(spec: GridSpec, grid: Path, options: SweepOptions, overrides: dict, dry_run: bool) -> int:
+    """`sweep_command` for a grid with a `search:` block: print the space, or run the study's proposals."""
+    from runner.search import SearchSource, open_study, parse_space, pruner_config, study_path
+
+    builder = RunBuilder(spec, grid, overrides=overrides)
+    dims = parse_space(spec, Path(grid), builder)
+    first = {d.name: d.bounds()[0] for d in dims}
+    corners = [builder.build("grid", {**first, d.name: value})[0] for d in dims for value in d.bounds()]
+    for note in check_runs(spec, corners, grid):  # every choice and bound, with the others' first value
+        print(f"note: {note}", file=sys.stderr)
+    max_epochs = max(r.params.get("epochs", 0) + (r.params.get("fine_tune_epochs", 0) if r.params.get("fine_tune_layers")
+                                                  else 0) for r in corners)
+    if dry_run:
+        with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+            print(space_table(dims).to_string(index=False))
+        print(f"search: {spec.search.sampler} sampler, {spec.search.n_runs or 'default'} runs, pruner "
+              f"{spec.search.pruner} (dry run: nothing executed)")
+        return 0
+
+    def search() -> dict:
+        journal = study_path(spec.logs_dir, Path(grid))
+        study = open_study(spec.search, dims, journal, Path(grid).stem, max_epochs)
+        source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder,
+                              found=read_all(spec.logs_dir), ranking=parse_metric(spec.metric), journal=journal,
+                              pruner=pruner_config(spec.search, max_epochs))
+        return run_sweep(spec, [], options, search=source)
+
+    outcome = _run_locked(spec, search)
+    if isinstance(outcome, int):
+        return outcome
     print(f"{_counts(outcome)}; leaderboard: {spec.leaderboard}")
-    return 0 if len(outcome[COMPLETED]) + len(outcome[SKIPPED]) == len(runs) else 1
+    return 0 if not any(outcome[status] for status in (FAILED, TIMEOUT)) else 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python runner/sweep.py`: the `nbsweep sweep` command (`runner.cli`).
+
+    Args:
+        argv: the arguments after the script's name. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        The exit code: 0 all completed, 1 a run failed, 2 bad input, 130 interrupted.
+
+    Raises:
+        SystemExit: a usage error (code 2), after the usage is printed.
+    """
+    from runner import cli
+
+    return cli.run_command("sweep", argv, prog_name="python runner/sweep.py")
+
 
 if __name__ == "__main__":
     sys.exit(main())

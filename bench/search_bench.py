@@ -1,0 +1,152 @@
+"""Benchmark: the same search space, three ways, under the same wall-clock budget.
+
+    python bench/search_bench.py --data ../shared/data/trashnet --weights-dir ../shared/weights --budget 30m
+
+Arms (each a real `python runner/sweep.py` in a work folder of its own, one
+after the other so they do not share the 2 cores):
+
+1. `grid`: the plain grid in `ParameterGrid` order, no pruning, stopped
+   (SIGTERM) when the budget is spent;
+2. `random`: `search: {sampler: random, pruner: none, budget}`;
+3. `tpe+hyperband`: `search: {sampler: tpe, pruner: hyperband, budget}`;
+4. `keras-tuner` (only if `keras_tuner` imports; not a project requirement):
+   not run here, reported as skipped.
+
+For each arm it prints the best validation and test weighted recall reached
+and the wall time at which it was reached (from the records' `finished_at`),
+the runs completed and pruned, and the time-to-target ratio: how much sooner
+TPE+Hyperband reached the grid arm's best validation figure. Figures, not
+assertions: this is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from runner.query import read_all  # noqa: E402
+from runner.search import parse_duration  # noqa: E402
+
+SPACE = {
+    "base": ["mobilenet", "vgg16"],
+    "image_size": [128, 160, 224],
+    "head": ["gap", "flatten"],
+    "dense_units": [[], [256]],
+    "dropout": [0.2, 0.5],
+    "learning_rate": [0.001, 0.0003],
+    "fine_tune_layers": [0, 6],
+    "augmentation": [None, {"flip": "horizontal", "rotation": 0.05}],
+}
+"""The search space (lists, so the grid arm and the samplers see the same points)."""
+
+
+def grid_text(args, arm: str, budget_s: float) -> str:
+    fixed = {"weights": "imagenet", "weights_dir": str(Path(args.weights_dir).resolve()), "epochs": args.epochs,
+             "fine_tune_epochs": args.fine_tune_epochs, "fine_tune_learning_rate": 1.0e-5, "batch_size": 32,
+             "keep_checkpoints": 0, "augmented_copies": 2, "early_stopping_patience": 3,
+             "max_images_per_class": args.max_images_per_class}
+    lines = [f"data_dir: {Path(args.data).resolve()}", f"fixed: {json.dumps(fixed)}", f"grid: {json.dumps(SPACE)}",
+             "metric: weighted_recall"]
+    if arm == "random":
+        lines.append(f"search: {{sampler: random, n_runs: 1000, pruner: none, budget: {budget_s:.0f}, seed: 0}}")
+    elif arm == "tpe+hyperband":
+        lines.append(f"search: {{sampler: tpe, n_runs: 1000, pruner: hyperband, min_epochs: 2, "
+                     f"budget: {budget_s:.0f}, seed: 0}}")
+    return "\n".join(lines) + "\n"
+
+
+def run_arm(args, arm: str, budget_s: float) -> dict:
+    work = Path(args.work) / arm.replace("+", "_")
+    work.mkdir(parents=True, exist_ok=True)
+    grid = work / "space.yaml"
+    grid.write_text(grid_text(args, arm, budget_s), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "NBSWEEP_CACHE_DIR": str(Path(args.work) / "cache")}
+    command = [sys.executable, str(PROJECT / "runner" / "sweep.py"), str(grid), "--yes"]
+    start = time.time()
+    proc = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        proc.communicate(timeout=budget_s)
+    except subprocess.TimeoutExpired:  # the plain grid has no budget of its own: stop it
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    wall = time.time() - start
+    records = [r for r in read_all(work / "logs").records if r.kind == "run"]
+    reached = []  # (seconds since start, val, test) of every completed run
+    for rec in records:
+        if rec.status == "completed" and rec.val_metrics:
+            t = datetime.fromisoformat(rec.finished_at).timestamp() - start
+            reached.append((t, rec.val_metrics.weighted_recall, rec.metrics.weighted_recall, rec.run_id))
+    reached.sort()
+    best = max(reached, key=lambda r: (r[1], -r[0]), default=None)
+    return {"arm": arm, "wall_s": wall, "completed": sum(r.status == "completed" for r in records),
+            "pruned": sum(r.status == "pruned" for r in records),
+            "other": sum(r.status not in ("completed", "pruned") for r in records),
+            "best": best, "reached": reached}
+
+
+def time_to(arm: dict, target: float):
+    for t, val, _, _ in arm["reached"]:
+        if val >= target - 1e-12:
+            return t
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data/trashnet")
+    parser.add_argument("--weights-dir", default="../shared/weights")
+    parser.add_argument("--budget", default="30m", help="wall-clock budget of each arm (default 30m)")
+    parser.add_argument("--epochs", type=int, default=6, help="head epochs per run (default 6)")
+    parser.add_argument("--fine-tune-epochs", type=int, default=2)
+    parser.add_argument("--max-images-per-class", type=int, default=None)
+    parser.add_argument("--arms", default="grid,random,tpe+hyperband")
+    parser.add_argument("--work", default="/tmp/search_bench")
+    args = parser.parse_args()
+    if not Path(args.data).is_dir():
+        print(f"data folder {args.data} missing: nothing to benchmark")
+        return 0
+    budget_s = parse_duration(args.budget)
+    print(f"search space: {json.dumps(SPACE)}; budget {budget_s:.0f} s per arm; data {Path(args.data).resolve()}")
+    results = []
+    for arm in args.arms.split(","):
+        result = run_arm(args, arm, budget_s)
+        results.append(result)
+        best = result["best"]
+        text = (f"best val weighted recall {best[1]:.4f} (test {best[2]:.4f}) reached at {best[0]:.0f} s by {best[3]}"
+                if best else "no completed run")
+        print(f"{arm:>14}: wall {result['wall_s']:.0f} s; {result['completed']} completed, {result['pruned']} pruned, "
+              f"{result['other']} other; {text}", flush=True)
+    try:
+        import keras_tuner  # noqa: F401
+        print("keras-tuner: installed, but its arm is not implemented in this benchmark")
+    except ImportError:
+        print("keras-tuner: not installed (not a project requirement): arm skipped")
+    by_arm = {r["arm"]: r for r in results}
+    grid, tpe = by_arm.get("grid"), by_arm.get("tpe+hyperband")
+    if grid and tpe and grid["best"]:
+        target = grid["best"][1]
+        t_grid, t_tpe = time_to(grid, target), time_to(tpe, target)
+        if t_tpe is None:
+            print(f"time to the grid arm's best val {target:.4f}: grid {t_grid:.0f} s, tpe+hyperband never reached it")
+        else:
+            print(f"time to the grid arm's best val {target:.4f}: grid {t_grid:.0f} s, tpe+hyperband {t_tpe:.0f} s "
+                  f"(ratio {t_grid / max(t_tpe, 1e-9):.2f}x; target <= 0.5 of the grid's time: "
+                  f"{'met' if t_tpe <= 0.5 * t_grid else 'NOT met'})")
+        if tpe["best"]:
+            print(f"best run's test weighted recall: tpe+hyperband {tpe['best'][2]:.4f}, grid {grid['best'][2]:.4f} "
+                  f"(target >=: {'met' if tpe['best'][2] >= grid['best'][2] else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,11 +42,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .hashing import sha256_file, sha256_json
 from .bases import resolve_base
 from .data import PROJECT_ROOT, DataSplit, make_dataset
 from .spec import ExperimentSpec
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Version of the entry layout; part of every key."""
 CACHE_DIR_ENV = "NBSWEEP_CACHE_DIR"
 DEFAULT_CACHE_DIR = PROJECT_ROOT / ".cache" / "activations"
@@ -93,8 +94,9 @@ def split_model(model: keras.Model, spec: ExperimentSpec, trainable_base_layers:
         model: a model from `build_model`.
         spec: its parameters.
         trainable_base_layers: how many of the base's last layers are (or
-            will be) trained: 0 for the head phase, `spec.fine_tune_layers`
-            for fine-tuning.
+            will be) trained: 0 for the head phase, the count
+            `models.train.resolve_fine_tune_layers(model, spec)` for
+            fine-tuning (an int, never the raw fraction or `from_layer`).
 
     Returns:
         The `FrozenSplit`.
@@ -103,7 +105,11 @@ def split_model(model: keras.Model, spec: ExperimentSpec, trainable_base_layers:
         CacheBypass: the base is trained from scratch, every base layer is
             trainable, or the cut falls inside a block whose later layers
             also read earlier outputs (e.g. inside a ResNet residual block).
+        TypeError: `trainable_base_layers` is not an int.
     """
+    if isinstance(trainable_base_layers, bool) or not isinstance(trainable_base_layers, (int, np.integer)):
+        raise TypeError(f"trainable_base_layers: got {trainable_base_layers!r}, expected a layer count; "
+                        f"resolve spec.fine_tune_layers with models.train.resolve_fine_tune_layers first")
     if spec.from_scratch:
         raise CacheBypass("the base is trained from scratch: no frozen layers")
     base = model.get_layer("base")
@@ -160,7 +166,7 @@ def cache_key(spec: ExperimentSpec, data: DataSplit, split: FrozenSplit) -> tupl
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
     }
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
+    key = sha256_json(inputs)[:32]
     return key, inputs
 
 
@@ -198,7 +204,7 @@ class ActivationCache:
             arrays = {}
             for name in names or list(meta["arrays"]):
                 path, expected = folder / f"{name}.npy", meta["arrays"][name]
-                if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+                if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
                     raise ValueError(f"{path.name}: size or sha256 differs from {META_FILE}")
                 arrays[name] = np.load(path, mmap_mode="r")
             return arrays
@@ -228,7 +234,7 @@ class ActivationCache:
                     handle.flush()
                     os.fsync(handle.fileno())
                 meta["arrays"][name] = {"shape": list(array.shape), "dtype": str(array.dtype),
-                                        "bytes": path.stat().st_size, "sha256": _sha256(path)}
+                                        "bytes": path.stat().st_size, "sha256": sha256_file(path)}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
             try:
                 tmp.rename(self.entry(key))
@@ -286,11 +292,6 @@ class ActivationCache:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 @dataclass
 class CachedInputs:
     """A phase's training inputs taken from the cache.
@@ -319,6 +320,9 @@ def bypass_reason(spec: ExperimentSpec) -> Optional[str]:
     """Why the spec as a whole cannot use the cache, or `None` when it can (per phase, see `split_model`)."""
     if not spec.activation_cache:
         return "activation_cache is off"
+    if spec.augmentation is not None and spec.augmentation.mixes_batches:
+        return ("mixup / cutmix mix images and labels of each training batch anew every epoch; stored "
+                "features of single images cannot hold them, so the frozen layers run every epoch")
     if augmenting(spec) and not spec.augmented_copies:
         return ("augmentation acts on input pixels and augmented_copies is 0: every epoch needs new "
                 "random copies, so the frozen layers run every epoch")
@@ -379,7 +383,7 @@ def cached_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, tra
 
 
 def feature_dataset(features: list[np.ndarray], labels: np.ndarray, batch_size: int, *,
-                    shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+                    shuffle: bool = False, seed: int = 0, num_classes: Optional[int] = None) -> tf.data.Dataset:
     """Batches of cached features, as `make_dataset` batches images.
 
     Args:
@@ -391,9 +395,13 @@ def feature_dataset(features: list[np.ndarray], labels: np.ndarray, batch_size: 
         shuffle: reshuffle every epoch (the same `seed` as `make_dataset`,
             so the same order).
         seed: shuffle seed.
+        num_classes: when given, labels are one-hot float32, as
+            `make_dataset(..., num_classes=)` gives them (label smoothing).
+            Defaults to `None`.
 
     Returns:
-        A `tf.data.Dataset` of `(float32 features, int32 labels)`.
+        A `tf.data.Dataset` of `(float32 features, labels)`: labels int32
+        `(batch,)`, or float32 `(batch, num_classes)` with `num_classes`.
     """
     n = len(labels)
     x = np.concatenate(features) if len(features) > 1 else np.asarray(features[0])
@@ -401,4 +409,7 @@ def feature_dataset(features: list[np.ndarray], labels: np.ndarray, batch_size: 
     dataset = tf.data.Dataset.from_tensor_slices((x.astype(np.float32, copy=False), y))
     if shuffle:
         dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True).take(n)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    if num_classes is not None:
+        dataset = dataset.map(lambda x, labels: (x, tf.one_hot(labels, num_classes)))
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -205,7 +205,7 @@ def _kernel_pid(kernel: AsyncKernelManager) -> Optional[int]:
 
 
 def _stop_kernel(kernel: AsyncKernelManager, thread: _NotebookThread, grace_s: float = STOP_GRACE_S) -> bool:
-    """Kill the run's kernel (its whole process group) until the notebook thread ends.
+    """Kill the run's kernel (its whole process group), until the notebook thread ends and once after.
 
     The kernel runs in a session of its own (jupyter_client starts it with
     `start_new_session`), so `killpg` reaches it and whatever it started. A
@@ -217,14 +217,21 @@ def _stop_kernel(kernel: AsyncKernelManager, thread: _NotebookThread, grace_s: f
         Whether the notebook thread ended within `grace_s` seconds.
     """
     deadline = time.monotonic() + grace_s
+    ended = True
     while not thread.done.wait(0.05):
-        pid = _kernel_pid(kernel)
-        if pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        _kill_group(kernel)
         if time.monotonic() > deadline:
-            return False
-    return True
+            ended = False
+            break
+    _kill_group(kernel)  # also after a run that ended on its own: papermill does not own our kernel
+    return ended
+
+
+def _kill_group(kernel: AsyncKernelManager) -> None:
+    pid = _kernel_pid(kernel)
+    if pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _error(ename: str, evalue: str, traceback_text: str = "", cell_index: Optional[int] = None) -> RunError:

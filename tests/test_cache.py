@@ -1,4 +1,7 @@
-"""The activation cache (`models.cache`): keys, equivalence with the uncached path, integrity."""
+"""The activation cache (`models.cache`): keys, equivalence with the uncached path, integrity.
+
+The tests that train a Keras model are marked slow; the others build models and run predictions only.
+"""
 
 from __future__ import annotations
 
@@ -96,6 +99,7 @@ def test_key_changes_with_every_input_that_changes_the_numbers(image_dir, weight
                            "cut_layer", "keras", "tensorflow"}
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_training_agree(image_dir, pretrained_base, tmp_path):
     results = {}
     for name, use in (("uncached", False), ("built", True), ("hit", True)):
@@ -134,6 +138,7 @@ def test_cached_and_uncached_training_agree(image_dir, pretrained_base, tmp_path
     assert max(recalls) - min(recalls) <= 0.12, recalls  # at most one of 9 test images differs
 
 
+@pytest.mark.slow
 def test_augmented_runs_bypass_the_cache_or_use_augmented_copies(image_dir, weights_files, tmp_path):
     augmentation = {"flip": "horizontal", "rotation": 0.1}
     spec = make_spec(image_dir, weights=weights_files[0], epochs=2, augmentation=augmentation,
@@ -154,6 +159,7 @@ def test_augmented_runs_bypass_the_cache_or_use_augmented_copies(image_dir, weig
     assert not np.allclose(arrays["train_aug_0"], arrays["train_aug_1"])  # two different random copies
 
 
+@pytest.mark.slow
 def test_from_scratch_base_is_not_cached(image_dir, tmp_path):
     spec = make_spec(image_dir, weights=None, epochs=1, cache_dir=str(tmp_path))
     training = train_model(build_model(spec, 3), load_data(spec), spec, tmp_path / "run", verbose=0)
@@ -233,6 +239,7 @@ def test_concurrent_builders_compute_an_entry_once(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["k" * 32]
 
 
+@pytest.mark.slow  # builds MobileNetV2 twice (about 8 s)
 def test_a_cut_inside_a_residual_block_bypasses_the_cache(image_dir, tmp_path):
     """MobileNetV2's block_15 adds its input to its output: no single tensor at a cut inside it."""
     spec = make_spec(image_dir, weights=None, base="mobilenet_v2", base_kwargs={"alpha": 0.35})

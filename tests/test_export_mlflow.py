@@ -17,7 +17,9 @@ from runner.errors import ConfigError  # noqa: E402
 from runner.export_mlflow import (  # noqa: E402
     ALLOW_FILE_STORE_ENV, MAX_PARAM_VALUE, export_order, export_records, flatten_params, main,
 )
-from runner.records import ENSEMBLE, INTERRUPTED, write_record  # noqa: E402
+from runner.records import (  # noqa: E402
+    ENSEMBLE, INTERRUPTED, ModelSection, Timings, WarmStartSection, write_record,
+)
 
 PARENT = "20261121-120000-aaaaaaaa"
 CHILD = "20261121-110000-bbbbbbbb"  # sorts before its parent: the export must still do the parent first
@@ -51,28 +53,30 @@ def project(tmp_path, make_record):
     plus one unreadable record; `experiments/` with the files they list (not the failed run's html)."""
     logs = tmp_path / "logs"
     exp = "../experiments/{0}/{1}"
-    parent = make_record(PARENT, 0.8, base="mobilenet", note=LONG)
+    parent = make_record(PARENT, 0.8, val_recall=0.7, base="mobilenet", note=LONG)
     parent.paths.update({k: exp.format(PARENT, f) for k, f in [
         ("notebook", f"{PARENT}.ipynb"), ("training_curves", "training_curves.png"),
         ("confusion_matrix", "confusion_matrix.png"), ("predictions", "predictions.csv"),
         ("model", "model.keras")]})
-    parent.metrics["per_class"] = {"glass bottle": {"precision": 0.75, "recall": 1.0, "f1": 0.857, "support": 3}}
-    parent.model.update({"trainable_params": 1234, "total_params": 5678})
+    parent.metrics.per_class = {"glass bottle": {"precision": 0.75, "recall": 1.0, "f1": 0.857, "support": 3}}
+    parent.model = ModelSection(base="mobilenet", trainable_params=1234, total_params=5678)
     parent.environment["git_commit"] = "f" * 40
     _files(tmp_path, PARENT, [f"{PARENT}.html", f"{PARENT}.ipynb", "training_curves.png",
                               "confusion_matrix.png", "predictions.csv", "model.keras"])
     child = make_record(CHILD, 0.86, base="mobilenet", warm_start=PARENT,
                         augmentation={"flip": "horizontal", "rotation": 0.1}, base_kwargs={})
     child = child.model_copy(update={
-        "parent_run_id": PARENT, "warm_start": {"checkpoint": 2},
+        "parent_run_id": PARENT,
+        "warm_start": WarmStartSection(parent_run_id=PARENT, checkpoint=2, weights_sha256="0" * 64,
+                                       weights_path=f"../experiments/{PARENT}/checkpoints/epoch_2.weights.h5"),
         "history": {"head": {"loss": [0.9], "val_loss": [1.0]},
                     "fine_tune": {"loss": [0.6, 0.4], "val_loss": [0.8, 0.5]}},
         "best_epoch": 3})
     _files(tmp_path, CHILD, [f"{CHILD}.html"])
     failed = make_record(FAILED_RUN, None, base="vgg16")  # its html is missing on disk
     stopped = make_record(STOPPED, 0.5, base="vgg16").model_copy(update={
-        "status": INTERRUPTED, "metrics": {}, "history": {}, "best_epoch": None,
-        "timings": {"train_s": None, "eval_s": None, "total_s": 5.0}})
+        "status": INTERRUPTED, "metrics": None, "val_metrics": None, "history": {}, "best_epoch": None,
+        "epochs_run": None, "timings": Timings(total_s=5.0)})
     _files(tmp_path, STOPPED, [f"{STOPPED}.html"])
     ensemble = make_record(ENSEMBLE_RUN, 0.9).model_copy(update={
         "kind": ENSEMBLE, "members": [CHILD, PARENT], "params": {"members": [CHILD, PARENT], "combine": "mean softmax"},
@@ -116,9 +120,10 @@ def test_export_reads_back_from_a_file_store(project):
     assert parent.data.params["dropout"] == "0.5"
     assert len(parent.data.params["note"]) == MAX_PARAM_VALUE and parent.data.params["note"].endswith("[truncated]")
 
-    # final metrics
+    # final metrics: the test split under the plain names, the validation split as val_
     m = parent.data.metrics
     assert m["weighted_recall"] == pytest.approx(0.8) and m["accuracy"] == pytest.approx(0.79)
+    assert m["val_weighted_recall"] == pytest.approx(0.7) and m["val_accuracy"] == pytest.approx(0.69)
     assert m["macro_f1"] == pytest.approx(0.5)
     assert m["train_s"] == 12.5 and m["eval_s"] == 1.0 and m["total_s"] == 20.0
     assert m["best_epoch"] == 2 and m["epochs_run"] == 2

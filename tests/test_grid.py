@@ -138,7 +138,7 @@ def test_relative_paths_become_absolute_and_overrides_apply(tmp_path):
         ("grid: {hed: [gap]}\n", r"grid\.yaml: grid\.hed: unknown notebook parameter"),
         ("fixed: {head: pyramid}\n", r"grid\.yaml: fixed\.head: got 'pyramid', expected 'flatten' or 'gap'"),
         ("grid: {epochs: [ten]}\n", r"grid\.yaml: grid\.epochs: got 'ten', expected a valid integer"),
-        ("grid: {epochs: [0]}\n", r"grid\.yaml: grid\.epochs: got 0, expected greater than or equal to 1"),
+        ("grid: {epochs: [0]}\n", r"grid\.yaml: grid: epochs=0 skips the head phase and needs fine-tuning"),
         ("runs: [{learning_rate: -0.1}]\n", r"grid\.yaml: runs\[0\]\.learning_rate: got -0\.1, expected greater than 0"),
         ("fixed: {val_fraction: 0.6, test_fraction: 0.5}\n", r"val_fraction \+ test_fraction must be < 1"),
         ("fixed: {optimizer: rmsprop}\n", r"fixed\.optimizer: got 'rmsprop', expected 'adam', 'sgd' or 'adamw'"),
@@ -174,3 +174,63 @@ def test_cli_dry_run_prints_the_runs(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "4 runs (dry run" in out and "flatten" in out and "dropout" in out
     assert not (tmp_path / "experiments").exists()
+
+
+@pytest.mark.slow
+def test_config_hash_covers_kernel_code_not_the_sweep_machinery(tmp_path):
+    """Editing runner/leaderboard.py skips every run; editing models/heads.py re-runs them (a copy of the project)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from runner import PROJECT_ROOT
+
+    project = tmp_path / "project"
+    for folder in ("runner", "models"):
+        shutil.copytree(PROJECT_ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "notebooks").mkdir()
+    shutil.copy(ASSETS / "faults.ipynb", project / "notebooks" / "faults.ipynb")
+    grid = project / "grid.yaml"
+    grid.write_text("notebook: notebooks/faults.ipynb\ngrid: {score: [0.25, 0.75]}\n", encoding="utf-8")
+
+    def sweep() -> str:
+        proc = subprocess.run([sys.executable, "runner/sweep.py", "grid.yaml"], cwd=project, capture_output=True,
+                              text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(project)})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert "2 completed" in sweep()
+    with open(project / "runner" / "leaderboard.py", "a", encoding="utf-8") as handle:
+        handle.write("\n# an edit that cannot change a result\n")
+    assert "0 completed, 2 skipped" in sweep()
+    with open(project / "models" / "heads.py", "a", encoding="utf-8") as handle:
+        handle.write("\n# an edit to code the kernel runs\n")
+    assert "2 completed" in sweep()
+
+
+def test_kernel_code_files_follow_the_notebooks_imports():
+    import nbformat
+
+    from runner import PROJECT_ROOT
+    from runner.grid import kernel_code_files
+
+    sources = [c.source for c in nbformat.read(DEFAULT_NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    names = {p.relative_to(PROJECT_ROOT).as_posix() for p in kernel_code_files(sources)}
+    assert {"models/heads.py", "models/train.py", "runner/records.py", "runner/__init__.py", "runner/errors.py"} <= names
+    assert not names & {"runner/leaderboard.py", "runner/sweep.py", "runner/execute.py", "runner/cli.py"}
+
+
+SHIPPED_GRIDS = sorted((PROJECT_ROOT_FOR_GRIDS := Path(__file__).resolve().parents[1]).glob("grids/**/*.yaml"))
+
+
+@pytest.mark.parametrize("grid", SHIPPED_GRIDS, ids=lambda p: str(p.relative_to(PROJECT_ROOT_FOR_GRIDS)))
+def test_shipped_grids_pass_dry_run(grid, capsys):
+    """grids/*.yaml and the source projects' grids in grids/examples/ expand and pass the pre-flight check."""
+    from conftest import SHARED
+
+    if not (SHARED / "data" / "trashnet").is_dir() or not (SHARED / "weights").is_dir():
+        pytest.skip("needs ../shared (TrashNet photos and the offline ImageNet weights)")
+    code = sweep_main([str(grid), "--dry-run", "--weights-dir", str(SHARED / "weights")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "(dry run: nothing executed)" in out

@@ -12,10 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from runner import PROJECT_ROOT
 from runner.leaderboard import write_leaderboard
-from runner.records import write_record
+from runner.records import COMPLETED, FAILED, RunRecord, SplitMetrics, write_record
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -27,7 +28,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 from selenium.webdriver.common.by import By  # noqa: E402 (imported after the skip)
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
-# run id -> (weighted recall, base, head); ranked: ccc, eee, aaa, ddd, bbb
+# run id -> (validation weighted recall, base, head); ranked: ccc, eee, aaa, ddd, bbb
 RUNS = {
     "20261121-120000-aaaaaaaa": (0.80, "vgg16", "flatten"),
     "20261121-120100-bbbbbbbb": (0.60, "vgg16", "gap"),
@@ -39,16 +40,39 @@ RANKED = ["20261121-120200-cccccccc", "20261121-120400-eeeeeeee", "20261121-1200
           "20261121-120300-dddddddd", "20261121-120100-bbbbbbbb"]
 
 
+def make_record(run_id: str, recall: float | None, **params) -> RunRecord:
+    """Completed with `recall` as validation weighted recall (test: 0.1 below, so that a test
+    ranking would order them the same), or failed when `None`."""
+    def split(value: float) -> SplitMetrics:
+        return SplitMetrics(accuracy=value - 0.01, weighted_recall=value, weighted_precision=0.5, weighted_f1=0.5,
+                            macro_precision=0.5, macro_recall=0.5, macro_f1=0.5, confusion_matrix=[[3, 1], [0, 4]])
+
+    return RunRecord(
+        run_id=run_id, config_hash="ab" * 32, status=COMPLETED if recall is not None else FAILED,
+        started_at="2026-11-21T12:00:00+00:00", finished_at="2026-11-21T12:01:00+00:00",
+        params={"head": "gap", "dropout": 0.5, "dense_units": [256], **params},
+        metrics=split(recall - 0.1) if recall is not None else None,
+        val_metrics=split(recall) if recall is not None else None, epochs_run=2,
+        timings={"train_s": 12.5, "eval_s": 1.0, "total_s": 20.0},
+        paths={"html": f"../experiments/{run_id}/{run_id}.html"},
+        error=None if recall is not None else {"ename": "ValueError", "evalue": "bad <base>"},
+    )
+
+
 @pytest.fixture
-def board(tmp_path, make_record) -> Path:
+def board(tmp_path) -> Path:
     """A leaderboard of 5 completed runs and 1 failed one, each with a tiny saved html page."""
     records = [make_record(run_id, recall, base=base, head=head) for run_id, (recall, base, head) in RUNS.items()]
     records[4] = records[4].model_copy(update={"parent_run_id": "20261121-120200-cccccccc"})
     records.append(make_record("20261121-120500-ffffffff", None, base="vgg16"))
+    best = records[2]  # cccccccc: its saved confusion matrix picture is embedded, as a sweep's run has one
+    best.paths["confusion_matrix"] = f"../experiments/{best.run_id}/confusion_matrix.png"
     for rec in records:
         write_record(rec, tmp_path / "logs")
         page = tmp_path / "experiments" / rec.run_id / f"{rec.run_id}.html"
         page.parent.mkdir(parents=True)
+        if rec is best:
+            Image.new("RGB", (300, 240), "steelblue").save(page.parent / "confusion_matrix.png")
         page.write_text(f"<!DOCTYPE html><html><head><title>run {rec.run_id}</title></head>"
                         f"<body><h1>{rec.run_id}</h1></body></html>", encoding="utf-8")
     write_leaderboard(tmp_path / "logs", tmp_path / "leaderboard.html")
@@ -103,11 +127,13 @@ def test_sort_filter_toggle_and_links_in_a_real_browser(board, browser, tmp_path
     assert browser.find_element(By.ID, "row-count").text == "5 of 5 runs shown"
 
     # click the metric header: ascending (worst first), again: descending, numbers sorted as numbers
-    header(browser, "weighted_recall").click()
+    header(browser, "val_weighted_recall").click()
     assert visible_run_ids(browser) == RANKED[::-1]
-    assert header(browser, "weighted_recall").get_attribute("aria-sort") == "ascending"
-    header(browser, "weighted_recall").click()
+    assert header(browser, "val_weighted_recall").get_attribute("aria-sort") == "ascending"
+    header(browser, "val_weighted_recall").click()
     assert visible_run_ids(browser) == RANKED
+    header(browser, "test_weighted_recall").click()  # the test figures beside it sort too
+    assert visible_run_ids(browser) == RANKED[::-1]
     header(browser, "run").click()
     assert visible_run_ids(browser) == sorted(RUNS)
 

@@ -9,11 +9,13 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 from runner import PROJECT_ROOT
 from runner.errors import ConfigError
-from runner.predict import RunLoadError, evaluate_run, find_record, load_run
+from runner.predict import RunLoadError, evaluate_run, load_run
 from runner.predict import main as predict_main
+from runner.query import find_path, parse_metric
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +42,7 @@ def test_fresh_process_reproduces_the_notebook_predictions(sweep):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["n"] == sum(rec.data["counts"]["test"].values()) and out["skipped"] == {}
+    assert out["n"] == sum(rec.data.counts["test"].values()) and out["skipped"] == {}
     assert out["diff"] <= 1e-5 and out["same_labels"]
     assert not out["notebook_imported"]
 
@@ -57,24 +59,29 @@ def test_rebuilt_model_equals_the_saved_model_keras(sweep):
     assert rebuilt.shape == (5, 3)
     np.testing.assert_allclose(rebuilt.sum(axis=1), 1.0, atol=1e-5)
     assert np.abs(rebuilt - saved.predict(images, verbose=0)).max() <= 1e-6
-    assert run.class_names == rec.data["class_names"]
+    assert run.class_names == rec.data.class_names
 
 
-def test_find_record_by_id_prefix_best_and_path(sweep):
+def test_find_path_by_id_prefix_best_and_path(sweep):
+    """`best` is the best completed run on the validation split (schema 2; it was the test split)."""
     work, _, records, _ = sweep
     logs = work / "logs"
     rec = records["simple_cnn_small"]
-    assert find_record(rec.run_id, logs).stem == rec.run_id
-    assert find_record(str(logs / f"{rec.run_id}.json"), logs).stem == rec.run_id
-    completed = [r for r in records.values() if r.status == "completed"]
-    best = max(completed, key=lambda r: r.metrics["weighted_recall"])
-    assert find_record("best", logs).stem == best.run_id
+    assert find_path(rec.run_id, logs) == ((logs / f"{rec.run_id}.json").resolve(), rec)
+    assert find_path(rec.run_id[:-3], logs)[1] == rec
+    assert find_path(str(logs / f"{rec.run_id}.json"), logs) == ((logs / f"{rec.run_id}.json").resolve(), rec)
+    completed = sorted((r for r in records.values() if r.status == "completed"), key=lambda r: r.run_id)
+    best = max(completed, key=lambda r: r.val_metrics.weighted_recall)  # max keeps the earlier of a tie
+    assert find_path("best", logs)[1] == best
+    assert load_run("best", logs_dir=logs).record == best
+    best_on_test = max(completed, key=lambda r: r.metrics.weighted_recall)
+    assert find_path("best", logs, ranking=parse_metric("test_weighted_recall"))[1] == best_on_test
     with pytest.raises(RunLoadError, match="matches 3 runs"):
-        find_record(rec.run_id[:4], logs)
+        find_path(rec.run_id[:4], logs)
     with pytest.raises(RunLoadError, match="no record for 'zzz'"):
-        find_record("zzz", logs)
+        find_path("zzz", logs)
     with pytest.raises(RunLoadError, match="expected a run id"):
-        find_record("../logs/x", logs)
+        find_path("../logs/x", logs)
 
 
 def test_failed_run_and_altered_weights_are_refused(sweep, tmp_path):
@@ -130,7 +137,18 @@ def test_evaluate_on_a_labelled_folder(sweep, tiny_image_dir, tmp_path, capsys):
     assert {c: v["support"] for c, v in evaluation["metrics"]["per_class"].items()} == {
         "blue": 12, "green": 12, "red": 12}
     assert "weighted avg" in evaluation["report"]
-    assert 0.0 <= evaluation["metrics"]["weighted_recall"] <= 1.0
+    # the figures, recomputed with scikit-learn from the run's own predictions, folder by folder
+    truth, predicted = [], []
+    for name in run.class_names:
+        table = run.predict_paths([tiny_image_dir / name])
+        truth += [name] * len(table)
+        predicted += list(table["predicted_label"])
+    assert evaluation["metrics"]["weighted_recall"] == pytest.approx(
+        recall_score(truth, predicted, average="weighted"))
+    assert evaluation["metrics"]["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+    assert evaluation["metrics"]["macro_f1"] == pytest.approx(
+        f1_score(truth, predicted, average="macro", labels=run.class_names, zero_division=0))
+    assert matrix.tolist() == confusion_matrix(truth, predicted, labels=run.class_names).tolist()
     written = work / "experiments" / rec.run_id / "evaluations"
     assert json.loads((written / "tiny.json").read_text())["metrics"] == evaluation["metrics"]
     assert (written / "tiny_confusion_matrix.png").is_file()

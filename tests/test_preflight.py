@@ -1,4 +1,5 @@
-"""Every bad input: exit code 2, a message naming file, key, value and fix, and nothing created.
+"""Every bad input is refused before anything runs (`runner.grid` validation, then `runner.preflight`):
+exit code 2, a message naming file, key, value and fix, and nothing created.
 
 `tests/bad_inputs/` holds one grid file per case. A case's leading comment
 lines say what it needs and expects:
@@ -13,8 +14,12 @@ lines say what it needs and expects:
 `{assets}` (`tests/assets`) are replaced by absolute paths in the grid and in
 the expectations. `test_bad_input` runs `runner.sweep.main` in-process in
 `{tmp}`. The tests below it cover what a grid file cannot express (a missing
-grid file, CLI usage, `load_data` itself, and one real papermill run with
-markup, quotes and unicode in its folder and class names).
+grid file, CLI usage, what the pre-flight check must not pay for, and one
+real papermill run with markup, quotes and unicode in its folder and class
+names). What `load_data` itself does with the same corrupt files is in
+test_data.py. The grid-file and CLI tests stay here rather than in
+test_grid.py because they go through the same `sweep_main` entry point and
+"nothing created" check as the corpus.
 """
 
 from __future__ import annotations
@@ -34,15 +39,15 @@ import yaml
 from PIL import Image
 
 import models.bases
-from models import ExperimentSpec, ModelConfigError
-from models.data import check_image_file, load_data
+from models import ExperimentSpec
 from runner import PROJECT_ROOT, preflight
 from runner.grid import expand_runs, load_grid
 from runner.predict import main as predict_main
-from runner.records import RunLoadError, find_record, read_records, write_record
+from runner.query import find_path, read_all
+from runner.records import DataSection, RunLoadError, write_record
 from runner.sweep import main as sweep_main
 
-from conftest import make_image_folder
+from conftest import check_split_metrics, make_image_folder, write_corrupt_files
 
 CASES_DIR = Path(__file__).parent / "bad_inputs"
 ASSETS = Path(__file__).parent / "assets"
@@ -133,17 +138,6 @@ def setup_small_class(tmp_path, monkeypatch, request):
     make_image_folder(tmp_path / "small_class", 2, ("tiny",))
 
 
-def write_corrupt_files(root: Path) -> dict[str, str]:
-    """A truncated JPEG, text named .png, a text file and a nested folder; relative path -> reason start."""
-    jpeg = next((root / "red").glob("*.jpg")).read_bytes()
-    (root / "red" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    (root / "blue" / "fake.png").write_text("<html>not a picture</html>")
-    (root / "green" / "notes.txt").write_text("labels checked by hand")
-    make_image_folder(root / "blue" / "nested", 1, ("deeper",))
-    return {"red/truncated.jpg": "corrupt or truncated image", "blue/fake.png": "not an image",
-            "green/notes.txt": "not an image file name", "blue/nested": "a folder"}
-
-
 def setup_corrupt(tmp_path, monkeypatch, request):
     write_corrupt_files(make_image_folder(tmp_path / "corrupt", 8))
 
@@ -173,8 +167,9 @@ def setup_records(tmp_path, monkeypatch, request):
     for run_id, recall, classes in ((PARENT, 0.9, ["blue", "green", "red"]), (FAILED_RUN, None, None),
                                     (OTHER_CLASSES, 0.8, ["cat", "dog"])):
         record = _make_record(run_id, recall, **arch)
-        write_record(record.model_copy(update={"data": {"class_names": classes} if classes else {}}),
-                     tmp_path / "logs")
+        if classes:
+            record.data = DataSection(dir=str(tmp_path / "data"), class_names=classes, manifest_hash="0" * 64)
+        write_record(record, tmp_path / "logs")
 
 
 SETUPS = {name.removeprefix("setup_"): value for name, value in globals().items() if name.startswith("setup_")}
@@ -250,47 +245,6 @@ def test_unreadable_grid_file_exits_2(tmp_path, monkeypatch, capsys):
     assert "grid.yaml: cannot read grid file (Permission denied)" in capsys.readouterr().err
 
 
-def test_load_data_skips_corrupt_and_non_image_files_and_records_them(tmp_path):
-    root = make_image_folder(tmp_path / "photos", 8)
-    reasons = write_corrupt_files(root)
-    spec = ExperimentSpec(data_dir=str(root), val_fraction=0.25, test_fraction=0.25)
-    with pytest.warns(UserWarning, match=r"skipped 4 file\(s\) that are not usable images"):
-        data = load_data(spec)
-    described = json.loads(json.dumps(data.describe()))
-    assert set(described["skipped_files"]) == set(reasons)
-    for path, start in reasons.items():
-        assert described["skipped_files"][path].startswith(start), described["skipped_files"][path]
-    assert sum(sum(counts.values()) for counts in described["counts"].values()) == 24
-    used = {Path(p).name for part in (data.train, data.val, data.test) for p in part.paths}
-    assert "truncated.jpg" not in used and "fake.png" not in used
-
-
-def test_load_data_names_the_class_folder_that_runs_empty(tmp_path):
-    setup_broken_class(tmp_path, None, None)
-    spec = ExperimentSpec(data_dir=str(tmp_path / "broken_class"))
-    with pytest.raises(ModelConfigError, match=r"class folder .*broken_class/b: 0 image\(s\), 6 other "
-                                               r"file\(s\) skipped as unusable, too few"):
-        with pytest.warns(UserWarning):
-            load_data(spec)
-
-
-def test_image_check_reasons(tmp_path):
-    """PIL's header check + verify, plus the JPEG end marker (its cost: bench/preflight_bench.py)."""
-    good = make_image_folder(tmp_path / "photos", 2, ("a",)) / "a" / "a_000.jpg"
-    jpeg = good.read_bytes()
-    (tmp_path / "trailing.jpg").write_bytes(jpeg + b"\0" * 10_000)  # decodable: bytes after the end marker
-    (tmp_path / "truncated.jpg").write_bytes(jpeg[:-200])
-    Image.new("RGB", (8, 8)).save(tmp_path / "tiff.png", format="TIFF")
-    png = (tmp_path / "photos" / "a" / "a_001.png").read_bytes()
-    flip = len(png) - 20  # inside the image data, before its CRC and the IEND chunk
-    (tmp_path / "bad_crc.png").write_bytes(png[:flip] + bytes([png[flip] ^ 0xFF]) + png[flip + 1:])
-    assert check_image_file(good) is None
-    assert check_image_file(tmp_path / "trailing.jpg") is None
-    assert check_image_file(tmp_path / "truncated.jpg").startswith("corrupt or truncated image")
-    assert check_image_file(tmp_path / "tiff.png").startswith("TIFF image: tf.io.decode_image reads only")
-    assert check_image_file(tmp_path / "bad_crc.png").startswith("corrupt or truncated image")
-
-
 def test_simple_cnn_sweep_preflight_builds_no_model_and_opens_no_connection(tmp_path, monkeypatch,
                                                                              tiny_image_dir):
     def forbidden(*args, **kwargs):
@@ -342,7 +296,7 @@ def test_run_references_with_path_parts_are_refused(tmp_path):
     (tmp_path / "logs").mkdir()
     for ref in ("../logs/x", "..\\x", "a/../../b", ".hidden"):
         with pytest.raises(RunLoadError, match="expected a run id"):
-            find_record(ref, tmp_path / "logs")
+            find_path(ref, tmp_path / "logs")
     for ref in ("../x", "a\\b", "x..y", ""):
         with pytest.raises(ValueError, match="expected a run id, a unique prefix of one, 'best' or null"):
             ExperimentSpec(warm_start=ref)
@@ -379,8 +333,8 @@ def markup_run(tmp_path_factory):
     (work / "grid.yaml").write_text(yaml.safe_dump(grid, allow_unicode=True), encoding="utf-8")
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "runner" / "sweep.py"), "grid.yaml"],
                           cwd=work, capture_output=True, text=True, timeout=600)
-    records, _ = read_records(work / "logs")
-    return work, data_dir, proc, next(r for r in records if r.run_id != "20200101-000000-00000000")
+    found = read_all(work / "logs")
+    return work, data_dir, proc, next(r for r in found.records if r.run_id != "20200101-000000-00000000")
 
 
 @pytest.mark.slow
@@ -389,10 +343,16 @@ def test_markup_and_unicode_reach_the_notebook_intact(markup_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "file(s) in class folders will be skipped" in proc.stderr
     assert record.params["data_dir"] == str(data_dir)
-    assert record.data["dir"] == str(data_dir)  # as the kernel saw it
-    assert record.data["class_names"] == sorted(SPECIAL_CLASSES)
-    assert set(record.data["skipped_files"]) == {"a b/notes.txt", "café/broken.jpg"}
-    assert record.data["skipped_files"]["café/broken.jpg"].startswith("corrupt or truncated image")
+    assert record.status == "completed"
+    assert record.data.dir == str(data_dir)  # as the kernel saw it
+    assert record.data.class_names == sorted(SPECIAL_CLASSES)
+    assert set(record.data.skipped_files) == {"a b/notes.txt", "café/broken.jpg"}
+    assert record.data.skipped_files["café/broken.jpg"].startswith("corrupt or truncated image")
+    # every usable image is in one split: 8 per class, the broken JPEG and the text file left out
+    assert {c: sum(record.data.counts[s][c] for s in ("train", "val", "test")) for c in SPECIAL_CLASSES} == \
+        dict.fromkeys(SPECIAL_CLASSES, 8)
+    check_split_metrics(record, work / "logs", "test")  # the figures, recomputed from the predictions files
+    check_split_metrics(record, work / "logs", "val")
     notebook = json.loads((work / "experiments" / record.run_id / f"{record.run_id}.ipynb").read_text())
     injected = next(cell for cell in notebook["cells"]
                     if "injected-parameters" in cell["metadata"].get("tags", []))
@@ -427,3 +387,32 @@ def test_evaluation_names_and_run_ids_with_path_parts_are_refused(markup_run, ca
     assert "expected a run id" in capsys.readouterr().err
     assert not (work / "experiments" / "escaped.json").exists()
     assert not (work / "experiments" / record.run_id / "evaluations").exists()
+
+
+def test_run_names_are_unique_and_may_be_warm_started_from_in_the_same_sweep(tmp_path, monkeypatch):
+    """A `name` another configuration has (in the logs or in the sweep) is refused before anything runs;
+    a later run of the sweep may name an earlier one as its warm start (resolved when it starts)."""
+    from runner.errors import ConfigError
+    from runner.grid import expand_runs, load_grid
+    from runner.preflight import check_runs
+    from runner.records import COMPLETED, RunRecord, write_record
+
+    monkeypatch.chdir(tmp_path)
+    write_record(RunRecord(run_id="20260101-000000-aaaaaaaa", config_hash="a" * 64, status=COMPLETED,
+                           started_at="t", finished_at="t", params={}, name="exp_001"), tmp_path / "logs")
+    grid_path = tmp_path / "grid.yaml"
+
+    def check(runs: str):
+        grid_path.write_text("fixed: {weights: null, base: simple_cnn_small, image_size: 32}\nruns:\n" + runs,
+                             encoding="utf-8")
+        spec = load_grid(grid_path)
+        expanded, _ = expand_runs(spec, grid_path, base_dir=tmp_path)
+        return check_runs(spec, expanded, grid_path)
+
+    with pytest.raises(ConfigError, match=r"got 'exp_001', already the name of run 20260101-000000-aaaaaaaa"):
+        check("  - {name: exp_001}\n")
+    with pytest.raises(ConfigError, match=r"got 'twin' for 2 different runs"):
+        check("  - {name: twin, dropout: 0.1}\n  - {name: twin, dropout: 0.2}\n")
+    check("  - {name: exp_010}\n  - {name: exp_011, warm_start: exp_010, warm_start_checkpoint: 1}\n")
+    with pytest.raises(ConfigError, match=r"warm_start: got 'exp_099'"):
+        check("  - {name: exp_011, warm_start: exp_099}\n")

@@ -1,0 +1,164 @@
+"""runner.search: the search: block, distributions validated like every value, and a real search with pruning."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import PROJECT_ROOT
+from runner.errors import ConfigError
+from runner.grid import RunBuilder, load_grid
+from runner.query import read_all
+from runner.records import COMPLETED, INTERRUPTED, PRUNED
+from runner.search import parse_duration, parse_space
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "search.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def space(tmp_path: Path, text: str):
+    path = write(tmp_path, text)
+    spec = load_grid(path)
+    return parse_space(spec, path, RunBuilder(spec, path, base_dir=tmp_path))
+
+
+def test_good_space_is_sorted_and_typed(tmp_path):
+    dims = space(tmp_path, """
+search: {sampler: tpe, n_runs: 4, pruner: hyperband, min_epochs: 2, budget: 45m}
+fixed: {weights: imagenet, base: mobilenet, fine_tune_epochs: 2}
+grid:
+  learning_rate: {low: 1.0e-5, high: 1.0e-2, log: true}
+  dropout: {low: 0.0, high: 0.6}
+  dense_units: [[], [256], [512, 256]]
+  fine_tune_layers: {int: [0, 24], step: 6}
+""")
+    assert [(d.name, d.kind) for d in dims] == [("dense_units", "categorical"), ("dropout", "float"),
+                                               ("fine_tune_layers", "int"), ("learning_rate", "float")]
+    assert dims[2].grid_values() == [0, 6, 12, 18, 24]
+    assert dims[0].distribution().choices == ('json:[]', 'json:[256]', 'json:[512, 256]')
+
+
+@pytest.mark.parametrize("grid, message", [
+    ("dropout: {low: 0.0, high: 1.5}", r"grid.dropout: got 1.5, expected less than 1"),
+    ("dropout: {low: 0.5, high: 0.1}", r"grid.dropout: got low 0.5 > high 0.1"),
+    ("learning_rate: {low: 0.0, high: 0.1, log: true}", r"grid.learning_rate.low: got 0.0, expected > 0 for log"),
+    ("learning_rate: {low: 1e-5, high: 0.1}", r"grid.learning_rate.low: got '1e-5', expected a number"),
+    ("dropout: {lo: 0.1, high: 0.2}", r"grid.dropout: got .*unknown or missing keys: lo"),
+    ("epochs: {int: [1, 2.5]}", r"grid.epochs: got .*integer bounds"),
+    ("head: [gap, pyramid]", r"grid.head: got 'pyramid', expected 'flatten' or 'gap'"),
+    ("learnig_rate: [0.1]", r"unknown notebook parameter \(did you mean learning_rate"),
+])
+def test_bad_distributions_are_refused_with_the_grid_style(tmp_path, grid, message):
+    with pytest.raises(ConfigError, match=message):
+        space(tmp_path, f"search: {{sampler: random}}\nfixed: {{weights: null}}\ngrid:\n  {grid}\n")
+
+
+def test_search_block_itself_is_validated(tmp_path):
+    with pytest.raises(ConfigError, match=r"search.sampler: got 'bayes', expected 'grid', 'random' or 'tpe'"):
+        load_grid(write(tmp_path, "search: {sampler: bayes}\n"))
+    with pytest.raises(ConfigError, match=r"search.budget: .*expected a duration"):
+        load_grid(write(tmp_path, "search: {budget: soon}\n"))
+    with pytest.raises(ConfigError, match=r"needs a search: block"):
+        load_grid(write(tmp_path, "grid: {dropout: {low: 0.1, high: 0.2}}\n"))
+    with pytest.raises(ConfigError, match=r"float range needs a step for sampler: grid"):
+        space(tmp_path, "search: {sampler: grid}\nfixed: {weights: null}\ngrid: {dropout: {low: 0.1, high: 0.2}}\n")
+    assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration(45) == 45
+
+
+SEARCH_GRID = """
+notebook: {notebook}
+data_dir: builtin:digits
+search: {{sampler: random, n_runs: 4, pruner: median, min_epochs: 1, seed: 3}}
+fixed:
+  weights: null
+  base: simple_cnn_small
+  image_size: 32
+  epochs: 3
+  batch_size: 32
+  dense_units: [16]
+  max_images_per_class: 25
+  keep_checkpoints: 0
+  early_stopping_patience: null
+  activation_cache: false
+grid:
+  learning_rate: [0.01, 1.0e-9]
+  dropout: {{low: 0.0, high: 0.5}}
+experiments_dir: experiments
+logs_dir: logs
+leaderboard: leaderboard.html
+"""
+
+
+def run_search(work: Path, *extra: str, wait: bool = True):
+    grid = work / "search.yaml"
+    grid.write_text(SEARCH_GRID.format(notebook=PROJECT_ROOT / "notebooks" / "base_experiment.ipynb"),
+                    encoding="utf-8")
+    command = [sys.executable, str(PROJECT_ROOT / "runner" / "sweep.py"), str(grid), *extra]
+    if not wait:
+        return subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=900)
+
+
+def trials(work: Path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(work / "logs" / "search.optuna.journal")))
+    return optuna.load_study(study_name="search", storage=storage).get_trials(deepcopy=False)
+
+
+@pytest.mark.slow
+def test_a_real_search_prunes_and_resumes_without_duplicates(tmp_path):
+    """4 runs of the real notebook, random sampler, median pruner: a run whose learning rate is 1e-9
+    stays at chance and is pruned once two runs have set the median; the same command again adds nothing."""
+    proc = run_search(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = read_all(tmp_path / "logs")
+    statuses = sorted(r.status for r in found.records)
+    assert COMPLETED in statuses and PRUNED in statuses, statuses
+    assert len(found.records) == 4
+    pruned = [r for r in found.records if r.status == PRUNED]
+    for rec in pruned:
+        assert rec.epochs_run < 3 and rec.history["head"]["val_loss"]  # stopped early, partial history kept
+        assert len(rec.history["head"]["val_loss"]) == rec.epochs_run
+        assert (tmp_path / "logs" / rec.paths["notebook"]).is_file() and rec.paths["html"]
+        assert rec.metrics is not None and rec.val_metrics is not None  # evaluated on its best weights so far
+    states = sorted(t.state.name for t in trials(tmp_path))
+    assert states.count("COMPLETE") + states.count("PRUNED") == 4
+    page = (tmp_path / "leaderboard.html").read_text(encoding="utf-8")
+    assert "Pruned" in page or "pruned" in page
+
+    again = run_search(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(read_all(tmp_path / "logs").records) == 4  # the study was already finished: no new run
+    assert len(trials(tmp_path)) == 4
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_is_completed_by_the_same_command(tmp_path):
+    proc = run_search(tmp_path, wait=False)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((tmp_path / "logs").glob("2*.json")):
+        time.sleep(0.5)
+    time.sleep(3)  # the second run is under way
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    interrupted = [r for r in read_all(tmp_path / "logs").records if r.status == INTERRUPTED]
+    assert interrupted
+    again = run_search(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = [t for t in trials(tmp_path) if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == 4
+    # the interrupted configuration was enqueued and run again
+    params = {json.dumps(t.params, sort_keys=True) for t in done}
+    assert json.dumps(trials(tmp_path)[[t.state.name for t in trials(tmp_path)].index("FAIL")].params,
+                      sort_keys=True) in params

@@ -162,3 +162,28 @@ def test_an_interrupted_search_is_completed_by_the_same_command(tmp_path):
     params = {json.dumps(t.params, sort_keys=True) for t in done}
     assert json.dumps(trials(tmp_path)[[t.state.name for t in trials(tmp_path)].index("FAIL")].params,
                       sort_keys=True) in params
+
+
+@pytest.mark.slow
+def test_parallel_workers_sample_distinct_points(tmp_path):
+    """--workers 2 with TPE (constant_liar): 4 runs, 4 different points, the study counts 4 finished trials."""
+    grid = tmp_path / "par.yaml"
+    grid.write_text(f"notebook: {Path(__file__).parent / 'assets' / 'faults.ipynb'}\n"
+                    "search: {sampler: tpe, n_runs: 4, seed: 1}\n"
+                    "fixed: {action: sleep, seconds: 1.5}\n"
+                    "grid: {score: {low: 0.0, high: 1.0}}\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "runner" / "sweep.py"), str(grid), "--workers", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_all(tmp_path / "logs").records
+    scores = [r.params["score"] for r in records]
+    assert len(records) == 4 and len(set(scores)) == 4
+    assert len({r.config_hash for r in records}) == 4
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="par", storage=JournalStorage(
+        JournalFileBackend(str(tmp_path / "logs" / "par.optuna.journal"))))
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(scores))  # the objective is the score

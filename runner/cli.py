@@ -323,9 +323,11 @@ def predict(run: str, paths: tuple[str, ...], out: Optional[Path], evaluate: Opt
         _usage_error("give image paths to predict, or --evaluate LABELLED_DIR")
     import pandas as pd
 
-    from runner.predict import evaluate_run, load_run, parse_tta
+    from runner.predict import check_out_path, evaluate_run, load_run, parse_tta, write_predictions_csv
 
     tta = None if tta_text is None else parse_tta(tta_text)
+    if out is not None:
+        check_out_path(out)  # before the model loads: a bad --out costs nothing
     loaded = load_run(run, logs_dir, metric)
     skipped: dict[str, str] = {}
     if evaluate is not None:
@@ -343,7 +345,7 @@ def predict(run: str, paths: tuple[str, ...], out: Optional[Path], evaluate: Opt
         with pd.option_context("display.width", 200, "display.max_columns", None):
             print(predictions.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if out:
-            predictions.to_csv(out, index=False)
+            write_predictions_csv(predictions, out)
             print(f"wrote {out} ({len(predictions)} images)")
     for path, reason in skipped.items():
         print(f"skipped {path}: {reason}", file=sys.stderr)

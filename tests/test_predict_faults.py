@@ -59,8 +59,6 @@ def test_predictions_csv_is_written_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["p.csv"]  # no temporary file left
 
 
-@pytest.mark.xfail(strict=True, reason="the CLI must call check_out_path before load_run and "
-                                       "write_predictions_csv instead of DataFrame.to_csv (issue 13, item 7)")
 @pytest.mark.parametrize("make_out, message", [
     (lambda tmp: "/nonexistent/dir/p.csv", "--out /nonexistent/dir/p.csv: folder /nonexistent/dir does not exist"),
     (lambda tmp: str(tmp), "--out {tmp}: is a directory"),

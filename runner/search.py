@@ -41,6 +41,8 @@ SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 STUDY_SUFFIX = ".optuna.journal"
 MAX_DUPLICATE_PROPOSALS = 50
+DUPLICATE_ATTR = "nbsweep_duplicate_of"
+"""User attribute of a trial that repeated a finished run (told its result; not counted in `n_runs`)."""
 """Proposals in a row that repeat a finished run before the search is taken as exhausted."""
 
 
@@ -324,8 +326,13 @@ def open_study(search: SearchSpec, dims: Sequence[Dimension], path: Path, name: 
     storage = JournalStorage(JournalFileBackend(str(path)))
     from models.pruning import build_pruner
 
+    try:  # a continued study: seed its sampler past the trials it has, so it does not replay them
+        earlier = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+    except KeyError:
+        earlier = 0
+    seeded = search.model_copy(update={"seed": search.seed + earlier})
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=_sampler(search, dims),
+                                sampler=_sampler(seeded, dims),
                                 pruner=build_pruner(pruner_config(search, max_epochs)))
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
@@ -391,15 +398,17 @@ class SearchSource:
     started: float = field(default_factory=time.monotonic)
     notes: list[str] = field(default_factory=list)
     _next: Any = None
+    _last: Any = None
     _trials: dict = field(default_factory=dict)
     _index: int = 0
     _exhausted: bool = False
 
     def done_count(self) -> int:
-        """Trials completed or pruned in the study (all sweeps of this grid file)."""
+        """Runs completed or pruned in the study (all sweeps of this grid file); repeated proposals do not count."""
         from optuna.trial import TrialState
 
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        return sum(DUPLICATE_ATTR not in t.user_attrs
+                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
     @property
     def n_runs(self) -> int:
@@ -418,6 +427,11 @@ class SearchSource:
         """The predicted duration of `run` (`predict_duration_s` over the records read so far)."""
         return predict_duration_s(run.params, self.found.records)
 
+    @property
+    def proposed(self):
+        """The run proposed and not started yet, else the last one started, or `None` (asks the study nothing)."""
+        return self._last if self._next is None else self._next[0]
+
     def peek(self):
         """The next run to start, or `None` (enough runs, budget spent, or the space exhausted)."""
         if self._next is None and not self._exhausted and self.remaining() > 0:
@@ -435,7 +449,7 @@ class SearchSource:
     def pop(self):
         """The run `peek` returned, now running."""
         run, trial = self._next
-        self._next = None
+        self._next, self._last = None, run
         self._trials[run.config_hash] = trial
         return run
 
@@ -453,6 +467,7 @@ class SearchSource:
                 raise ConfigError("\n".join(errors))
             if run.config_hash in done:  # proposed again: tell the study what that run gave
                 rec = done[run.config_hash]
+                trial.set_user_attr(DUPLICATE_ATTR, rec.run_id)
                 self.study.tell(trial, self.ranking.value(rec) if rec.status == "completed" else None,
                                 state=TrialState.COMPLETE if rec.status == "completed" else TrialState.PRUNED)
                 continue

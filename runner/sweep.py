@@ -337,9 +337,9 @@ def build_grid_ensembles(spec: GridSpec) -> list[str]:
 
 def _eta(search, bar) -> str:
     """`, eta 12m` for a search: the predicted seconds of the runs left (the bar's own ETA assumes equal runs)."""
-    if search is None or search.peek() is None:
+    if search is None or search.proposed is None:  # never ask the study for a run just to show the ETA
         return ""
-    predicted = search.predicted_s(search.peek())
+    predicted = search.predicted_s(search.proposed)
     return f", eta {predicted * max(1, bar.total - bar.n) / 60:.0f}m" if predicted else ""
 
 

@@ -114,18 +114,15 @@ def test_schema_1_record_predicts_with_load_run(tmp_path):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_atomic_writes_use_the_users_file_mode(tmp_path):
-    previous = os.umask(0o022)
-    try:
-        import importlib
+def test_atomic_writes_use_the_users_file_mode(tmp_path, monkeypatch):
+    """mkstemp creates 0600 files; a record or page gets 0666 minus the umask instead, like any output."""
+    import runner.records as records
 
-        import runner.records as records
-        importlib.reload(records)  # the umask is read once, at import
-        path = records.write_text_atomic(tmp_path / "page.html", "x")
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    finally:
-        os.umask(previous)
-        importlib.reload(records)
+    assert records._UMASK == records._read_umask()  # read at import, unchanged by reading it
+    monkeypatch.setattr(records, "_UMASK", 0o022)
+    assert stat.S_IMODE(write_text_atomic(tmp_path / "page.html", "x").stat().st_mode) == 0o644
+    monkeypatch.setattr(records, "_UMASK", 0o077)
+    assert stat.S_IMODE(write_text_atomic(tmp_path / "private.json", "x").stat().st_mode) == 0o600
 
 
 def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):

@@ -1,6 +1,5 @@
 """runner.search: the search: block, distributions validated like every value, and a real search with pruning."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -144,24 +143,37 @@ def test_a_real_search_prunes_and_resumes_without_duplicates(tmp_path):
 
 @pytest.mark.slow
 def test_an_interrupted_search_is_completed_by_the_same_command(tmp_path):
-    proc = run_search(tmp_path, wait=False)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list((tmp_path / "logs").glob("2*.json")):
-        time.sleep(0.5)
-    time.sleep(3)  # the second run is under way
+    """Ctrl-C during the second run: it is recorded interrupted, its trial failed and its configuration
+    enqueued; the same command again runs it and finishes the study with 4 done trials."""
+    grid = tmp_path / "resume.yaml"
+    grid.write_text(f"notebook: {Path(__file__).parent / 'assets' / 'faults.ipynb'}\n"
+                    "search: {sampler: random, n_runs: 4, seed: 2}\n"
+                    "fixed: {action: sleep, seconds: 4}\n"
+                    "grid: {score: {low: 0.0, high: 1.0}}\n", encoding="utf-8")
+    command = [sys.executable, str(PROJECT_ROOT / "runner" / "sweep.py"), str(grid)]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((tmp_path / "experiments").glob("2*"))) < 2:
+        time.sleep(0.2)
+    time.sleep(2)  # the second run's notebook is sleeping
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     assert proc.returncode == 130
-    interrupted = [r for r in read_all(tmp_path / "logs").records if r.status == INTERRUPTED]
-    assert interrupted
-    again = run_search(tmp_path)
+    (interrupted,) = [r for r in read_all(tmp_path / "logs").records if r.status == INTERRUPTED]
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    done = [t for t in trials(tmp_path) if t.state.name in ("COMPLETE", "PRUNED")]
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="resume", storage=JournalStorage(
+        JournalFileBackend(str(tmp_path / "logs" / "resume.optuna.journal"))))
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 4
-    # the interrupted configuration was enqueued and run again
-    params = {json.dumps(t.params, sort_keys=True) for t in done}
-    assert json.dumps(trials(tmp_path)[[t.state.name for t in trials(tmp_path)].index("FAIL")].params,
-                      sort_keys=True) in params
+    completed = [r for r in read_all(tmp_path / "logs").records if r.status == COMPLETED]
+    assert len(completed) == 4
+    assert interrupted.params["score"] in [r.params["score"] for r in completed]  # run again, to the end
 
 
 @pytest.mark.slow

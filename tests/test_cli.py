@@ -44,6 +44,7 @@ def test_subcommand_help_shows_its_options(name):
         assert option in result.output, option
 
 
+@pytest.mark.slow  # starts Python processes
 def test_console_script_help_runs_without_tensorflow():
     """The installed `nbsweep` (else `python -m runner.cli`), then every subcommand's help in one process."""
     script = shutil.which("nbsweep")
@@ -60,6 +61,7 @@ def test_console_script_help_runs_without_tensorflow():
     assert proc.stdout.strip().splitlines()[-1] == f"{[0] * len(COMMANDS)} []"
 
 
+@pytest.mark.slow  # starts Python processes
 @pytest.mark.parametrize("name", COMMANDS)
 def test_script_help_exits_0_without_tensorflow(name, tmp_path):
     script, options = COMMANDS[name]
@@ -72,6 +74,7 @@ def test_script_help_exits_0_without_tensorflow(name, tmp_path):
     assert not imported & set(HEAVY)
 
 
+@pytest.mark.slow  # starts Python processes
 def test_config_error_exits_2_with_error_and_no_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke("sweep", "missing.yaml")

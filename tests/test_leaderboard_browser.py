@@ -120,6 +120,7 @@ def save_screenshot(driver, tmp_path: Path) -> list[Path]:
     return [shot, copy]
 
 
+@pytest.mark.slow  # starts Chromium
 def test_sort_filter_toggle_and_links_in_a_real_browser(board, browser, tmp_path):
     browser.get(board.as_uri())
     assert browser.title == "Leaderboard: weighted_recall"

@@ -44,6 +44,7 @@ def _flatten_model(size=16, seed=0) -> keras.Model:
 # predict_with_tta ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs Keras models
 @pytest.mark.parametrize("tta", [["flip"], ["vflip"], ["flip", "vflip"]])
 def test_tta_on_a_mirror_invariant_model_changes_nothing(tta):
     model, images = _pooling_model(), _images()
@@ -53,6 +54,7 @@ def test_tta_on_a_mirror_invariant_model_changes_nothing(tta):
     np.testing.assert_allclose(predict_with_tta(model, dataset, tta), plain, rtol=1e-5)  # (images, labels) batches
 
 
+@pytest.mark.slow  # runs Keras models
 def test_tta_is_the_mean_of_the_softmax_over_the_views():
     model, images = _flatten_model(), _images(height=16, width=16)
     plain = model.predict(images, verbose=0)
@@ -99,6 +101,7 @@ def _spec(data_dir, **overrides) -> ExperimentSpec:
     return ExperimentSpec(**{**values, **overrides})
 
 
+@pytest.mark.slow  # runs Keras models
 def test_evaluation_with_tta_reports_it_and_averages_both_splits(tiny_image_dir, tmp_path):
     spec = _spec(tiny_image_dir, tta=["flip"])
     data = load_data(spec)
@@ -122,7 +125,7 @@ def test_evaluation_with_tta_reports_it_and_averages_both_splits(tiny_image_dir,
     assert set(off.to_dict()) == {"metrics", "val_metrics", "eval_s", "from_cache"}  # the record's section as before
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # runs Keras models
 def test_tta_evaluation_bypasses_the_activation_cache(tiny_image_dir, base_weights_file, tmp_path):
     """A frozen base trains on cached activations; evaluation reads them, except with TTA."""
     from models import train_model
@@ -162,6 +165,7 @@ def saved_run(tiny_image_dir, tmp_path_factory):
     return work
 
 
+@pytest.mark.slow  # runs Keras models
 def test_loaded_run_predicts_with_its_own_tta_unless_overridden(saved_run, tiny_image_dir):
     run = load_run(RUN_ID, logs_dir=saved_run / "logs")
     assert run.spec.tta == ["flip"] and run.tta_used() == ["flip"] and run.tta_used([]) == []
@@ -198,6 +202,7 @@ def test_parse_tta_refuses(text):
         parse_tta(text)
 
 
+@pytest.mark.slow  # runs Keras models
 def test_cli_tta_option_overrides_the_runs_own(saved_run, tiny_image_dir, tmp_path):
     image = tiny_image_dir / "red" / "red_000.jpg"
 

@@ -233,3 +233,18 @@ def _make_record(run_id: str, recall: float | None, val_recall: float | None = N
 def make_record():
     """The `_make_record` factory of synthetic run records."""
     return _make_record
+
+
+def write_grid(tmp_path: Path, text: str) -> Path:
+    """`<tmp_path>/grid.yaml` with `text`."""
+    path = tmp_path / "grid.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def expand(tmp_path: Path, text: str, **kwargs):
+    """`expand_runs` of a grid file written from `text` (paths resolved from `tmp_path`)."""
+    from runner.grid import expand_runs, load_grid
+
+    path = write_grid(tmp_path, text)
+    return expand_runs(load_grid(path), path, base_dir=tmp_path, **kwargs)

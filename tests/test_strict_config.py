@@ -12,19 +12,11 @@ from pydantic import ValidationError
 
 from models.spec import Augmentation, ExperimentSpec
 from runner.errors import ConfigError
-from runner.grid import DEFAULT_NOTEBOOK, expand_runs, load_grid, notebook_parameters
+from runner.grid import DEFAULT_NOTEBOOK, load_grid, notebook_parameters
 from runner.sweep import main as sweep_main
 
 
-def write_grid(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "grid.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def expand(tmp_path: Path, text: str, **kwargs):
-    path = write_grid(tmp_path, text)
-    return expand_runs(load_grid(path), path, base_dir=tmp_path, **kwargs)
+from conftest import expand, write_grid  # noqa: E402
 
 
 def duplicate_message(path: Path, key: str, first: str, again: str) -> str:

@@ -23,19 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from runner.query import read_all  # noqa: E402
+import yaml  # noqa: E402
+
+from runner.records import COMPLETED, DONE_STATUSES, PRUNED  # noqa: E402
 from runner.search import parse_duration  # noqa: E402
+from sweep_folder import run_sweep_in  # noqa: E402
 
 SPACE = {
     "base": ["mobilenet", "vgg16"],
@@ -50,12 +49,17 @@ SPACE = {
 """The search space (lists, so the grid arm and the samplers see the same points)."""
 
 
+def _flow(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+
+
 def grid_text(args, arm: str, budget_s: float) -> str:
     fixed = {"weights": "imagenet", "weights_dir": str(Path(args.weights_dir).resolve()), "epochs": args.epochs,
              "fine_tune_epochs": args.fine_tune_epochs, "fine_tune_learning_rate": 1.0e-5, "batch_size": 32,
              "keep_checkpoints": 0, "augmented_copies": 2, "early_stopping_patience": 3,
              "max_images_per_class": args.max_images_per_class}
-    lines = [f"data_dir: {Path(args.data).resolve()}", f"fixed: {json.dumps(fixed)}", f"grid: {json.dumps(SPACE)}",
+    # YAML, not JSON: PyYAML writes 1e-05 as 1.0e-05, which YAML 1.1 reads back as a number
+    lines = [f"data_dir: {Path(args.data).resolve()}", f"fixed: {_flow(fixed)}", f"grid: {_flow(SPACE)}",
              "metric: weighted_recall"]
     if arm == "random":
         lines.append(f"search: {{sampler: random, n_runs: 1000, pruner: none, budget: {budget_s:.0f}, seed: 0}}")
@@ -66,31 +70,18 @@ def grid_text(args, arm: str, budget_s: float) -> str:
 
 
 def run_arm(args, arm: str, budget_s: float) -> dict:
-    work = Path(args.work) / arm.replace("+", "_")
-    work.mkdir(parents=True, exist_ok=True)
-    grid = work / "space.yaml"
-    grid.write_text(grid_text(args, arm, budget_s), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "NBSWEEP_CACHE_DIR": str(Path(args.work) / "cache")}
-    command = [sys.executable, str(PROJECT / "runner" / "sweep.py"), str(grid), "--yes"]
-    start = time.time()
-    proc = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        proc.communicate(timeout=budget_s)
-    except subprocess.TimeoutExpired:  # the plain grid has no budget of its own: stop it
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=120)
-    wall = time.time() - start
-    records = [r for r in read_all(work / "logs").records if r.kind == "run"]
+    sweep = run_sweep_in(Path(args.work) / arm.replace("+", "_"), grid_text(args, arm, budget_s), budget_s, arm)
+    records, start, wall = sweep.records, sweep.start, sweep.wall_s
     reached = []  # (seconds since start, val, test) of every completed run
     for rec in records:
-        if rec.status == "completed" and rec.val_metrics:
+        if rec.status == COMPLETED and rec.val_metrics:
             t = datetime.fromisoformat(rec.finished_at).timestamp() - start
             reached.append((t, rec.val_metrics.weighted_recall, rec.metrics.weighted_recall, rec.run_id))
     reached.sort()
     best = max(reached, key=lambda r: (r[1], -r[0]), default=None)
-    return {"arm": arm, "wall_s": wall, "completed": sum(r.status == "completed" for r in records),
-            "pruned": sum(r.status == "pruned" for r in records),
-            "other": sum(r.status not in ("completed", "pruned") for r in records),
+    return {"arm": arm, "wall_s": wall, "completed": sum(r.status == COMPLETED for r in records),
+            "pruned": sum(r.status == PRUNED for r in records),
+            "other": sum(r.status not in DONE_STATUSES for r in records),
             "best": best, "reached": reached}
 
 

@@ -36,6 +36,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runner.errors import ConfigError
+from runner.records import COMPLETED, DONE_STATUSES, PRUNED, RUN
 
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
@@ -358,10 +359,10 @@ def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[fl
         return (p.get("epochs", 0) or 0) + ((p.get("fine_tune_epochs", 0) or 0) if p.get("fine_tune_layers") else 0)
 
     key = ("base", "image_size", "epochs", "fine_tune_epochs")
-    done = [r for r in records if r.kind == "run" and r.timings.total_s and r.status in ("completed", "pruned")]
+    done = [r for r in records if r.kind == RUN and r.timings.total_s and r.status in DONE_STATUSES]
     same = [r.timings.total_s for r in done if all(r.params.get(k) == params.get(k) for k in key)
             and bool(r.params.get("fine_tune_layers")) == bool(params.get("fine_tune_layers"))
-            and r.status == "completed"]
+            and r.status == COMPLETED]
     if same:
         return statistics.median(same)
     per_epoch = [r.timings.total_s / max(1, r.epochs_run or phases(r.params)) for r in done]
@@ -457,7 +458,7 @@ class SearchSource:
         from optuna.trial import TrialState
 
         done = {rec.config_hash: rec for rec in self.found.records
-                if rec.kind == "run" and rec.status in ("completed", "pruned")}
+                if rec.kind == RUN and rec.status in DONE_STATUSES}
         for _ in range(MAX_DUPLICATE_PROPOSALS):
             trial = self.study.ask({d.name: d.distribution() for d in self.dims})
             point = {name: decode(value) for name, value in trial.params.items()}
@@ -468,8 +469,8 @@ class SearchSource:
             if run.config_hash in done:  # proposed again: tell the study what that run gave
                 rec = done[run.config_hash]
                 trial.set_user_attr(DUPLICATE_ATTR, rec.run_id)
-                self.study.tell(trial, self.ranking.value(rec) if rec.status == "completed" else None,
-                                state=TrialState.COMPLETE if rec.status == "completed" else TrialState.PRUNED)
+                self.study.tell(trial, self.ranking.value(rec) if rec.status == COMPLETED else None,
+                                state=TrialState.COMPLETE if rec.status == COMPLETED else TrialState.PRUNED)
                 continue
             if run.config_hash in self._trials:  # running now (a parallel proposal repeated it)
                 self.study.tell(trial, state=TrialState.FAIL)
@@ -497,9 +498,9 @@ class SearchSource:
         if trial is None:
             return
         self.found.records.append(record)
-        if record.status == "completed" and self.ranking.value(record) is not None:
+        if record.status == COMPLETED and self.ranking.value(record) is not None:
             self.study.tell(trial, self.ranking.value(record), skip_if_finished=True)
-        elif record.status == "pruned":
+        elif record.status == PRUNED:
             self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         else:
             self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)

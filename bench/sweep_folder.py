@@ -1,0 +1,80 @@
+"""Run one real `python runner/sweep.py` in a fresh work folder of its own (shared by the benchmarks).
+
+Each call gets its own folder (removed first), its own activation cache
+(`NBSWEEP_CACHE_DIR` inside it, so no benchmark arm starts with features
+another arm computed) and the project on `PYTHONPATH`; the sweep's console
+output is kept in `sweep.log` there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from runner.query import read_all  # noqa: E402
+from runner.records import RUN, RunRecord  # noqa: E402
+
+STOPPED_RCS = (0, -signal.SIGTERM, 128 + signal.SIGTERM, 130)
+"""Exit codes of a sweep that finished or was stopped by its time limit."""
+
+
+@dataclass
+class SweepRun:
+    """What one benchmark sweep did.
+
+    Attributes:
+        records: its run records (ensembles left out), in `read_all`'s order.
+        start: epoch seconds (UTC) at which the sweep process started.
+        wall_s: seconds until it exited (or was stopped).
+        returncode: the sweep's exit code.
+    """
+
+    records: list[RunRecord]
+    start: float
+    wall_s: float
+    returncode: int
+
+
+def run_sweep_in(work: Path, grid_text: str, timeout_s: float | None = None, label: str = "") -> SweepRun:
+    """Writes `grid_text` to `work/grid.yaml` and runs the sweep there, stopped with SIGTERM after `timeout_s`.
+
+    Args:
+        work: the folder (deleted and re-created).
+        grid_text: the grid file's YAML text.
+        timeout_s: wall-clock seconds after which the sweep gets SIGTERM
+            (it finishes the record of the run it stops); `None`: no limit.
+        label: name printed with the end of the output when the sweep
+            exits with an unexpected code.
+
+    Returns:
+        A `SweepRun`.
+    """
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    grid = work / "grid.yaml"
+    grid.write_text(grid_text, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "NBSWEEP_CACHE_DIR": str(work / "cache")}
+    command = [sys.executable, str(PROJECT / "runner" / "sweep.py"), str(grid), "--yes"]
+    start = time.time()
+    proc = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = proc.communicate(timeout=timeout_s)[0]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=180)[0]
+    wall = time.time() - start
+    (work / "sweep.log").write_text(output or "", encoding="utf-8")
+    if proc.returncode not in STOPPED_RCS:
+        print(f"{label or work.name}: the sweep exited with {proc.returncode}; the end of its output:\n"
+              f"{(output or '')[-3000:]}", flush=True)
+    records = [rec for rec in read_all(work / "logs").records if rec.kind == RUN]
+    return SweepRun(records, start, wall, proc.returncode)

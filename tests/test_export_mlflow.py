@@ -215,6 +215,7 @@ def test_flatten_params_nested_and_unsafe_keys():
                     "lr_step_milestones": "[3, 6]", "weights": "null", "class_weight": "balanced"}
 
 
+@pytest.mark.slow  # a subprocess importing MLflow, like the other CLI subprocess tests
 def test_cli_exports_and_prints_counts(project):
     store = project / "store"
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "runner" / "export_mlflow.py"),

@@ -299,6 +299,7 @@ def _best_epochs(values: list[float], mode: str, k: int) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # trains a model, twice
 @pytest.mark.parametrize("monitor, keep_last, stop, fine_tune_rate", [
     # only the 2 best by val_loss: a fine-tuning rate of 1.0 wrecks the model, so not the last 2
     ("val_loss", 0, None, 1.0),

@@ -31,7 +31,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_folder import run_sweep_in  # noqa: E402
+from sweep_folder import run_sweep_in  # noqa: E402  (puts the project on sys.path)
+
+from runner.records import COMPLETED  # noqa: E402
 
 AUGMENTATION = {"flip": "horizontal", "rotation": 0.08, "zoom": 0.15, "translation": 0.1}
 
@@ -67,7 +69,7 @@ def bench_jit(args) -> None:
     print(f"jit_compile, MobileNet 1.0 224 px, whole base fine-tuned, {args.jit_images} photos per class "
           f"(wall {sweep.wall_s:.0f} s):")
     for rec in sorted(sweep.records, key=lambda r: r.name or ""):
-        if rec.status != "completed":
+        if rec.status != COMPLETED:
             print(f"  {rec.name}: {rec.status}: {rec.error.ename if rec.error else ''}: "
                   f"{(rec.error.evalue if rec.error else '')[:300]}")
             continue
@@ -84,10 +86,10 @@ def bench_augment(args) -> None:
     runs = [{"name": "copies4", "augmented_copies": 4, "epochs": args.copies_epochs},
             {"name": "on_the_fly", "augmented_copies": 0, "epochs": args.fly_epochs}]
     sweep = run_sweep_in(Path(args.work) / "augment", _grid(args, fixed, runs), label="augment")
-    done = {rec.name: rec for rec in sweep.records if rec.status == "completed"}
+    done = {rec.name: rec for rec in sweep.records if rec.status == COMPLETED}
     print(f"augmentation with a frozen MobileNet 1.0 224 px ({AUGMENTATION}; wall {sweep.wall_s:.0f} s):")
     for rec in sweep.records:
-        if rec.status != "completed":
+        if rec.status != COMPLETED:
             print(f"  {rec.name}: {rec.status}: {rec.error.ename if rec.error else ''}")
     if not done:
         return

@@ -43,6 +43,10 @@ PRUNERS = ("none", "median", "successive_halving", "hyperband")
 STUDY_SUFFIX = ".optuna.journal"
 MAX_DUPLICATE_PROPOSALS = 50
 DUPLICATE_ATTR = "nbsweep_duplicate_of"
+MAX_OVER_BUDGET_PROPOSALS = 20
+"""Proposals in a row predicted not to fit in the budget's remaining time before no more runs start."""
+OVER_BUDGET_ATTR = "nbsweep_over_budget_s"
+"""User attribute of a trial failed unrun because its predicted seconds exceeded what was left of the budget."""
 """User attribute of a trial that repeated a finished run (told its result; not counted in `n_runs`)."""
 """Proposals in a row that repeat a finished run before the search is taken as exhausted."""
 
@@ -386,6 +390,7 @@ class SearchSource:
         journal: the study's file (handed to each run for pruning).
         pruner: `pruner_config(...)`, handed to each run's kernel; `None`: no pruning.
         started: `time.monotonic()` at the sweep's start (for the budget).
+        over_budget: proposals not started because they were predicted not to fit in the budget's time left.
     """
 
     study: Any
@@ -398,6 +403,7 @@ class SearchSource:
     pruner: Optional[dict] = None
     started: float = field(default_factory=time.monotonic)
     notes: list[str] = field(default_factory=list)
+    over_budget: int = 0
     _next: Any = None
     _last: Any = None
     _trials: dict = field(default_factory=dict)
@@ -434,17 +440,36 @@ class SearchSource:
         return self._last if self._next is None else self._next[0]
 
     def peek(self):
-        """The next run to start, or `None` (enough runs, budget spent, or the space exhausted)."""
-        if self._next is None and not self._exhausted and self.remaining() > 0:
-            self._next = self._propose()
-        if self._next is not None and self.search.budget_s is not None:
-            predicted = self.predicted_s(self._next[0]) or 0.0
+        """The next run to start, or `None` (enough runs, budget spent, or the space exhausted).
+
+        With a budget, a proposal predicted not to finish in the time left is
+        not run: its trial is failed (user attribute `OVER_BUDGET_ATTR`, the
+        predicted seconds; the sampler learns nothing from it) and the study
+        is asked for another point, so a cheaper configuration can still use
+        the time. After `MAX_OVER_BUDGET_PROPOSALS` such proposals in a row,
+        or once the budget is spent, no more runs start.
+        """
+        over_budget = 0
+        while True:
+            if self._next is None and not self._exhausted and self.remaining() > 0:
+                self._next = self._propose()
+            if self._next is None or self.search.budget_s is None:
+                break
+            run, trial = self._next
+            predicted = self.predicted_s(run) or 0.0
             left = self.search.budget_s - (time.monotonic() - self.started)
-            if predicted > left:
-                self.notes.append(f"budget: the next run is predicted to take {predicted:.0f} s, "
-                                  f"{max(0, left):.0f} s are left; no more runs start")
-                self._fail(self._next[1])
-                self._next, self._exhausted = None, True
+            if predicted <= left:
+                break
+            trial.set_user_attr(OVER_BUDGET_ATTR, round(predicted, 1))
+            self._fail(trial)
+            self._next = None
+            over_budget += 1
+            self.over_budget += 1
+            if left <= 0 or over_budget >= MAX_OVER_BUDGET_PROPOSALS:
+                self.notes.append(f"budget: {max(0, left):.0f} s are left and the last {over_budget} proposed runs "
+                                  f"are predicted to take longer (the last {predicted:.0f} s); no more runs start")
+                self._exhausted = True
+                break
         return None if self._next is None else self._next[0]
 
     def pop(self):
@@ -464,16 +489,16 @@ class SearchSource:
             point = {name: decode(value) for name, value in trial.params.items()}
             run, errors = self.builder.build(f"trial {trial.number}", point, index=self._index)
             if errors:  # only reachable if a choice valid at its bounds is invalid inside them
-                self.study.tell(trial, state=TrialState.FAIL)
+                self._tell(trial, state=TrialState.FAIL)
                 raise ConfigError("\n".join(errors))
             if run.config_hash in done:  # proposed again: tell the study what that run gave
                 rec = done[run.config_hash]
                 trial.set_user_attr(DUPLICATE_ATTR, rec.run_id)
-                self.study.tell(trial, self.ranking.value(rec) if rec.status == COMPLETED else None,
+                self._tell(trial, self.ranking.value(rec) if rec.status == COMPLETED else None,
                                 state=TrialState.COMPLETE if rec.status == COMPLETED else TrialState.PRUNED)
                 continue
             if run.config_hash in self._trials:  # running now (a parallel proposal repeated it)
-                self.study.tell(trial, state=TrialState.FAIL)
+                self._tell(trial, state=TrialState.FAIL)
                 continue
             self._index += 1
             trial_info = {"storage": str(self.journal), "study_name": self.study.study_name,
@@ -485,10 +510,24 @@ class SearchSource:
         self._exhausted = True
         return None
 
+    def _tell(self, trial, *args, **kwargs) -> None:
+        """`study.tell`, tolerating the `RuntimeError` GridSampler raises on the last grid point in ask-and-tell use.
+
+        GridSampler's `after_trial` calls `study.stop()`, which raises outside
+        `study.optimize` (optuna issues #4121 and #5141; the GridSampler docs'
+        note); Optuna stores the trial's state in a `finally` first, so the
+        tell itself has happened (Hydra's Optuna sweeper does the same).
+        """
+        try:
+            self.study.tell(trial, *args, **kwargs)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+
     def _fail(self, trial) -> None:
         from optuna.trial import TrialState
 
-        self.study.tell(trial, state=TrialState.FAIL)
+        self._tell(trial, state=TrialState.FAIL)
 
     def finished(self, record) -> None:
         """Tell the study how a run ended: completed (its metric), pruned, or failed (re-enqueued if interrupted)."""
@@ -499,16 +538,19 @@ class SearchSource:
             return
         self.found.records.append(record)
         if record.status == COMPLETED and self.ranking.value(record) is not None:
-            self.study.tell(trial, self.ranking.value(record), skip_if_finished=True)
+            self._tell(trial, self.ranking.value(record), skip_if_finished=True)
         elif record.status == PRUNED:
-            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            self._tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         else:
-            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            self._tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             if record.status == "interrupted":  # run its configuration again next time
                 self.study.enqueue_trial(trial.params)
 
     def close(self) -> None:
         """Fail a proposed run that never started (its configuration is enqueued again)."""
+        if self.over_budget:
+            self.notes.append(f"budget: {self.over_budget} proposed runs were not started, predicted not to finish "
+                              f"in the time left (trials failed with user attribute {OVER_BUDGET_ATTR})")
         if self._next is not None:
             self._fail(self._next[1])
             self.study.enqueue_trial(self._next[1].params)

@@ -11,7 +11,7 @@ import pytest
 from runner import PROJECT_ROOT
 from runner.errors import ConfigError
 from runner.grid import RunBuilder, load_grid
-from runner.query import read_all
+from runner.query import parse_metric, read_all
 from runner.records import COMPLETED, INTERRUPTED, PRUNED
 from runner.search import parse_duration, parse_space
 
@@ -199,3 +199,34 @@ def test_parallel_workers_sample_distinct_points(tmp_path):
         JournalFileBackend(str(tmp_path / "logs" / "par.optuna.journal"))))
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
     assert sorted(t.value for t in study.trials) == pytest.approx(sorted(scores))  # the objective is the score
+
+
+def test_a_run_predicted_over_budget_is_skipped_and_a_cheaper_one_starts(tmp_path, make_record):
+    """Budget 100 s: earlier runs say 64 px takes 500 s and 32 px 10 s. The 64 px proposal is failed unrun
+    (its predicted seconds kept on the trial) and the 32 px one starts; once only 64 px is left, no run starts."""
+    from runner.search import OVER_BUDGET_ATTR, SearchSource, open_study
+
+    path = write(tmp_path, "search: {sampler: grid, budget: 100}\ngrid:\n  image_size: [64, 32]\n")
+    spec = load_grid(path)
+    builder = RunBuilder(spec, path, base_dir=tmp_path)
+    dims = parse_space(spec, path, builder)
+    earlier = []
+    for size, seconds in ((64, 500.0), (32, 10.0)):
+        run = builder.build("earlier", {"image_size": size})[0]
+        rec = make_record(f"earlier-{size}", 0.8, **run.params)
+        earlier.append(rec.model_copy(update={"timings": rec.timings.model_copy(update={"total_s": seconds})}))
+    found = read_all(tmp_path / "logs")
+    found.records.extend(earlier)
+    study = open_study(spec.search, dims, tmp_path / "logs" / "s.journal", "s", max_epochs=2)
+    source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder, found=found,
+                          ranking=parse_metric("weighted_recall"), journal=tmp_path / "logs" / "s.journal")
+    first = source.peek()
+    assert first is not None and first.params["image_size"] == 32
+    source.pop()
+    assert source.peek() is None  # only 64 px is left, and it does not fit
+    skipped = [t for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR in t.user_attrs]
+    assert skipped and all(t.params["image_size"] == 64 and t.state.name == "FAIL" for t in skipped)
+    assert {t.user_attrs[OVER_BUDGET_ATTR] for t in skipped} == {500.0}
+    assert any("no more runs start" in note for note in source.notes)
+    source.close()
+    assert any(f"{len(skipped)} proposed runs were not started" in note for note in source.notes)

@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import numpy as np
 from markupsafe import Markup
 
+from runner import metric_plot
 from runner.lineage import node_id, render_lineage
 from runner.query import Ranking, RecordSet, parse_metric, rank, read_all
 from runner.records import (
@@ -204,12 +205,6 @@ def _asset(name: str) -> Markup:
     return Markup((ASSETS_DIR / name).read_text(encoding="utf-8"))
 
 
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
-
-
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -230,8 +225,8 @@ def base_head_group(record: RunRecord) -> str:
     return f"{base} + {head}" if head else str(base)
 
 
-def metric_plot_png(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[bytes]:
-    """A box plot of the ranking figure per base and head with every run as a point over it (a strip).
+def metric_plot_data(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[dict[str, Any]]:
+    """What the metric plot shows (`runner.metric_plot.draw`): the ranking figure per base and head, every run a point.
 
     Groups are ordered by median, best at the top; the best run is a red
     star. The axis names the column and its split (schema-1 runs: their
@@ -242,37 +237,36 @@ def metric_plot_png(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[b
         ranking: what they were ranked by.
 
     Returns:
-        PNG bytes, or `None` when `ranked` is empty.
+        A JSON-able dict (`groups`, `values`, `best`, `xlabel`), or `None`
+        when `ranked` is empty.
     """
     if not ranked:
         return None
-    from matplotlib.figure import Figure  # only when there is something to draw
-
     values_of: dict[str, list[float]] = {}
     for rec in ranked:
         values_of.setdefault(base_head_group(rec), []).append(ranking.value(rec))
     order = sorted(values_of, key=lambda g: float(np.median(values_of[g])))  # stable: ties keep first-seen order
-    values = [np.asarray(values_of[g], dtype=float) for g in order]
-    figure = Figure(figsize=(7, 1.3 + 0.5 * len(order)))
-    ax = figure.subplots()
-    ax.boxplot(values, orientation="horizontal", tick_labels=order, widths=0.55, showfliers=False,
-               patch_artist=True, boxprops={"facecolor": "#dbe7f5", "edgecolor": "#6b8fb8"},
-               medianprops={"color": "#1f4e8c"}, whiskerprops={"color": "#6b8fb8"}, capprops={"color": "#6b8fb8"})
-    jitter = np.random.default_rng(0)
-    many = len(ranked) > 500  # smaller, lighter points so that thousands stay readable
-    ax.scatter(np.concatenate(values),  # one collection for every run: one draw call, not one per group
-               np.concatenate([np.full(len(v), float(position)) for position, v in enumerate(values, start=1)])
-               + jitter.uniform(-0.12, 0.12, len(ranked)),
-               s=6 if many else 24, color="#1f77b4", alpha=0.3 if many else 0.8, zorder=3, linewidths=0)
     best = ranked[0]
-    ax.scatter([ranking.value(best)], [order.index(base_head_group(best)) + 1], marker="*", s=220,
-               color="#d62728", zorder=4, label=f"best: {best.run_id} ({ranking.value(best):.4f})")
-    ax.legend(loc="lower left", fontsize=8, frameon=False, bbox_to_anchor=(0, 1.0))
     schema1 = any(ranking.split_of(rec) != ranking.split for rec in ranked)
-    ax.set_xlabel(f"{ranking.column} ({SPLIT_WORDS[ranking.split]}"
-                  f"{'; schema 1 runs: test split' if schema1 else ''})")
-    ax.grid(axis="x", alpha=0.3)
-    return _png(figure)
+    return {"groups": order, "values": [values_of[g] for g in order],
+            "best": {"value": ranking.value(best), "position": order.index(base_head_group(best)) + 1,
+                     "label": f"best: {best.run_id} ({ranking.value(best):.4f})"},
+            "xlabel": f"{ranking.column} ({SPLIT_WORDS[ranking.split]}"
+                      f"{'; schema 1 runs: test split' if schema1 else ''})"}
+
+
+def metric_plot_png(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[bytes]:
+    """The metric plot (`metric_plot_data`) drawn in this process.
+
+    Args:
+        ranked: `runner.query.rank`'s output (best first).
+        ranking: what they were ranked by.
+
+    Returns:
+        PNG bytes, or `None` when `ranked` is empty.
+    """
+    data = metric_plot_data(ranked, ranking)
+    return None if data is None else metric_plot.draw(data)
 
 
 def confusion_matrix_png(record: RunRecord, logs_dir: str | Path) -> Optional[bytes]:
@@ -339,7 +333,8 @@ def _note(record: RunRecord) -> str:
 
 
 def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunRecord], top_n: int,
-                       page_dir: Path, confusion_png: Optional[bytes] = None) -> str:
+                       page_dir: Path, confusion_png: Optional[bytes] = None,
+                       plot_png: Optional[bytes] = None) -> str:
     """The leaderboard page as one self-contained html string (inline CSS, JS and images).
 
     Args:
@@ -351,6 +346,9 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
         confusion_png: PNG bytes of the best run's saved confusion matrix
             (`confusion_matrix_png`). Defaults to `None`: the page shows
             `confusion_matrix_table` of the best run instead.
+        plot_png: PNG bytes of the metric plot (`metric_plot_png`). Defaults
+            to `None`: drawn here (`write_leaderboard` has a child process
+            draw it beside the other work, `runner.metric_plot.PlotProcess`).
 
     Returns:
         A complete html document (`runner/templates/leaderboard.html`); every
@@ -410,7 +408,7 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
                      for rec in _most_recent(unranked_records)]
     unreadable = _Section(rows=list(found.unreadable.items())[:MAX_LISTED], total=len(found.unreadable))
 
-    plot = metric_plot_png(ranked, ranking)
+    plot = plot_png if plot_png is not None else metric_plot_png(ranked, ranking)
     figures = {"metric_plot": _data_uri(plot) if plot else None,
                "confusion": _data_uri(confusion_png) if confusion_png and ranked else None,
                "confusion_table": confusion_matrix_table(ranked[0]) if ranked and not confusion_png else None}
@@ -513,17 +511,19 @@ def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = 
     """
     ranking = parse_metric(metric)
     logs_dir, out_path = Path(logs_dir).resolve(), Path(out_path).resolve()
-    with _gc_paused():
+    with metric_plot.PlotProcess() as plotter, _gc_paused():  # the child imports matplotlib meanwhile
         found = read_all(logs_dir)
         ranked = rank(found.records, ranking)
+        if ranked:
+            plotter.submit(metric_plot_data(ranked, ranking))  # drawn on the other core from here on
         ranked_ids = {rec.run_id for rec in ranked}
         unranked = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids]
         confusion = confusion_matrix_png(ranked[0], logs_dir) if ranked else None
         board = Leaderboard(ranking, ranked, out_path, out_path.with_suffix(".csv"),
                             out_path.parent / LINEAGE_FILE, unranked)
-        page = render_leaderboard(found, ranking, ranked, top_n, out_path.parent, confusion)
         table = leaderboard_csv(ranked, ranking, unranked)
         lineage = render_lineage(found.records, ranking, logs_dir, out_path.parent, out_path.name)
+        page = render_leaderboard(found, ranking, ranked, top_n, out_path.parent, confusion, plotter.result())
     write_page(board.page_path, page)
     write_page(board.csv_path, table)
     write_page(board.lineage_path, lineage)

@@ -7,8 +7,8 @@ after the other so they do not share the 2 cores):
 
 1. `grid`: the plain grid in `ParameterGrid` order, no pruning, stopped
    (SIGTERM) when the budget is spent;
-2. `random`: `search: {sampler: random, pruner: none, budget}`;
-3. `tpe+hyperband`: `search: {sampler: tpe, pruner: hyperband, budget}`;
+2. `random`: `search: {sampler: random, pruner: none, budget, max_run_share}`;
+3. `tpe+hyperband`: `search: {sampler: tpe, pruner: hyperband, budget, max_run_share}`;
 4. `keras-tuner` (only if `keras_tuner` imports; not a project requirement):
    not run here, reported as skipped.
 
@@ -61,11 +61,13 @@ def grid_text(args, arm: str, budget_s: float) -> str:
     # YAML, not JSON: PyYAML writes 1e-05 as 1.0e-05, which YAML 1.1 reads back as a number
     lines = [f"data_dir: {Path(args.data).resolve()}", f"fixed: {_flow(fixed)}", f"grid: {_flow(SPACE)}",
              "metric: weighted_recall"]
+    share = f", max_run_share: {args.max_run_share}" if args.max_run_share else ""
     if arm == "random":
-        lines.append(f"search: {{sampler: random, n_runs: 1000, pruner: none, budget: {budget_s:.0f}, seed: 0}}")
+        lines.append(f"search: {{sampler: random, n_runs: 1000, pruner: none, budget: {budget_s:.0f}{share}, "
+                     f"seed: 0}}")
     elif arm == "tpe+hyperband":
         lines.append(f"search: {{sampler: tpe, n_runs: 1000, pruner: hyperband, min_epochs: 2, "
-                     f"budget: {budget_s:.0f}, seed: 0}}")
+                     f"budget: {budget_s:.0f}{share}, seed: 0}}")
     return "\n".join(lines) + "\n"
 
 
@@ -100,6 +102,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=6, help="head epochs per run (default 6)")
     parser.add_argument("--fine-tune-epochs", type=int, default=2)
     parser.add_argument("--max-images-per-class", type=int, default=None)
+    parser.add_argument("--max-run-share", type=float, default=0.25,
+                        help="the sampled arms' search.max_run_share (default 0.25; 0: off)")
     parser.add_argument("--arms", default="grid,random,tpe+hyperband")
     parser.add_argument("--work", default="/tmp/search_bench")
     args = parser.parse_args()
@@ -107,7 +111,8 @@ def main() -> int:
         print(f"data folder {args.data} missing: nothing to benchmark")
         return 0
     budget_s = parse_duration(args.budget)
-    print(f"search space: {json.dumps(SPACE)}; budget {budget_s:.0f} s per arm; data {Path(args.data).resolve()}")
+    print(f"search space: {json.dumps(SPACE)}; budget {budget_s:.0f} s per arm; max_run_share "
+          f"{args.max_run_share or 'off'}; data {Path(args.data).resolve()}")
     results = []
     for arm in args.arms.split(","):
         result = run_arm(args, arm, budget_s)

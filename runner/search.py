@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runner.errors import ConfigError
 from runner.records import COMPLETED, DONE_STATUSES, PRUNED, RUN
@@ -42,13 +42,19 @@ SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 STUDY_SUFFIX = ".optuna.journal"
 MAX_DUPLICATE_PROPOSALS = 50
+"""Proposals in a row that repeat a finished run before the search is taken as exhausted."""
 DUPLICATE_ATTR = "nbsweep_duplicate_of"
+"""User attribute of a trial that repeated a finished run (told its result; not counted in `n_runs`)."""
 MAX_OVER_BUDGET_PROPOSALS = 20
 """Proposals in a row predicted not to fit in the budget's remaining time before no more runs start."""
 OVER_BUDGET_ATTR = "nbsweep_over_budget_s"
-"""User attribute of a trial failed unrun because its predicted seconds exceeded what was left of the budget."""
-"""User attribute of a trial that repeated a finished run (told its result; not counted in `n_runs`)."""
-"""Proposals in a row that repeat a finished run before the search is taken as exhausted."""
+"""User attribute of a trial failed unrun because its predicted seconds exceeded what was left of the budget
+(or `max_run_share` of it)."""
+CACHE_PARAMS = ("base", "base_kwargs", "weights", "image_size", "augmentation", "augmented_copies",
+                "fine_tune_layers", "data_dir", "max_images_per_class", "val_fraction", "test_fraction", "seed",
+                "activation_cache", "activation_cache_dtype")
+"""Parameters that decide a run's activation-cache entries (`models.cache.cache_key` hashes what they decide):
+an earlier run that agrees on all of them has built the entries a new run would read."""
 
 
 def parse_duration(text: Union[str, int, float]) -> float:
@@ -89,6 +95,10 @@ class SearchSpec(BaseModel):
         budget: optional wall-clock budget (`45m`, `2h`, seconds): no run
             starts that is predicted not to finish in it. `None`: no budget.
         pruner: `none`, `median`, `successive_halving` or `hyperband`.
+        max_run_share: with a budget, no run starts that is predicted to take more than this share of the
+            budget's time left (`0.25`: a quarter), so the search spends a short budget on many affordable
+            runs rather than a few expensive ones (cost-aware search, as in Snoek et al. 2012's expected
+            improvement per second); `None` (the default): a run may use all the time left.
         min_epochs: no run is pruned before this epoch (1-based).
         seed: seed of the sampler.
     """
@@ -98,6 +108,7 @@ class SearchSpec(BaseModel):
     sampler: Literal["grid", "random", "tpe"] = "tpe"
     n_runs: Optional[int] = Field(None, ge=1)
     budget: Optional[Union[str, int, float]] = None
+    max_run_share: Optional[float] = Field(None, gt=0.0, le=1.0)
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
     min_epochs: int = Field(1, ge=1)
     seed: int = 0
@@ -108,6 +119,12 @@ class SearchSpec(BaseModel):
         if value is not None:
             parse_duration(value)
         return value
+
+    @model_validator(mode="after")
+    def _share_needs_budget(self):
+        if self.max_run_share is not None and self.budget is None:
+            raise ValueError("max_run_share is a share of the budget's time left: give a budget too")
+        return self
 
     @property
     def budget_s(self) -> Optional[float]:
@@ -345,32 +362,69 @@ def open_study(search: SearchSpec, dims: Sequence[Dimension], path: Path, name: 
     return study
 
 
+def _phase_epochs(params: dict[str, Any]) -> int:
+    """Epochs a run trains at most: the head phase plus, with fine-tuning, the fine-tuning phase."""
+    ft = (params.get("fine_tune_epochs", 0) or 0) if params.get("fine_tune_layers") else 0
+    return max(1, (params.get("epochs", 0) or 0) + ft)
+
+
+def _build_units(params: dict[str, Any]) -> float:
+    """Pixels the activation cache passes through the frozen base: `image_size**2` per image, times
+    `1 + augmented_copies` with augmentation (each copy is one more augmented pass)."""
+    copies = (params.get("augmented_copies", 0) or 0) if params.get("augmentation") else 0
+    return float(params.get("image_size", 1) or 1) ** 2 * (1 + copies)
+
+
 def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[float]:
-    """The expected wall time of a run, from earlier runs with the same base, image size and phases.
+    """The expected wall time of a run: its training and evaluation, plus building its activation cache if no
+    earlier run has built it.
+
+    Training (`timings.total_s` less `timings.cache_build_s`, seconds) comes from, in order: the median of the
+    earlier completed runs with the same `base`, `base_kwargs`, `image_size`, `epochs`, `fine_tune_epochs` and
+    fine-tuning (`fine_tune_layers` > 0 or not); else the median seconds per epoch and pixel of earlier runs of
+    the same base, times this run's epochs and `image_size**2` (a CNN's cost grows with its input's area); else
+    the median seconds per epoch of all earlier runs times this run's epochs.
+
+    The cache build is added when no earlier finished run agrees with this one on every `CACHE_PARAMS` value
+    (its entries would be read, not built): the median `cache_build_s` per `_build_units` of earlier runs of the
+    same base that built entries, times this run's units; nothing when no run of the base has built any, or
+    when this run bypasses the cache (`activation_cache: false`, or augmentation with `augmented_copies: 0`).
 
     Args:
-        params: the run's parameters.
-        records: earlier records (completed or pruned runs count).
+        params: the run's parameters, after defaults.
+        records: earlier records (`runner.records.RunRecord`; completed and pruned runs count).
 
     Returns:
-        The median `timings.total_s` of the earlier notebook runs with the
-        same `base`, `image_size`, `epochs`, `fine_tune_layers` (> 0 or not)
-        and `fine_tune_epochs`, scaled to this run's epochs; else the median
-        seconds per epoch of all earlier runs times this run's epochs; `None`
-        without earlier runs.
+        Seconds, or `None` without earlier runs.
     """
-    def phases(p):
-        return (p.get("epochs", 0) or 0) + ((p.get("fine_tune_epochs", 0) or 0) if p.get("fine_tune_layers") else 0)
-
-    key = ("base", "image_size", "epochs", "fine_tune_epochs")
     done = [r for r in records if r.kind == RUN and r.timings.total_s and r.status in DONE_STATUSES]
-    same = [r.timings.total_s for r in done if all(r.params.get(k) == params.get(k) for k in key)
-            and bool(r.params.get("fine_tune_layers")) == bool(params.get("fine_tune_layers"))
-            and r.status == COMPLETED]
+    if not done:
+        return None
+
+    def training_s(r) -> float:
+        return max(0.0, r.timings.total_s - (r.timings.cache_build_s or 0.0))
+
+    def per_epoch(r) -> float:
+        return training_s(r) / max(1, r.epochs_run or _phase_epochs(r.params))
+
+    same_base = [r for r in done if all(r.params.get(k) == params.get(k) for k in ("base", "base_kwargs"))]
+    key = ("image_size", "epochs", "fine_tune_epochs")
+    same = [training_s(r) for r in same_base if r.status == COMPLETED and all(r.params.get(k) == params.get(k)
+            for k in key) and bool(r.params.get("fine_tune_layers")) == bool(params.get("fine_tune_layers"))]
+    pixels = float(params.get("image_size", 1) or 1) ** 2
     if same:
-        return statistics.median(same)
-    per_epoch = [r.timings.total_s / max(1, r.epochs_run or phases(r.params)) for r in done]
-    return statistics.median(per_epoch) * max(1, phases(params)) if per_epoch else None
+        training = statistics.median(same)
+    elif same_base:
+        rate = statistics.median(per_epoch(r) / float(r.params.get("image_size", 1) or 1) ** 2 for r in same_base)
+        training = rate * pixels * _phase_epochs(params)
+    else:
+        training = statistics.median(per_epoch(r) for r in done) * _phase_epochs(params)
+    bypassed = params.get("activation_cache") is False or (params.get("augmentation")
+                                                           and not params.get("augmented_copies"))
+    if bypassed or any(all(r.params.get(k) == params.get(k) for k in CACHE_PARAMS) for r in done):
+        return training
+    built = [r.timings.cache_build_s / _build_units(r.params) for r in same_base if r.timings.cache_build_s]
+    return training + (statistics.median(built) * _build_units(params) if built else 0.0)
 
 
 @dataclass
@@ -442,12 +496,13 @@ class SearchSource:
     def peek(self):
         """The next run to start, or `None` (enough runs, budget spent, or the space exhausted).
 
-        With a budget, a proposal predicted not to finish in the time left is
-        not run: its trial is failed (user attribute `OVER_BUDGET_ATTR`, the
-        predicted seconds; the sampler learns nothing from it) and the study
-        is asked for another point, so a cheaper configuration can still use
-        the time. After `MAX_OVER_BUDGET_PROPOSALS` such proposals in a row,
-        or once the budget is spent, no more runs start.
+        With a budget, a proposal predicted not to finish in the time left
+        (or in `max_run_share` of it) is not run: its trial is failed (user
+        attribute `OVER_BUDGET_ATTR`, the predicted seconds; the sampler
+        learns nothing from it) and the study is asked for another point, so
+        a cheaper configuration can still use the time. After
+        `MAX_OVER_BUDGET_PROPOSALS` such proposals in a row, or once the
+        budget is spent, no more runs start.
         """
         over_budget = 0
         while True:
@@ -458,7 +513,8 @@ class SearchSource:
             run, trial = self._next
             predicted = self.predicted_s(run) or 0.0
             left = self.search.budget_s - (time.monotonic() - self.started)
-            if predicted <= left:
+            limit = left * (self.search.max_run_share or 1.0)
+            if predicted <= limit:
                 break
             trial.set_user_attr(OVER_BUDGET_ATTR, round(predicted, 1))
             self._fail(trial)
@@ -467,7 +523,8 @@ class SearchSource:
             self.over_budget += 1
             if left <= 0 or over_budget >= MAX_OVER_BUDGET_PROPOSALS:
                 self.notes.append(f"budget: {max(0, left):.0f} s are left and the last {over_budget} proposed runs "
-                                  f"are predicted to take longer (the last {predicted:.0f} s); no more runs start")
+                                  f"are predicted to take longer than {max(0, limit):.0f} s (the last "
+                                  f"{predicted:.0f} s); no more runs start")
                 self._exhausted = True
                 break
         return None if self._next is None else self._next[0]

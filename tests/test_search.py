@@ -230,3 +230,57 @@ def test_a_run_predicted_over_budget_is_skipped_and_a_cheaper_one_starts(tmp_pat
     assert any("no more runs start" in note for note in source.notes)
     source.close()
     assert any(f"{len(skipped)} proposed runs were not started" in note for note in source.notes)
+
+
+def test_predicted_duration_adds_the_cache_build_only_for_a_new_entry(make_record):
+    """One earlier run: 100 s, 60 s of it building its cache, 4 epochs at 128 px. The same entry again costs
+    its 40 s of training; 256 px costs 4x the pixels for both parts; augmentation with 2 copies triples the
+    build; another base falls back on seconds per epoch without a build."""
+    from runner.search import predict_duration_s
+
+    params = {"base": "mobilenet", "image_size": 128, "epochs": 4, "fine_tune_layers": 0,
+              "augmentation": None, "augmented_copies": 2}
+    rec = make_record("earlier", 0.8, **params)
+    rec = rec.model_copy(update={"epochs_run": 4, "timings": rec.timings.model_copy(
+        update={"total_s": 100.0, "cache_build_s": 60.0})})
+    assert predict_duration_s(params, []) is None
+    assert predict_duration_s(params, [rec]) == pytest.approx(40.0)
+    assert predict_duration_s({**params, "image_size": 256}, [rec]) == pytest.approx(4 * 40.0 + 4 * 60.0)
+    flip = {**params, "augmentation": {"flip": "horizontal"}}
+    assert predict_duration_s(flip, [rec]) == pytest.approx(40.0 + 3 * 60.0)
+    assert predict_duration_s({**flip, "augmented_copies": 0}, [rec]) == pytest.approx(40.0)  # bypasses the cache
+    assert predict_duration_s({**params, "image_size": 256, "activation_cache": False}, [rec]) == pytest.approx(160.0)
+    assert predict_duration_s({**params, "base": "vgg16", "epochs": 8}, [rec]) == pytest.approx(80.0)
+
+
+def test_max_run_share_skips_a_run_that_fits_the_budget_but_would_take_most_of_it(tmp_path, make_record):
+    """Budget 1000 s, max_run_share 0.25: a 500 s run fits the budget but not a quarter of it, so only the
+    10 s run starts (without the share both would)."""
+    from runner.search import OVER_BUDGET_ATTR, SearchSource, open_study
+
+    path = write(tmp_path, "search: {sampler: grid, budget: 1000, max_run_share: 0.25}\n"
+                           "grid:\n  image_size: [64, 32]\n")
+    spec = load_grid(path)
+    builder = RunBuilder(spec, path, base_dir=tmp_path)
+    dims = parse_space(spec, path, builder)
+    found = read_all(tmp_path / "logs")
+    for size, seconds in ((64, 500.0), (32, 10.0)):
+        rec = make_record(f"earlier-{size}", 0.8, **builder.build("earlier", {"image_size": size})[0].params)
+        found.records.append(rec.model_copy(update={"timings": rec.timings.model_copy(update={"total_s": seconds})}))
+    study = open_study(spec.search, dims, tmp_path / "logs" / "s.journal", "s", max_epochs=2)
+    source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder, found=found,
+                          ranking=parse_metric("weighted_recall"), journal=tmp_path / "logs" / "s.journal")
+    assert source.peek().params["image_size"] == 32
+    source.pop()
+    assert source.peek() is None
+    assert {t.user_attrs[OVER_BUDGET_ATTR] for t in study.get_trials(deepcopy=False)
+            if OVER_BUDGET_ATTR in t.user_attrs} == {500.0}
+    assert any("longer than 250 s" in note for note in source.notes)
+    source.close()
+
+
+def test_max_run_share_is_validated(tmp_path):
+    with pytest.raises(ConfigError, match=r"max_run_share is a share of the budget's time left: give a budget"):
+        load_grid(write(tmp_path, "search: {max_run_share: 0.25}\n"))
+    with pytest.raises(ConfigError, match=r"search.max_run_share"):
+        load_grid(write(tmp_path, "search: {budget: 10m, max_run_share: 1.5}\n"))

@@ -362,6 +362,21 @@ def open_study(search: SearchSpec, dims: Sequence[Dimension], path: Path, name: 
     return study
 
 
+BASE_GMACS_224 = {"vgg16": 15.47, "vgg19": 19.63, "resnet50": 4.09, "resnet50_v2": 4.09, "resnet101": 7.80,
+                  "densenet121": 2.83, "efficientnet_b0": 0.39, "convnext_tiny": 4.46, "mobilenet": 0.569,
+                  "mobilenet_v2": 0.300}
+"""Billions of multiply-adds of one 224 x 224 image through a base (torchvision's model table, "GFLOPS";
+MobileNet: Howard et al. 2017, Table 8, 569 million). `mobilenet*` scale by `alpha**2` (their section 3.3).
+Used only to guess a cache build's seconds for a base no earlier run has built, from the others'."""
+
+
+def _gmacs(params: dict[str, Any]) -> Optional[float]:
+    """`BASE_GMACS_224` of the run's base, times `alpha**2` for a MobileNet width multiplier; `None` if unknown."""
+    gmacs = BASE_GMACS_224.get(str(params.get("base", "")).lower())
+    alpha = (params.get("base_kwargs") or {}).get("alpha", 1.0)
+    return None if gmacs is None else gmacs * float(alpha) ** 2
+
+
 def _phase_epochs(params: dict[str, Any]) -> int:
     """Epochs a run trains at most: the head phase plus, with fine-tuning, the fine-tuning phase."""
     ft = (params.get("fine_tune_epochs", 0) or 0) if params.get("fine_tune_layers") else 0
@@ -387,7 +402,8 @@ def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[fl
 
     The cache build is added when no earlier finished run agrees with this one on every `CACHE_PARAMS` value
     (its entries would be read, not built): the median `cache_build_s` per `_build_units` of earlier runs of the
-    same base that built entries, times this run's units; nothing when no run of the base has built any, or
+    same base that built entries, times this run's units; for a base no run has built with, the other bases'
+    seconds per unit and multiply-add (`BASE_GMACS_224`) times this base's; nothing when neither is known, or
     when this run bypasses the cache (`activation_cache: false`, or augmentation with `augmented_copies: 0`).
 
     Args:
@@ -424,7 +440,12 @@ def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[fl
     if bypassed or any(all(r.params.get(k) == params.get(k) for k in CACHE_PARAMS) for r in done):
         return training
     built = [r.timings.cache_build_s / _build_units(r.params) for r in same_base if r.timings.cache_build_s]
-    return training + (statistics.median(built) * _build_units(params) if built else 0.0)
+    if built:
+        return training + statistics.median(built) * _build_units(params)
+    gmacs = _gmacs(params)
+    other = [r.timings.cache_build_s / (_build_units(r.params) * _gmacs(r.params)) for r in done
+             if r.timings.cache_build_s and _gmacs(r.params)]
+    return training + (statistics.median(other) * _build_units(params) * gmacs if gmacs and other else 0.0)
 
 
 @dataclass

@@ -45,7 +45,7 @@ import tensorflow as tf
 from .hashing import sha256_file, sha256_json
 from .bases import resolve_base
 from .data import PROJECT_ROOT, DataSplit, make_dataset
-from .spec import ExperimentSpec
+from .spec import ExperimentSpec, augmenting, bypass_reason
 
 CACHE_FORMAT = 2
 """Version of the entry layout; part of every key."""
@@ -309,24 +309,6 @@ class CachedInputs:
     split: FrozenSplit
     arrays: dict[str, np.ndarray]
     info: dict
-
-
-def augmenting(spec: ExperimentSpec) -> bool:
-    """True when `spec.augmentation` turns on at least one transform."""
-    return spec.augmentation is not None and bool(spec.augmentation.model_dump(exclude_defaults=True))
-
-
-def bypass_reason(spec: ExperimentSpec) -> Optional[str]:
-    """Why the spec as a whole cannot use the cache, or `None` when it can (per phase, see `split_model`)."""
-    if not spec.activation_cache:
-        return "activation_cache is off"
-    if spec.augmentation is not None and spec.augmentation.mixes_batches:
-        return ("mixup / cutmix mix images and labels of each training batch anew every epoch; stored "
-                "features of single images cannot hold them, so the frozen layers run every epoch")
-    if augmenting(spec) and not spec.augmented_copies:
-        return ("augmentation acts on input pixels and augmented_copies is 0: every epoch needs new "
-                "random copies, so the frozen layers run every epoch")
-    return None
 
 
 def cached_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, trainable_base_layers: int,

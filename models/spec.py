@@ -572,3 +572,23 @@ class ExperimentSpec(BaseModel):
     def from_scratch(self) -> bool:
         """True when the base starts from random weights and is trained whole."""
         return self.weights is None
+
+
+def augmenting(spec: ExperimentSpec) -> bool:
+    """True when `spec.augmentation` turns on at least one transform."""
+    return spec.augmentation is not None and bool(spec.augmentation.model_dump(exclude_defaults=True))
+
+
+def bypass_reason(spec: ExperimentSpec) -> Optional[str]:
+    """Why the spec as a whole cannot use the activation cache, or `None` when it can (per phase, see
+    `models.cache.split_model`). Here, not in `models.cache`, so the sweep's budget prediction
+    (`runner.search`) applies the same rule without importing TensorFlow."""
+    if not spec.activation_cache:
+        return "activation_cache is off"
+    if spec.augmentation is not None and spec.augmentation.mixes_batches:
+        return ("mixup / cutmix mix images and labels of each training batch anew every epoch; stored "
+                "features of single images cannot hold them, so the frozen layers run every epoch")
+    if augmenting(spec) and not spec.augmented_copies:
+        return ("augmentation acts on input pixels and augmented_copies is 0: every epoch needs new "
+                "random copies, so the frozen layers run every epoch")
+    return None

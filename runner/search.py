@@ -35,6 +35,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.spec import ExperimentSpec, bypass_reason
 from runner.errors import ConfigError
 from runner.records import COMPLETED, DONE_STATUSES, PRUNED, RUN
 
@@ -383,11 +384,16 @@ def _phase_epochs(params: dict[str, Any]) -> int:
     return max(1, (params.get("epochs", 0) or 0) + ft)
 
 
+def _pixels(params: dict[str, Any]) -> float:
+    """`image_size**2`: a CNN's cost per image grows with its input's area."""
+    return float(params.get("image_size", 1) or 1) ** 2
+
+
 def _build_units(params: dict[str, Any]) -> float:
-    """Pixels the activation cache passes through the frozen base: `image_size**2` per image, times
+    """Pixels the activation cache passes through the frozen base: `_pixels` per image, times
     `1 + augmented_copies` with augmentation (each copy is one more augmented pass)."""
     copies = (params.get("augmented_copies", 0) or 0) if params.get("augmentation") else 0
-    return float(params.get("image_size", 1) or 1) ** 2 * (1 + copies)
+    return _pixels(params) * (1 + copies)
 
 
 def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[float]:
@@ -404,7 +410,8 @@ def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[fl
     (its entries would be read, not built): the median `cache_build_s` per `_build_units` of earlier runs of the
     same base that built entries, times this run's units; for a base no run has built with, the other bases'
     seconds per unit and multiply-add (`BASE_GMACS_224`) times this base's; nothing when neither is known, or
-    when this run bypasses the cache (`activation_cache: false`, or augmentation with `augmented_copies: 0`).
+    when this run bypasses the cache (`models.spec.bypass_reason`: `activation_cache: false`, mixup / cutmix, or
+    augmentation with `augmented_copies: 0`).
 
     Args:
         params: the run's parameters, after defaults.
@@ -427,17 +434,15 @@ def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[fl
     key = ("image_size", "epochs", "fine_tune_epochs")
     same = [training_s(r) for r in same_base if r.status == COMPLETED and all(r.params.get(k) == params.get(k)
             for k in key) and bool(r.params.get("fine_tune_layers")) == bool(params.get("fine_tune_layers"))]
-    pixels = float(params.get("image_size", 1) or 1) ** 2
     if same:
         training = statistics.median(same)
     elif same_base:
-        rate = statistics.median(per_epoch(r) / float(r.params.get("image_size", 1) or 1) ** 2 for r in same_base)
-        training = rate * pixels * _phase_epochs(params)
+        rate = statistics.median(per_epoch(r) / _pixels(r.params) for r in same_base)
+        training = rate * _pixels(params) * _phase_epochs(params)
     else:
         training = statistics.median(per_epoch(r) for r in done) * _phase_epochs(params)
-    bypassed = params.get("activation_cache") is False or (params.get("augmentation")
-                                                           and not params.get("augmented_copies"))
-    if bypassed or any(all(r.params.get(k) == params.get(k) for k in CACHE_PARAMS) for r in done):
+    spec = ExperimentSpec.model_validate({k: v for k, v in params.items() if k in ExperimentSpec.model_fields})
+    if bypass_reason(spec) or any(all(r.params.get(k) == params.get(k) for k in CACHE_PARAMS) for r in done):
         return training
     built = [r.timings.cache_build_s / _build_units(r.params) for r in same_base if r.timings.cache_build_s]
     if built:

@@ -249,6 +249,7 @@ def test_predicted_duration_adds_the_cache_build_only_for_a_new_entry(make_recor
     flip = {**params, "augmentation": {"flip": "horizontal"}}
     assert predict_duration_s(flip, [rec]) == pytest.approx(40.0 + 3 * 60.0)
     assert predict_duration_s({**flip, "augmented_copies": 0}, [rec]) == pytest.approx(40.0)  # bypasses the cache
+    assert predict_duration_s({**params, "augmentation": {"mixup": 0.2}}, [rec]) == pytest.approx(40.0)  # so does mixup
     assert predict_duration_s({**params, "image_size": 256, "activation_cache": False}, [rec]) == pytest.approx(160.0)
     # VGG16: seconds per epoch of the other runs (10 s x 8), and a build of 15.47 / 0.569 GMACs times MobileNet's
     assert predict_duration_s({**params, "base": "vgg16", "epochs": 8}, [rec]) == pytest.approx(

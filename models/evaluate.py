@@ -176,8 +176,9 @@ def evaluate_model(
     """Evaluates a model on the validation and test splits; writes the test predictions and confusion matrix.
 
     When training used the activation cache, the splits' stored frozen-layer
-    outputs are read from it (never built here) and only the layers above
-    them run; otherwise the full model runs on the images. With `spec.tta`
+    outputs are read from the entry of the last phase that trained (never
+    built here; a run pruned before its fine-tuning phase reads the head
+    phase's entry) and only the layers above them run; otherwise the full model runs on the images. With `spec.tta`
     (test-time augmentation) both splits are predicted by
     `predict_with_tta`: the full model on the images and on their
     transformed copies, averaged. The stored outputs are those of the
@@ -206,15 +207,11 @@ def evaluate_model(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     splits = {"val": data.val, "test": data.test}
-    try:  # the entry of the last training phase holds the val and test splits' outputs too
-        if spec.tta:
-            raise cache.CacheBypass(TTA_CACHE_BYPASS)
-        cached = cache.cached_inputs(model, data, spec, resolve_fine_tune_layers(model, spec), build=False,
-                                     names=list(splits))
+    cached = None if spec.tta else _cached_eval_inputs(model, data, spec, list(splits))
+    if cached is not None:
         probabilities = {name: cached.split.top.predict(cache.feature_dataset(
             [cached.arrays[name]], part.labels, spec.batch_size), verbose=0) for name, part in splits.items()}
-    except cache.CacheBypass:
-        cached = None
+    else:
         probabilities = {name: predict_with_tta(model, make_dataset(part, spec.image_size, spec.batch_size),
                                                 spec.tta) for name, part in splits.items()}
     for name, part in splits.items():  # the test split's, and the validation split's (ensembles select on it)
@@ -228,6 +225,24 @@ def evaluate_model(
                             eval_s=time.perf_counter() - start, from_cache=cached is not None,
                             tta=list(spec.tta) if spec.tta else None,
                             cache_bypass_reason=TTA_CACHE_BYPASS if spec.tta else None)
+
+
+def _cached_eval_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, names: list[str]):
+    """The stored frozen-layer outputs of `names` from the entry of the last phase that trained, else `None`.
+
+    Every entry holds the val and test splits' outputs too. The fine-tuning
+    phase's cut is tried first; then the head's (no base layer trainable), for
+    a run that stopped (pruned) before its fine-tuning phase began, whose
+    fine-tuning entry was never built. An entry's key hashes the frozen
+    layers' weight values, so after fine-tuning has changed the base the
+    head's entry cannot match: no stale outputs are ever read.
+    """
+    for trainable in dict.fromkeys((resolve_fine_tune_layers(model, spec), 0)):
+        try:
+            return cache.cached_inputs(model, data, spec, trainable, build=False, names=names)
+        except cache.CacheBypass:
+            continue
+    return None
 
 
 def predictions_frame(paths, probabilities: np.ndarray, class_names, labels=None) -> pd.DataFrame:

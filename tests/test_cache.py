@@ -12,6 +12,7 @@ import time
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from models import ExperimentSpec
@@ -136,6 +137,35 @@ def test_cached_and_uncached_training_agree(image_dir, pretrained_base, tmp_path
     np.testing.assert_allclose(val_losses("hit"), val_losses("built"), rtol=1e-5)
     recalls = [results[name][1].metrics["weighted_recall"] for name in results]
     assert max(recalls) - min(recalls) <= 0.12, recalls  # at most one of 9 test images differs
+
+
+@pytest.mark.slow
+def test_a_run_pruned_before_fine_tuning_is_evaluated_from_the_head_phase_entry(image_dir, pretrained_base,
+                                                                                 tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = tmp_path / "study.journal"
+    study = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(journal))),
+                                direction="maximize")
+    trial = study.ask()
+    pruning = {"storage": str(journal), "study_name": "s", "trial_id": trial._trial_id, "min_epochs": 1,
+               # every value is below 2: the pruner stops the run after its first head epoch
+               "pruner": {"class": "ThresholdPruner", "kwargs": {"lower": 2.0}}}
+    spec = make_spec(image_dir, weights=pretrained_base, activation_cache=True, fine_tune_layers=3,
+                     fine_tune_epochs=2, cache_dir=str(tmp_path / "cache"), **NO_DROPOUT)
+    data = load_data(spec)
+    model = build_model(spec, len(data.class_names))
+    training = train_model(model, data, spec, tmp_path / "run", verbose=0, pruning=pruning)
+    assert training.pruned_epoch == 1 and set(training.activation_cache) == {"head"}
+    evaluation = evaluate_model(model, data, spec, tmp_path / "run")
+    assert evaluation.from_cache  # the fine-tuning entry was never built: the head's entry serves
+    val = pd.read_csv(tmp_path / "run" / "val_predictions.csv")
+    full = model.predict(load_images(data.val.paths, 32), verbose=0)
+    np.testing.assert_allclose(val[[f"prob_{c}" for c in data.class_names]].to_numpy(), full, atol=1e-5)
+    assert evaluation.val_metrics["weighted_recall"] == pytest.approx(
+        np.mean(full.argmax(axis=1) == data.val.labels))
 
 
 @pytest.mark.slow

@@ -16,7 +16,10 @@ For each arm it prints the best validation and test weighted recall reached
 and the wall time at which it was reached (from the records' `finished_at`),
 the runs completed and pruned, and the time-to-target ratio: how much sooner
 TPE+Hyperband reached the grid arm's best validation figure. Figures, not
-assertions: this is a benchmark, not a test.
+assertions: this is a benchmark, not a test. `--reuse grid` reads an arm
+back from an earlier run of the same settings in `--work` (an arm's grid
+text must match exactly) instead of spending its budget again, to compare a
+changed sampled arm with it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import yaml  # noqa: E402
 
 from runner.records import COMPLETED, DONE_STATUSES, PRUNED  # noqa: E402
 from runner.search import parse_duration  # noqa: E402
-from sweep_folder import run_sweep_in  # noqa: E402
+from sweep_folder import read_sweep_in, run_sweep_in  # noqa: E402
 
 SPACE = {
     "base": ["mobilenet", "vgg16"],
@@ -72,7 +75,9 @@ def grid_text(args, arm: str, budget_s: float) -> str:
 
 
 def run_arm(args, arm: str, budget_s: float) -> dict:
-    sweep = run_sweep_in(Path(args.work) / arm.replace("+", "_"), grid_text(args, arm, budget_s), budget_s, arm)
+    work, text = Path(args.work) / arm.replace("+", "_"), grid_text(args, arm, budget_s)
+    sweep = (read_sweep_in(work, text) if arm in args.reuse.split(",") else None) or run_sweep_in(
+        work, text, budget_s, arm)
     records, start, wall = sweep.records, sweep.start, sweep.wall_s
     reached = []  # (seconds since start, val, test) of every completed run
     for rec in records:
@@ -106,6 +111,9 @@ def main() -> int:
                         help="the sampled arms' search.max_run_share (default 0.25; 0: off)")
     parser.add_argument("--arms", default="grid,random,tpe+hyperband")
     parser.add_argument("--work", default="/tmp/search_bench")
+    parser.add_argument("--reuse", default="", metavar="ARMS",
+                        help="arms (comma-separated) read back from an earlier sweep in --work with the same grid "
+                             "text instead of run again (their figures are from that run)")
     args = parser.parse_args()
     if not Path(args.data).is_dir():
         print(f"data folder {args.data} missing: nothing to benchmark")

@@ -76,5 +76,26 @@ def run_sweep_in(work: Path, grid_text: str, timeout_s: float | None = None, lab
     if proc.returncode not in STOPPED_RCS:
         print(f"{label or work.name}: the sweep exited with {proc.returncode}; the end of its output:\n"
               f"{(output or '')[-3000:]}", flush=True)
-    records = [rec for rec in read_all(work / "logs").records if rec.kind == RUN]
-    return SweepRun(records, start, wall, proc.returncode)
+    return SweepRun(_run_records(work), start, wall, proc.returncode)
+
+
+def _run_records(work: Path) -> list[RunRecord]:
+    return [rec for rec in read_all(work / "logs").records if rec.kind == RUN]
+
+
+def read_sweep_in(work: Path, grid_text: str) -> SweepRun | None:
+    """The sweep `run_sweep_in(work, grid_text, ...)` ran earlier, read back instead of run again, or `None`.
+
+    `start` and `wall_s` come from the files `run_sweep_in` writes just
+    before the sweep starts (`grid.yaml`) and just after it exits
+    (`sweep.log`), so they are the same to within milliseconds.
+
+    Returns:
+        A `SweepRun` (`returncode` -1: not known), or `None` when `work`
+        holds no finished sweep of exactly `grid_text`.
+    """
+    grid, log = work / "grid.yaml", work / "sweep.log"
+    if not (grid.is_file() and log.is_file()) or grid.read_text(encoding="utf-8") != grid_text:
+        return None
+    start = grid.stat().st_mtime
+    return SweepRun(_run_records(work), start, log.stat().st_mtime - start, -1)

@@ -178,8 +178,9 @@ def evaluate_model(
     When training used the activation cache, the splits' stored frozen-layer
     outputs are read from the entry of the last phase that trained (never
     built here; a run pruned before its fine-tuning phase reads the head
-    phase's entry) and only the layers above them run; otherwise the full model runs on the images. With `spec.tta`
-    (test-time augmentation) both splits are predicted by
+    phase's entry) and only the layers above them run; otherwise the full
+    model runs on the images. With `spec.tta` (test-time augmentation) both
+    splits are predicted by
     `predict_with_tta`: the full model on the images and on their
     transformed copies, averaged. The stored outputs are those of the
     untransformed images, so TTA never reads the cache

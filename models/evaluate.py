@@ -180,10 +180,9 @@ def evaluate_model(
     built here; a run pruned before its fine-tuning phase reads the head
     phase's entry) and only the layers above them run; otherwise the full
     model runs on the images. With `spec.tta` (test-time augmentation) both
-    splits are predicted by
-    `predict_with_tta`: the full model on the images and on their
-    transformed copies, averaged. The stored outputs are those of the
-    untransformed images, so TTA never reads the cache
+    splits are predicted by `predict_with_tta`: the full model on the images
+    and on their transformed copies, averaged. The stored outputs are those
+    of the untransformed images, so TTA never reads the cache
     (`EvaluationResult.cache_bypass_reason` says so).
 
     Metrics come from scikit-learn's `classification_report` (`zero_division=0`)

@@ -401,10 +401,11 @@ def load_grid(path: str | Path) -> GridSpec:
     try:
         return GridSpec.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(path, exc, allowed=tuple(GridSpec.model_fields))) from exc
+        raise ConfigError(_format_validation(path, exc, allowed=tuple(GridSpec.model_fields), sections={
+            "search": tuple(SearchSpec.model_fields), "ensembles": tuple(EnsembleSpec.model_fields)})) from exc
 
 
-def _format_validation(path: Path, exc: ValidationError, prefix: str = "", allowed=()) -> str:
+def _format_validation(path: Path, exc: ValidationError, prefix: str = "", allowed=(), sections=None) -> str:
     """One line per pydantic error: `<file>: <key path>: got <value>, <what is allowed>`.
 
     Args:
@@ -414,6 +415,9 @@ def _format_validation(path: Path, exc: ValidationError, prefix: str = "", allow
             Defaults to `""`.
         allowed: the keys allowed where an unknown key was found, listed in
             its message. Defaults to `()`.
+        sections: for an unknown key inside a section (`search.budgt`,
+            `ensembles.0.topp`), the keys allowed there, by section name,
+            instead of `allowed`. Defaults to none.
 
     Returns:
         The lines, joined with newlines; a string where a number or boolean
@@ -427,8 +431,9 @@ def _format_validation(path: Path, exc: ValidationError, prefix: str = "", allow
         msg += _type_hint(err["type"], got)
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-            if allowed:
-                msg += f", expected one of {', '.join(allowed)}"
+            keys = (sections or {}).get(err["loc"][0], allowed) if len(err["loc"]) > 1 else allowed
+            if keys:
+                msg += f", expected one of {', '.join(keys)}"
         lines.append(f"{path}: {where or '(top)'}: got {got!r}, {msg}" if err["type"] != "missing"
                      else f"{path}: {where}: {msg}")
     return "\n".join(lines)

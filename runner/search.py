@@ -100,6 +100,11 @@ class SearchSpec(BaseModel):
             budget's time left (`0.25`: a quarter), so the search spends a short budget on many affordable
             runs rather than a few expensive ones (cost-aware search, as in Snoek et al. 2012's expected
             improvement per second); `None` (the default): a run may use all the time left.
+        cost_aware: with `sampler: tpe`, rank TPE's candidates by expected improvement per predicted second
+            of the run (`predict_duration_s`), the seconds' exponent cooled from 1 to 0 as the budget is spent
+            (`runner.cost_aware.CostAwareTPESampler`; Snoek et al. 2012, Lee et al. 2020), so a search
+            prefers runs that reuse built activation caches and cheap bases until it has learnt where the
+            good runs are. `False` (the default): Optuna's TPE.
         min_epochs: no run is pruned before this epoch (1-based).
         seed: seed of the sampler.
     """
@@ -111,6 +116,7 @@ class SearchSpec(BaseModel):
     budget: Optional[Union[str, int, float]] = None
     max_run_share: Optional[float] = Field(None, gt=0.0, le=1.0)
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    cost_aware: bool = False
     min_epochs: int = Field(1, ge=1)
     seed: int = 0
 
@@ -125,6 +131,8 @@ class SearchSpec(BaseModel):
     def _share_needs_budget(self):
         if self.max_run_share is not None and self.budget is None:
             raise ValueError("max_run_share is a share of the budget's time left: give a budget too")
+        if self.cost_aware and self.sampler != "tpe":
+            raise ValueError(f"cost_aware: true ranks TPE's candidates: it needs sampler: tpe, got {self.sampler!r}")
         return self
 
     @property
@@ -296,8 +304,11 @@ def _sampler(search: SearchSpec, dims: Sequence[Dimension]):
         return optuna.samplers.GridSampler({d.name: d.grid_values() for d in dims}, seed=search.seed)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
-    return optuna.samplers.TPESampler(seed=search.seed, constant_liar=True, multivariate=True,
-                                      warn_independent_sampling=False)
+    if search.cost_aware:
+        from runner.cost_aware import CostAwareTPESampler
+
+        return CostAwareTPESampler(seed=search.seed, constant_liar=True, multivariate=True)
+    return optuna.samplers.TPESampler(seed=search.seed, constant_liar=True, multivariate=True)
 
 
 def pruner_config(search: SearchSpec, max_epochs: int) -> Optional[dict[str, Any]]:
@@ -489,6 +500,23 @@ class SearchSource:
     _trials: dict = field(default_factory=dict)
     _index: int = 0
     _exhausted: bool = False
+
+    def __post_init__(self):
+        if hasattr(self.study.sampler, "set_cost"):  # `search.cost_aware`: the sampler ranks by predicted seconds
+            self.study.sampler.set_cost(self.trial_cost, self.budget_left_share)
+
+    def trial_cost(self, trial_params: dict[str, Any]) -> Optional[float]:
+        """Predicted seconds (`predict_duration_s`) of the run of a trial's parameters (Optuna's values), or
+        `None` (no earlier run to predict from, or the point is not a valid run)."""
+        point = {name: decode(value) for name, value in trial_params.items()}
+        run, errors = self.builder.build("candidate", point)
+        return None if errors else self.predicted_s(run)
+
+    def budget_left_share(self) -> float:
+        """The share of the budget not spent yet, in `[0, 1]` (1 without a budget)."""
+        if self.search.budget_s is None:
+            return 1.0
+        return max(0.0, 1.0 - (time.monotonic() - self.started) / self.search.budget_s)
 
     def done_count(self) -> int:
         """Runs completed or pruned in the study (all sweeps of this grid file); repeated proposals do not count."""

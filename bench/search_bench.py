@@ -9,13 +9,18 @@ after the other so they do not share the 2 cores):
    (SIGTERM) when the budget is spent;
 2. `random`: `search: {sampler: random, pruner: none, budget, max_run_share}`;
 3. `tpe+hyperband`: `search: {sampler: tpe, pruner: hyperband, budget, max_run_share}`;
-4. `keras-tuner` (only if `keras_tuner` imports; not a project requirement):
-   not run here, reported as skipped.
+3b. `tpe+hyperband+cost` (only if listed in `--arms`): the same with `cost_aware: true` (expected
+   improvement per predicted second, cooled as the budget is spent: `runner.cost_aware`);
+4. `keras-tuner` (only if `keras_tuner` imports; not a project requirement:
+   `pip install keras-tuner==1.4.8`): Keras Tuner's Hyperband on the same space
+   and budget in one process (`bench/keras_tuner_arm.py`), else reported as
+   skipped.
 
 For each arm it prints the best validation and test weighted recall reached
 and the wall time at which it was reached (from the records' `finished_at`),
-the runs completed and pruned, and the time-to-target ratio: how much sooner
-TPE+Hyperband reached the grid arm's best validation figure. Figures, not
+the runs completed and pruned, and the time-to-target ratio: each sampled
+arm's time to the grid arm's best validation figure over the grid arm's own
+time to it (the target: at most 0.5). Figures, not
 assertions: this is a benchmark, not a test. `--reuse grid` reads an arm
 back from an earlier run of the same settings in `--work` (an arm's grid
 text must match exactly) instead of spending its budget again, to compare a
@@ -26,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -37,7 +44,7 @@ import yaml  # noqa: E402
 
 from runner.records import COMPLETED, DONE_STATUSES, PRUNED  # noqa: E402
 from runner.search import parse_duration  # noqa: E402
-from sweep_folder import read_sweep_in, run_sweep_in  # noqa: E402
+from sweep_folder import read_sweep_in, run_sweep_in, run_until  # noqa: E402
 
 SPACE = {
     "base": ["mobilenet", "vgg16"],
@@ -56,11 +63,16 @@ def _flow(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
 
 
+def fixed_params(args) -> dict:
+    """The parameters every run of every arm shares."""
+    return {"weights": "imagenet", "weights_dir": str(Path(args.weights_dir).resolve()), "epochs": args.epochs,
+            "fine_tune_epochs": args.fine_tune_epochs, "fine_tune_learning_rate": 1.0e-5, "batch_size": 32,
+            "keep_checkpoints": 0, "augmented_copies": 2, "early_stopping_patience": 3,
+            "max_images_per_class": args.max_images_per_class}
+
+
 def grid_text(args, arm: str, budget_s: float) -> str:
-    fixed = {"weights": "imagenet", "weights_dir": str(Path(args.weights_dir).resolve()), "epochs": args.epochs,
-             "fine_tune_epochs": args.fine_tune_epochs, "fine_tune_learning_rate": 1.0e-5, "batch_size": 32,
-             "keep_checkpoints": 0, "augmented_copies": 2, "early_stopping_patience": 3,
-             "max_images_per_class": args.max_images_per_class}
+    fixed = fixed_params(args)
     # YAML, not JSON: PyYAML writes 1e-05 as 1.0e-05, which YAML 1.1 reads back as a number
     lines = [f"data_dir: {Path(args.data).resolve()}", f"fixed: {_flow(fixed)}", f"grid: {_flow(SPACE)}",
              "metric: weighted_recall"]
@@ -68,9 +80,10 @@ def grid_text(args, arm: str, budget_s: float) -> str:
     if arm == "random":
         lines.append(f"search: {{sampler: random, n_runs: 1000, pruner: none, budget: {budget_s:.0f}{share}, "
                      f"seed: 0}}")
-    elif arm == "tpe+hyperband":
+    elif arm in ("tpe+hyperband", "tpe+hyperband+cost"):
+        cost = ", cost_aware: true" if arm.endswith("+cost") else ""
         lines.append(f"search: {{sampler: tpe, n_runs: 1000, pruner: hyperband, min_epochs: 2, "
-                     f"budget: {budget_s:.0f}{share}, seed: 0}}")
+                     f"budget: {budget_s:.0f}{share}{cost}, seed: 0}}")
     return "\n".join(lines) + "\n"
 
 
@@ -92,6 +105,27 @@ def run_arm(args, arm: str, budget_s: float) -> dict:
             "best": best, "reached": reached}
 
 
+def run_keras_tuner_arm(args, budget_s: float) -> dict:
+    """`bench/keras_tuner_arm.py` in its own folder, stopped with SIGTERM after `budget_s`; its trials as
+    `run_arm`'s result (every trial counts as completed: Hyperband trains each to the epochs it gives it)."""
+    work = Path(args.work) / "keras_tuner"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    fixed = {**fixed_params(args), "data_dir": str(Path(args.data).resolve())}
+    start = time.time()
+    _, output = run_until([sys.executable, str(PROJECT / "bench" / "keras_tuner_arm.py"), "--work", str(work),
+                           "--space", json.dumps(SPACE), "--fixed", json.dumps(fixed)], work, budget_s)
+    wall = time.time() - start
+    (work / "keras_tuner.log").write_text(output or "", encoding="utf-8")
+    trials = [json.loads(line) for line in (work / "trials.jsonl").read_text(encoding="utf-8").splitlines()
+              if line.strip()] if (work / "trials.jsonl").exists() else []
+    reached = sorted((t["finished"] - start, t["val"], t["test"], f"trial {i} ({t['budget_epochs']} epochs)")
+                     for i, t in enumerate(trials))
+    best = max(reached, key=lambda r: (r[1], -r[0]), default=None)
+    return {"arm": "keras-tuner", "wall_s": wall, "completed": len(trials), "pruned": 0, "other": 0,
+            "best": best, "reached": reached}
+
+
 def time_to(arm: dict, target: float):
     for t, val, _, _ in arm["reached"]:
         if val >= target - 1e-12:
@@ -109,7 +143,7 @@ def main() -> int:
     parser.add_argument("--max-images-per-class", type=int, default=None)
     parser.add_argument("--max-run-share", type=float, default=0.25,
                         help="the sampled arms' search.max_run_share (default 0.25; 0: off)")
-    parser.add_argument("--arms", default="grid,random,tpe+hyperband")
+    parser.add_argument("--arms", default="grid,random,tpe+hyperband,keras-tuner")
     parser.add_argument("--work", default="/tmp/search_bench")
     parser.add_argument("--reuse", default="", metavar="ARMS",
                         help="arms (comma-separated) read back from an earlier sweep in --work with the same grid "
@@ -123,31 +157,37 @@ def main() -> int:
           f"{args.max_run_share or 'off'}; data {Path(args.data).resolve()}")
     results = []
     for arm in args.arms.split(","):
-        result = run_arm(args, arm, budget_s)
+        if arm == "keras-tuner":
+            try:
+                import keras_tuner  # noqa: F401
+            except ImportError:
+                print("keras-tuner: not installed (not a project requirement): arm skipped")
+                continue
+            result = run_keras_tuner_arm(args, budget_s)
+        else:
+            result = run_arm(args, arm, budget_s)
         results.append(result)
         best = result["best"]
         text = (f"best val weighted recall {best[1]:.4f} (test {best[2]:.4f}) reached at {best[0]:.0f} s by {best[3]}"
                 if best else "no completed run")
         print(f"{arm:>14}: wall {result['wall_s']:.0f} s; {result['completed']} completed, {result['pruned']} pruned, "
               f"{result['other']} other; {text}", flush=True)
-    try:
-        import keras_tuner  # noqa: F401
-        print("keras-tuner: installed, but its arm is not implemented in this benchmark")
-    except ImportError:
-        print("keras-tuner: not installed (not a project requirement): arm skipped")
     by_arm = {r["arm"]: r for r in results}
-    grid, tpe = by_arm.get("grid"), by_arm.get("tpe+hyperband")
-    if grid and tpe and grid["best"]:
+    grid = by_arm.get("grid")
+    for name in ("tpe+hyperband", "tpe+hyperband+cost", "keras-tuner"):
+        tpe = by_arm.get(name)
+        if not (grid and grid["best"] and tpe):
+            continue
         target = grid["best"][1]
         t_grid, t_tpe = time_to(grid, target), time_to(tpe, target)
         if t_tpe is None:
-            print(f"time to the grid arm's best val {target:.4f}: grid {t_grid:.0f} s, tpe+hyperband never reached it")
+            print(f"time to the grid arm's best val {target:.4f}: grid {t_grid:.0f} s, {name} never reached it")
         else:
-            print(f"time to the grid arm's best val {target:.4f}: grid {t_grid:.0f} s, tpe+hyperband {t_tpe:.0f} s "
-                  f"(ratio {t_grid / max(t_tpe, 1e-9):.2f}x; target <= 0.5 of the grid's time: "
+            print(f"time to the grid arm's best val {target:.4f}: grid {t_grid:.0f} s, {name} {t_tpe:.0f} s "
+                  f"(its time / the grid's: {t_tpe / max(t_grid, 1e-9):.2f}; target <= 0.5: "
                   f"{'met' if t_tpe <= 0.5 * t_grid else 'NOT met'})")
         if tpe["best"]:
-            print(f"best run's test weighted recall: tpe+hyperband {tpe['best'][2]:.4f}, grid {grid['best'][2]:.4f} "
+            print(f"best run's test weighted recall: {name} {tpe['best'][2]:.4f}, grid {grid['best'][2]:.4f} "
                   f"(target >=: {'met' if tpe['best'][2] >= grid['best'][2] else 'NOT met'})")
     return 0
 

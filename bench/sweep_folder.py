@@ -62,21 +62,32 @@ def run_sweep_in(work: Path, grid_text: str, timeout_s: float | None = None, lab
     work.mkdir(parents=True)
     grid = work / "grid.yaml"
     grid.write_text(grid_text, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "NBSWEEP_CACHE_DIR": str(work / "cache")}
-    command = [sys.executable, str(PROJECT / "runner" / "sweep.py"), str(grid), "--yes"]
     start = time.time()
-    proc = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        output = proc.communicate(timeout=timeout_s)[0]
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=180)[0]
+    proc, output = run_until([sys.executable, str(PROJECT / "runner" / "sweep.py"), str(grid), "--yes"], work,
+                             timeout_s)
     wall = time.time() - start
     (work / "sweep.log").write_text(output or "", encoding="utf-8")
     if proc.returncode not in STOPPED_RCS:
         print(f"{label or work.name}: the sweep exited with {proc.returncode}; the end of its output:\n"
               f"{(output or '')[-3000:]}", flush=True)
     return SweepRun(_run_records(work), start, wall, proc.returncode)
+
+
+def run_until(command: list[str], work: Path, timeout_s: float | None):
+    """Runs `command` in `work` with the project on `PYTHONPATH` and `NBSWEEP_CACHE_DIR` in `work/cache`,
+    sent SIGTERM after `timeout_s` seconds (`None`: no limit).
+
+    Returns:
+        `(process, output)`: the finished `subprocess.Popen` and its stdout and stderr together.
+    """
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "NBSWEEP_CACHE_DIR": str(work / "cache")}
+    proc = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = proc.communicate(timeout=timeout_s)[0]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=180)[0]
+    return proc, output
 
 
 def _run_records(work: Path) -> list[RunRecord]:

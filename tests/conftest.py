@@ -229,6 +229,32 @@ def _make_record(run_id: str, recall: float | None, val_recall: float | None = N
     )
 
 
+def timed_search_source(tmp_path: Path, text: str, seconds_by_size: dict[int, float]):
+    """A `runner.search.SearchSource` of the grid `text` (written to `<tmp_path>/search.yaml`), whose records
+    hold one earlier completed run per image size, each `total_s` seconds long.
+
+    Returns:
+        `(source, builder)`.
+    """
+    from runner.grid import RunBuilder, load_grid
+    from runner.query import parse_metric, read_all
+    from runner.search import SearchSource, open_study, parse_space
+
+    path = tmp_path / "search.yaml"
+    path.write_text(text, encoding="utf-8")
+    spec = load_grid(path)
+    builder = RunBuilder(spec, path, base_dir=tmp_path)
+    dims = parse_space(spec, path, builder)
+    found = read_all(tmp_path / "logs")
+    for size, seconds in seconds_by_size.items():
+        rec = _make_record(f"earlier-{size}", 0.8, **builder.build("earlier", {"image_size": size})[0].params)
+        found.records.append(rec.model_copy(update={"timings": rec.timings.model_copy(update={"total_s": seconds})}))
+    study = open_study(spec.search, dims, tmp_path / "logs" / "s.journal", "s", max_epochs=2)
+    source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder, found=found,
+                          ranking=parse_metric("weighted_recall"), journal=tmp_path / "logs" / "s.journal")
+    return source, builder
+
+
 @pytest.fixture
 def make_record():
     """The `_make_record` factory of synthetic run records."""

@@ -6,16 +6,18 @@ import numpy as np
 import optuna
 import pytest
 
+from conftest import timed_search_source
 from runner.cost_aware import CostAwareTPESampler
 from runner.errors import ConfigError
-from runner.grid import RunBuilder, load_grid
-from runner.query import parse_metric, read_all
-from runner.search import SearchSource, open_study, parse_space, predict_duration_s
+from runner.grid import load_grid
+from runner.search import predict_duration_s
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = {"x": optuna.distributions.CategoricalDistribution(["cheap", "dear"]),
          "y": optuna.distributions.FloatDistribution(0.0, 1.0)}
 SECONDS = {"cheap": 1.0, "dear": 100.0}
+SECONDS_BY_SIZE = {64: 500.0, 32: 10.0}
+"""Seconds of the earlier run at each image size."""
 
 
 def proposals(sampler, trials: int = 40) -> list[dict]:
@@ -82,28 +84,12 @@ def test_the_acquisition_is_expected_improvement_per_cooled_second():
     np.testing.assert_allclose(sampler.last_costs, [2.0, 50.0, 2.0])
 
 
-def _source(tmp_path, make_record, text):
-    path = tmp_path / "search.yaml"
-    path.write_text(text, encoding="utf-8")
-    spec = load_grid(path)
-    builder = RunBuilder(spec, path, base_dir=tmp_path)
-    dims = parse_space(spec, path, builder)
-    found = read_all(tmp_path / "logs")
-    for size, seconds in ((64, 500.0), (32, 10.0)):
-        rec = make_record(f"earlier-{size}", 0.8, **builder.build("earlier", {"image_size": size})[0].params)
-        found.records.append(rec.model_copy(update={"timings": rec.timings.model_copy(update={"total_s": seconds})}))
-    study = open_study(spec.search, dims, tmp_path / "logs" / "s.journal", "s", max_epochs=2)
-    source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder, found=found,
-                          ranking=parse_metric("weighted_recall"), journal=tmp_path / "logs" / "s.journal")
-    return source, builder
-
-
-def test_a_cost_aware_search_ranks_by_the_predicted_seconds_of_each_run(tmp_path, make_record):
-    source, builder = _source(tmp_path, make_record, "search: {sampler: tpe, cost_aware: true, budget: 1000}\n"
-                                                     "grid:\n  image_size: [64, 32]\n  dropout: [0.2, 0.5]\n")
+def test_a_cost_aware_search_ranks_by_the_predicted_seconds_of_each_run(tmp_path):
+    source, builder = timed_search_source(tmp_path, "search: {sampler: tpe, cost_aware: true, budget: 1000}\n"
+                                          "grid:\n  image_size: [64, 32]\n  dropout: [0.2, 0.5]\n", SECONDS_BY_SIZE)
     sampler = source.study.sampler
     assert isinstance(sampler, CostAwareTPESampler) and sampler._cost == source.trial_cost
-    for size, seconds in ((64, 500.0), (32, 10.0)):
+    for size, seconds in SECONDS_BY_SIZE.items():
         params = builder.build("check", {"image_size": size, "dropout": 0.5})[0].params
         assert predict_duration_s(params, source.found.records) == pytest.approx(seconds)
         assert source.trial_cost({"image_size": size, "dropout": 0.5}) == pytest.approx(seconds)
@@ -117,8 +103,9 @@ def test_a_cost_aware_search_ranks_by_the_predicted_seconds_of_each_run(tmp_path
     source.close()
 
 
-def test_plain_tpe_is_not_cost_aware(tmp_path, make_record):
-    source, _ = _source(tmp_path, make_record, "search: {sampler: tpe}\ngrid:\n  image_size: [64, 32]\n")
+def test_plain_tpe_is_not_cost_aware(tmp_path):
+    source, _ = timed_search_source(tmp_path, "search: {sampler: tpe}\ngrid:\n  image_size: [64, 32]\n",
+                                    SECONDS_BY_SIZE)
     assert type(source.study.sampler) is optuna.samplers.TPESampler
     assert source.budget_left_share() == 1.0  # no budget: EI per second, uncooled
 

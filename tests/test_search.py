@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import timed_search_source
 from runner import PROJECT_ROOT
 from runner.errors import ConfigError
 from runner.grid import RunBuilder, load_grid
@@ -259,23 +260,14 @@ def test_predicted_duration_adds_the_cache_build_only_for_a_new_entry(make_recor
     assert predict_duration_s({**params, "base": "simple_cnn_small"}, [rec]) == pytest.approx(40.0)  # unknown cost
 
 
-def test_max_run_share_skips_a_run_that_fits_the_budget_but_would_take_most_of_it(tmp_path, make_record):
+def test_max_run_share_skips_a_run_that_fits_the_budget_but_would_take_most_of_it(tmp_path):
     """Budget 1000 s, max_run_share 0.25: a 500 s run fits the budget but not a quarter of it, so only the
     10 s run starts (without the share both would)."""
-    from runner.search import OVER_BUDGET_ATTR, SearchSource, open_study
+    from runner.search import OVER_BUDGET_ATTR
 
-    path = write(tmp_path, "search: {sampler: grid, budget: 1000, max_run_share: 0.25}\n"
-                           "grid:\n  image_size: [64, 32]\n")
-    spec = load_grid(path)
-    builder = RunBuilder(spec, path, base_dir=tmp_path)
-    dims = parse_space(spec, path, builder)
-    found = read_all(tmp_path / "logs")
-    for size, seconds in ((64, 500.0), (32, 10.0)):
-        rec = make_record(f"earlier-{size}", 0.8, **builder.build("earlier", {"image_size": size})[0].params)
-        found.records.append(rec.model_copy(update={"timings": rec.timings.model_copy(update={"total_s": seconds})}))
-    study = open_study(spec.search, dims, tmp_path / "logs" / "s.journal", "s", max_epochs=2)
-    source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder, found=found,
-                          ranking=parse_metric("weighted_recall"), journal=tmp_path / "logs" / "s.journal")
+    source, _ = timed_search_source(tmp_path, "search: {sampler: grid, budget: 1000, max_run_share: 0.25}\n"
+                                              "grid:\n  image_size: [64, 32]\n", {64: 500.0, 32: 10.0})
+    study = source.study
     assert source.peek().params["image_size"] == 32
     source.pop()
     assert source.peek() is None

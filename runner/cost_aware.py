@@ -22,7 +22,7 @@ to `c(x)^-α`, so cheap runs are likelier and no region is ruled out.
 
 The hooks it overrides (`_sample`, `_compute_acquisition_func`,
 `_sample_relative`'s start-up branch) are Optuna's internal ones, pinned by
-`requirements.txt` (optuna 5.0.0); `tests/test_search.py` checks the
+`requirements.txt` (optuna 5.0.0); `tests/test_cost_aware.py` checks the
 behaviour on the real sampler, so an Optuna upgrade that moves them fails
 there rather than silently falling back to plain TPE.
 """

@@ -7,7 +7,8 @@ the arm's budget is spent), only where `keras_tuner` imports; it is not a
 project requirement (`pip install keras-tuner==1.4.8`).
 
 `keras_tuner.Hyperband` (Li et al. 2018, as Keras Tuner implements it:
-`max_epochs` 8, `factor` 3) proposes the points and their epoch budgets;
+`max_epochs` = head + fine-tuning epochs, 8 with the bench's defaults, `factor` 3)
+proposes the points and their epoch budgets;
 each trial trains with the project's own code (`models.build_model`,
 `models.train_model` with its activation cache, `models.evaluate_model`),
 from scratch at each budget (Hyperband as published; Keras Tuner's

@@ -12,7 +12,7 @@ failed, 1% timed out, 4% pruned, 10% warm-started from an earlier run, 0.5%
 without a saved html (`paths.html: null`), 0.5% schema-1 records, 20
 ensembles and 2 unreadable files.
 
-Then times, with `time.perf_counter`: `runner.query.read_all`; `parse_metric`
+Then times, with `time.perf_counter`: `runner.records.query.read_all`; `parse_metric`
 plus `rank`; `write_leaderboard` in this process (it reads the records
 again); and a fresh `python` process running `write_leaderboard` (imports
 included: what `python runner/leaderboard.py` costs; with its CPU seconds and
@@ -40,8 +40,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from runner.leaderboard import write_leaderboard  # noqa: E402
-from runner.query import parse_metric, rank, read_all  # noqa: E402
+from runner.reports.leaderboard import write_leaderboard  # noqa: E402
+from runner.records.query import parse_metric, rank, read_all  # noqa: E402
 from runner.records import RANKING_METRICS, read_record  # noqa: E402
 
 V1_RECORD = PROJECT_ROOT / "tests" / "assets" / "v1_run" / "logs" / "20261202-025738-b692e854.json"
@@ -196,7 +196,7 @@ def main() -> int:
         print(f"  {len(found.records)} records read, {len(found.unreadable)} unreadable, {len(ranked)} ranked")
         board, write_s = timed("write_leaderboard (in process, reads again)", write_leaderboard, logs,
                                work / "leaderboard.html", "weighted_recall", args.top_n)
-        code = ("import sys; sys.path.insert(0, sys.argv[1]); from runner.leaderboard import write_leaderboard; "
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); from runner.reports.leaderboard import write_leaderboard; "
                 "print(write_leaderboard(sys.argv[2], sys.argv[3], 'weighted_recall', int(sys.argv[4])).summary())")
         started, cpu_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run([sys.executable, "-c", code, str(PROJECT_ROOT), str(logs), str(work / "leaderboard.html"),

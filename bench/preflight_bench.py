@@ -3,7 +3,7 @@
     python bench/preflight_bench.py [--data ../shared/data/trashnet] [--weights-dir ../shared/weights]
 
 Prints seconds per 1000 files for `models.data.check_image_file` (PIL verify plus
-the JPEG end marker) and the wall time of `runner.preflight.check_runs` for a
+the JPEG end marker) and the wall time of `runner.core.preflight.check_runs` for a
 20-run grid of simple CNNs and, with --data, a VGG16 grid over that folder.
 Without --data, 1000 generated 384x512 JPEG files stand in for photos.
 """
@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 
 from models.data import check_image_file  # noqa: E402
 from runner.grid import expand_runs, load_grid  # noqa: E402
-from runner.preflight import check_runs  # noqa: E402
+from runner.core.preflight import check_runs  # noqa: E402
 
 
 def generated_photos(root: Path, n: int = 1000) -> Path:

@@ -9,8 +9,6 @@ after the other so they do not share the 2 cores):
    (SIGTERM) when the budget is spent;
 2. `random`: `search: {sampler: random, pruner: none, budget, max_run_share}`;
 3. `tpe+hyperband`: `search: {sampler: tpe, pruner: hyperband, budget, max_run_share}`;
-3b. `tpe+hyperband+cost` (only if listed in `--arms`): the same with `cost_aware: true` (expected
-   improvement per predicted second, cooled as the budget is spent: `runner.cost_aware`);
 4. `keras-tuner` (only if `keras_tuner` imports; not a project requirement:
    `pip install keras-tuner==1.4.8`): Keras Tuner's Hyperband on the same space
    and budget in one process (`bench/keras_tuner_arm.py`), else reported as
@@ -80,10 +78,9 @@ def grid_text(args, arm: str, budget_s: float) -> str:
     if arm == "random":
         lines.append(f"search: {{sampler: random, n_runs: 1000, pruner: none, budget: {budget_s:.0f}{share}, "
                      f"seed: 0}}")
-    elif arm in ("tpe+hyperband", "tpe+hyperband+cost"):
-        cost = ", cost_aware: true" if arm.endswith("+cost") else ""
+    elif arm == "tpe+hyperband":
         lines.append(f"search: {{sampler: tpe, n_runs: 1000, pruner: hyperband, min_epochs: 2, "
-                     f"budget: {budget_s:.0f}{share}{cost}, seed: 0}}")
+                     f"budget: {budget_s:.0f}{share}, seed: 0}}")
     return "\n".join(lines) + "\n"
 
 
@@ -174,7 +171,7 @@ def main() -> int:
               f"{result['other']} other; {text}", flush=True)
     by_arm = {r["arm"]: r for r in results}
     grid = by_arm.get("grid")
-    for name in ("tpe+hyperband", "tpe+hyperband+cost", "keras-tuner"):
+    for name in ("tpe+hyperband", "keras-tuner"):
         tpe = by_arm.get(name)
         if not (grid and grid["best"] and tpe):
             continue

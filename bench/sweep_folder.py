@@ -20,7 +20,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from runner.query import read_all  # noqa: E402
+from runner.records.query import read_all  # noqa: E402
 from runner.records import RUN, RunRecord  # noqa: E402
 
 STOPPED_RCS = (0, -signal.SIGTERM, 128 + signal.SIGTERM, 130)

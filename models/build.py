@@ -130,7 +130,7 @@ def load_warm_start(model: keras.Model, resolved, class_names) -> dict | None:
     """Loads the weights of a warm start the runner resolved into `model`, after checking them.
 
     The runner resolves `warm_start` once, when the run starts
-    (`runner.lineage.resolve_warm_start`), and hands the result to the
+    (`runner.reports.lineage.resolve_warm_start`), and hands the result to the
     notebook as the `resolved_warm_start` parameter; this only checks and loads.
 
     Args:

@@ -33,7 +33,7 @@ from .augment import build_augmentation, build_batch_mixing
 from .errors import ModelConfigError
 from .spec import Augmentation, ExperimentSpec
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+from .names import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
 DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 """PIL format names of the files `tf.io.decode_image` decodes (MPO: a camera JPEG)."""
 JPEG_TAIL_BYTES = 4096

@@ -25,12 +25,9 @@ from .data import DataSplit, make_dataset
 from .spec import ExperimentSpec
 from .train import FINE_TUNE, HEAD, resolve_fine_tune_layers
 
-PREDICTIONS_FILE = "predictions.csv"
-VAL_PREDICTIONS_FILE = "val_predictions.csv"
+from .names import CONFUSION_MATRIX_FILE, PREDICTIONS_FILE, TTA_VIEWS, VAL_PREDICTIONS_FILE
+
 PREDICTION_FILES = {"test": PREDICTIONS_FILE, "val": VAL_PREDICTIONS_FILE}
-CONFUSION_MATRIX_FILE = "confusion_matrix.png"
-TTA_VIEWS = ("flip", "vflip", "crop")
-"""`ExperimentSpec.tta` items (`tta_transforms`)."""
 TTA_CROP_FRACTION = 0.875
 """Side of each `crop` view, a fraction of the image's side: the 87.5 % central crop of
 Inception's evaluation (Szegedy et al. 2016; TF-slim `inception_preprocessing`,
@@ -91,7 +88,7 @@ def predict_with_tta(model: keras.Model, images, tta: Optional[Sequence[str]] = 
     """Class probabilities, averaged over test-time augmented views when `tta` is set.
 
     The one place where TTA happens: the notebook's evaluation
-    (`evaluate_model`) and `runner.predict` both call it. With `tta` the
+    (`evaluate_model`) and `runner.core.predict` both call it. With `tta` the
     prediction is the mean of the model's softmax outputs over the original
     and every transformed copy (`tta_transforms`), each view weighing the same.
     Without it, this is `model.predict`.

@@ -1,4 +1,4 @@
-"""The project's two hashes: a file's sha256, and the sha256 of canonical JSON.
+"""The project's hashes: a file's sha256, the sha256 of canonical JSON, and of Python code as code.
 
 Every content hash (run `config_hash`, data manifest, activation-cache keys,
 weights and model files) is one of these two, so the same facts always hash
@@ -7,6 +7,7 @@ the same way.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -51,3 +52,37 @@ def sha256_json(payload: Any) -> str:
         64 lowercase hex digits.
     """
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    """`tree` with the docstring of its module, classes and functions removed (in place)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def sha256_code(source: str) -> str:
+    """sha256 of what Python code does, not how it is documented or laid out.
+
+    The source is parsed and the docstrings of its module, classes and
+    functions are dropped; the hash is that of `ast.dump` of what remains
+    (no line numbers, no comments, no blank lines). Editing a docstring, a
+    comment or the layout leaves the hash unchanged; editing any statement,
+    name or value changes it.
+
+    Args:
+        source: Python source text.
+
+    Returns:
+        64 lowercase hex digits. A source that does not parse is hashed as
+        its text (any edit then changes it).
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return hashlib.sha256(source.encode("utf-8")).hexdigest()
+    return hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode("utf-8")).hexdigest()

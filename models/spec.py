@@ -15,6 +15,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .names import TTA_VIEWS
+
 HEADS = ("flatten", "gap")
 OPTIMIZERS = ("adam", "sgd", "adamw")
 LR_SCHEDULES = ("step", "plateau", "cosine")
@@ -397,7 +399,7 @@ class ExperimentSpec(BaseModel):
         cache_dir: the cache folder; `None` reads `NBSWEEP_CACHE_DIR`, else
             `<project>/.cache/activations`.
         tta: test-time augmentation of the evaluation (val and test) and of
-            `runner.predict`: `None` (off) or a non-empty list of distinct
+            `runner.core.predict`: `None` (off) or a non-empty list of distinct
             `"flip"` (horizontal mirror), `"vflip"` (vertical mirror) and
             `"crop"` (the 4 corner and the centre crops of 87.5 % of each
             side, resized back); the prediction is the mean of the softmax
@@ -465,7 +467,7 @@ class ExperimentSpec(BaseModel):
     augmented_copies: int = Field(0, ge=0)
     cache_dir: Optional[str] = None
     # Evaluation
-    tta: Optional[list[Literal["flip", "vflip", "crop"]]] = None
+    tta: Optional[list[Literal[TTA_VIEWS]]] = None
 
     @field_validator("fine_tune_layers", mode="before")
     @classmethod

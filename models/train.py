@@ -35,18 +35,7 @@ from .pruning import pruning_callback
 from .data import DataSplit, batch_arrays, make_dataset
 from .spec import ExperimentSpec, FineTuneFrom
 
-HEAD, FINE_TUNE = "head", "fine_tune"
-MODEL_FILE = "model.keras"
-TENSORBOARD_DIR = "tensorboard"
-"""Per-run TensorBoard logs, `<output_dir>/tensorboard/{train,validation}/` (epoch scalars)."""
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_PATTERN = "epoch_{epoch}.weights.h5"
-"""Per-epoch weights: `<output_dir>/checkpoints/epoch_<k>.weights.h5`, k 1-based across phases."""
-
-
-def checkpoint_path(run_dir, epoch: int) -> Path:
-    """The weights file of epoch `epoch` (1-based, across phases) of a run folder."""
-    return Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_PATTERN.format(epoch=epoch)
+from .names import CHECKPOINT_DIR, CHECKPOINT_PATTERN, FINE_TUNE, HEAD, MODEL_FILE, TENSORBOARD_DIR, checkpoint_path
 
 
 _MONITORS = {"val_loss": ("val_loss", "min"), "val_accuracy": ("val_accuracy", "max"),

@@ -3,10 +3,10 @@
 Modules, in the order data flows through them:
 
 - `runner.grid`: load and validate `grid.yaml`, expand it into `RunSpec`s.
-- `runner.execute`: execute one run (papermill, then nbconvert) and record it.
+- `runner.core.execute`: execute one run (papermill, then nbconvert) and record it.
 - `runner.records`: the JSON run record, its schema and atomic writes.
-- `runner.leaderboard`: rank the records into `leaderboard.html` / `.csv`.
-- `runner.sweep`: the command line and the loop over runs.
+- `runner.reports.leaderboard`: rank the records into `leaderboard.html` / `.csv`.
+- `runner.core.loop`: the command line and the loop over runs.
 """
 
 from pathlib import Path

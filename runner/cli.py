@@ -9,8 +9,9 @@
     nbsweep export-mlflow [--logs-dir logs] [--tracking-uri mlruns] [--experiment-name nbsweep]
 
 `python runner/<script>.py ...` (`sweep.py`, `leaderboard.py`, `predict.py`,
-`ensemble.py`, `lineage.py`, `export_mlflow.py`) runs the same subcommand:
-each script's `main(argv)` calls `run_command`.
+`ensemble.py`, `lineage.py`, `export_mlflow.py`) runs the same subcommand: each
+script is an entry point only (`script_main`), which nothing imports. This module
+sits on top of the library: nothing in `runner/` or `models/` imports it.
 
 Errors become exit codes in one place, `_Command.invoke`: a `ConfigError`
 (or `models.errors.ModelConfigError`) that a command raises is printed as
@@ -23,21 +24,16 @@ own usage errors (unknown option, bad value, missing argument) also exit 2.
 Other exit codes (1 a run failed, 130 interrupted) are what the command
 returns.
 
-Nothing heavy is imported here: each command imports its module when it
-runs, and the help texts are read from the modules' docstrings without
-importing them, so `--help` never imports TensorFlow or Keras.
+Nothing heavy is imported here: each command imports its library module when
+it runs, and each help text sits beside its command, so `--help` never imports
+TensorFlow or Keras.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
-
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import click
 
@@ -52,43 +48,6 @@ FATAL_EXIT = 1
 INTERRUPTED_EXIT = 130
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
-
-
-def _module_doc(module: str) -> str:
-    """The docstring of `module`, read from its source without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin:
-        return ""
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    return ast.get_docstring(tree, clean=True) or ""
-
-
-def _keep_blocks(text: str) -> str:
-    """Mark indented paragraphs (usage lines) and lists so that click does not rewrap them."""
-    paragraphs = []
-    for paragraph in text.strip("\n").split("\n\n"):
-        lines = paragraph.splitlines()
-        if any(line.startswith((" ", "- ")) for line in lines):
-            paragraph = "\b\n" + paragraph
-        paragraphs.append(paragraph)
-    return "\n\n".join(paragraphs)
-
-
-def _doc(module: str, part: str) -> Callable[[], str]:
-    """A help text taken from a module docstring when the help is shown.
-
-    Args:
-        module: the module, e.g. `"runner.sweep"`.
-        part: `"summary"` (its first paragraph) or `"body"` (the rest).
-
-    Returns:
-        A function returning the text.
-    """
-    def text() -> str:
-        summary, _, body = _module_doc(module).partition("\n\n")
-        return _keep_blocks(summary if part == "summary" else body)
-
-    return text
 
 
 class _Argument(click.Argument):
@@ -120,13 +79,11 @@ class _Command(click.Command):
     """
 
     def __init__(self, *args: Any, input_errors: Sequence[type[BaseException]] = INPUT_ERRORS,
-                 doc: Optional[Callable[[], str]] = None, epilog_factory: Optional[Callable[[], str]] = None,
+                 epilog_factory: Optional[Callable[[], str]] = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.input_errors = tuple(input_errors)
-        self._doc, self._epilog_factory = doc, epilog_factory
-        if doc is not None:
-            self.help = None  # not the callback's docstring
+        self._epilog_factory = epilog_factory
 
     def invoke(self, ctx: click.Context) -> Any:
         """Runs the command; a bad-input error exits 2, a `FatalError` 1, each printed without traceback.
@@ -153,11 +110,6 @@ class _Command(click.Command):
         except click.NoSuchOption as exc:  # argparse's words, which the scripts printed so far
             raise click.NoSuchOption(exc.option_name, f"unrecognized arguments: {exc.option_name}",
                                      exc.possibilities, exc.ctx) from None
-
-    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        if self._doc is not None:
-            self.help, self._doc = self._doc(), None
-        super().format_help_text(ctx, formatter)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(param.metavar or param.name.upper(), param.help) for param in self.get_params(ctx)
@@ -206,7 +158,7 @@ def nbsweep() -> None:
     A grid file (grid.yaml) is expanded into one papermill run per
     configuration of one base notebook; each run is saved as an executed
     notebook and its html and recorded as JSON in logs/; the leaderboard ranks
-    the runs. `python runner/<script>.py ...` runs the same commands.
+    the runs. `python runner/<script>.py ...` and `python -m runner` run the same commands.
     Every command is described in README.md.
 
     Exit codes: 0 success; 1 a run (or an export) failed; 2 bad input or
@@ -223,8 +175,24 @@ def _sweep_epilog() -> str:
             + "\n\nEvery key and parameter is described in README.md (\"grid.yaml reference\").")
 
 
+SWEEP_HELP = """Run a sweep: every configuration of the grid file GRID is validated against the
+notebook's parameters before anything runs. Each run is executed with papermill into
+experiments/<run_id>/<run_id>.ipynb, exported to .html beside it, and recorded in
+logs/<run_id>.json; a failed run is recorded as failed and the sweep goes on. At the end
+leaderboard.html ranks every recorded run on the validation split.
+
+A run whose completed record has the same config_hash (parameters, notebook code, the code
+of models/, data manifest, weights) is skipped, so re-running the same command after an
+interruption continues where it stopped.
+
+Exit codes: 0 every run completed (or was skipped); 1 at least one run failed or timed
+out; 2 invalid grid file or option, or another sweep holds the logs folder (nothing ran);
+130 interrupted (Ctrl-C / SIGTERM).
+"""
+
+
 @nbsweep.command("sweep", short_help="Run a sweep: expand a grid file into papermill runs of one notebook.",
-                 doc=_doc("runner.sweep", "body"), epilog_factory=_sweep_epilog)
+                 help=SWEEP_HELP, epilog_factory=_sweep_epilog)
 @click.argument("grid", cls=_Argument, type=click.Path(path_type=Path), metavar="GRID",
                 help="the grid file (YAML), e.g. grid.yaml; see README")
 @click.option("--dry-run", is_flag=True, help="print the expanded runs as a table and exit")
@@ -259,7 +227,7 @@ def sweep(grid: Path, dry_run: bool, verbose: bool, data_dir: Optional[str], wei
           force: bool, retry_failed: bool, timeout: Optional[float], cell_timeout: Optional[float],
           workers: int, executor: str, scheduler: Optional[str], max_runs: int, yes: bool,
           retry_pruned: bool, clean_orphans: bool) -> int:
-    """`nbsweep sweep`: checks the options, then `runner.sweep.sweep_command`.
+    """`nbsweep sweep`: checks the options, then `runner.core.loop.sweep_command`.
 
     Returns:
         0 every run completed or was skipped (or a dry run), 1 a run failed
@@ -273,7 +241,7 @@ def sweep(grid: Path, dry_run: bool, verbose: bool, data_dir: Optional[str], wei
         _usage_error("--workers is for --executor local; a Dask cluster runs as many runs as its workers have threads")
     if scheduler and executor != "dask":
         _usage_error("--scheduler needs --executor dask")
-    from runner.sweep import SweepOptions, sweep_command
+    from runner.core.loop import SweepOptions, sweep_command
 
     options = SweepOptions(verbose=verbose, force=force, retry_failed=retry_failed, timeout_s=timeout,
                            cell_timeout_s=cell_timeout, workers=workers, executor=executor, scheduler=scheduler,
@@ -289,21 +257,34 @@ def _metric_choices() -> str:
 
 
 @nbsweep.command("leaderboard", short_help="Rank the run records into leaderboard.html and leaderboard.csv.",
-                 doc=_doc("runner.leaderboard", "summary"))
+                 help="Rank the run records into leaderboard.html, leaderboard.csv and lineage.html "
+                      "(on the validation split; test figures beside it).")
 @click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
 @click.option("--out", default="leaderboard.html", metavar="FILE", help="html page to write (default: leaderboard.html)")
 @click.option("--metric", cls=_Option, default="weighted_recall", metavar="NAME", help_factory=_metric_choices)
 @click.option("--top-n", type=int, default=10, metavar="N", help="runs shown (default: 10)")
 def leaderboard(logs_dir: str, out: str, metric: str, top_n: int) -> int:
-    """`nbsweep leaderboard`: `runner.leaderboard.write_leaderboard`, then its one-line summary."""
-    from runner.leaderboard import write_leaderboard
+    """`nbsweep leaderboard`: `runner.reports.leaderboard.write_leaderboard`, then its one-line summary."""
+    from runner.reports.leaderboard import write_leaderboard
 
     print(write_leaderboard(logs_dir, out, metric, top_n).summary())
     return 0
 
 
+PREDICT_HELP = """Predict with a recorded run, or evaluate it on a labelled folder.
+
+RUN is a run id, a unique prefix of one, 'best' (the top completed run by --metric), or the
+path of a record. The model is rebuilt from the record's params with the same
+models.build_model the notebook used, then the run's trained weights are loaded from its
+model.keras (whose sha256 must match the record): no notebook, no retraining. The model
+resizes and preprocesses raw images itself, so photos of any size go in. Predictions use the
+run's own test-time augmentation (its tta parameter) unless --tta overrides it: --tta
+flip,crop, or --tta none for the plain model.
+"""
+
+
 @nbsweep.command("predict", short_help="Predict with a recorded run, or evaluate it on a labelled folder.",
-                 doc=_doc("runner.predict", "body"), input_errors=(RunnerError, ValueError))
+                 help=PREDICT_HELP, input_errors=(RunnerError, ValueError))
 @click.argument("run", cls=_Argument, metavar="RUN",
                 help="run id, unique run-id prefix, 'best', or a record path")
 @click.argument("paths", cls=_Argument, nargs=-1, metavar="[IMAGE_OR_DIR]...",
@@ -318,12 +299,12 @@ def leaderboard(logs_dir: str, out: str, metric: str, top_n: int) -> int:
               help="test-time augmentation instead of the run's own: flip, vflip, crop, comma-separated, or none")
 def predict(run: str, paths: tuple[str, ...], out: Optional[Path], evaluate: Optional[Path], name: Optional[str],
             logs_dir: str, metric: str, tta_text: Optional[str]) -> int:
-    """`nbsweep predict`: `runner.predict.load_run`, then `evaluate_run` and/or `predict_paths`."""
+    """`nbsweep predict`: `runner.core.predict.load_run`, then `evaluate_run` and/or `predict_paths`."""
     if not paths and evaluate is None:
         _usage_error("give image paths to predict, or --evaluate LABELLED_DIR")
     import pandas as pd
 
-    from runner.predict import check_out_path, evaluate_run, load_run, parse_tta, write_predictions_csv
+    from runner.core.predict import check_out_path, evaluate_run, load_run, parse_tta, write_predictions_csv
 
     tta = None if tta_text is None else parse_tta(tta_text)
     if out is not None:
@@ -352,8 +333,19 @@ def predict(run: str, paths: tuple[str, ...], out: Optional[Path], evaluate: Opt
     return 0
 
 
+ENSEMBLE_HELP = """Average the softmax outputs of the top N runs (--top N, ranked by --metric on the
+validation split) or of the member runs given.
+
+The members must share the test split (same data manifest hash) and the class list. Their
+saved test-split probabilities (predictions.csv) are averaged, evaluated with the
+notebook's metrics, and recorded as a record of kind 'ensemble' listing its members: it is
+ranked on the leaderboard like any run, and predict loads it (predicting with every member
+and averaging).
+"""
+
+
 @nbsweep.command("ensemble", short_help="Average the softmax outputs of the top runs (or chosen runs).",
-                 doc=_doc("runner.ensemble", "body"), input_errors=(RunnerError, ValueError))
+                 help=ENSEMBLE_HELP, input_errors=(RunnerError, ValueError))
 @click.argument("runs", cls=_Argument, nargs=-1, metavar="[RUN]...",
                 help="member runs (ids, unique prefixes or record paths)")
 @click.option("--top", type=int, metavar="N", help="use the N best completed runs instead")
@@ -363,12 +355,12 @@ def predict(run: str, paths: tuple[str, ...], out: Optional[Path], evaluate: Opt
 @click.option("--leaderboard", "leaderboard_path", default="leaderboard.html", metavar="FILE", help="leaderboard to regenerate")
 def ensemble(runs: tuple[str, ...], top: Optional[int], metric: str, logs_dir: str, experiments_dir: str,
              leaderboard_path: str) -> int:
-    """`nbsweep ensemble`: `runner.ensemble.build_ensemble`, then the leaderboard is regenerated."""
+    """`nbsweep ensemble`: `runner.core.ensemble.build_ensemble`, then the leaderboard is regenerated."""
     if bool(runs) == (top is not None):
         _usage_error("give either member runs or --top N")
-    from runner.ensemble import build_ensemble
-    from runner.leaderboard import write_leaderboard
-    from runner.query import parse_metric
+    from runner.core.ensemble import build_ensemble
+    from runner.reports.leaderboard import write_leaderboard
+    from runner.records.query import parse_metric
 
     record = build_ensemble(list(runs), top, logs_dir=logs_dir, experiments_dir=experiments_dir, metric=metric)
     write_leaderboard(logs_dir, leaderboard_path, metric)
@@ -379,23 +371,22 @@ def ensemble(runs: tuple[str, ...], top: Optional[int], metric: str, logs_dir: s
 
 
 @nbsweep.command("lineage", short_help="Write lineage.html: the tree of warm starts of the recorded runs.",
-                 doc=lambda: ("Write lineage.html from the run records: the tree of runs, roots (ImageNet or "
-                              "random weights) and the runs warm-started from them, each run id linking to its "
-                              "saved notebook html. The sweep and `nbsweep leaderboard` write it too, beside the "
-                              "leaderboard."))
+                 help="Write lineage.html from the run records: the tree of runs, roots (ImageNet or random "
+                      "weights) and the runs warm-started from them, each run id linking to its saved notebook "
+                      "html. The sweep and `nbsweep leaderboard` write it too, beside the leaderboard.")
 @click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
 @click.option("--out", default="lineage.html", metavar="FILE", help="html page to write (default: lineage.html)")
 @click.option("--metric", cls=_Option, default="weighted_recall", metavar="NAME", help_factory=lambda: "the metric shown at "
               f"each run, {_metric_choices()} (default: weighted_recall)")
 def lineage(logs_dir: str, out: str, metric: str) -> int:
-    """`nbsweep lineage`: `runner.lineage.render_lineage` of the records, written atomically.
+    """`nbsweep lineage`: `runner.reports.lineage.render_lineage` of the records, written atomically.
 
     Raises:
         ConfigError: unknown metric (nothing is written).
         FatalError: the page cannot be written.
     """
-    from runner.lineage import render_lineage
-    from runner.query import read_all
+    from runner.reports.lineage import render_lineage
+    from runner.records.query import read_all
     from runner.records import write_page
 
     logs, page = Path(logs_dir).resolve(), Path(out).resolve()
@@ -408,19 +399,20 @@ def lineage(logs_dir: str, out: str, metric: str) -> int:
 
 
 @nbsweep.command("export-mlflow", short_help="Export the run records to MLflow, parents linked.",
-                 doc=_doc("runner.export_mlflow", "summary"), input_errors=(RunnerError, ModelConfigError))
+                 help="Export the run records to MLflow: one MLflow run per record, parents linked.",
+                 input_errors=(RunnerError, ModelConfigError))
 @click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking URI or file store folder (default: mlruns, a local file store)")
 @click.option("--experiment-name", default="nbsweep", metavar="NAME",
               help="MLflow experiment, created if missing (default: nbsweep)")
 def export_mlflow(logs_dir: str, tracking_uri: Optional[str], experiment_name: str) -> int:
-    """`nbsweep export-mlflow`: `runner.export_mlflow.export_records`, then its summary.
+    """`nbsweep export-mlflow`: `runner.core.export_mlflow.export_records`, then its summary.
 
     Returns:
         0 exported, 1 some run could not be exported.
     """
-    from runner.export_mlflow import _print_summary, export_records
+    from runner.core.export_mlflow import _print_summary, export_records
 
     summary = export_records(logs_dir, tracking_uri, experiment_name)
     _print_summary(summary)
@@ -524,5 +516,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _exit_code(exc)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+
+def script_main(command: str) -> None:
+    """Run one subcommand as the script `python runner/<script>.py` and exit with its code.
+
+    Args:
+        command: the subcommand (`"sweep"`, `"predict"`, ...); the script's
+            arguments are `sys.argv[1:]`.
+
+    Raises:
+        SystemExit: always, with the command's exit code.
+    """
+    script = Path(sys.argv[0]).name
+    try:
+        code = run_command(command, sys.argv[1:], prog_name=f"python runner/{script}")
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    sys.exit(code)

@@ -5,7 +5,7 @@ import `runner/`); `RunnerError` is the runner's branch of it. Modelled on
 keras-tuner's errors: a config error stops everything before any run starts,
 a fatal error stops the sweep after what is already recorded has been kept.
 A run that fails is not an exception here: it is recorded with status
-`failed` (`runner.execute`) and the sweep goes on.
+`failed` (`runner.core.execute`) and the sweep goes on.
 """
 
 from models.errors import NbsweepError

@@ -12,7 +12,7 @@ from models.data import load_data, make_dataset
 from models.spec import Augmentation, ExperimentSpec
 from models.train import train_model
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 SIZE = 16
 

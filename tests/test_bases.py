@@ -16,7 +16,7 @@ from models import ModelConfigError
 from models.bases import BASES, build_base, offline_weights_file, resolve_base, resolve_weights
 from models.build import build_model, describe_model
 
-from conftest import SHARED, make_spec
+from helpers import SHARED, make_spec
 
 
 QUICK_TO_BUILD = {"simple_cnn_small", "simple_cnn_medium", "vgg16", "vgg19", "mobilenet"}

@@ -16,7 +16,7 @@ import models.train as models_train
 from models.build import build_model, describe_model
 from models.data import load_data
 
-from conftest import make_spec
+from helpers import make_spec
 
 
 def test_package_import_is_light_and_lazy():

@@ -23,7 +23,7 @@ from models.data import load_data, load_images
 from models.evaluate import evaluate_model
 from models.train import train_model
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 
 def make_spec(data_dir, **overrides) -> ExperimentSpec:

@@ -90,13 +90,13 @@ def test_config_error_exits_2_with_error_and_no_traceback(tmp_path, monkeypatch)
 
 
 def test_model_config_error_exits_2_too(tmp_path, monkeypatch):
-    import runner.sweep
+    import runner.core.loop
     from models.errors import ModelConfigError
 
     def refuse(*args, **kwargs):
         raise ModelConfigError("base: got 'vgg17', expected one of ...")
 
-    monkeypatch.setattr(runner.sweep, "sweep_command", refuse)
+    monkeypatch.setattr(runner.core.loop, "sweep_command", refuse)
     result = invoke("sweep", str(tmp_path / "grid.yaml"))
     assert result.exit_code == 2
     assert result.output == "error: base: got 'vgg17', expected one of ...\n"

@@ -18,7 +18,7 @@ from models.augment import build_augmentation
 from models.data import (DATA_HOME_ENV, check_image_file, load_data, load_images, make_dataset,
                          resolve_data_dir)
 
-from conftest import make_image_folder, make_spec, write_corrupt_files
+from helpers import make_image_folder, make_spec, write_corrupt_files
 
 CLASSES = ("blue", "green", "red")
 PER_CLASS = 12

@@ -8,7 +8,7 @@ from models.data import list_image_folder, load_data
 from models.errors import ModelConfigError
 from models.spec import ExperimentSpec
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 HIDDEN = "hidden folder (name starts with '.'), not used as a class"
 

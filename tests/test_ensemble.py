@@ -1,4 +1,4 @@
-"""Ensembles of recorded runs (`runner.ensemble`): the mean of the members' saved probabilities,
+"""Ensembles of recorded runs (`runner.core.ensemble`): the mean of the members' saved probabilities,
 recorded and ranked like a run and loaded like one; members are checked as `load_run` checks them,
 so a run whose files are gone is never taken. Real runs from the `sweep` fixture of conftest.py.
 """
@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner.ensemble import build_ensemble, choose_members
-from runner.ensemble import main as ensemble_main
+from runner.core.ensemble import build_ensemble, choose_members
+from helpers import ensemble_main
 from runner.errors import ConfigError
-from runner.leaderboard import write_leaderboard
-from runner.predict import LoadedEnsemble, RunLoadError, check_run_files, load_run
-from runner.query import read_all
+from runner.reports.leaderboard import write_leaderboard
+from runner.core.predict import LoadedEnsemble, RunLoadError, check_run_files, load_run
+from runner.records.query import read_all
 from runner.records import COMPLETED, ENSEMBLE, write_record
 
-from conftest import check_split_metrics
+from helpers import check_split_metrics
 
 pytestmark = pytest.mark.slow
 

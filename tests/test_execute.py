@@ -1,4 +1,4 @@
-"""Executing one run (`runner.execute`): its steps, and the faults a run must survive.
+"""Executing one run (`runner.core.execute`): its steps, and the faults a run must survive.
 
 The steps that need no kernel (run ids and folders, the output cap, the html
 export, the output check, a warm start that cannot be resolved) are tested
@@ -14,18 +14,18 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from runner.execute import (
+from runner.core.execute import (
     MAX_OUTPUT_BYTES, RunFolder, cap_outputs, check_outputs, execute_run, export_html, make_run_id,
     orphan_run_folders, prepare_run,
 )
 from runner.grid import RunSpec
-from runner.query import read_all
+from runner.records.query import read_all
 from runner.records import (
     COMPLETED, FAILED, RANKING_METRICS, REQUIRED_FILES, RUN_FILES, TIMEOUT, RunError, SplitMetrics,
 )
-from runner.sweep import main as sweep_main
+from helpers import sweep_main
 
-from conftest import FAULTS_NOTEBOOK, kernels_running_in, write_faults_grid
+from helpers import FAULTS_NOTEBOOK, kernels_running_in, write_faults_grid
 
 
 def by_action(work: Path) -> dict:

@@ -1,4 +1,4 @@
-"""The executors (`runner.executors`): `--workers N` (local worker processes, the activation cache
+"""The executors (`runner.core.executors`): `--workers N` (local worker processes, the activation cache
 shared) and `--executor dask` (runs as tasks on a real `dask.distributed` LocalCluster: worker
 processes on the loopback interface).
 
@@ -15,12 +15,12 @@ from datetime import datetime
 import pytest
 
 from runner import PROJECT_ROOT
-from runner.executors import thread_limits
-from runner.query import read_all
+from runner.core.executors import thread_limits
+from runner.records.query import read_all
 from runner.records import COMPLETED, INTERRUPTED
-from runner.sweep import main as sweep_main
+from helpers import sweep_main
 
-from conftest import SWEEP, check_split_metrics, kernels_running_in, write_faults_grid
+from helpers import SWEEP, check_split_metrics, kernels_running_in, write_faults_grid
 
 
 def check_completed_run(rec, logs_dir, n_images: int = 36) -> None:

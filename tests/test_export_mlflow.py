@@ -14,9 +14,10 @@ from mlflow import MlflowClient  # noqa: E402
 
 from runner import PROJECT_ROOT  # noqa: E402
 from runner.errors import ConfigError  # noqa: E402
-from runner.export_mlflow import (  # noqa: E402
-    ALLOW_FILE_STORE_ENV, MAX_PARAM_VALUE, export_order, export_records, flatten_params, main,
+from runner.core.export_mlflow import (  # noqa: E402
+    ALLOW_FILE_STORE_ENV, MAX_PARAM_VALUE, export_order, export_records, flatten_params,
 )
+from helpers import export_mlflow_main as main  # noqa: E402
 from runner.records import (  # noqa: E402
     ENSEMBLE, INTERRUPTED, ModelSection, Timings, WarmStartSection, write_record,
 )

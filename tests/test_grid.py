@@ -7,12 +7,12 @@ from sklearn.model_selection import ParameterGrid
 
 from runner.errors import ConfigError
 from runner.grid import DEFAULT_NOTEBOOK, notebook_parameters
-from runner.sweep import main as sweep_main
+from helpers import sweep_main
 
 ASSETS = Path(__file__).parent / "assets"
 
 
-from conftest import expand, write_grid  # noqa: E402
+from helpers import expand, write_grid  # noqa: E402
 
 
 def test_notebook_parameters_match_defaults():
@@ -26,7 +26,7 @@ def test_notebook_parameters_match_defaults():
 def test_notebook_parameters_cell_and_spec_agree():
     """The parameters cell has exactly the spec's fields (plus the runner's own), with its defaults."""
     from models.spec import ExperimentSpec
-    from runner.grid import RESERVED_PARAMS
+    from runner.grid.schema import RESERVED_PARAMS
 
     params = notebook_parameters(DEFAULT_NOTEBOOK)
     assert set(params) == set(ExperimentSpec.model_fields) | set(RESERVED_PARAMS)
@@ -127,7 +127,7 @@ def test_relative_paths_become_absolute_and_overrides_apply(tmp_path):
         ("- a\n- b\n", r"grid\.yaml: expected a mapping of keys"),
         ("fixd: {epochs: 1}\n", r"grid\.yaml: fixd: got .*unknown key, expected one of notebook, data_dir, fixed"),
         ("search: {budgt: 10m}\n", r"grid\.yaml: search\.budgt: got '10m', unknown key, expected one of sampler, "
-                                   r"n_runs, budget, max_run_share, pruner, cost_aware, min_epochs, seed$"),
+                                   r"n_runs, budget, max_run_share, pruner, min_epochs, seed$"),
         ("ensembles: [{topp: 3}]\n", r"grid\.yaml: ensembles\.0\.topp: got 3, unknown key, expected one of top, runs$"),
         ("fixed: {epoch: 3}\n", r"grid\.yaml: fixed\.epoch: unknown notebook parameter \(did you mean epochs"),
         ("grid: {hed: [gap]}\n", r"grid\.yaml: grid\.hed: unknown notebook parameter"),
@@ -172,8 +172,9 @@ def test_cli_dry_run_prints_the_runs(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_config_hash_covers_kernel_code_not_the_sweep_machinery(tmp_path):
-    """Editing runner/leaderboard.py skips every run; editing models/heads.py re-runs them (a copy of the project)."""
+def test_config_hash_covers_kernel_code_not_docs_or_the_sweep_machinery(tmp_path):
+    """In a copy of the project: editing a docstring or a comment under models/, or any code under runner/,
+    skips every run; editing code in models/heads.py re-runs them."""
     import shutil
     import subprocess
     import sys
@@ -194,16 +195,35 @@ def test_config_hash_covers_kernel_code_not_the_sweep_machinery(tmp_path):
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
+    def edit(rel: str, old: str, new: str) -> None:
+        path = project / rel
+        text = path.read_text(encoding="utf-8")
+        assert old in text, (rel, old)
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
     assert "2 completed" in sweep()
-    with open(project / "runner" / "leaderboard.py", "a", encoding="utf-8") as handle:
-        handle.write("\n# an edit that cannot change a result\n")
+    edit("models/spec.py", '"""', '"""A docstring edited. ')  # the module docstring
+    edit("models/heads.py", "\nimport", "\n# a comment added\nimport")
+    with open(project / "runner" / "reports" / "leaderboard.py", "a", encoding="utf-8") as handle:
+        handle.write("\nLEADERBOARD_EDITED = True\n")
     assert "0 completed, 2 skipped" in sweep()
     with open(project / "models" / "heads.py", "a", encoding="utf-8") as handle:
-        handle.write("\n# an edit to code the kernel runs\n")
+        handle.write("\nHEADS_EDITED = True  # code the kernel runs\n")
     assert "2 completed" in sweep()
 
 
-def test_kernel_code_files_follow_the_notebooks_imports():
+def test_sha256_code_ignores_docstrings_comments_and_layout_not_code():
+    from models.hashing import sha256_code
+
+    base = sha256_code('"""Module."""\nimport os\n\n\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    assert base == sha256_code('"""Other words."""\nimport os  # why\n\ndef f(x):\n    """More."""\n\n    return x + 1\n')
+    assert base == sha256_code("import os\ndef f(x):\n    return x + 1\n")
+    assert base != sha256_code("import os\ndef f(x):\n    return x + 2\n")
+    assert base != sha256_code("import os\ndef f(y):\n    return y + 1\n")
+    assert sha256_code('def f():\n    """Only a docstring."""\n') == sha256_code("def f():\n    pass\n")
+
+
+def test_kernel_code_files_are_models_only_for_the_base_notebook():
     import nbformat
 
     from runner import PROJECT_ROOT
@@ -211,8 +231,8 @@ def test_kernel_code_files_follow_the_notebooks_imports():
 
     sources = [c.source for c in nbformat.read(DEFAULT_NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
     names = {p.relative_to(PROJECT_ROOT).as_posix() for p in kernel_code_files(sources)}
-    assert {"models/heads.py", "models/train.py", "runner/records.py", "runner/__init__.py", "runner/errors.py"} <= names
-    assert not names & {"runner/leaderboard.py", "runner/sweep.py", "runner/execute.py", "runner/cli.py"}
+    assert {"models/heads.py", "models/contract.py", "models/names.py", "models/__init__.py"} <= names
+    assert not [name for name in names if not name.startswith("models/")]
 
 
 SHIPPED_GRIDS = sorted((PROJECT_ROOT_FOR_GRIDS := Path(__file__).resolve().parents[1]).glob("grids/**/*.yaml"))
@@ -221,7 +241,7 @@ SHIPPED_GRIDS = sorted((PROJECT_ROOT_FOR_GRIDS := Path(__file__).resolve().paren
 @pytest.mark.parametrize("grid", SHIPPED_GRIDS, ids=lambda p: str(p.relative_to(PROJECT_ROOT_FOR_GRIDS)))
 def test_shipped_grids_pass_dry_run(grid, capsys):
     """grids/*.yaml and the source projects' grids in grids/examples/ expand and pass the pre-flight check."""
-    from conftest import SHARED
+    from helpers import SHARED
 
     if not (SHARED / "data" / "trashnet").is_dir() or not (SHARED / "weights").is_dir():
         pytest.skip("needs ../shared (TrashNet photos and the offline ImageNet weights)")

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from runner import PROJECT_ROOT
-from runner.leaderboard import write_leaderboard
+from runner.reports.leaderboard import write_leaderboard
 from runner.records import COMPLETED, FAILED, RunRecord, SplitMetrics, write_record
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,4 +1,4 @@
-"""Warm starts and lineage (`runner.lineage`): the one resolution of `warm_start`, and the tree of runs.
+"""Warm starts and lineage (`runner.reports.lineage`): the one resolution of `warm_start`, and the tree of runs.
 
 The synthetic tests use records and files written here; the slow ones a real sweep (real papermill
 and Keras, tiny data) where a child is warm-started from its parent's epoch-2 checkpoint.
@@ -14,9 +14,10 @@ import pytest
 
 from runner import PROJECT_ROOT
 from runner.errors import ConfigError
-from runner.lineage import WarmStart, lineage_nodes, lineage_text, resolve_warm_start
-from runner.predict import load_run
-from runner.query import parse_metric, read_all
+from runner.core.warm_start import WarmStart, resolve_warm_start
+from runner.reports.lineage import lineage_nodes, lineage_text
+from runner.core.predict import load_run
+from runner.records.query import parse_metric, read_all
 from runner.records import COMPLETED, FAILED, DataSection, WarmStartSection, write_record
 
 ARCH = dict(base="simple_cnn_small", base_kwargs={}, head="gap", dense_units=[16], image_size=32)

@@ -1,8 +1,8 @@
-"""runner.metric_plot: the leaderboard's plot drawn by a child process is the plot drawn in this one."""
+"""runner.reports.plots: the leaderboard's plot drawn by a child process is the plot drawn in this one."""
 
-from runner import metric_plot
-from runner.leaderboard import metric_plot_data
-from runner.query import parse_metric, rank
+from runner.reports import plots as metric_plot
+from runner.reports.leaderboard import metric_plot_data
+from runner.records.query import parse_metric, rank
 
 DATA = {"groups": ["vgg16 + gap", "mobilenet + gap"], "values": [[0.61, 0.7, 0.66], [0.8, 0.83]],
         "best": {"value": 0.83, "position": 2, "label": "best: r2 (0.8300)"},

@@ -13,9 +13,9 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 
 from runner import PROJECT_ROOT
 from runner.errors import ConfigError
-from runner.predict import RunLoadError, evaluate_run, load_run
-from runner.predict import main as predict_main
-from runner.query import find_path, parse_metric
+from runner.core.predict import RunLoadError, evaluate_run, load_run
+from helpers import predict_main
+from runner.records.query import find_path, parse_metric
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_fresh_process_reproduces_the_notebook_predictions(sweep):
     script = textwrap.dedent(f"""
         import json, sys
         import pandas as pd
-        from runner.predict import load_run
+        from runner.core.predict import load_run
         run = load_run({rec.run_id[:17]!r}, logs_dir={str(work / 'logs')!r})
         saved = pd.read_csv({str(work / 'experiments' / rec.run_id / 'predictions.csv')!r})
         fresh = run.predict_paths(saved["path"])

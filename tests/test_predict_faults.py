@@ -6,10 +6,10 @@ import re
 import pandas as pd
 import pytest
 
-import runner.records
+import models.contract
 from runner.errors import ConfigError
-from runner.predict import check_out_path, evaluate_run, load_run, write_predictions_csv
-from runner.predict import main as predict_main
+from runner.core.predict import check_out_path, evaluate_run, load_run, write_predictions_csv
+from helpers import predict_main
 
 FRAME = pd.DataFrame({"path": ["a.png", "b.png"], "predicted_label": ["red", "blue"], "confidence": [0.9, 0.8]})
 
@@ -52,7 +52,7 @@ def test_predictions_csv_is_written_atomically(tmp_path, monkeypatch):
     def replace_fails(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runner.records.os, "replace", replace_fails)
+    monkeypatch.setattr(models.contract.os, "replace", replace_fails)
     with pytest.raises(ConfigError, match=r"--out .*p\.csv: cannot write it \(No space left on device\)"):
         write_predictions_csv(FRAME, out)
     assert out.read_text() == "the previous predictions\n"  # untouched

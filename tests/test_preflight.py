@@ -1,4 +1,4 @@
-"""Every bad input is refused before anything runs (`runner.grid` validation, then `runner.preflight`):
+"""Every bad input is refused before anything runs (`runner.grid` validation, then `runner.core.preflight`):
 exit code 2, a message naming file, key, value and fix, and nothing created.
 
 `tests/bad_inputs/` holds one grid file per case. A case's leading comment
@@ -12,7 +12,7 @@ lines say what it needs and expects:
 
 `{tiny}` (a 3-class image folder), `{tmp}` (the case's working folder) and
 `{assets}` (`tests/assets`) are replaced by absolute paths in the grid and in
-the expectations. `test_bad_input` runs `runner.sweep.main` in-process in
+the expectations. `test_bad_input` runs `runner.core.loop.main` in-process in
 `{tmp}`. The tests below it cover what a grid file cannot express (a missing
 grid file, CLI usage, what the pre-flight check must not pay for, and one
 real papermill run with markup, quotes and unicode in its folder and class
@@ -40,14 +40,15 @@ from PIL import Image
 
 import models.bases
 from models import ExperimentSpec
-from runner import PROJECT_ROOT, preflight
+from runner import PROJECT_ROOT
+from runner.core import preflight
 from runner.grid import expand_runs, load_grid
-from runner.predict import main as predict_main
-from runner.query import find_path, read_all
+from helpers import predict_main
+from runner.records.query import find_path, read_all
 from runner.records import DataSection, RunLoadError, write_record
-from runner.sweep import main as sweep_main
+from helpers import sweep_main
 
-from conftest import check_split_metrics, make_image_folder, write_corrupt_files
+from helpers import check_split_metrics, make_image_folder, write_corrupt_files
 
 CASES_DIR = Path(__file__).parent / "bad_inputs"
 ASSETS = Path(__file__).parent / "assets"
@@ -161,7 +162,7 @@ PARENT, FAILED_RUN, OTHER_CLASSES = ("20260101-000000-aaaaaaaa", "20260101-00000
 
 def setup_records(tmp_path, monkeypatch, request):
     """Synthetic records in `{tmp}/logs`: a completed parent, a failed run, a run with other classes."""
-    from conftest import _make_record
+    from helpers import _make_record
 
     arch = dict(base="simple_cnn_small", base_kwargs={}, head="gap", dense_units=[16], image_size=32)
     for run_id, recall, classes in ((PARENT, 0.9, ["blue", "green", "red"]), (FAILED_RUN, None, None),
@@ -316,7 +317,7 @@ def markup_run(tmp_path_factory):
     record with another `data_dir` is written first, so the leaderboard shows
     `data_dir` as a differing parameter.
     """
-    from conftest import _make_record
+    from helpers import _make_record
 
     work = tmp_path_factory.mktemp("markup")
     data_dir = work / "run <script>alert('x')&\"q\""
@@ -394,7 +395,7 @@ def test_run_names_are_unique_and_may_be_warm_started_from_in_the_same_sweep(tmp
     a later run of the sweep may name an earlier one as its warm start (resolved when it starts)."""
     from runner.errors import ConfigError
     from runner.grid import expand_runs, load_grid
-    from runner.preflight import check_runs
+    from runner.core.preflight import check_runs
     from runner.records import COMPLETED, RunRecord, write_record
 
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""runner.query: read all records, validate a metric once, rank on the validation split, find by reference."""
+"""runner.records.query: read all records, validate a metric once, rank on the validation split, find by reference."""
 
 import shutil
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import ConfigError
-from runner.query import find, find_path, parse_metric, rank, read_all, top
+from runner.records.query import find, find_path, parse_metric, rank, read_all, top
 from runner.records import COMPLETED, ENSEMBLE, FAILED, PRUNED, RUN, RunLoadError, RunRecord, write_record
 
 V1_LOGS = Path(__file__).parent / "assets" / "v1_run" / "logs"

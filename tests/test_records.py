@@ -105,7 +105,7 @@ def test_schema_1_record_predicts_with_load_run(tmp_path):
 
     import numpy as np
 
-    from runner.predict import load_run
+    from runner.core.predict import load_run
 
     shutil.copytree(V1_LOGS.parent, tmp_path / "v1")
     run = load_run(V1_ID, logs_dir=tmp_path / "v1" / "logs")
@@ -116,7 +116,7 @@ def test_schema_1_record_predicts_with_load_run(tmp_path):
 
 def test_atomic_writes_use_the_users_file_mode(tmp_path, monkeypatch):
     """mkstemp creates 0600 files; a record or page gets 0666 minus the umask instead, like any output."""
-    import runner.records as records
+    import models.contract as records
 
     assert records._UMASK == records._read_umask()  # read at import, unchanged by reading it
     monkeypatch.setattr(records, "_UMASK", 0o022)

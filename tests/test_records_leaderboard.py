@@ -1,4 +1,4 @@
-"""Run records (schema, atomic writes) and the leaderboard (ranking through `runner.query`, escaping, faults)."""
+"""Run records (schema, atomic writes) and the leaderboard (ranking through `runner.records.query`, escaping, faults)."""
 
 import base64
 import csv
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from runner.errors import ConfigError, FatalError
-from runner.leaderboard import MAX_LISTED, base_head_group, render_leaderboard, write_leaderboard
-from runner.leaderboard import main as leaderboard_main
-from runner.lineage import lineage_text
-from runner.query import RecordSet, parse_metric, rank, read_all
+from runner.reports.leaderboard import MAX_LISTED, base_head_group, render_leaderboard, write_leaderboard
+from helpers import leaderboard_main
+from runner.reports.lineage import lineage_text
+from runner.records.query import RecordSet, parse_metric, rank, read_all
 from runner.records import (
     COMPLETED, ENSEMBLE, FAILED, PRUNED, DataSection, RunRecord, SplitMetrics, read_record, write_record,
 )
@@ -265,7 +265,7 @@ def test_markup_in_class_names_is_escaped_in_the_confusion_matrix(tmp_path):
 
 
 def test_markup_in_class_names_and_members_is_escaped_in_the_ensemble_report():
-    from runner.ensemble import _report
+    from runner.core.ensemble import _report
 
     metrics = split_metrics(0.8).model_copy(update={"per_class": {
         "<script>x</script>": {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}, "x&y": {

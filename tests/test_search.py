@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import timed_search_source
+from helpers import timed_search_source
 from runner import PROJECT_ROOT
 from runner.errors import ConfigError
 from runner.grid import RunBuilder, load_grid
-from runner.query import parse_metric, read_all
+from runner.records.query import parse_metric, read_all
 from runner.records import COMPLETED, INTERRUPTED, PRUNED
 from runner.search import parse_duration, parse_space
 
@@ -205,7 +205,8 @@ def test_parallel_workers_sample_distinct_points(tmp_path):
 def test_a_run_predicted_over_budget_is_skipped_and_a_cheaper_one_starts(tmp_path, make_record):
     """Budget 100 s: earlier runs say 64 px takes 500 s and 32 px 10 s. The 64 px proposal is failed unrun
     (its predicted seconds kept on the trial) and the 32 px one starts; once only 64 px is left, no run starts."""
-    from runner.search import OVER_BUDGET_ATTR, SearchSource, open_study
+    from runner.search import SearchSource, open_study
+    from runner.search.study import OVER_BUDGET_ATTR
 
     path = write(tmp_path, "search: {sampler: grid, budget: 100}\ngrid:\n  image_size: [64, 32]\n")
     spec = load_grid(path)
@@ -263,7 +264,7 @@ def test_predicted_duration_adds_the_cache_build_only_for_a_new_entry(make_recor
 def test_max_run_share_skips_a_run_that_fits_the_budget_but_would_take_most_of_it(tmp_path):
     """Budget 1000 s, max_run_share 0.25: a 500 s run fits the budget but not a quarter of it, so only the
     10 s run starts (without the share both would)."""
-    from runner.search import OVER_BUDGET_ATTR
+    from runner.search.study import OVER_BUDGET_ATTR
 
     source, _ = timed_search_source(tmp_path, "search: {sampler: grid, budget: 1000, max_run_share: 0.25}\n"
                                               "grid:\n  image_size: [64, 32]\n", {64: 500.0, 32: 10.0})

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 from models.spec import Augmentation, ExperimentSpec
 from runner.errors import ConfigError
 from runner.grid import DEFAULT_NOTEBOOK, load_grid, notebook_parameters
-from runner.sweep import main as sweep_main
+from helpers import sweep_main
 
 
-from conftest import expand, write_grid  # noqa: E402
+from helpers import expand, write_grid  # noqa: E402
 
 
 def duplicate_message(path: Path, key: str, first: str, again: str) -> str:

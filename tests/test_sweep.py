@@ -1,4 +1,4 @@
-"""The sweep (`runner.sweep`): end to end through real papermill kernels and real Keras, resume by
+"""The sweep (`runner.core.loop`): end to end through real papermill kernels and real Keras, resume by
 config hash, Ctrl-C / SIGTERM, the logs lock, and a record that cannot be written.
 
 The end-to-end sweep (the `sweep` fixture of conftest.py) runs tiny generated
@@ -22,12 +22,12 @@ import pytest
 
 from runner.errors import ConfigError
 from runner.grid import RunSpec
-from runner.query import RecordSet, read_all
+from runner.records.query import RecordSet, read_all
 from runner.records import COMPLETED, FAILED, INTERRUPTED, PRUNED, RANKING_METRICS
-from runner.sweep import StopSignals, SweepOptions, plan_runs, sweep_lock
-from runner.sweep import main as sweep_main
+from runner.core.loop import StopSignals, SweepOptions, plan_runs, sweep_lock
+from helpers import sweep_main
 
-from conftest import SWEEP, check_split_metrics, kernels_running_in, write_faults_grid
+from helpers import SWEEP, check_split_metrics, kernels_running_in, write_faults_grid
 
 
 def statuses(work: Path) -> list:

@@ -20,9 +20,9 @@ import pytest
 
 from runner import PROJECT_ROOT
 from runner.grid import expand_runs, load_grid
-from runner.query import read_all
+from runner.records.query import read_all
 from runner.records import COMPLETED, FAILED, INTERRUPTED
-from runner.sweep import SweepOptions, plan_runs
+from runner.core.loop import SweepOptions, plan_runs
 
 FAULTS = Path(__file__).parent / "assets" / "faults.ipynb"
 pytestmark = pytest.mark.slow
@@ -174,7 +174,7 @@ def test_leftovers_connection_files_orphans_and_file_modes(tmp_path):
 
 def test_a_notebook_that_prints_50_mb_is_capped(tmp_path):
     """Case 10: stream output over the cap is cut from the saved notebook and page, with a warning."""
-    from runner.execute import execute_run
+    from runner.core.execute import execute_run
     from runner.grid import expand_runs, load_grid
 
     path = grid(tmp_path, "fixed: {action: spam, seconds: 3}\n")  # 3 MB of output

@@ -17,7 +17,7 @@ from models.data import load_data, load_images, make_dataset
 from models.evaluate import evaluate_model, plot_history
 from models.train import train_model, unfreeze_base
 
-from conftest import make_spec
+from helpers import make_spec
 
 CLASSES = ("blue", "green", "red")
 

@@ -15,7 +15,7 @@ from models.evaluate import (CROP_CORNERS, TTA_CACHE_BYPASS, TTA_CROP_FRACTION, 
                              predict_with_tta, tta_transforms)
 from runner import cli
 from runner.errors import ConfigError
-from runner.predict import evaluate_run, load_run, parse_tta
+from runner.core.predict import evaluate_run, load_run, parse_tta
 from runner.records import COMPLETED, RunRecord, sha256_file, write_record
 
 RUN_ID = "20261121-134502-07748d93"

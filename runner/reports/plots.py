@@ -1,6 +1,6 @@
 """The leaderboard's metric plot, drawn with matplotlib in this process or in a child process beside it.
 
-`runner.leaderboard.metric_plot_data` turns ranked records into a plain,
+`runner.reports.leaderboard.metric_plot_data` turns ranked records into a plain,
 JSON-able description; `draw` turns that into PNG bytes. `PlotProcess` runs
 `draw` in a child `python` started when `write_leaderboard` begins, so
 importing matplotlib and drawing (about a second; `bench/leaderboard_bench.py`)
@@ -31,7 +31,7 @@ def draw(data: dict[str, Any]) -> bytes:
     """A box plot per group with every run as a point over it (a strip), and the best run as a red star.
 
     Args:
-        data: `runner.leaderboard.metric_plot_data`'s output: `groups` (labels,
+        data: `runner.reports.leaderboard.metric_plot_data`'s output: `groups` (labels,
             worst median first), `values` (one list of floats per group),
             `best` (`value`, 1-based `position` of its group, `label`) and
             `xlabel`.

@@ -1,9 +1,9 @@
 """Where the runs of a sweep execute: in the sweep's process, in local worker processes, or on Dask.
 
 Every executor runs the same task, `run_task` (papermill in a fresh kernel,
-html export, atomic record: `runner.execute.execute_run`), and hands back
+html export, atomic record: `runner.core.execute.execute_run`), and hands back
 `concurrent.futures`-style futures whose result is the run's `RunRecord`;
-`runner.sweep` feeds them, skips what is done, and writes the leaderboard.
+`runner.core.loop` feeds them, skips what is done, and writes the leaderboard.
 
 - `InlineExecutor` (`--workers 1`, the default): one run at a time in the
   sweep's own process; Ctrl-C reaches the run directly.
@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from runner.execute import MAX_OUTPUT_BYTES, execute_run
+from runner.core.execute import MAX_OUTPUT_BYTES, execute_run
 from runner.grid import RunSpec
-from runner.query import parse_metric
+from runner.records.query import parse_metric
 from runner.records import RunRecord
 
 
@@ -95,7 +95,7 @@ class InlineExecutor:
     """Runs one run at a time in this process (`--workers 1`).
 
     Args:
-        stop: set on Ctrl-C / SIGTERM (`runner.sweep.StopSignals`); the
+        stop: set on Ctrl-C / SIGTERM (`runner.core.loop.StopSignals`); the
             running run polls it. Defaults to `None` (never stopped).
     """
 

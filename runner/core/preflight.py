@@ -16,7 +16,7 @@ checks look outside the grid file, each once per distinct value (a sweep of
   built at its minimum size, once per base, base_kwargs and file);
   `imagenet` needs an offline file, the file in Keras's cache, or a network
   (one short connection attempt per sweep, only when needed);
-- `warm_start` given as a run id or prefix: `runner.lineage.resolve_warm_start`
+- `warm_start` given as a run id or prefix: `runner.reports.lineage.resolve_warm_start`
   with the class folders of the run's `data_dir` (`best` is resolved when the
   run starts, so it can see runs of the same sweep).
 
@@ -340,10 +340,10 @@ def _check_warm_starts(runs: list[RunSpec], logs_dir: Path, folders: dict[str, A
     """A `warm_start` run id, name or prefix must name a completed run with the same architecture and classes.
 
     `best`, and the `name` of an earlier run of this sweep, are left to the
-    run's start; both go through the one resolution, `runner.lineage.resolve_warm_start`.
+    run's start; both go through the one resolution, `runner.reports.lineage.resolve_warm_start`.
     """
-    from runner.lineage import ARCHITECTURE_PARAMS, resolve_warm_start
-    from runner.query import read_all
+    from runner.core.warm_start import ARCHITECTURE_PARAMS, resolve_warm_start
+    from runner.records.query import read_all
 
     named_earlier = {r.params.get("name"): r.index for r in runs if r.params.get("name")}
     # `best`, and a name an earlier run of this sweep will have, are resolved when the run starts
@@ -367,7 +367,7 @@ def _check_run_names(runs: list[RunSpec], logs_dir: Path, report: _Report) -> No
     named = [r for r in runs if r.params.get("name") is not None]
     if not named:
         return
-    from runner.query import read_all
+    from runner.records.query import read_all
 
     taken = {rec.name: rec for rec in read_all(logs_dir).records if rec.name}
     for group in _group(named, lambda p: p.get("name")).values():

@@ -3,7 +3,7 @@
 `execute_run` is the list of them:
 
 1. `prepare_run`: the run id and its folder `experiments/<run_id>/`;
-2. `resolve_warm_start` (`runner.lineage`), once, when the run starts;
+2. `resolve_warm_start` (`runner.reports.lineage`), once, when the run starts;
 3. `execute_notebook`: papermill in a fresh kernel, parameters injected;
 4. `cap_outputs`: stream outputs over the cap are trimmed (with a warning);
 5. `export_html`: the executed notebook as a standalone page;
@@ -38,8 +38,8 @@ from jupyter_client.manager import AsyncKernelManager
 from runner import PROJECT_ROOT
 from runner.errors import ConfigError
 from runner.grid import RunSpec
-from runner.lineage import resolve_warm_start
-from runner.query import Ranking, parse_metric, read_all
+from runner.core.warm_start import resolve_warm_start
+from runner.records.query import Ranking, parse_metric, read_all
 from runner.records import (
     COMPLETED, FAILED, INTERRUPTED, KERNEL_LOG_FILE, PRUNED, REQUIRED_FILES, RESULT_FILE, RUN_FILES, TIMEOUT,
     NotebookResult, RunError, RunRecord, build_record, read_result, write_record, write_text_atomic,

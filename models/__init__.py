@@ -24,7 +24,7 @@ _LAZY = {
               "offline_weights_file", "resolve_base", "resolve_weights"),
     "heads": ("add_head",),
     "build": ("Preprocess", "build_model", "describe_model", "load_model", "load_warm_start"),
-    "train": ("TrainingResult", "train_model", "unfreeze_base"),
+    "training": ("TrainingResult", "train_model", "unfreeze_base"),
     "evaluate": ("EvaluationResult", "evaluate_model", "plot_history"),
     "cache": ("ActivationCache", "CacheBypass", "cached_inputs", "split_model"),
 }

@@ -63,7 +63,7 @@ def build_model(spec: ExperimentSpec, num_classes: int) -> keras.Model:
     """
     if num_classes < 2:
         raise ModelConfigError(f"num_classes: got {num_classes}, expected >= 2")
-    from .train import set_precision_policy
+    from .training import set_precision_policy
 
     set_precision_policy(spec)  # before any layer exists: mixed precision (GPU only) or float32
     keras.utils.set_random_seed(spec.seed)

@@ -44,7 +44,8 @@ import tensorflow as tf
 
 from .hashing import sha256_file, sha256_json
 from .bases import resolve_base
-from .data import PROJECT_ROOT, DataSplit, make_dataset
+from .data import DataSplit, make_dataset
+from .names import PROJECT_ROOT
 from .spec import ExperimentSpec, augmenting, bypass_reason
 
 CACHE_FORMAT = 2
@@ -95,7 +96,7 @@ def split_model(model: keras.Model, spec: ExperimentSpec, trainable_base_layers:
         spec: its parameters.
         trainable_base_layers: how many of the base's last layers are (or
             will be) trained: 0 for the head phase, the count
-            `models.train.resolve_fine_tune_layers(model, spec)` for
+            `models.training.resolve_fine_tune_layers(model, spec)` for
             fine-tuning (an int, never the raw fraction or `from_layer`).
 
     Returns:
@@ -109,7 +110,7 @@ def split_model(model: keras.Model, spec: ExperimentSpec, trainable_base_layers:
     """
     if isinstance(trainable_base_layers, bool) or not isinstance(trainable_base_layers, (int, np.integer)):
         raise TypeError(f"trainable_base_layers: got {trainable_base_layers!r}, expected a layer count; "
-                        f"resolve spec.fine_tune_layers with models.train.resolve_fine_tune_layers first")
+                        f"resolve spec.fine_tune_layers with models.training.resolve_fine_tune_layers first")
     if spec.from_scratch:
         raise CacheBypass("the base is trained from scratch: no frozen layers")
     base = model.get_layer("base")

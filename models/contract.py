@@ -126,7 +126,7 @@ History = dict[str, dict[str, list[float]]]
 
 
 class TrainingSection(_Section):
-    """What training did (`models.train.TrainingResult.to_dict`).
+    """What training did (`models.training.TrainingResult.to_dict`).
 
     Attributes:
         history: see `History`.

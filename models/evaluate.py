@@ -23,7 +23,8 @@ from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, classificat
 from . import cache
 from .data import DataSplit, make_dataset
 from .spec import ExperimentSpec
-from .train import FINE_TUNE, HEAD, resolve_fine_tune_layers
+from .names import FINE_TUNE, HEAD
+from .training import resolve_fine_tune_layers
 
 from .names import CONFUSION_MATRIX_FILE, PREDICTIONS_FILE, TTA_VIEWS, VAL_PREDICTIONS_FILE
 

@@ -7,6 +7,9 @@ command line can all share it cheaply.
 
 from pathlib import Path
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The project folder (parent of `models/` and `runner/`)."""
+
 HEAD = "head"
 """Training phase 1: the base frozen, the head trained."""
 FINE_TUNE = "fine_tune"

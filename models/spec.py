@@ -246,7 +246,7 @@ class FineTuneFrom(BaseModel):
         from_layer: name of a layer of the base (e.g. VGG16's
             `"block5_conv1"`); it and every layer after it in `base.layers`
             are unfrozen. Checked against the base when training starts
-            (`models.train.resolve_fine_tune_layers`).
+            (`models.training.resolve_fine_tune_layers`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -348,7 +348,7 @@ class ExperimentSpec(BaseModel):
             its layers, rounded; a fraction > 0 unfreezes at least one), or
             `{from_layer: <layer name>}` (that layer and all after it); 0 = no
             fine-tuning phase. Resolved to a layer count once, when training
-            starts (`models.train.resolve_fine_tune_layers`). Refused with
+            starts (`models.training.resolve_fine_tune_layers`). Refused with
             `weights=None`, whose base is trained whole anyway.
         fine_tune_epochs: epochs of the fine-tuning phase.
         fine_tune_learning_rate: learning rate of the fine-tuning phase.

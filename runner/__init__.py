@@ -9,7 +9,6 @@ Modules, in the order data flows through them:
 - `runner.core.loop`: the command line and the loop over runs.
 """
 
-from pathlib import Path
+from models.names import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-"""The project folder (parent of `runner/` and `models/`)."""
+__all__ = ["PROJECT_ROOT"]

@@ -10,7 +10,7 @@ from models.augment import RandomResizedCrop, build_augmentation, build_batch_mi
 from models.build import build_model
 from models.data import load_data, make_dataset
 from models.spec import Augmentation, ExperimentSpec
-from models.train import train_model
+from models.training import train_model
 
 from helpers import make_image_folder
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import models
-import models.train as models_train
+import models.training as models_train
 from models.build import build_model, describe_model
 from models.data import load_data
 
@@ -23,7 +23,7 @@ def test_package_import_is_light_and_lazy():
     code = ("import sys, models; models.ExperimentSpec(); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
-    assert models.load_data is load_data and models.train is models_train
+    assert models.load_data is load_data and models.training is models_train
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         models.nope
 

@@ -21,7 +21,7 @@ from models.bases import build_base
 from models.build import build_model, load_model
 from models.data import load_data, load_images
 from models.evaluate import evaluate_model
-from models.train import train_model
+from models.training import train_model
 
 from helpers import make_image_folder
 

@@ -46,9 +46,9 @@ def test_subcommand_help_shows_its_options(name):
 
 @pytest.mark.slow  # starts Python processes
 def test_console_script_help_runs_without_tensorflow():
-    """The installed `nbsweep` (else `python -m runner.cli`), then every subcommand's help in one process."""
+    """The installed `nbsweep` (else `python -m runner`), then every subcommand's help in one process."""
     script = shutil.which("nbsweep")
-    command = [script] if script else [sys.executable, "-m", "runner.cli"]
+    command = [script] if script else [sys.executable, "-m", "runner"]
     proc = subprocess.run([*command, "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert all(name in proc.stdout for name in COMMANDS)

@@ -15,8 +15,8 @@ from sklearn.datasets import load_digits
 
 from models import Augmentation, ModelConfigError
 from models.augment import build_augmentation
-from models.data import (DATA_HOME_ENV, check_image_file, load_data, load_images, make_dataset,
-                         resolve_data_dir)
+from models.data import check_image_file, load_data, load_images, make_dataset, resolve_data_dir
+from models.data.folders import DATA_HOME_ENV
 
 from helpers import make_image_folder, make_spec, write_corrupt_files
 

@@ -1,4 +1,4 @@
-"""Training (`models.train`): the head phase, then fine-tuning, best weights kept, checkpoints and
+"""Training (`models.training`): the head phase, then fine-tuning, best weights kept, checkpoints and
 TensorBoard logs; then evaluation of the kept weights (`models.evaluate`), on tiny images with real
 Keras."""
 
@@ -15,7 +15,7 @@ from models.bases import build_base
 from models.build import build_model, describe_model
 from models.data import load_data, load_images, make_dataset
 from models.evaluate import evaluate_model, plot_history
-from models.train import train_model, unfreeze_base
+from models.training import train_model, unfreeze_base
 
 from helpers import make_spec
 

@@ -17,13 +17,13 @@ import pydantic
 import pytest
 import tensorflow as tf
 
-import models.train as models_train
+from models.training import callbacks as training_callbacks, loop as training_loop
 from models import ExperimentSpec, ModelConfigError
 from models.build import build_model
 from models.cache import split_model
 from models.data import load_data, make_dataset
-from models.train import (checkpoint_path, monitor_of, resolve_fine_tune_layers, set_precision_policy,
-                          train_model, unfreeze_base)
+from models.names import checkpoint_path
+from models.training import monitor_of, resolve_fine_tune_layers, set_precision_policy, train_model, unfreeze_base
 
 NO_GPU = not tf.config.list_physical_devices("GPU")
 STEPS = 3
@@ -128,7 +128,7 @@ def test_weighted_recall_follows_val_accuracy():
     ("val_loss", "val_loss", "min"), ("val_accuracy", "val_accuracy", "max"),
     ("val_weighted_recall", "val_accuracy", "max")])
 def test_early_stopping_follows_the_monitor_and_its_mode(name, key, mode):
-    callback = models_train._early_stopping(ExperimentSpec(early_stopping_monitor=name, early_stopping_patience=2))
+    callback = training_callbacks._early_stopping(ExperimentSpec(early_stopping_monitor=name, early_stopping_patience=2))
     assert (callback.monitor, callback.mode, callback.patience) == (key, mode, 2)
 
 
@@ -193,7 +193,7 @@ def test_label_smoothing_changes_the_loss_on_the_same_batch(split):
     one_hot = np.eye(3, dtype="float32")[labels.numpy()]
     losses = {}
     for smoothing in (0.0, 0.2):
-        models_train._compile(model, spec.model_copy(update={"label_smoothing": smoothing}), 1e-3)
+        training_loop._compile(model, spec.model_copy(update={"label_smoothing": smoothing}), 1e-3)
         targets = one_hot if smoothing else labels  # sparse labels without smoothing, as today
         losses[smoothing] = model.evaluate(images, targets, verbose=0, return_dict=True)["loss"]
     smoothed = (1 - 0.2) * one_hot + 0.2 / 3  # Szegedy et al. 2016, section 7
@@ -207,7 +207,7 @@ def test_label_smoothing_makes_the_labels_one_hot_on_both_paths(split, pretraine
     for smoothing, shape in ((0.1, [None, 3]), (0.0, [None])):
         spec = pretrained(label_smoothing=smoothing, activation_cache=activation_cache)
         model = build_model(spec, 3)
-        _, train_ds, val_ds, use = models_train._phase_inputs(model, split, spec, 0)
+        _, train_ds, val_ds, use = training_loop._phase_inputs(model, split, spec, 0)
         assert (use["status"] == "off") == (not activation_cache)
         for dataset in (train_ds, val_ds):
             assert dataset.element_spec[1].shape.as_list() == shape
@@ -244,7 +244,7 @@ def test_build_model_sets_the_specs_policy_whatever_was_set_before(split, tmp_pa
 def test_jit_compile_reaches_compile(split, jit_compile):
     spec = make_spec(split.data_dir, jit_compile=jit_compile)
     model = build_model(spec, 3)
-    models_train._compile(model, spec, 1e-3)
+    training_loop._compile(model, spec, 1e-3)
     assert model.jit_compile is jit_compile
 
 
@@ -258,9 +258,9 @@ def test_warmup_ramps_per_step_and_keeps_a_plateau_reduction():
     per_step = []
     callbacks = [
         keras.callbacks.ReduceLROnPlateau(monitor="loss", min_delta=1e9, patience=1, factor=0.5),
-        models_train._LinearWarmup(4),
+        training_callbacks._LinearWarmup(4),
         keras.callbacks.LambdaCallback(
-            on_train_batch_begin=lambda batch, logs: per_step.append(models_train._learning_rate(model))),
+            on_train_batch_begin=lambda batch, logs: per_step.append(training_callbacks._learning_rate(model))),
     ]
     history = model.fit(np.ones((8, 2)), np.ones(8), batch_size=4, epochs=4, callbacks=callbacks, verbose=0)
     # step i < 4 trains at 0.1 * i / 4; the reduction after epoch 2 (from 0.075) halves the un-warmed rate

@@ -1,241 +1,23 @@
-"""The base registry: convolutional feature extractors and their weights.
-
-Like `keras.applications`, every base is one factory with the same keyword
-arguments (`include_top`, `weights`, `input_shape`, `name`) plus its own
-`preprocess_input`; `BASES` is the table (name -> constructor, module, minimum
-input size) that drives both the code and the table-driven tests. Any other
-`keras.applications` constructor (`EfficientNetB3`, `NASNetMobile`, ...) is
-found by name too.
-"""
+"""A base built with its weights: ImageNet (an offline file, a cached download or Keras's download), a weights file, or random."""
 
 from __future__ import annotations
 
 import contextlib
-import difflib
-import functools
-import importlib
 import inspect
 import os
 import urllib.parse
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
-
+from typing import Optional
 import keras
+from ..hashing import sha256_file
+from ..errors import ModelConfigError
+from ..spec import ExperimentSpec
+from .registry import BaseInfo, check_base_kwargs, check_image_size, resolve_base
 
-from .hashing import sha256_file
-from .errors import ModelConfigError
-from .spec import ExperimentSpec
 
 WEIGHTS_DIR_ENV = "NBSWEEP_WEIGHTS_DIR"
-_APPS = "keras.applications."
-
-
-@dataclass(frozen=True)
-class BaseInfo:
-    """One registry row.
-
-    Attributes:
-        name: canonical name, as run records and offline weights files use it.
-        constructor_name: the factory's name in `module_name`.
-        module_name: dotted module holding `preprocess_input` and the factory
-            (or, for Keras models, `keras.applications` holds the factory).
-        min_size: smallest input side the architecture accepts, pixels (the
-            `min_size` Keras passes to `obtain_input_shape`).
-        has_imagenet: whether `weights="imagenet"` exists for it.
-    """
-
-    name: str
-    constructor_name: str
-    module_name: str
-    min_size: int = 32
-    has_imagenet: bool = True
-
-    @property
-    def constructor(self) -> Callable[..., keras.Model]:
-        """The factory, e.g. `keras.applications.VGG16`."""
-        module = importlib.import_module(self.module_name)
-        # keras.applications.mobilenet_v3 exports no constructor: the package does.
-        return getattr(module, self.constructor_name, None) or getattr(
-            keras.applications, self.constructor_name)
-
-    @property
-    def preprocess_input(self) -> Callable:
-        """The base's own `preprocess_input` (raw RGB in [0, 255] -> model input)."""
-        return importlib.import_module(self.module_name).preprocess_input
-
-
-BASES: dict[str, BaseInfo] = {info.name: info for info in (
-    BaseInfo("vgg16", "VGG16", _APPS + "vgg16"),
-    BaseInfo("vgg19", "VGG19", _APPS + "vgg19"),
-    BaseInfo("resnet50", "ResNet50", _APPS + "resnet"),
-    BaseInfo("resnet101", "ResNet101", _APPS + "resnet"),
-    BaseInfo("resnet50_v2", "ResNet50V2", _APPS + "resnet_v2"),
-    BaseInfo("inception_v3", "InceptionV3", _APPS + "inception_v3", min_size=75),
-    BaseInfo("inception_resnet_v2", "InceptionResNetV2", _APPS + "inception_resnet_v2",
-             min_size=75),
-    BaseInfo("xception", "Xception", _APPS + "xception", min_size=71),
-    BaseInfo("mobilenet", "MobileNet", _APPS + "mobilenet"),
-    BaseInfo("mobilenet_v2", "MobileNetV2", _APPS + "mobilenet_v2"),
-    BaseInfo("densenet121", "DenseNet121", _APPS + "densenet"),
-    BaseInfo("efficientnet_b0", "EfficientNetB0", _APPS + "efficientnet"),
-    BaseInfo("convnext_tiny", "ConvNeXtTiny", _APPS + "convnext"),
-    BaseInfo("simple_cnn_small", "simple_cnn_small", __name__, min_size=8, has_imagenet=False),
-    BaseInfo("simple_cnn_medium", "simple_cnn_medium", __name__, min_size=8,
-             has_imagenet=False),
-)}
-SIMPLE_CNNS = tuple(name for name, info in BASES.items() if not info.has_imagenet)
-
-
-def _key(name: str) -> str:
-    return name.lower().replace("_", "").replace("-", "")
-
-
-@functools.cache
-def _lookup() -> dict[str, BaseInfo]:
-    """Normalised name -> `BaseInfo`: the registry, then every `keras.applications` factory."""
-    table = {_key(name): info for name, info in BASES.items()}
-    for attr, value in sorted(vars(keras.applications).items()):
-        if attr[:1].isupper() and callable(value):  # e.g. EfficientNetB3 from ...efficientnet
-            module_name = _APPS + value.__module__.rsplit(".", 1)[-1]
-            table.setdefault(_key(attr), BaseInfo(attr.lower(), attr, module_name))
-    return table
-
-
-def resolve_base(name: str) -> BaseInfo:
-    """Finds a base by name, case-insensitively and ignoring `_` and `-`.
-
-    Registry names (`mobilenet_v2`), Keras constructor names (`MobileNetV2`)
-    and any other `keras.applications` constructor (`EfficientNetB3`,
-    `nasnetmobile`; minimum size 32) are accepted.
-
-    Args:
-        name: the base name, e.g. `ExperimentSpec.base`.
-
-    Returns:
-        The registry row; for a Keras model outside the registry, a row named
-        after the lower-cased constructor name.
-
-    Raises:
-        ModelConfigError: if no base has this name; the message lists close
-            matches.
-    """
-    table = _lookup()
-    if _key(name) in table:
-        return table[_key(name)]
-    close = sorted(table[k].name for k in difflib.get_close_matches(_key(name), table, n=3))
-    raise ModelConfigError(
-        f"base: got {name!r}, expected a keras.applications model name or one of "
-        f"{', '.join(SIMPLE_CNNS)}; close matches: {', '.join(close) or 'none'}")
-
-
-def check_image_size(info: BaseInfo, image_size: int) -> None:
-    """Checks that a base accepts square inputs of `image_size` pixels.
-
-    Args:
-        info: the base.
-        image_size: the input side, pixels.
-
-    Raises:
-        ModelConfigError: if `image_size < info.min_size`.
-    """
-    if image_size < info.min_size:
-        raise ModelConfigError(
-            f"image_size: {info.name} needs image_size >= {info.min_size}, got {image_size}; "
-            f"use image_size >= {info.min_size} or another base")
-
-
-def preprocess_input(x, data_format=None):
-    """Rescales raw RGB in [0, 255] to [0, 1], the input of the simple CNNs.
-
-    Args:
-        x: float tensor or array, RGB in [0, 255].
-        data_format: unused, for the `keras.applications` signature. Defaults
-            to `None`.
-
-    Returns:
-        `x / 255`, in [0, 1].
-    """
-    return x / 255.0
-
-
-def _simple_cnn(filters, convs_per_block, include_top, weights, input_shape, name, dropout):
-    if include_top:
-        raise ValueError(f"{name} has no classifier top; use include_top=False")
-    if weights == "imagenet":
-        raise ValueError(f"{name} has no ImageNet weights; use weights=None or a file path")
-    inputs = x = keras.Input(input_shape or (None, None, 3))
-    for block, width in enumerate(filters, start=1):
-        for conv in range(1, convs_per_block + 1):
-            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
-                                    name=f"block{block}_conv{conv}")(x)
-            x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn{conv}")(x)
-            x = keras.layers.ReLU(name=f"block{block}_relu{conv}")(x)
-        x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
-        x = keras.layers.Dropout(dropout, name=f"block{block}_dropout")(x)
-    model = keras.Model(inputs, x, name=name)
-    if weights is not None:
-        model.load_weights(weights)
-    return model
-
-
-def simple_cnn_small(include_top=False, weights=None, input_shape=None, name="simple_cnn_small",
-                     dropout=0.25):
-    """A small CNN trained from scratch: 2 blocks (32, 64 filters).
-
-    Each block is Conv3x3-BatchNorm-ReLU, MaxPooling 2x2 and Dropout (0.25).
-
-    Args:
-        include_top: must be `False` (the head is added by `models.heads`).
-            Defaults to `False`.
-        weights: `None` (random initialisation) or a weights file path.
-            Defaults to `None`.
-        input_shape: `(height, width, 3)`, inputs in [0, 1] (see
-            `preprocess_input`). Defaults to `None` (any size).
-        name: model name. Defaults to `"simple_cnn_small"`.
-        dropout: rate of each block's `Dropout` (kept as a layer when 0, so
-            weights files fit either way); `base_kwargs: {dropout: 0}` makes
-            a frozen base deterministic in `fit`. Defaults to `0.25`.
-
-    Returns:
-        A functional `keras.Model` mapping `(batch, h, w, 3)` to
-        `(batch, h // 4, w // 4, 64)`.
-
-    Raises:
-        ValueError: if `include_top` is true or `weights == "imagenet"`.
-    """
-    return _simple_cnn((32, 64), 1, include_top, weights, input_shape, name, dropout)
-
-
-def simple_cnn_medium(include_top=False, weights=None, input_shape=None, name="simple_cnn_medium",
-                     dropout=0.25):
-    """A medium CNN trained from scratch: 3 blocks (32, 64, 128 filters).
-
-    Each block is Conv3x3-BatchNorm-ReLU twice, MaxPooling 2x2 and Dropout (0.25).
-
-    Args:
-        include_top: must be `False` (the head is added by `models.heads`).
-            Defaults to `False`.
-        weights: `None` (random initialisation) or a weights file path.
-            Defaults to `None`.
-        input_shape: `(height, width, 3)`, inputs in [0, 1] (see
-            `preprocess_input`). Defaults to `None` (any size).
-        name: model name. Defaults to `"simple_cnn_medium"`.
-        dropout: rate of each block's `Dropout` (kept as a layer when 0, so
-            weights files fit either way); `base_kwargs: {dropout: 0}` makes
-            a frozen base deterministic in `fit`. Defaults to `0.25`.
-
-    Returns:
-        A functional `keras.Model` mapping `(batch, h, w, 3)` to
-        `(batch, h // 8, w // 8, 128)`.
-
-    Raises:
-        ValueError: if `include_top` is true or `weights == "imagenet"`.
-    """
-    return _simple_cnn((32, 64, 128), 2, include_top, weights, input_shape, name, dropout)
-
-
 @dataclass(frozen=True)
 class WeightsChoice:
     """Where a base's initial weights come from.
@@ -369,39 +151,6 @@ def _keras_downloads(fetch: bool = True):
         yield fetched
     finally:
         file_utils.get_file = get_file
-
-
-RESERVED_BASE_KWARGS = ("include_top", "weights", "input_shape", "name")
-"""Constructor arguments that `build_base` sets itself."""
-
-
-def check_base_kwargs(info: BaseInfo, base_kwargs: dict) -> None:
-    """Checks `base_kwargs` against the base constructor's signature, without building it.
-
-    Args:
-        info: the base.
-        base_kwargs: extra keyword arguments for its constructor.
-
-    Raises:
-        ModelConfigError: if a name is not an argument of the constructor, or
-            is one of `RESERVED_BASE_KWARGS`.
-    """
-    parameters = inspect.signature(info.constructor).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    allowed = ", ".join(name for name in parameters if name not in RESERVED_BASE_KWARGS)
-    where = f"base_kwargs: base {info.name}: cannot build it with base_kwargs={base_kwargs}"
-    reserved = [name for name in base_kwargs if name in RESERVED_BASE_KWARGS]
-    unknown = [name for name in base_kwargs if name not in parameters]
-    if reserved:
-        raise ModelConfigError(
-            f"{where}: {', '.join(map(repr, reserved))} are set from the run's base, weights and "
-            f"image_size; remove them ({info.constructor_name} also takes {allowed})")
-    if unknown:
-        raise ModelConfigError(
-            f"{where}: {', '.join(map(repr, unknown))} "
-            f"{'is not an argument' if len(unknown) == 1 else 'are not arguments'} of "
-            f"{info.constructor_name}; expected some of {allowed}")
 
 
 def imagenet_fix(info: BaseInfo, base_kwargs: dict) -> str:

@@ -7,7 +7,7 @@ fractions) and iterates the training part in shuffled batches of 32 float32
 images, as `fit` would, three ways:
 
 - no cache: `tf.data` maps every file through decode + resize every epoch;
-- before (issue 12): that map followed by an in-memory float32 `Dataset.cache()`,
+- before: that map followed by an in-memory float32 `Dataset.cache()`,
   a new one (decoding again) for each dataset of the run;
 - decoded once (`models.data.make_dataset` now): `decode_images` keeps one uint8
   copy per files and size for the whole process; epochs gather batches from it.

@@ -18,7 +18,7 @@ again); and a fresh `python` process running `write_leaderboard` (imports
 included: what `python runner/leaderboard.py` costs; with its CPU seconds and
 the load average, since a shared machine slows it down). Prints the figures,
 the sizes of the files written and whether the fresh process meets the
-target of under 5 seconds (it took 18 s before issue 10's item 10). Exits 1
+target of under 5 seconds. Exits 1
 when it does not.
 """
 

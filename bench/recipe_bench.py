@@ -1,4 +1,4 @@
-"""Benchmark the two CPU levers of issue 12's item 6, each with real sweeps on real photos.
+"""Benchmark two CPU levers (XLA and cached augmented copies), each with real sweeps on real photos.
 
     python bench/recipe_bench.py --data ../shared/data/trashnet --weights-dir ../shared/weights
 

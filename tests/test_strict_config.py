@@ -1,4 +1,4 @@
-"""Strict grid files: repeated keys and wrongly typed values are config errors (issue 13, items 5-6).
+"""Strict grid files: repeated keys and wrongly typed values are config errors.
 
 PyYAML keeps the last of repeated keys without a word, and pydantic's lax mode
 reads `true` as `1` and `"32"` as `32`; `runner.grid.load_grid` refuses both,

@@ -1,4 +1,4 @@
-"""Faults of a sweep found by trying to break it (issue 13): a full disk, a second Ctrl-C, a stop during
+"""Faults of a sweep found by trying to break it: a full disk, a second Ctrl-C, a stop during
 kernel start-up, leftovers, a notebook that prints too much. Each test shows the fault, then the
 recovery: nothing lost, a clear message, and the same command again finishing the work.
 

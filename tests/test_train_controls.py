@@ -1,4 +1,4 @@
-"""Training controls (issue 12): label smoothing, early-stopping and checkpoint monitors, the k best
+"""Training controls: label smoothing, early-stopping and checkpoint monitors, the k best
 checkpoints, per-phase schedules and warm-up, `epochs: 0`, `fine_tune_layers` as a fraction or
 `from_layer`, BatchNorm unfreezing, `jit_compile` and `precision`.
 

@@ -1,8 +1,15 @@
-"""The machine-learning pipeline that the base notebook and the predict path import.
+"""The machine-learning pipeline that the base notebook and the predict path import; knows nothing of sweeps.
 
-Data (folder -> stratified split -> `tf.data`), augmentation layers, the base
-registry, heads, `build_model(spec, num_classes)`, the training phases (head,
-then fine-tuning) and evaluation (metrics, plots).
+`models.spec` (the run's parameters, `ExperimentSpec`, validated without TensorFlow) →
+`models.data` (image folder → stratified split, TF-free in `folders`; `tf.data` batches in
+`pipeline`) → `models.augment` (augmentation layers) → `models.bases` (registry, simple CNNs,
+weights) + `models.heads` → `models.build` (`build_model(spec, num_classes)`, warm starts,
+loading a saved run) → `models.training` (head phase then fine-tuning: loop, callbacks,
+schedules) with `models.cache` (frozen layers' outputs reused) and `models.pruning` (a search's
+per-epoch report) → `models.evaluate` (metrics, predictions, plots) → `models.contract` (what
+the notebook writes for the runner: `NotebookResult`, `write_result`). `models.names` holds the
+shared vocabulary (file names, phases, TTA views, the default metric), `models.hashing` the
+hashes, `models.errors` the exception root.
 
 Only `ExperimentSpec`, `Augmentation` and `ModelConfigError` are imported
 eagerly: validating a grid must not pay for importing TensorFlow. Every other

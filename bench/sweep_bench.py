@@ -1,7 +1,8 @@
-"""What the activation cache buys: the same head-only sweep uncached, cold and warm; fine-tuning from a cut.
+"""What the activation cache and pre-started kernels buy: the same head-only sweeps, timed.
 
     python bench/sweep_bench.py --data ../shared/data/trashnet --weights-dir ../shared/weights
                                 [--uncached-runs 1] [--epochs 10] [--fine-tune-epochs 2] [--work DIR]
+                                [--cases head-only,fine-tune,prestart]
 
 Head-only case: one grid, VGG16 (ImageNet weights, frozen) at 128 px, 8
 configurations (head flatten|gap x dense [128]|[512] x dropout 0.2|0.5),
@@ -25,6 +26,25 @@ compares the median of the fine-tuning epochs' seconds
 sometimes stalls one epoch). `--cases` runs one case alone.
 The cached run trains block5 + head on stored block4 outputs.
 
+Pre-started kernels case (`--cases prestart`): a 6-configuration head-only
+grid (frozen MobileNet 1.0 at 160 px, ImageNet weights, activation cache on:
+head gap|flatten x dropout 0.2|0.35|0.5, `--epochs` epochs each), run after
+one run that builds the cache (so every measured run reads it), twice into
+fresh folders: `--no-prestart`, then `--prestart` (each run's kernel started,
+with its imports, while the run before it executes). Printed for each: the
+wall time and the mean fixed cost per run on the critical path: for each run
+in start order, its notebook's papermill duration minus its training and
+evaluation cells (papermill's per-cell durations), plus the gap until the
+next run's notebook starts (html export, record, the next kernel's start or
+hand-over; after the last run, until its record is written). Then the
+ratios, and the lower bound of running each notebook cold: one base pass
+(the cache build) + the heads' training seconds + one bare
+papermill-with-TensorFlow run (a notebook that imports TensorFlow and Keras)
+per configuration. `--prestart-base`, `--prestart-image-size` and
+`--prestart-weights` change the model (a quick check of the script:
+`--data builtin:digits --prestart-base simple_cnn_small
+--prestart-image-size 32 --prestart-weights none --epochs 1 --cases prestart`).
+
 Weighted recall is on the same test split for every run (same seed).
 Nothing is written to the project: everything goes under --work (a new
 temporary folder by default).
@@ -32,15 +52,18 @@ temporary folder by default).
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 HEADS, DENSE, DROPOUTS = ("flatten", "gap"), ([128], [512]), (0.2, 0.5)
+PRESTART_HEADS, PRESTART_DROPOUTS = ("gap", "flatten"), (0.2, 0.35, 0.5)
 
 
 def write_grid(path: Path, data: Path, cache_dir: Path, fixed: dict, runs: list[dict]) -> Path:
@@ -54,11 +77,11 @@ def write_grid(path: Path, data: Path, cache_dir: Path, fixed: dict, runs: list[
     return path
 
 
-def sweep(grid: Path, weights_dir: Path) -> tuple[float, list[dict]]:
-    """Runs `python runner/sweep.py grid`; returns (wall seconds, records in run order)."""
+def sweep(grid: Path, weights_dir: Path, *extra: str) -> tuple[float, list[dict]]:
+    """Runs `python runner/sweep.py grid [extra...]`; returns (wall seconds, records in run order)."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(PROJECT / "runner" / "sweep.py"), str(grid),
-                           "--weights-dir", str(weights_dir)], capture_output=True, text=True)
+                           "--weights-dir", str(weights_dir), *extra], capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"sweep {grid} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -81,7 +104,7 @@ def describe(label: str, wall: float, records: list[dict]) -> dict:
     return {"wall": wall, "train": train, "overhead": statistics.mean(overheads), "build": build}
 
 
-CELL_LABELS = (("import models", "imports of the notebook's first cell"),
+CELL_LABELS = ((("import models", "import pandas"), "imports of the notebook's first cell"),
                ("data = models.load_data", "TensorFlow import + listing and splitting the data"),
                ("model = models.build_model", "building the model, loading the base weights"),
                ("training = models.train_model", "training (not overhead)"),
@@ -103,7 +126,7 @@ def overhead_breakdown(records: list[dict], logs: Path) -> None:
             sum(d for source, d in cells if not any(source.startswith(p) for p, _ in CELL_LABELS)))
         parts.setdefault("kernel start and shutdown (papermill, outside cells)", []).append(
             executed - sum(d for _, d in cells))
-        parts.setdefault("html export + record (after the notebook)", []).append(
+        parts.setdefault("outside the notebook (warm start, kernel hand-over, html export, record)", []).append(
             record["timings"]["total_s"] - executed)
     for label, values in parts.items():
         print(f"  {statistics.mean(values):6.2f} s  {label}")
@@ -122,14 +145,18 @@ def main() -> None:
                         "(1..8; the wall time is extrapolated to 8). Default 1")
     parser.add_argument("--epochs", type=int, default=10, help="head epochs per run. Default 10")
     parser.add_argument("--fine-tune-epochs", type=int, default=3, help="fine-tuning epochs compared. Default 3")
-    parser.add_argument("--cases", default="head-only,fine-tune",
-                        help="comma-separated cases to run: head-only, fine-tune. Default both")
+    parser.add_argument("--cases", default="head-only,fine-tune,prestart",
+                        help="comma-separated cases to run: head-only, fine-tune, prestart. Default all three")
+    parser.add_argument("--prestart-base", default="mobilenet", help="base of the prestart case. Default mobilenet")
+    parser.add_argument("--prestart-image-size", type=int, default=160, help="its image size. Default 160")
+    parser.add_argument("--prestart-weights", default="imagenet", help="its weights (none: random). Default imagenet")
     parser.add_argument("--max-images-per-class", type=int, help="a subset, for a quick check of the script")
     parser.add_argument("--work", type=Path, help="folder for grids, runs and caches (default: a new temp folder)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="sweep_bench_"))
     work.mkdir(parents=True, exist_ok=True)
-    data, weights_dir = args.data.resolve(), args.weights_dir.resolve()
+    data = args.data if str(args.data).startswith("builtin:") else args.data.resolve()
+    weights_dir = args.weights_dir.resolve()
     fixed = {"base": "vgg16", "weights": "imagenet", "image_size": 128, "epochs": args.epochs,
              "early_stopping_patience": None, "batch_size": 32, "learning_rate": 0.001, "seed": 42,
              "keep_checkpoints": 0, "max_images_per_class": args.max_images_per_class}
@@ -139,6 +166,8 @@ def main() -> None:
         head_only(args, work, data, weights_dir, fixed)
     if "fine-tune" in cases:
         fine_tune(args, work, data, weights_dir, fixed)
+    if "prestart" in cases:
+        prestart(args, work, data, weights_dir, fixed)
 
 
 def head_only(args, work: Path, data: Path, weights_dir: Path, fixed: dict) -> None:
@@ -194,6 +223,94 @@ def fine_tune(args, work: Path, data: Path, weights_dir: Path, fixed: dict) -> N
               f"{record['metrics']['weighted_recall']:.4f}; wall {wall:.1f} s")
     ratio = per_epoch["uncached"] / per_epoch["cached"]
     print(f"fine-tuning per epoch (medians): uncached/cached {ratio:.1f}x; target >= 3x: {'met' if ratio >= 3 else 'NOT met'}")
+
+
+def papermill_spans(records: list[dict], logs: Path) -> list[dict]:
+    """Each run's notebook from papermill's metadata, in start order: start, end, duration, work, finished.
+
+    `work` is the seconds of its training and evaluation cells (the rest of a run is fixed cost).
+    """
+    spans = []
+    for record in records:
+        notebook = json.loads((logs / record["paths"]["notebook"]).read_text())
+        meta = notebook["metadata"]["papermill"]
+        work = sum(cell["metadata"].get("papermill", {}).get("duration") or 0.0 for cell in notebook["cells"]
+                   if cell["cell_type"] == "code" and "".join(cell["source"]).startswith(
+                       ("training = models.train_model", "evaluation = models.evaluate_model")))
+        spans.append({"start": datetime.fromisoformat(meta["start_time"]), "end": datetime.fromisoformat(meta["end_time"]),
+                      "duration": meta["duration"], "work": work,
+                      "finished": datetime.fromisoformat(record["finished_at"])})
+    return sorted(spans, key=lambda span: span["start"])
+
+
+def fixed_costs(records: list[dict], logs: Path) -> list[float]:
+    """Per run, seconds on the critical path that are not training or evaluation (see the module docstring)."""
+    spans = papermill_spans(records, logs)
+    costs = []
+    for i, span in enumerate(spans):
+        after = (spans[i + 1]["start"] if i + 1 < len(spans) else span["finished"]) - span["end"]
+        costs.append(span["duration"] - span["work"] + after.total_seconds())
+    return costs
+
+
+def bare_papermill_s(work: Path) -> float:
+    """Seconds of one papermill run of a notebook that only imports TensorFlow and Keras (kernel start included)."""
+    import papermill
+
+    cells = [{"cell_type": "code", "id": "imports", "metadata": {}, "outputs": [], "execution_count": None,
+              "source": "import tensorflow, keras"}]
+    notebook = work / "bare_tensorflow.ipynb"
+    notebook.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {"name": "python3",
+                                    "display_name": "Python 3", "language": "python"}},
+                                    "nbformat": 4, "nbformat_minor": 5}))
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(work / "bare_tensorflow.kernel.log", "ab") as log:  # the kernel's TensorFlow start-up lines
+        os.dup2(log.fileno(), 2)
+    try:
+        start = time.perf_counter()
+        papermill.execute_notebook(str(notebook), str(work / "bare_tensorflow.out.ipynb"), kernel_name="python3",
+                                   progress_bar=False, cwd=str(work))
+        return time.perf_counter() - start
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def prestart(args, work: Path, data, weights_dir: Path, fixed: dict) -> None:
+    """The same 6-configuration head-only sweep without and with pre-started kernels; see the module docstring."""
+    weights = None if args.prestart_weights.lower() in ("none", "null") else args.prestart_weights
+    fixed = {**fixed, "base": args.prestart_base, "image_size": args.prestart_image_size, "weights": weights,
+             "dense_units": [128]}
+    configs = [{"head": h, "dropout": p} for h in PRESTART_HEADS for p in PRESTART_DROPOUTS]
+    print(f"prestart: {len(configs)} configurations x {args.epochs} epochs, {args.prestart_base} "
+          f"{args.prestart_image_size} px, weights {weights}, activation cache on")
+    build = write_grid(work / "p_build.yaml", data, work / "p_cache", {**fixed, "epochs": 1}, configs[:1])
+    _, built = sweep(build, weights_dir)
+    base_pass = sum(r["timings"].get("cache_build_s") or 0.0 for r in built)
+    results = {}
+    for flag in ("--no-prestart", "--prestart"):
+        grid = write_grid(work / f"p_{flag[2:].replace('-', '_')}.yaml", data, work / "p_cache", fixed, configs)
+        wall, records = sweep(grid, weights_dir, flag)
+        costs = fixed_costs(records, grid.parent / f"{grid.stem}_logs")
+        train = sum(r["timings"]["train_s"] for r in records)
+        results[flag] = {"wall": wall, "fixed": statistics.mean(costs), "train": train, "records": records,
+                         "logs": grid.parent / f"{grid.stem}_logs"}
+        print(f"{flag}: {len(records)} runs, wall {wall:.1f} s; mean fixed cost per run on the critical path "
+              f"{statistics.mean(costs):.2f} s (per run: {', '.join(f'{c:.1f}' for c in costs)}); head training "
+              f"{train:.1f} s; best weighted recall {max(r['metrics']['weighted_recall'] for r in records):.4f}")
+    off, on = results["--no-prestart"], results["--prestart"]
+    print(f"ratio wall --no-prestart / --prestart: {off['wall'] / on['wall']:.2f}x; fixed cost per run "
+          f"{off['fixed']:.2f} s -> {on['fixed']:.2f} s ({off['fixed'] / on['fixed']:.2f}x)")
+    bare = bare_papermill_s(work)
+    bound = base_pass + on["train"] + len(configs) * bare
+    print(f"cold-notebook bound: base pass {base_pass:.1f} s + heads trained {on['train']:.1f} s + {len(configs)} x "
+          f"bare papermill with TensorFlow {bare:.1f} s = {bound:.1f} s; --prestart wall / bound "
+          f"{on['wall'] / bound:.2f} (target <= 0.9: {'met' if on['wall'] <= 0.9 * bound else 'NOT met'})")
+    print(f"target fixed cost per run on the critical path <= 3 s: {'met' if on['fixed'] <= 3 else 'NOT met'} "
+          f"({on['fixed']:.2f} s)")
+    print("where a --prestart run's time goes (mean):")
+    overhead_breakdown(on["records"], on["logs"])
 
 
 if __name__ == "__main__":

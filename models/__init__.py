@@ -34,6 +34,7 @@ _LAZY = {
     "training": ("TrainingResult", "train_model", "unfreeze_base"),
     "evaluate": ("EvaluationResult", "evaluate_model", "plot_history"),
     "cache": ("ActivationCache", "CacheBypass", "cached_inputs", "split_model"),
+    "reproducibility": ("runtime_info", "set_determinism"),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -43,10 +43,9 @@ import numpy as np
 import tensorflow as tf
 
 from .hashing import sha256_file, sha256_json
-from .bases import resolve_base
 from .data import DataSplit, make_dataset
 from .names import PROJECT_ROOT
-from .spec import ExperimentSpec, augmenting, bypass_reason
+from .spec import ExperimentSpec, bypass_reason, cache_entry_inputs
 
 CACHE_FORMAT = 2
 """Version of the entry layout; part of every key."""
@@ -149,21 +148,18 @@ def cache_key(spec: ExperimentSpec, data: DataSplit, split: FrozenSplit) -> tupl
     Returns:
         `(key, inputs)`: `key` is the first 32 hex digits of the sha256 of
         `inputs`, the JSON-safe dict of everything that changes the numbers
-        (see the module docstring).
+        (see the module docstring): the spec's own part from
+        `models.spec.cache_entry_inputs` (which `models.spec.cache_build_key`
+        hashes too, so the search's cost model and this key cannot drift
+        apart), plus the frozen weights' sha256, the split manifest, the cut
+        layer and the Keras / TensorFlow versions.
     """
-    copies = spec.augmented_copies if augmenting(spec) else 0
     inputs = {
         "format": CACHE_FORMAT,
-        "base": resolve_base(spec.base).name,
-        "base_kwargs": spec.base_kwargs,
+        **cache_entry_inputs(spec),
         "frozen_weights_sha256": weights_digest(split.frozen),
-        "image_size": spec.image_size,
         "data_manifest": data.manifest_hash,
         "cut_layer": split.cut_layer,
-        "dtype": spec.activation_cache_dtype,
-        "augmentation": spec.augmentation.model_dump() if copies else None,
-        "augmented_copies": copies,
-        "augmentation_seed": spec.seed if copies else None,
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
     }
@@ -347,7 +343,8 @@ def cached_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, tra
             return split.frozen.predict(dataset, verbose=0).astype(spec.activation_cache_dtype)
 
         copies = inputs["augmented_copies"]
-        arrays = {name: outputs(getattr(data, name)) for name in ("val", "test", *(["train"] * (not copies)))}
+        arrays = {name: outputs(getattr(data, name)) for name in ("val", "test", *(["train"] * (not copies)))
+                  if len(getattr(data, name))}  # train_on_val: no validation images
         for copy in range(copies):
             arrays[f"train_aug_{copy}"] = outputs(data.train, seed=spec.seed + copy,
                                                   augmentation=spec.augmentation)

@@ -139,6 +139,11 @@ class TrainingSection(_Section):
             pruner stopped the run (it is then recorded `PRUNED`), or `None`.
         fine_tune_layers_resolved: the base layers fine-tuning unfroze
             (`fine_tune_layers` given as a count, a fraction or a layer name), or `None`.
+        weight_averaging: what `ema` / `swa_epochs` did (`models.training.averaging`): `method`
+            (`"ema"` or `"swa"`), `applied`, and `momentum` and `phases` (ema) or `epochs` averaged,
+            `batchnorm_recomputed` layers and `batchnorm_rows` (swa); `None` without either.
+        train_on_val: the validation split was trained on (`train_on_val`, a refit): every epoch ran
+            and the last one's weights were kept.
     """
 
     history: History = {}
@@ -149,6 +154,8 @@ class TrainingSection(_Section):
     activation_cache: dict[str, CacheUse] = {}
     pruned_epoch: Optional[int] = None
     fine_tune_layers_resolved: Optional[int] = None
+    weight_averaging: Optional[dict[str, Any]] = None
+    train_on_val: bool = False
 
 
 class EvaluationSection(_Section):
@@ -156,7 +163,8 @@ class EvaluationSection(_Section):
 
     Attributes:
         metrics: on the test split (reported).
-        val_metrics: the same on the validation split (what runs are selected by).
+        val_metrics: the same on the validation split (what runs are selected by); `None` when it
+            was trained on (`train_on_val`).
         eval_s: seconds.
         from_cache: whether the frozen layers' outputs came from the activation cache.
         tta: the test-time augmentation views averaged (`None`: none).
@@ -189,14 +197,43 @@ class WarmStartSection(_Section):
     weights_sha256: str
 
 
+class DeviceInfo(_Section):
+    """One device TensorFlow saw: `name` (`/physical_device:GPU:0`), `type` (`CPU`, `GPU`), `model` (`NVIDIA H200`)."""
+
+    name: str
+    type: str
+    model: Optional[str] = None
+
+
+class RuntimeSection(_Section):
+    """How the kernel computed (`models.reproducibility.set_determinism`); the runner copies it into the
+    record's `environment`.
+
+    Attributes:
+        deterministic: the run's `deterministic` parameter.
+        op_determinism: whether TensorFlow's op determinism was on.
+        device: where Keras ran the model: `"GPU: <GPU:0's name>"` or `"CPU: <model name>"`.
+        devices: every device TensorFlow saw.
+    """
+
+    deterministic: bool
+    op_determinism: bool
+    device: str
+    devices: list[DeviceInfo] = []
+
+
 class NotebookResult(_Section):
-    """`result.json`: what only the kernel knows, written by the notebook's last cell (`write_result`)."""
+    """`result.json`: what only the kernel knows, written by the notebook's last cell (`write_result`).
+
+    `runtime` is `None` for notebooks that do not report it (written before it existed, or other notebooks).
+    """
 
     data: DataSection
     model: ModelSection
     training: TrainingSection
     evaluation: EvaluationSection
     warm_start: Optional[WarmStartSection] = None
+    runtime: Optional[RuntimeSection] = None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -261,7 +298,9 @@ def write_result(output_dir: str | os.PathLike, **sections: Any) -> Path:
     Args:
         output_dir: the run folder (`experiments/<run_id>/`).
         **sections: `data=`, `model=`, `training=`, `evaluation=` (mappings,
-            e.g. `TrainingResult.to_dict()`), and `warm_start=` (or `None`).
+            e.g. `TrainingResult.to_dict()`), `warm_start=` (or `None`), and
+            `runtime=` (`models.reproducibility.set_determinism`'s result, or
+            `None`).
 
     Returns:
         Path of the written file.

@@ -144,7 +144,8 @@ class EvaluationResult:
             "support"}}`) and `confusion_matrix` (`[[int]]`, rows are true
             classes, columns predicted classes, in `class_names` order).
         val_metrics: the same on the validation split: what a sweep selects
-            runs by (the test split is only reported).
+            runs by (the test split is only reported); `None` when the
+            validation split was trained on (`train_on_val`: empty).
         eval_s: wall-clock time of the evaluation, seconds.
         from_cache: whether the splits' frozen-layer outputs came from
             the activation cache (only the layers above them ran).
@@ -156,7 +157,7 @@ class EvaluationResult:
     """
 
     metrics: dict
-    val_metrics: dict
+    val_metrics: Optional[dict]
     eval_s: float
     from_cache: bool = False
     tta: Optional[list[str]] = None
@@ -189,7 +190,8 @@ def evaluate_model(
 
     Args:
         model: a trained model from `build_model`.
-        data: the split; evaluates on `data.val` and `data.test`.
+        data: the split; evaluates on `data.val` (unless empty: `train_on_val`)
+            and `data.test`.
         spec: the run's parameters; reads `image_size`, `batch_size`,
             `tta` and the activation cache's parameters.
         output_dir: folder (created if missing) for `predictions.csv`
@@ -204,7 +206,8 @@ def evaluate_model(
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    splits = {"val": data.val, "test": data.test}
+    splits = {name: part for name, part in (("val", data.val), ("test", data.test))
+              if len(part)}  # train_on_val: the validation images were trained on, not evaluated
     cached = None if spec.tta else _cached_eval_inputs(model, data, spec, list(splits))
     if cached is not None:
         probabilities = {name: cached.split.top.predict(cache.feature_dataset(
@@ -219,7 +222,7 @@ def evaluate_model(
                for name, part in splits.items()}
     save_confusion_matrix(metrics["test"]["confusion_matrix"], data.class_names,
                           output_dir / CONFUSION_MATRIX_FILE)
-    return EvaluationResult(metrics=metrics["test"], val_metrics=metrics["val"],
+    return EvaluationResult(metrics=metrics["test"], val_metrics=metrics.get("val"),
                             eval_s=time.perf_counter() - start, from_cache=cached is not None,
                             tta=list(spec.tta) if spec.tta else None,
                             cache_bypass_reason=TTA_CACHE_BYPASS if spec.tta else None)

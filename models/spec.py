@@ -15,12 +15,17 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .names import TTA_VIEWS
+from .errors import ModelConfigError
+from .hashing import sha256_json
+from .names import EPOCH_LOG_KEYS, TTA_VIEWS, canonical_base
 
 HEADS = ("flatten", "gap")
 OPTIMIZERS = ("adam", "sgd", "adamw")
 LR_SCHEDULES = ("step", "plateau", "cosine")
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+DETERMINISTIC_DEFAULT = True
+"""Default of the `deterministic` parameter. The notebook's parameters cell repeats it as a literal
+(papermill reads literals only); `tests/test_grid.py` fails when the two disagree."""
 
 
 def _refuse_unknown_keys(model: type[BaseModel], data, what: str):
@@ -57,7 +62,7 @@ class RandomResizedCropFactors(BaseModel):
             `[0.75, 1.3333]` (3/4, 4/3).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     scale: list[float] = Field(default_factory=lambda: [0.08, 1.0], min_length=2, max_length=2)
     ratio: list[float] = Field(default_factory=lambda: [3 / 4, 4 / 3], min_length=2, max_length=2)
@@ -84,7 +89,7 @@ class ShearFactors(BaseModel):
             in [0, 1]. Defaults to `0`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     x: float = Field(0.0, ge=0.0, le=1.0)
     y: float = Field(0.0, ge=0.0, le=1.0)
@@ -116,7 +121,7 @@ class ColorJitterFactors(BaseModel):
             [-h, h] (Keras `RandomHue`), h in [0, 0.5]. Defaults to `0`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     brightness: float = Field(0.0, ge=0.0, le=1.0)
     contrast: float = Field(0.0, ge=0.0, le=1.0)
@@ -139,7 +144,7 @@ class RandAugmentFactors(BaseModel):
             Keras to [0, 1]). Defaults to `0.5`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     num_ops: int = Field(2, ge=1)
     magnitude: float = Field(0.5, ge=0.0, le=1.0)
@@ -196,7 +201,7 @@ class Augmentation(BaseModel):
             and the loss `categorical_crossentropy`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     random_resized_crop: Optional[RandomResizedCropFactors] = None
     flip: Optional[Literal["horizontal", "vertical", "horizontal_and_vertical"]] = None
@@ -249,7 +254,7 @@ class FineTuneFrom(BaseModel):
             (`models.training.resolve_fine_tune_layers`).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     from_layer: str = Field(min_length=1)
 
@@ -266,7 +271,9 @@ class ExperimentSpec(BaseModel):
     names are refused (`extra="forbid"`), and types are strict (pydantic's
     strict mode): `True` is not an int, `"32"` not an int, `"yes"` not a
     bool; an int is accepted for a float field and a mapping for
-    `augmentation`. `model_dump(mode="json")` validates again unchanged.
+    `augmentation`. Every float is finite (`allow_inf_nan=False`: `.inf`
+    and `.nan` are refused, as JSON cannot record them).
+    `model_dump(mode="json")` validates again unchanged.
 
     Attributes:
         data_dir: ImageFolder-style folder (one sub-folder of images per
@@ -279,10 +286,19 @@ class ExperimentSpec(BaseModel):
             in (0, 1); `val_fraction + test_fraction < 1`.
         seed: seed of the split, the subset, weight initialisation and
             shuffling.
-        base: a `keras.applications` model name, case-insensitive
-            (`vgg16`, `resnet50`, `inception_resnet_v2`, `mobilenet`,
-            `mobilenet_v2`, ...), or a from-scratch CNN (`simple_cnn_small`,
-            `simple_cnn_medium`).
+        deterministic: make the run bit-reproducible: seed Python, NumPy,
+            TensorFlow and Keras with `seed` and enable TensorFlow's op
+            determinism (`models.reproducibility.set_determinism`, called
+            first thing by the notebook), so that the same parameters on the
+            same machine type and versions give the same weights, histories
+            and probabilities. Defaults to `DETERMINISTIC_DEFAULT`.
+        base: a `keras.applications` model name, case-insensitive and
+            ignoring `_` and `-` (`vgg16`, `VGG16`, `resnet50`,
+            `inception_resnet_v2`, `MobileNetV2`, ...), or a from-scratch CNN
+            (`simple_cnn_small`, `simple_cnn_medium`); stored in its one
+            canonical spelling (`models.names.canonical_base`: `vgg16`,
+            `mobilenet_v2`), so config hashes, warm starts, cache keys and
+            the search's cost model see one name per base.
         base_kwargs: extra keyword arguments of the base constructor
             (e.g. `{"alpha": 0.35}`).
         weights: `"imagenet"`, `None` (random initialisation) or a path to a
@@ -330,13 +346,14 @@ class ExperimentSpec(BaseModel):
             so it follows Keras's `val_accuracy`).
         class_weight: `None` or `"balanced"` (scikit-learn's
             `compute_class_weight`).
-        sampler: `None`, or `"balanced"`: every training batch is drawn
+        batch_sampler: `None`, or `"balanced"`: every training batch is drawn
             evenly from the classes (`tf.data.Dataset.sample_from_datasets`
             over per-class repeated, shuffled streams with equal weights;
             `models.data.index_batches`), `ceil(n_train / batch_size)`
             batches an epoch; works on images and on cached activations.
             Another correction for class imbalance than `class_weight`: at
-            most one of the two.
+            most one of the two. (Named `sampler` before; that name is
+            refused now, as a search's `search: {sampler: ...}` is Optuna's.)
         jit_compile: XLA compilation of the train step
             (`model.compile(jit_compile=...)`): `False`, `True` or `"auto"`
             (Keras's choice: XLA where a GPU is visible).
@@ -359,6 +376,32 @@ class ExperimentSpec(BaseModel):
             their moving statistics, the base being called with
             `training=False`). Defaults to frozen, as in Keras's
             transfer-learning guide.
+        ema: `None` (off), or the momentum m in (0, 1) of an exponential
+            moving average of the trainable weights (Polyak averaging; Keras
+            optimizers' `use_ema=True, ema_momentum=m`): after each step
+            `average = m * average + (1 - m) * weights`, the first step's
+            weights starting it, anew in each phase (e.g. `0.999`: about the
+            last 1000 steps). The averaged weights are what is validated
+            every epoch, kept as best, checkpointed, saved to `model.keras`
+            and evaluated; the raw weights only train
+            (`models.training.averaging`). Non-trainable weights
+            (BatchNormalization's moving statistics) are not averaged.
+        swa_epochs: `None` (off), or k in [1, `fine_tune_epochs`]: stochastic
+            weight averaging (Izmailov et al. 2018) of the last k epochs of
+            the fine-tuning phase (the last k run, early stopping
+            included): the saved, evaluated model holds the mean of those
+            epochs' weights instead of the best epoch's, and the
+            BatchNormalization layers that trained in training mode get
+            their moving statistics recomputed on the training images for
+            the averaged weights. Needs a fine-tuning phase; exclusive with
+            `ema`.
+        train_on_val: train on the training and validation splits together
+            (set by a grid's `refit: true` for its refit run): nothing is
+            left to validate on, so every epoch runs (no early stopping,
+            no `plateau` schedule, the last epoch's weights are kept) and
+            only the test split is evaluated; the split (and its
+            manifest) stays the same, so the test images are those of the
+            runs it is compared with.
         name: a name for the run (letters, digits, `_`, `-`, `.`), unique
             in the logs folder, shown on the leaderboard and in the lineage
             tree, and usable as a `warm_start` reference (`exp_002`);
@@ -367,7 +410,9 @@ class ExperimentSpec(BaseModel):
             id, a run `name`, a unique prefix of a run id, or `"best"` (the
             best completed run by the grid's metric on the validation split,
             when this run starts, among runs with the same base, base_kwargs,
-            head, dense_units and image_size, restricted by `best_of`);
+            head, dense_units and image_size, restricted by `best_of`; with
+            repeats, the configuration with the best mean over its seeds, and
+            of it the run best on the validation split);
             `None` for a fresh start. The earlier run must have the same base,
             base_kwargs, head, dense_units, image_size and classes. Values
             with `/`, `\\` or `..` are refused (records are looked up in the
@@ -408,7 +453,7 @@ class ExperimentSpec(BaseModel):
             the copies, so evaluation does not read the activation cache.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     # Data
     data_dir: str = "builtin:digits"
@@ -416,6 +461,7 @@ class ExperimentSpec(BaseModel):
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     seed: int = 42
+    deterministic: bool = DETERMINISTIC_DEFAULT
     # Model
     base: str = "vgg16"
     base_kwargs: dict = Field(default_factory=dict)
@@ -442,9 +488,9 @@ class ExperimentSpec(BaseModel):
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(32, ge=1)
     early_stopping_patience: Optional[int] = Field(3, ge=1)
-    early_stopping_monitor: Literal["val_loss", "val_accuracy", "val_weighted_recall"] = "val_loss"
+    early_stopping_monitor: Literal[tuple(EPOCH_LOG_KEYS)] = "val_loss"
     class_weight: Optional[Literal["balanced"]] = None
-    sampler: Optional[Literal["balanced"]] = None
+    batch_sampler: Optional[Literal["balanced"]] = None
     jit_compile: Union[bool, Literal["auto"]] = "auto"
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     # Fine-tuning
@@ -453,6 +499,10 @@ class ExperimentSpec(BaseModel):
     fine_tune_learning_rate: float = Field(1e-5, gt=0.0)
     fine_tune_lr_schedule: Optional[Literal["step", "plateau", "cosine"]] = None
     unfreeze_batchnorm: bool = False
+    # Weight averaging and refit
+    ema: Optional[float] = None
+    swa_epochs: Optional[int] = None
+    train_on_val: bool = False
     # Warm start and checkpoints
     name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
     warm_start: Optional[str] = None
@@ -460,7 +510,7 @@ class ExperimentSpec(BaseModel):
     best_of: Optional[str] = None
     keep_checkpoints: Optional[int] = Field(None, ge=0)
     keep_best_checkpoints: Optional[int] = Field(None, ge=1)
-    checkpoint_monitor: Literal["val_loss", "val_accuracy", "val_weighted_recall"] = "val_loss"
+    checkpoint_monitor: Literal[tuple(EPOCH_LOG_KEYS)] = "val_loss"
     # Activation cache
     activation_cache: bool = True
     activation_cache_dtype: Literal["float32", "float16"] = "float32"
@@ -503,7 +553,7 @@ class ExperimentSpec(BaseModel):
     def _base_name(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("base must be a non-empty model name")
-        return value
+        return canonical_base(value)
 
     @field_validator("warm_start")
     @classmethod
@@ -511,6 +561,22 @@ class ExperimentSpec(BaseModel):
         if value is not None and (not value.strip() or any(part in value for part in ("/", "\\", ".."))):
             raise ValueError("expected a run id, a unique prefix of one, 'best' or null "
                              "(no '/', '\\' or '..': records are looked up in logs_dir only)")
+        return value
+
+    @field_validator("ema")
+    @classmethod
+    def _ema_momentum(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not 0.0 < value < 1.0:
+            raise ModelConfigError(f"ema: got {value}, expected null (off) or a momentum in (0, 1), e.g. 0.999 "
+                                   f"(the share of the average kept at each step)")
+        return value
+
+    @field_validator("swa_epochs")
+    @classmethod
+    def _swa_count(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and value < 1:
+            raise ModelConfigError(f"swa_epochs: got {value}, expected null (off) or an int k in "
+                                   f"[1, fine_tune_epochs]: the last k fine-tuning epochs averaged")
         return value
 
     @field_validator("tta")
@@ -523,10 +589,10 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_imbalance_correction(self) -> "ExperimentSpec":
-        if self.class_weight is not None and self.sampler is not None:
+        if self.class_weight is not None and self.batch_sampler is not None:
             raise ValueError(
-                f"class_weight={self.class_weight!r} and sampler={self.sampler!r} both correct for class "
-                f"imbalance (together they over-weight small classes twice); set one of them to null")
+                f"class_weight={self.class_weight!r} and batch_sampler={self.batch_sampler!r} both correct for "
+                f"class imbalance (together they over-weight small classes twice); set one of them to null")
         return self
 
     @model_validator(mode="after")
@@ -559,11 +625,37 @@ class ExperimentSpec(BaseModel):
                 raise ValueError(
                     f"warmup_epochs={self.warmup_epochs} needs {phase} > {self.warmup_epochs} (each phase "
                     f"warms up over its first warmup_epochs epochs, then trains at its rate), got {epochs}")
+        self._check_averaging()
+        self._check_train_on_val()
         if self.keep_best_checkpoints is not None and self.keep_checkpoints is None:
             raise ValueError(
                 f"keep_best_checkpoints={self.keep_best_checkpoints} with keep_checkpoints=None: every "
                 f"checkpoint is kept anyway; set keep_checkpoints to 0 (only the best) or k (the last k too)")
         return self
+
+    def _check_averaging(self) -> None:
+        if self.swa_epochs is not None:
+            if self.ema is not None:
+                raise ModelConfigError(
+                    f"ema={self.ema} and swa_epochs={self.swa_epochs} both average the weights: set at most one "
+                    f"of them (ema: null or swa_epochs: null)")
+            if not self.fine_tunes or self.swa_epochs > self.fine_tune_epochs:
+                why = ("there is no fine-tuning phase (fine_tune_layers=0)" if not self.fine_tunes
+                       else f"fine_tune_epochs is {self.fine_tune_epochs}")
+                raise ModelConfigError(
+                    f"swa_epochs: got {self.swa_epochs}, expected null or an int in [1, fine_tune_epochs] (it "
+                    f"averages the last epochs of the fine-tuning phase), but {why}")
+
+    def _check_train_on_val(self) -> None:
+        if not self.train_on_val:
+            return
+        on_val = {"early_stopping_patience": (self.early_stopping_patience, "null"),
+                  "keep_best_checkpoints": (self.keep_best_checkpoints, "null")}
+        for key, (value, allowed) in on_val.items():
+            if value is not None:
+                raise ModelConfigError(
+                    f"{key}: got {value} with train_on_val=true, expected {allowed}: the validation split is "
+                    f"trained on, nothing is left to monitor")
 
     @property
     def fine_tunes(self) -> bool:
@@ -594,3 +686,57 @@ def bypass_reason(spec: ExperimentSpec) -> Optional[str]:
         return ("augmentation acts on input pixels and augmented_copies is 0: every epoch needs new "
                 "random copies, so the frozen layers run every epoch")
     return None
+
+
+def cache_entry_inputs(spec: ExperimentSpec) -> dict:
+    """The parameters an activation-cache entry's key holds as they are (`models.cache.cache_key` adds what
+    only a built model and a listed folder tell: the frozen weights' sha256, the split manifest, the cut
+    layer, the Keras and TensorFlow versions).
+
+    Args:
+        spec: the run's parameters.
+
+    Returns:
+        JSON-safe `{"base": canonical name, "base_kwargs", "image_size", "dtype", "augmentation",
+        "augmented_copies", "augmentation_seed"}`; the last three are `None`, `0`, `None` unless
+        augmentation is on (`augmenting`) with `augmented_copies`, so an all-off augmentation mapping
+        keys as no augmentation. With `train_on_val`, also `"train_on_val": True` (its entry's training
+        rows are the training and validation images; the split's manifest is the same), absent
+        otherwise so the keys of other runs do not change.
+    """
+    copies = spec.augmented_copies if augmenting(spec) else 0
+    inputs = {"base": canonical_base(spec.base), "base_kwargs": spec.base_kwargs, "image_size": spec.image_size,
+              "dtype": spec.activation_cache_dtype,
+              "augmentation": spec.augmentation.model_dump(mode="json") if copies else None,
+              "augmented_copies": copies, "augmentation_seed": spec.seed if copies else None}
+    return {**inputs, "train_on_val": True} if spec.train_on_val else inputs
+
+
+def cache_build_key(spec: ExperimentSpec) -> Optional[str]:
+    """Which activation-cache entries a run reads, from its parameters alone (no TensorFlow, no files read):
+    two runs with the same key read the same entries, so only the first one builds them.
+
+    The key hashes `cache_entry_inputs` and, for each part of `models.cache.cache_key` known only once
+    the run is under way, the parameters that decide it: the frozen weights (`weights`, and `warm_start`
+    with `warm_start_checkpoint`: a warm start's frozen layers hold its parent's weights), the split
+    manifest (`data_dir`, `max_images_per_class`, `val_fraction`, `test_fraction`, `seed`), the cut layers
+    (`fine_tune_layers` when fine-tuning) and where entries live (`cache_dir`). Anything else (learning
+    rate, head, epochs, ...) leaves it unchanged. `runner.search.duration` predicts a cache build with it.
+
+    Args:
+        spec: the run's parameters.
+
+    Returns:
+        32 hex digits (sha256), or `None` when the run builds no entry: it bypasses the cache
+        (`bypass_reason`) or trains its base from scratch (nothing frozen, `models.cache.split_model`).
+    """
+    if bypass_reason(spec) or spec.from_scratch:
+        return None
+    decided_by = spec.model_dump(mode="json", include={
+        "weights", "data_dir", "max_images_per_class", "val_fraction", "test_fraction", "seed", "cache_dir",
+        "fine_tune_layers", "warm_start", "warm_start_checkpoint"})
+    if not spec.fine_tunes:  # 0 and 0.0: one phase, one entry
+        decided_by["fine_tune_layers"] = 0
+    if spec.warm_start is None:  # the checkpoint of no parent
+        decided_by["warm_start_checkpoint"] = None
+    return sha256_json({**cache_entry_inputs(spec), **decided_by})[:32]

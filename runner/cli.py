@@ -7,6 +7,8 @@
     nbsweep ensemble --top N | RUN RUN [RUN ...]
     nbsweep lineage [--logs-dir logs] [--out lineage.html] [--metric weighted_recall]
     nbsweep export-mlflow [--logs-dir logs] [--tracking-uri mlruns] [--experiment-name nbsweep]
+    nbsweep rerun RUN [--expect-identical] [--dry-run]      (also: python runner/sweep.py --rerun RUN)
+    nbsweep compare RUN RUN [RUN ...] [--out compare.html]
 
 `python runner/<script>.py ...` (`sweep.py`, `leaderboard.py`, `predict.py`,
 `ensemble.py`, `lineage.py`, `export_mlflow.py`) runs the same subcommand: each
@@ -38,7 +40,8 @@ from typing import Any, Callable, Optional, Sequence
 import click
 
 from models.errors import ModelConfigError
-from runner.errors import ConfigError, FatalError, RunnerError
+from models.names import DEFAULT_METRIC
+from runner.errors import ConfigError, FatalError, RunnerError, shorten
 
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ModelConfigError)
 """Errors every command prints as `error: <message>` and exits 2 for."""
@@ -151,6 +154,23 @@ class _PositiveInt(click.ParamType):
         return number
 
 
+class _Seconds(click.ParamType):
+    """A number of seconds: finite and > 0 (`0`, `-1`, `nan` and `inf` are refused, never read as "no limit")."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> float:
+        import math
+
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not (seconds > 0 and math.isfinite(seconds)):
+            self.fail(f"expected a finite number of seconds > 0 (leave the option out for no limit), got {value}", param, ctx)
+        return seconds
+
+
 @click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
 def nbsweep() -> None:
     """nbsweep: recorded, reproducible Keras image-classification sweeps with papermill.
@@ -159,7 +179,7 @@ def nbsweep() -> None:
     configuration of one base notebook; each run is saved as an executed
     notebook and its html and recorded as JSON in logs/; the leaderboard ranks
     the runs. `python runner/<script>.py ...` and `python -m runner` run the same commands.
-    Every command is described in README.md.
+    Every command is described in docs/commands.md.
 
     Exit codes: 0 success; 1 a run (or an export) failed; 2 bad input or
     usage (nothing ran); 130 interrupted.
@@ -172,7 +192,7 @@ def _sweep_epilog() -> str:
 
     return ("grid file keys: " + ", ".join(GridSpec.model_fields) + "\n\n"
             + "notebook parameters (in fixed, grid, runs): " + ", ".join(ExperimentSpec.model_fields)
-            + "\n\nEvery key and parameter is described in README.md (\"grid.yaml reference\").")
+            + "\n\nEvery key and parameter is described in docs/grid.md.")
 
 
 SWEEP_HELP = """Run a sweep: every configuration of the grid file GRID is validated against the
@@ -185,16 +205,23 @@ A run whose completed record has the same config_hash (parameters, notebook code
 of models/, data manifest, weights) is skipped, so re-running the same command after an
 interruption continues where it stopped.
 
+With --rerun RUN (GRID is then optional) it executes one recorded run again instead, as
+`nbsweep rerun RUN` does; a GRID given with it names the folders (logs_dir, experiments_dir,
+leaderboard) and the notebook of records that name none.
+
 Exit codes: 0 every run completed (or was skipped); 1 at least one run failed or timed
 out; 2 invalid grid file or option, or another sweep holds the logs folder (nothing ran);
 130 interrupted (Ctrl-C / SIGTERM).
 """
 
+RERUN_ONLY_WITH = ("dry_run", "verbose", "timeout", "cell_timeout", "expect_identical")
+"""The sweep options that apply to `--rerun` (the others choose or place many runs)."""
+
 
 @nbsweep.command("sweep", short_help="Run a sweep: expand a grid file into papermill runs of one notebook.",
                  help=SWEEP_HELP, epilog_factory=_sweep_epilog)
-@click.argument("grid", cls=_Argument, type=click.Path(path_type=Path), metavar="GRID",
-                help="the grid file (YAML), e.g. grid.yaml; see README")
+@click.argument("grid", cls=_Argument, type=click.Path(path_type=Path), metavar="[GRID]", required=False,
+                help="the grid file (YAML), e.g. grid.yaml; see docs/grid.md (optional with --rerun)")
 @click.option("--dry-run", is_flag=True, help="print the expanded runs as a table and exit")
 @click.option("--verbose", is_flag=True, help="show each notebook's cell output while it runs")
 @click.option("--data-dir", metavar="DIR", help="use this ImageFolder-style folder as data_dir of every run")
@@ -204,18 +231,23 @@ out; 2 invalid grid file or option, or another sweep holds the logs folder (noth
               help="re-run runs that already have a completed record with the same config_hash")
 @click.option("--retry-failed", is_flag=True,
               help="run only the runs whose records all failed, were interrupted or timed out")
-@click.option("--timeout", type=float, metavar="SECONDS",
+@click.option("--timeout", type=_Seconds(), metavar="SECONDS",
               help="wall-clock limit of each run; a run over it is stopped and recorded as 'timeout'")
-@click.option("--cell-timeout", type=float, metavar="SECONDS",
+@click.option("--cell-timeout", type=_Seconds(), metavar="SECONDS",
               help="limit of each notebook cell (papermill's execution timeout)")
 @click.option("--workers", type=_PositiveInt(), default=1, metavar="N",
               help="run N notebooks at once, each in its own worker process and kernel, with "
               "TensorFlow threads = cores / N (default: 1, in this process)")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local",
               help="where runs execute: this machine (default) or a dask.distributed cluster "
-              "(needs --scheduler and a filesystem shared with the workers; see README)")
+              "(needs --scheduler and a filesystem shared with the workers; see docs/dask.md)")
 @click.option("--scheduler", metavar="ADDRESS",
               help="the Dask scheduler, e.g. tcp://HOST:8786 (with --executor dask)")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0, min_open=True), metavar="G",
+              help="GPUs each worker's kernels see (CUDA_VISIBLE_DEVICES): a whole number, or 1/k of one "
+              "(0.5: two workers per GPU); default with --workers N and GPUs: one each, or in turn")
+@click.option("--prestart/--no-prestart", default=True, show_default=True,
+              help="start each run's kernel, with its imports, while the run before it executes")
 @click.option("--max-runs", type=int, default=1000, metavar="N",
               help="refuse a grid of more runs than this unless --yes (default: 1000)")
 @click.option("--yes", is_flag=True, help="run a grid larger than --max-runs")
@@ -223,16 +255,35 @@ out; 2 invalid grid file or option, or another sweep holds the logs folder (noth
               help="also run again the runs a search's pruner stopped (they count as done otherwise)")
 @click.option("--clean-orphans", is_flag=True, help="remove run folders that have no record (left by a SIGKILL "
               "or a failed record write); they are listed either way")
-def sweep(grid: Path, dry_run: bool, verbose: bool, data_dir: Optional[str], weights_dir: Optional[str],
+@click.option("--rerun", metavar="RUN", help="execute the recorded run RUN again (see nbsweep rerun --help)")
+@click.option("--expect-identical", is_flag=True, help="with --rerun: exit 1 unless the rerun's figures and "
+              "test probabilities equal the original's")
+def sweep(grid: Optional[Path], dry_run: bool, verbose: bool, data_dir: Optional[str], weights_dir: Optional[str],
           force: bool, retry_failed: bool, timeout: Optional[float], cell_timeout: Optional[float],
           workers: int, executor: str, scheduler: Optional[str], max_runs: int, yes: bool,
-          retry_pruned: bool, clean_orphans: bool) -> int:
-    """`nbsweep sweep`: checks the options, then `runner.core.loop.sweep_command`.
+          retry_pruned: bool, clean_orphans: bool, rerun: Optional[str], expect_identical: bool,
+          gpus_per_worker: Optional[float] = None, prestart: bool = True) -> int:
+    """`nbsweep sweep`: checks the options, then `runner.core.loop.sweep_command` (or, with
+    `--rerun`, `runner.core.rerun.rerun_command`).
 
     Returns:
         0 every run completed or was skipped (or a dry run), 1 a run failed
         or timed out, 130 interrupted.
     """
+    if rerun is not None:
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name, value in ctx.params.items()
+                 if name not in (*RERUN_ONLY_WITH, "grid", "rerun")
+                 and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            _usage_error(f"{', '.join(given)} cannot be used with --rerun (a rerun executes one recorded run "
+                         f"with its own parameters)")
+        return _rerun_from_sweep(rerun, grid, dry_run=dry_run, verbose=verbose, timeout_s=timeout,
+                                 cell_timeout_s=cell_timeout, expect_identical=expect_identical)
+    if grid is None:
+        _usage_error("Missing argument 'GRID' (a grid file, or --rerun RUN).")
+    if expect_identical:
+        _usage_error("--expect-identical needs --rerun RUN")
     if force and retry_failed:
         _usage_error("--force and --retry-failed cannot be used together")
     if executor == "dask" and not scheduler:
@@ -241,13 +292,107 @@ def sweep(grid: Path, dry_run: bool, verbose: bool, data_dir: Optional[str], wei
         _usage_error("--workers is for --executor local; a Dask cluster runs as many runs as its workers have threads")
     if scheduler and executor != "dask":
         _usage_error("--scheduler needs --executor dask")
+    if gpus_per_worker is not None and executor == "dask":
+        _usage_error("--gpus-per-worker is for --executor local; give each Dask worker its GPUs when you start it")
     from runner.core.loop import SweepOptions, sweep_command
 
     options = SweepOptions(verbose=verbose, force=force, retry_failed=retry_failed, timeout_s=timeout,
                            cell_timeout_s=cell_timeout, workers=workers, executor=executor, scheduler=scheduler,
-                           retry_pruned=retry_pruned, clean_orphans=clean_orphans)
+                           retry_pruned=retry_pruned, clean_orphans=clean_orphans, prestart=prestart,
+                           gpus_per_worker=gpus_per_worker)
     return sweep_command(grid, options, dry_run=dry_run, data_dir=data_dir, weights_dir=weights_dir,
                          max_runs=max_runs, yes=yes)
+
+
+def _rerun_from_sweep(run: str, grid: Optional[Path], **options: Any) -> int:
+    """`sweep --rerun RUN [GRID]`: `rerun_command` in the grid's folders (or the defaults)."""
+    from runner.core.rerun import rerun_command
+
+    if grid is None:
+        return rerun_command(run, **options)
+    from runner.grid import load_grid
+
+    spec = load_grid(grid)
+    return rerun_command(run, logs_dir=spec.logs_dir, experiments_dir=spec.experiments_dir,
+                         leaderboard=spec.leaderboard, default_notebook=spec.notebook, metric=spec.metric,
+                         top_n=spec.top_n, **options)
+
+
+RERUN_HELP = """Execute a recorded run again with its exact parameters, as a new run linked to the
+original (its record's rerun_of), and report how far its figures moved.
+
+RUN is a run id, a unique prefix of one, a run name, 'best' or the path of a record. Before
+running, it names whatever changed since the original ran: the notebook's code, each
+changed file of models/ (code, not docstrings), package versions, the data manifest (the
+split's files, listed afresh) and the weights files. A rerun is always executed, even when
+nothing changed (its config_hash then equals the original's). A warm-started run starts
+from the same parent. After the run it prints every validation and test metric of both,
+their difference, and the largest absolute difference of the predicted probabilities on the
+test split, then regenerates the leaderboard.
+
+Exit codes: 0 the rerun completed (with --expect-identical: and every figure and
+probability equals the original's); 1 it failed, or differs with --expect-identical; 2 bad
+input (unknown run, a notebook that no longer takes its parameters); 130 interrupted.
+"""
+
+
+@nbsweep.command("rerun", short_help="Execute a recorded run again and report how far its figures moved.",
+                 help=RERUN_HELP)
+@click.argument("run", cls=_Argument, metavar="RUN", help="run id, unique run-id prefix, run name, 'best' or a "
+                "record path")
+@click.option("--expect-identical", is_flag=True,
+              help="exit 1 unless the rerun's figures and test probabilities equal the original's")
+@click.option("--dry-run", is_flag=True, help="only name what changed since the original ran; run nothing")
+@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
+@click.option("--experiments-dir", metavar="DIR",
+              help="where the new run folder goes (default: beside the original's run folder)")
+@click.option("--notebook", type=click.Path(path_type=Path), metavar="FILE",
+              help="execute this notebook (default: the one the original ran)")
+@click.option("--leaderboard", "leaderboard_path", default="leaderboard.html", metavar="FILE",
+              help="leaderboard to regenerate (default: leaderboard.html)")
+@click.option("--metric", cls=_Option, default=DEFAULT_METRIC, metavar="NAME", help_factory=lambda: "what the "
+              f"regenerated leaderboard ranks by, {_metric_choices()} (default: {DEFAULT_METRIC})")
+@click.option("--verbose", is_flag=True, help="show the notebook's cell output while it runs")
+@click.option("--timeout", type=_Seconds(), metavar="SECONDS", help="wall-clock limit of the run")
+@click.option("--cell-timeout", type=_Seconds(), metavar="SECONDS", help="limit of each notebook cell")
+def rerun(run: str, expect_identical: bool, dry_run: bool, logs_dir: str, experiments_dir: Optional[str],
+          notebook: Optional[Path], leaderboard_path: str, metric: str, verbose: bool, timeout: Optional[float],
+          cell_timeout: Optional[float]) -> int:
+    """`nbsweep rerun`: `runner.core.rerun.rerun_command`."""
+    from runner.core.rerun import rerun_command
+
+    return rerun_command(run, logs_dir=logs_dir, experiments_dir=experiments_dir, leaderboard=leaderboard_path,
+                         notebook=notebook, metric=metric, verbose=verbose, timeout_s=timeout,
+                         cell_timeout_s=cell_timeout, expect_identical=expect_identical, dry_run=dry_run)
+
+
+COMPARE_HELP = """Write one static, offline page comparing recorded runs side by side: the parameters
+that differ (a toggle shows all), the training curves of every run overlaid (loss and
+accuracy, training and validation, both phases, best epoch marked), the validation and
+test figures, per-class precision, recall and F1 with the difference to the first run,
+the confusion matrices, McNemar's exact test of each run against the first on the test
+split's predictions, timings, cache use and parents.
+
+Each RUN is a run id, a unique prefix of one, a run name, 'best' or a record path; the first
+is the reference. The page needs no server and no network (charts are inline SVG).
+"""
+
+
+@nbsweep.command("compare", short_help="Write compare.html: two or more recorded runs side by side.",
+                 help=COMPARE_HELP, input_errors=(RunnerError,))
+@click.argument("runs", cls=_Argument, nargs=-1, metavar="RUN RUN [RUN]...",
+                help="the runs (ids, unique prefixes, names or record paths); the first is the reference")
+@click.option("--out", default="compare.html", metavar="FILE", help="html page to write (default: compare.html)")
+@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
+def compare(runs: tuple[str, ...], out: str, logs_dir: str) -> int:
+    """`nbsweep compare`: `runner.reports.compare.write_compare`."""
+    if len(runs) < 2:
+        _usage_error("give at least 2 runs to compare")
+    from runner.reports.compare import write_compare
+
+    page = write_compare(list(runs), logs_dir, out)
+    print(f"wrote {out} ({len(runs)} runs; first: {page.runs[0].run_id})")
+    return 0
 
 
 def _metric_choices() -> str:
@@ -261,12 +406,14 @@ def _metric_choices() -> str:
                       "(on the validation split; test figures beside it).")
 @click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
 @click.option("--out", default="leaderboard.html", metavar="FILE", help="html page to write (default: leaderboard.html)")
-@click.option("--metric", cls=_Option, default="weighted_recall", metavar="NAME", help_factory=_metric_choices)
+@click.option("--metric", cls=_Option, default=DEFAULT_METRIC, metavar="NAME", help_factory=_metric_choices)
 @click.option("--top-n", type=int, default=10, metavar="N", help="runs shown (default: 10)")
 def leaderboard(logs_dir: str, out: str, metric: str, top_n: int) -> int:
     """`nbsweep leaderboard`: `runner.reports.leaderboard.write_leaderboard`, then its one-line summary."""
     from runner.reports.leaderboard import write_leaderboard
+    from runner.records.query import require_logs_dir
 
+    require_logs_dir(logs_dir)  # a typo must not write an empty page
     print(write_leaderboard(logs_dir, out, metric, top_n).summary())
     return 0
 
@@ -294,7 +441,7 @@ flip,crop, or --tta none for the plain model.
               help="evaluate on an ImageFolder-style folder (one sub-folder per class)")
 @click.option("--name", metavar="NAME", help="evaluation name (default: the folder's name)")
 @click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
-@click.option("--metric", default="weighted_recall", metavar="NAME", help="what 'best' ranks by (default: weighted_recall)")
+@click.option("--metric", default=DEFAULT_METRIC, metavar="NAME", help=f"what 'best' ranks by (default: {DEFAULT_METRIC})")
 @click.option("--tta", "tta_text", metavar="VIEWS",
               help="test-time augmentation instead of the run's own: flip, vflip, crop, comma-separated, or none")
 def predict(run: str, paths: tuple[str, ...], out: Optional[Path], evaluate: Optional[Path], name: Optional[str],
@@ -304,11 +451,15 @@ def predict(run: str, paths: tuple[str, ...], out: Optional[Path], evaluate: Opt
         _usage_error("give image paths to predict, or --evaluate LABELLED_DIR")
     import pandas as pd
 
-    from runner.core.predict import check_out_path, evaluate_run, load_run, parse_tta, write_predictions_csv
+    from runner.core.predict import (check_out_path, evaluate_run, expand_image_paths, load_run, no_readable_images,
+                                     parse_tta, write_predictions_csv)
 
     tta = None if tta_text is None else parse_tta(tta_text)
     if out is not None:
         check_out_path(out)  # before the model loads: a bad --out costs nothing
+    given = shorten(", ".join(map(str, paths)), quote=False)
+    if paths and not expand_image_paths(paths)[0]:  # likewise no image to predict
+        raise ConfigError(no_readable_images(given, expand_image_paths(paths)[1]))
     loaded = load_run(run, logs_dir, metric)
     skipped: dict[str, str] = {}
     if evaluate is not None:
@@ -323,6 +474,8 @@ def predict(run: str, paths: tuple[str, ...], out: Optional[Path], evaluate: Opt
     if paths:
         predictions = loaded.predict_paths(list(paths), tta=tta)
         skipped = predictions.attrs["skipped"]
+        if predictions.empty:  # every file failed to decode: an error, not an empty table
+            raise ConfigError(no_readable_images(given, skipped))
         with pd.option_context("display.width", 200, "display.max_columns", None):
             print(predictions.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if out:
@@ -349,7 +502,7 @@ and averaging).
 @click.argument("runs", cls=_Argument, nargs=-1, metavar="[RUN]...",
                 help="member runs (ids, unique prefixes or record paths)")
 @click.option("--top", type=int, metavar="N", help="use the N best completed runs instead")
-@click.option("--metric", default="weighted_recall", metavar="NAME", help="what --top ranks by (default: weighted_recall)")
+@click.option("--metric", default=DEFAULT_METRIC, metavar="NAME", help=f"what --top ranks by (default: {DEFAULT_METRIC})")
 @click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
 @click.option("--experiments-dir", default="experiments", metavar="DIR", help="folder of run folders (default: experiments)")
 @click.option("--leaderboard", "leaderboard_path", default="leaderboard.html", metavar="FILE", help="leaderboard to regenerate")
@@ -360,8 +513,9 @@ def ensemble(runs: tuple[str, ...], top: Optional[int], metric: str, logs_dir: s
         _usage_error("give either member runs or --top N")
     from runner.core.ensemble import build_ensemble
     from runner.reports.leaderboard import write_leaderboard
-    from runner.records.query import parse_metric
+    from runner.records.query import parse_metric, require_logs_dir
 
+    require_logs_dir(logs_dir)
     record = build_ensemble(list(runs), top, logs_dir=logs_dir, experiments_dir=experiments_dir, metric=metric)
     write_leaderboard(logs_dir, leaderboard_path, metric)
     name = parse_metric(metric, "--metric").metric  # an ensemble is evaluated on the members' test split
@@ -376,8 +530,8 @@ def ensemble(runs: tuple[str, ...], top: Optional[int], metric: str, logs_dir: s
                       "html. The sweep and `nbsweep leaderboard` write it too, beside the leaderboard.")
 @click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
 @click.option("--out", default="lineage.html", metavar="FILE", help="html page to write (default: lineage.html)")
-@click.option("--metric", cls=_Option, default="weighted_recall", metavar="NAME", help_factory=lambda: "the metric shown at "
-              f"each run, {_metric_choices()} (default: weighted_recall)")
+@click.option("--metric", cls=_Option, default=DEFAULT_METRIC, metavar="NAME", help_factory=lambda: "the metric shown at "
+              f"each run, {_metric_choices()} (default: {DEFAULT_METRIC})")
 def lineage(logs_dir: str, out: str, metric: str) -> int:
     """`nbsweep lineage`: `runner.reports.lineage.render_lineage` of the records, written atomically.
 
@@ -386,10 +540,10 @@ def lineage(logs_dir: str, out: str, metric: str) -> int:
         FatalError: the page cannot be written.
     """
     from runner.reports.lineage import render_lineage
-    from runner.records.query import read_all
+    from runner.records.query import read_all, require_logs_dir
     from runner.records import write_page
 
-    logs, page = Path(logs_dir).resolve(), Path(out).resolve()
+    logs, page = require_logs_dir(logs_dir).resolve(), Path(out).resolve()
     found = read_all(logs)
     write_page(page, render_lineage(found.records, metric, logs, page.parent))
     for name, reason in found.unreadable.items():

@@ -75,6 +75,19 @@ def test_resolve_base_names(name, canonical, constructor):
     assert callable(info.constructor) and callable(info.preprocess_input)
 
 
+def test_canonical_base_is_resolve_base_without_keras():
+    """`models.names.canonical_base` (TF-free: what specs, config hashes, warm starts and the search's cost
+    model compare) gives every spelling the name `resolve_base` gives it, and `BASE_NAMES` is the registry."""
+    from models.names import BASE_NAMES, canonical_base
+
+    assert tuple(BASES) == BASE_NAMES
+    names = {*BASES, *(info.constructor_name for info in BASES.values()),
+             *(attr for attr, value in vars(keras.applications).items() if attr[:1].isupper() and callable(value))}
+    for name in sorted(names):
+        assert canonical_base(name) == resolve_base(name).name, name
+        assert canonical_base(name.upper()) == canonical_base(name.replace("_", "-")) == resolve_base(name).name
+
+
 def test_generic_keras_base_gets_defaults():
     info = resolve_base("EfficientNetB3")
     assert (info.module_name, info.min_size, info.has_imagenet) == (

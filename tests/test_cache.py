@@ -21,6 +21,7 @@ from models.bases import build_base
 from models.build import build_model, load_model
 from models.data import load_data, load_images
 from models.evaluate import evaluate_model
+from models.spec import cache_build_key, cache_entry_inputs
 from models.training import train_model
 
 from helpers import make_image_folder
@@ -98,6 +99,15 @@ def test_key_changes_with_every_input_that_changes_the_numbers(image_dir, weight
     assert (inputs["cut_layer"], cut_inputs["cut_layer"]) == ("block2_dropout", "block2_bn1")
     assert set(inputs) >= {"base", "base_kwargs", "frozen_weights_sha256", "image_size", "data_manifest",
                            "cut_layer", "keras", "tensorflow"}
+    # the search's TF-free prediction of the same entries (models.spec.cache_build_key) agrees on all of it
+    entry = cache_entry_inputs(spec)
+    assert {name: inputs[name] for name in entry} == entry
+    head_only = make_spec(image_dir, weights=weights_files[0], dropout=0.1, head="flatten", learning_rate=0.5,
+                          epochs=1)
+    assert cache_build_key(head_only) == cache_build_key(spec)
+    changed["cut layer"] = make_spec(image_dir, weights=weights_files[0], fine_tune_layers=3, fine_tune_epochs=1)
+    build_keys = {what: cache_build_key(other) for what, other in changed.items()}
+    assert len({cache_build_key(spec), *build_keys.values()}) == len(build_keys) + 1, build_keys
 
 
 @pytest.mark.slow
@@ -152,7 +162,7 @@ def test_a_run_pruned_before_fine_tuning_is_evaluated_from_the_head_phase_entry(
     trial = study.ask()
     pruning = {"storage": str(journal), "study_name": "s", "trial_id": trial._trial_id, "min_epochs": 1,
                # every value is below 2: the pruner stops the run after its first head epoch
-               "pruner": {"class": "ThresholdPruner", "kwargs": {"lower": 2.0}}}
+               "pruner": {"class": "ThresholdPruner", "kwargs": {"lower": 2.0}}, "metric": "val_weighted_recall"}
     spec = make_spec(image_dir, weights=pretrained_base, activation_cache=True, fine_tune_layers=3,
                      fine_tune_epochs=2, cache_dir=str(tmp_path / "cache"), **NO_DROPOUT)
     data = load_data(spec)

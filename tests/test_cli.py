@@ -151,3 +151,17 @@ def test_lineage_writes_the_tree_of_the_records(tmp_path, monkeypatch, make_reco
     result = invoke("lineage", "--metric", "recall")
     assert result.exit_code == 2 and result.output.startswith("error: ") and "'recall'" in result.output
     assert not (tmp_path / "lineage.html").exists()
+
+
+@pytest.mark.slow  # starts a sweep process and its worker processes
+def test_script_with_workers_runs_each_run_once(tmp_path):
+    """`--workers N` spawns processes that run the script file again (as `__mp_main__`): the entry point must
+    not start a second sweep there (each worker would find the logs folder locked and die)."""
+    from helpers import write_faults_grid
+
+    grid = write_faults_grid(tmp_path, "[{action: ok, score: 0.25}, {action: ok, score: 0.75}]")
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "runner" / "sweep.py"), str(grid), "--workers", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 completed" in proc.stdout
+    assert len(list((tmp_path / "logs").glob("*.json"))) == 2

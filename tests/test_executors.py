@@ -7,6 +7,7 @@ Each real sweep's recorded test and validation figures are recomputed from the r
 so a worker that records another run's figures, or figures of the wrong split, fails.
 """
 
+import os
 import signal
 import subprocess
 import time
@@ -15,7 +16,9 @@ from datetime import datetime
 import pytest
 
 from runner import PROJECT_ROOT
-from runner.core.executors import thread_limits
+from runner.core.executors import assign_gpus, discover_gpus, gpu_environment, parse_gpu_list, thread_limits
+from runner.errors import ConfigError
+from runner.records import collect_environment
 from runner.records.query import read_all
 from runner.records import COMPLETED, INTERRUPTED
 from helpers import sweep_main
@@ -53,11 +56,101 @@ def test_dask_options_are_checked(tmp_path, capsys):
     for argv, message in (([grid, "--executor", "dask"], "--executor dask needs --scheduler"),
                           ([grid, "--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs --executor dask"),
                           ([grid, "--executor", "dask", "--scheduler", "tcp://x:1", "--workers", "2"],
-                           "--workers is for --executor local")):
+                           "--workers is for --executor local"),
+                          ([grid, "--executor", "dask", "--scheduler", "tcp://x:1", "--gpus-per-worker", "1"],
+                           "--gpus-per-worker is for --executor local")):
         with pytest.raises(SystemExit):
             sweep_main(argv)
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]
+
+
+# GPUs: the assignment on a simulated device list -------------------------------------------------
+
+
+@pytest.mark.parametrize("workers, gpus, per_worker, expected", [
+    (2, [], None, [[], []]),  # no GPU: nothing changes
+    (2, ["0", "1", "2", "3"], None, [["0"], ["1"]]),  # one each
+    (3, ["0", "1"], None, [["0"], ["1"], ["0"]]),  # more workers than GPUs: in turn
+    (2, ["0", "1", "2", "3"], 2, [["0", "1"], ["2", "3"]]),
+    (4, ["0", "1"], 0.5, [["0"], ["0"], ["1"], ["1"]]),
+    (3, ["0", "1"], 0.5, [["0"], ["0"], ["1"]]),
+    (2, ["0"], 0.25, [["0"], ["0"]]),
+    (3, ["0", "1"], 1 / 3, [["0"], ["0"], ["0"]]),
+    (1, ["MIG-a", "MIG-b"], 1, [["MIG-a"]]),
+])
+def test_assign_gpus_gives_each_worker_its_gpus_or_a_share(workers, gpus, per_worker, expected):
+    assert assign_gpus(workers, gpus, per_worker) == expected
+
+
+@pytest.mark.parametrize("workers, gpus, per_worker, message", [
+    (2, ["0", "1"], 0.3, "--gpus-per-worker 0.3: expected a whole number of GPUs per worker (1, 2, ...) or a share "
+                         "of one, 1/k for k workers per GPU (0.5, 0.25, 0.2, ...)"),
+    (2, ["0", "1"], 1.5, "--gpus-per-worker 1.5: expected a whole number"),
+    (2, [], 1, "--gpus-per-worker 1: this machine has no GPU"),
+    (4, ["0", "1"], 1, "--gpus-per-worker 1 with --workers 4 needs 4 GPUs; this machine has 2 (0, 1): use "
+                       "--gpus-per-worker 0.5 or --workers 2 (allowed values: a whole number"),
+    (2, ["0", "1", "2"], 2, "--gpus-per-worker 2 with --workers 2 needs 4 GPUs; this machine has 3 (0, 1, 2): use "
+                            "--gpus-per-worker 1 or --workers 1"),
+    (5, ["0", "1"], 0.5, "--gpus-per-worker 0.5 with --workers 5 needs 3 GPUs; this machine has 2 (0, 1): use "
+                         "--gpus-per-worker 0.333333 or --workers 4"),
+])
+def test_impossible_gpu_shares_are_refused_with_what_fits(workers, gpus, per_worker, message):
+    with pytest.raises(ConfigError) as error:
+        assign_gpus(workers, gpus, per_worker)
+    assert str(error.value).startswith(message)
+
+
+def test_gpu_discovery_reads_cuda_visible_devices_or_nvidia_smi_and_the_record_names_them(monkeypatch, tmp_path):
+    listing = ("GPU 0: NVIDIA H200 (UUID: GPU-1111)\n"
+               "GPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-2222)\n"
+               "  MIG 3g.20gb     Device  0: (UUID: MIG-aaaa)\n"
+               "  MIG 3g.20gb     Device  1: (UUID: MIG-bbbb)\n"
+               "GPU 2: NVIDIA H200 (UUID: GPU-3333)\n")
+    assert parse_gpu_list(listing) == ["0", "MIG-aaaa", "MIG-bbbb", "2"]
+    assert parse_gpu_list("") == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,-1,5")
+    assert discover_gpus() == ["2", "3"]  # as CUDA reads it: up to the first invalid entry
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert discover_gpus() == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert discover_gpus() == ["0", "MIG-aaaa", "MIG-bbbb", "2"]
+    fake.write_text("#!/bin/sh\nexit 9\n")  # a driver that fails: no GPU
+    assert discover_gpus() == []
+
+    assert gpu_environment([]) == {}
+    env = gpu_environment(["1", "3"])
+    assert env == {"CUDA_VISIBLE_DEVICES": "1,3", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    assert "gpus" not in collect_environment()  # without GPUs the record is as before
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env["CUDA_VISIBLE_DEVICES"])
+    assert collect_environment()["gpus"] == ["1", "3"]
+
+
+@pytest.mark.slow
+def test_each_worker_kernel_sees_its_own_gpu(tmp_path):
+    """Two simulated GPUs (CUDA_VISIBLE_DEVICES=7,8 in the sweep's environment): each of 2 workers gets one,
+    with --gpus-per-worker 0.5 both share the first; the records name them, thread caps unchanged."""
+    write_faults_grid(tmp_path, "[{action: sleep, seconds: 2, score: 0.1}, {action: sleep, seconds: 2, score: 0.2}]")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "7,8"}
+    done = subprocess.run([*SWEEP, "grid.yaml", "--workers", "2"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_all(tmp_path / "logs").records
+    assert sorted(r.environment["gpus"] for r in records) == [["7"], ["8"]]
+    assert all(r.environment["thread_limits"] == thread_limits(2) for r in records)
+    shared = subprocess.run([*SWEEP, "grid.yaml", "--workers", "2", "--gpus-per-worker", "0.5", "--force"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    later = [r for r in read_all(tmp_path / "logs").records if r.run_id not in {rec.run_id for rec in records}]
+    assert [r.environment["gpus"] for r in later] == [["7"], ["7"]]
+    refused = subprocess.run([*SWEEP, "grid.yaml", "--workers", "3", "--gpus-per-worker", "1"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600, env=env)
+    assert refused.returncode == 2 and "needs 3 GPUs; this machine has 2 (7, 8)" in refused.stderr
+    assert kernels_running_in(tmp_path) == []
 
 
 # --workers N ---------------------------------------------------------------------------------------
@@ -190,3 +283,24 @@ def test_ctrl_c_marks_running_tasks_interrupted_and_starts_no_more(tmp_path, clu
     assert sorted((r.params["score"], r.status) for r in records) == [(0.1, INTERRUPTED), (0.2, INTERRUPTED)]
     assert all(rec.timings.total_s < 120 for rec in records)
     assert len(list((tmp_path / "experiments").iterdir())) == 2  # the third run never started
+
+
+@pytest.mark.slow
+def test_dask_workers_keep_their_next_kernel_ready_and_none_outlives_the_sweep(tmp_path, cluster):
+    write_faults_grid(tmp_path, "[{action: sleep, seconds: 4, score: 0.1}, {action: sleep, seconds: 4, score: 0.2}, "
+                                "{action: sleep, seconds: 4, score: 0.3}, {action: sleep, seconds: 4, score: 0.4}]")
+    proc = subprocess.Popen([*SWEEP, "grid.yaml", "--executor", "dask", "--scheduler", cluster.scheduler_address],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    experiments, seen_ahead = tmp_path / "experiments", False
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:  # a kernel waiting in the experiments folder itself
+        for pid in kernels_running_in(experiments):
+            try:
+                seen_ahead = seen_ahead or os.readlink(f"/proc/{pid}/cwd") == str(experiments)
+            except OSError:  # it ended meanwhile
+                pass
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "4 completed" in out and seen_ahead
+    assert kernels_running_in(tmp_path) == []  # the ones no run took were killed when the sweep closed

@@ -127,7 +127,7 @@ def test_relative_paths_become_absolute_and_overrides_apply(tmp_path):
         ("- a\n- b\n", r"grid\.yaml: expected a mapping of keys"),
         ("fixd: {epochs: 1}\n", r"grid\.yaml: fixd: got .*unknown key, expected one of notebook, data_dir, fixed"),
         ("search: {budgt: 10m}\n", r"grid\.yaml: search\.budgt: got '10m', unknown key, expected one of sampler, "
-                                   r"n_runs, budget, max_run_share, pruner, min_epochs, seed$"),
+                                   r"n_runs, budget, max_run_share, pruner, min_epochs, seed, repeats$"),
         ("ensembles: [{topp: 3}]\n", r"grid\.yaml: ensembles\.0\.topp: got 3, unknown key, expected one of top, runs$"),
         ("fixed: {epoch: 3}\n", r"grid\.yaml: fixed\.epoch: unknown notebook parameter \(did you mean epochs"),
         ("grid: {hed: [gap]}\n", r"grid\.yaml: grid\.hed: unknown notebook parameter"),

@@ -306,7 +306,8 @@ def test_missing_optional_paths_are_tolerated(tmp_path):
     assert board.best.run_id == "20261121-120100-bbbbbbbb"
     page = (tmp_path / "leaderboard.html").read_text()
     # the best run is on the page, not linked; its confusion matrix is drawn from its numbers
-    assert ('<tr id="run-20261121-120100-bbbbbbbb"><td>1</td><td class="run">20261121-120100-bbbbbbbb '
+    assert ('<tr id="run-20261121-120100-bbbbbbbb"><td>1</td><td class="run"><input type="checkbox" class="pick" '
+            'value="20261121-120100-bbbbbbbb" aria-label="compare 20261121-120100-bbbbbbbb"> 20261121-120100-bbbbbbbb '
             '<a class="tree"') in page
     assert 'aria-label="confusion matrix of 20261121-120100-bbbbbbbb"' in page
     for run_id in ("20261121-120200-cccccccc", "20261121-120300-dddddddd"):

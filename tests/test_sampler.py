@@ -1,4 +1,4 @@
-"""The balanced sampler (`sampler: balanced`) on images and on cached features, and decoding once per run.
+"""The balanced batch sampler (`batch_sampler: balanced`) on images and on cached features, and decoding once per run.
 
 Decoding lives here too: the sampler gathers its batches from the images
 `models.data.decode_images` decoded once, so both are one pipeline.
@@ -53,7 +53,7 @@ def _epochs(dataset, n):
 
 def test_balanced_batches_draw_the_classes_evenly(whole_folder):
     assert np.bincount(whole_folder.labels).tolist() == [5, 10, 30]
-    dataset = make_dataset(whole_folder, 16, BATCH, shuffle=True, seed=0, sampler="balanced")
+    dataset = make_dataset(whole_folder, 16, BATCH, shuffle=True, seed=0, batch_sampler="balanced")
     epochs = _epochs(dataset, 40)
     steps = math.ceil(len(whole_folder) / BATCH)  # 6: an epoch as long as without the sampler
     assert all(len(epoch) == steps for epoch in epochs)
@@ -71,7 +71,7 @@ def test_balanced_batches_draw_the_classes_evenly(whole_folder):
     blue = images[labels == 0].reshape(-1, 16 * 16 * 3)
     assert len(np.unique(blue, axis=0)) == 5
     assert any((a[1] != b[1]).any() for a, b in zip(epochs[0], epochs[1]))
-    again = _epochs(make_dataset(whole_folder, 16, BATCH, shuffle=True, seed=0, sampler="balanced"), 1)[0]
+    again = _epochs(make_dataset(whole_folder, 16, BATCH, shuffle=True, seed=0, batch_sampler="balanced"), 1)[0]
     assert all((a[1] == b[1]).all() for a, b in zip(epochs[0], again))
 
     plain = np.concatenate([y for _, y in make_dataset(whole_folder, 16, BATCH, shuffle=True, seed=0)])
@@ -83,21 +83,21 @@ def test_balanced_features_draw_as_images_do(whole_folder):
     labels = whole_folder.labels
     features = np.arange(len(labels), dtype=np.float16)[:, None] * np.ones((1, 4), np.float16)
     image_labels = [y.numpy() for _, y in make_dataset(whole_folder, 16, BATCH, shuffle=True, seed=3,
-                                                       sampler="balanced")]
-    batches = list(batch_arrays([features], labels, BATCH, shuffle=True, seed=3, sampler="balanced"))
+                                                       batch_sampler="balanced")]
+    batches = list(batch_arrays([features], labels, BATCH, shuffle=True, seed=3, batch_sampler="balanced"))
     assert len(batches) == len(image_labels) == 6
     for (x, y), expected in zip(batches, image_labels):
         assert x.dtype == "float32" and x.shape == (BATCH, 4)
         np.testing.assert_array_equal(y.numpy(), expected)
         np.testing.assert_array_equal(labels[x.numpy()[:, 0].astype(int)], y.numpy())
 
-    x, y = next(iter(batch_arrays([features], labels, BATCH, seed=3, sampler="balanced", num_classes=3)))
+    x, y = next(iter(batch_arrays([features], labels, BATCH, seed=3, batch_sampler="balanced", num_classes=3)))
     assert y.shape == (BATCH, 3) and y.dtype == "float32"  # one-hot, as make_dataset(..., num_classes=3)
     np.testing.assert_array_equal(y.numpy().argmax(1), labels[x.numpy()[:, 0].astype(int)])
 
     copies = [features, features + 100]  # two augmented copies: pooled, an epoch still 45 rows / 6 batches
     pooled = np.concatenate([y.numpy() for _, y in batch_arrays(copies, labels, BATCH, shuffle=True, seed=1,
-                                                               sampler="balanced")])
+                                                               batch_sampler="balanced")])
     assert len(pooled) == 6 * BATCH
     plain = list(batch_arrays(copies, labels, BATCH, shuffle=True, seed=1))
     reference = list(feature_dataset(copies, labels, BATCH, shuffle=True, seed=1))
@@ -113,19 +113,20 @@ def test_index_batches_without_a_sampler_cover_each_row_once():
     assert [len(b) for b in batches] == [4, 4, 2]
     assert sorted(np.concatenate(batches)) == list(range(10))
     assert [b.numpy().tolist() for b in index_batches(labels, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    with pytest.raises(ValueError, match="sampler: got 'even'"):
-        index_batches(labels, 4, sampler="even")
+    with pytest.raises(ValueError, match="batch_sampler: got 'even'"):
+        index_batches(labels, 4, batch_sampler="even")
 
 
 @pytest.mark.parametrize("params, match", [
-    ({"sampler": "even"}, "balanced"),
-    ({"sampler": "balanced", "class_weight": "balanced"}, "both correct for class imbalance"),
+    ({"batch_sampler": "even"}, "balanced"),
+    ({"batch_sampler": "balanced", "class_weight": "balanced"}, "both correct for class imbalance"),
+    ({"sampler": "balanced"}, "sampler"),  # the old name: an unknown key of ExperimentSpec
 ])
 def test_spec_refuses_bad_samplers(params, match):
     with pytest.raises(ValidationError, match=match):
         ExperimentSpec(**params)
-    assert ExperimentSpec().sampler is None
-    assert ExperimentSpec(sampler="balanced").sampler == "balanced"
+    assert ExperimentSpec().batch_sampler is None
+    assert ExperimentSpec(batch_sampler="balanced").batch_sampler == "balanced"
 
 
 @pytest.mark.slow
@@ -136,7 +137,7 @@ def test_training_with_the_balanced_sampler(imbalanced_dir, base_weights_file, t
 
     spec = ExperimentSpec(data_dir=str(imbalanced_dir), base="simple_cnn_small", weights=base_weights_file,
                           image_size=32, epochs=2, batch_size=4, dense_units=[8], val_fraction=0.2,
-                          test_fraction=0.2, seed=0, sampler="balanced", activation_cache=activation_cache)
+                          test_fraction=0.2, seed=0, batch_sampler="balanced", activation_cache=activation_cache)
     data = load_data(spec)
     training = train_model(build_model(spec, 3), data, spec, tmp_path, verbose=0)
     use = training.activation_cache["head"]

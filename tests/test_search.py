@@ -107,12 +107,18 @@ def run_search(work: Path, *extra: str, wait: bool = True):
 
 
 def trials(work: Path):
+    return load_study(work / "logs", "search").get_trials(deepcopy=False)
+
+
+def load_study(logs: Path, stem: str):
+    """The study of grid file `<stem>.yaml` in `logs` (its journal is `<stem>-<8 hex>.optuna.journal`)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    storage = JournalStorage(JournalFileBackend(str(work / "logs" / "search.optuna.journal")))
-    return optuna.load_study(study_name="search", storage=storage).get_trials(deepcopy=False)
+    (journal,) = logs.glob(f"{stem}-*.optuna.journal")
+    return optuna.load_study(study_name=journal.name.removesuffix(".optuna.journal"),
+                             storage=JournalStorage(JournalFileBackend(str(journal))))
 
 
 @pytest.mark.slow
@@ -164,12 +170,7 @@ def test_an_interrupted_search_is_completed_by_the_same_command(tmp_path):
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    study = optuna.load_study(study_name="resume", storage=JournalStorage(
-        JournalFileBackend(str(tmp_path / "logs" / "resume.optuna.journal"))))
+    study = load_study(tmp_path / "logs", "resume")
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 4
     completed = [r for r in read_all(tmp_path / "logs").records if r.status == COMPLETED]
@@ -192,12 +193,7 @@ def test_parallel_workers_sample_distinct_points(tmp_path):
     scores = [r.params["score"] for r in records]
     assert len(records) == 4 and len(set(scores)) == 4
     assert len({r.config_hash for r in records}) == 4
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    study = optuna.load_study(study_name="par", storage=JournalStorage(
-        JournalFileBackend(str(tmp_path / "logs" / "par.optuna.journal"))))
+    study = load_study(tmp_path / "logs", "par")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
     assert sorted(t.value for t in study.trials) == pytest.approx(sorted(scores))  # the objective is the score
 

@@ -326,7 +326,7 @@ def test_second_sweep_on_the_same_logs_is_refused(tmp_path):
 @pytest.mark.slow
 def test_record_write_failure_stops_the_sweep_cleanly(tmp_path, monkeypatch, capsys):
     """Disk full while writing a record: the sweep stops, no partial file, earlier records intact."""
-    import runner.records as records_module
+    import models.contract as records_module  # the atomic writes every record goes through
 
     monkeypatch.chdir(tmp_path)
     grid = write_faults_grid(tmp_path, "[{action: ok, score: 0.1}, {action: ok, score: 0.2}, {action: ok, score: 0.3}]")

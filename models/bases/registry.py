@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 import keras
 from ..errors import ModelConfigError
+from ..names import BASE_NAMES, base_key
 
 
 _APPS = "keras.applications."
@@ -72,8 +73,9 @@ BASES: dict[str, BaseInfo] = {info.name: info for info in (
 SIMPLE_CNNS = tuple(name for name, info in BASES.items() if not info.has_imagenet)
 
 
-def _key(name: str) -> str:
-    return name.lower().replace("_", "").replace("-", "")
+_key = base_key  # one normalisation rule, shared with models.names.canonical_base
+if tuple(BASES) != BASE_NAMES:
+    raise ImportError(f"models.names.BASE_NAMES {BASE_NAMES} must list BASES's names in order: {tuple(BASES)}")
 
 
 @functools.cache

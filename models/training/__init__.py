@@ -5,6 +5,9 @@
   linear warm-up, early stopping.
 - `models.training.schedules`: optimisers, learning-rate schedules, the mixed-precision policy.
 - `models.training.fine_tuning`: which base layers to unfreeze, and unfreezing them.
+- `models.training.averaging`: weight averaging, `ema` (the optimizers' moving average kept in the model
+  outside the training steps) and `swa_epochs` (the last fine-tuning epochs averaged, BatchNormalization
+  statistics recomputed).
 """
 
 from .callbacks import monitor_of

@@ -7,11 +7,10 @@ from pathlib import Path
 import keras
 import numpy as np
 from ..spec import ExperimentSpec
-from ..names import CHECKPOINT_DIR, CHECKPOINT_PATTERN, checkpoint_path
+from ..names import CHECKPOINT_DIR, CHECKPOINT_PATTERN, EPOCH_LOG_KEYS, checkpoint_path
 
 
-_MONITORS = {"val_loss": ("val_loss", "min"), "val_accuracy": ("val_accuracy", "max"),
-             "val_weighted_recall": ("val_accuracy", "max")}
+_MONITORS = {name: (key, "min" if key == "val_loss" else "max") for name, key in EPOCH_LOG_KEYS.items()}
 
 
 def monitor_of(name: str) -> tuple[str, str]:
@@ -19,7 +18,7 @@ def monitor_of(name: str) -> tuple[str, str]:
 
     For single-label classification the weighted recall is the accuracy:
     `sum_c (n_c / n) * TP_c / n_c = sum_c TP_c / n`, so `"val_weighted_recall"`
-    follows Keras's `val_accuracy`.
+    follows Keras's `val_accuracy` (`models.names.EPOCH_LOG_KEYS`).
 
     Args:
         name: `"val_loss"`, `"val_accuracy"` or `"val_weighted_recall"`.

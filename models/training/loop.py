@@ -32,6 +32,7 @@ from ..spec import ExperimentSpec
 from ..names import FINE_TUNE, HEAD, MODEL_FILE, TENSORBOARD_DIR
 from .callbacks import _BestWeights, _EpochTimer, _best_index, _checkpoint_callbacks, _checkpoint_keeper, _early_stopping, _learning_rate, monitor_of
 from .fine_tuning import resolve_fine_tune_layers, unfreeze_base
+from . import averaging
 from .schedules import _check_precision, _optimizer, _phase_schedule
 
 
@@ -61,6 +62,16 @@ class TrainingResult:
         fine_tune_layers_resolved: how many of the base's last layers
             `fine_tune_layers` (a count, a fraction or `from_layer`) unfreezes
             (`resolve_fine_tune_layers`), or `None` without fine-tuning.
+        weight_averaging: what weight averaging did, or `None` without
+            `ema` / `swa_epochs`: `{"method": "ema", "applied": True,
+            "momentum", "phases"}`, or `{"method": "swa", "applied",
+            "epochs"` (1-based, across phases, the epochs averaged; empty when
+            the fine-tuning phase never ran, e.g. pruned, and `applied` is
+            then `False`), `"batchnorm_recomputed"` (layer paths),
+            `"batchnorm_rows"` (rows of the recomputation pass)`}`.
+        train_on_val: trained on the training and validation splits
+            (`ExperimentSpec.train_on_val`): no validation figures, the last
+            epoch's weights kept.
     """
 
     history: dict[str, dict[str, list[float]]]
@@ -71,6 +82,8 @@ class TrainingResult:
     activation_cache: dict[str, dict]
     pruned_epoch: int | None = None
     fine_tune_layers_resolved: int | None = None
+    weight_averaging: dict | None = None
+    train_on_val: bool = False
 
     def to_dict(self) -> dict:
         """Returns the fields as a JSON-safe dict."""
@@ -147,6 +160,19 @@ def train_model(
     (the first epoch of a tie) are kept in memory and restored at the end;
     the full model is then saved to `<output_dir>/model.keras`.
 
+    Weight averaging (`models.training.averaging`): with `spec.ema` the
+    optimizers keep an exponential moving average of the weights, and the
+    averaged weights are what every epoch validates, the best-weights
+    tracker keeps, the checkpoints hold and `model.keras` saves. With
+    `spec.swa_epochs` = k the model ends with the mean of the last k
+    fine-tuning epochs' weights (not the best epoch's; `best_epoch` is then
+    the last epoch), BatchNormalization statistics recomputed on the
+    phase's training batches for the layers that trained in training mode.
+
+    With `spec.train_on_val` (`data.val` is empty) nothing is validated:
+    every epoch runs and the last epoch's weights (averaged, with
+    `ema` / `swa_epochs`) are kept; `best_epoch` is the last epoch.
+
     With `spec.activation_cache`, each phase whose lower layers are frozen
     (head phase: the whole base; fine-tuning: all but the resolved last
     `fine_tune_layers`) trains only the layers above the freeze boundary, on
@@ -163,8 +189,9 @@ def train_model(
         verbose: `model.fit` verbosity: `"auto"`, 0, 1 (progress bar) or 2
             (one line per epoch). Defaults to `2`.
         pruning: a search's trial (the notebook's `pruning` parameter, see
-            `models.pruning`): after each epoch the validation accuracy (=
-            weighted recall) is reported and, when the pruner says so,
+            `models.pruning`): after each epoch its `metric` (the sweep's
+            ranking metric on the validation split, e.g.
+            `val_weighted_recall`) is reported and, when the pruner says so,
             training stops there (fine-tuning too). Defaults to `None`.
 
     Returns:
@@ -190,6 +217,9 @@ def train_model(
             "balanced", classes=classes, y=data.train.labels).tolist()))
     cache_use: dict[str, dict] = {}
     steps_per_epoch = math.ceil(len(data.train) / spec.batch_size)
+    validates = len(data.val) > 0  # no validation split with train_on_val
+    swa = averaging.LastEpochs(model, spec.swa_epochs) if spec.swa_epochs else None
+    fitted: dict[str, tuple] = {}  # phase -> (model fitted, its training batches), for the BatchNorm pass
 
     def fit(phase: str, trainable_base_layers: int, rate: float, schedule, epochs: int,
             initial_epoch: int) -> dict[str, list[float]]:
@@ -198,17 +228,20 @@ def train_model(
         learning_rate, schedule_callbacks = _phase_schedule(
             spec, schedule, rate, epochs, steps_per_epoch, initial_epoch)
         _compile(fit_model, spec, learning_rate)
+        fitted[phase] = (fit_model, train_ds)
         callbacks = [
+            *([averaging.EmaInModel()] if spec.ema is not None else []),  # first: the others see the average
             _EpochTimer(),
             keras.callbacks.TensorBoard(output_dir / TENSORBOARD_DIR, write_graph=False, profile_batch=0),
             best_weights,
             *schedule_callbacks,
             *_checkpoint_callbacks(model, output_dir, spec, keeper),
             *([pruner] if pruner else []),
+            *([swa] if swa is not None and phase == FINE_TUNE else []),
             keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.setdefault(
                 "learning_rate", _learning_rate(fit_model))),
         ]
-        if spec.early_stopping_patience:
+        if spec.early_stopping_patience and validates:
             callbacks.append(_early_stopping(spec))
         history = fit_model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs,
                                 initial_epoch=initial_epoch, class_weight=class_weight,
@@ -220,17 +253,29 @@ def train_model(
     history = {}
     if spec.epochs:
         history[HEAD] = fit(HEAD, 0, spec.learning_rate, spec.lr_schedule, spec.epochs, 0)
-    head_epochs = len(history[HEAD]["val_loss"]) if HEAD in history else 0
+    head_epochs = len(history[HEAD]["loss"]) if HEAD in history else 0
+    batchnorm_before = None
     if fine_tune_layers is not None and not (pruner and pruner.pruned_epoch):
         unfreeze_base(model, fine_tune_layers, unfreeze_batchnorm=spec.unfreeze_batchnorm)
+        batchnorm_before = averaging.moving_statistics(averaging.batchnorm_layers(model))
         history[FINE_TUNE] = fit(FINE_TUNE, fine_tune_layers, spec.fine_tune_learning_rate,
                                  spec.fine_tune_lr_schedule, spec.fine_tune_epochs, head_epochs)
+    epochs_run = sum(len(phase["loss"]) for phase in history.values())
+    weight_averaging = None
+    if spec.ema is not None:
+        weight_averaging = {"method": averaging.EMA, "applied": True, "momentum": spec.ema, "phases": list(history)}
+    if swa is not None:
+        weight_averaging = _apply_swa(model, swa, batchnorm_before, fitted.get(FINE_TUNE))
     train_s = time.perf_counter() - start
 
     best_key, best_mode = monitor_of(spec.checkpoint_monitor)
     monitored = [v for phase in history.values() for v in phase.get(best_key, [])]
     best = _best_index(monitored, best_mode)
-    if best_weights.weights is not None:  # None only if the monitored value was never finite
+    averaged_epochs = bool(weight_averaging and weight_averaging["method"] == averaging.SWA
+                           and weight_averaging["applied"])
+    if not validates or averaged_epochs:
+        best = max(epochs_run - 1, 0)  # the last epoch's weights (averaged) are the model's: nothing selected them
+    elif best_weights.weights is not None:  # None only if the monitored value was never finite
         model.set_weights(best_weights.weights)
     if getattr(model, "optimizer", None) is None:  # only the top part was fitted: save the full model compiled alike
         _compile(model, spec, spec.fine_tune_learning_rate if spec.fine_tunes else spec.learning_rate)
@@ -239,9 +284,29 @@ def train_model(
     return TrainingResult(
         history=history, best_epoch=best + 1,
         best_phase=HEAD if best < head_epochs else FINE_TUNE,
-        epochs_run=sum(len(phase["val_loss"]) for phase in history.values()), train_s=train_s,
+        epochs_run=epochs_run, train_s=train_s,
         activation_cache=cache_use, pruned_epoch=pruner.pruned_epoch if pruner else None,
-        fine_tune_layers_resolved=fine_tune_layers)
+        fine_tune_layers_resolved=fine_tune_layers, weight_averaging=weight_averaging,
+        train_on_val=spec.train_on_val)
+
+
+def _apply_swa(model: keras.Model, swa: averaging.LastEpochs, batchnorm_before, fitted) -> dict:
+    """Puts the mean of the kept fine-tuning epochs' weights into `model` and recomputes the moving
+    statistics of the BatchNormalization layers that moved during the phase, on its training batches.
+
+    Returns:
+        `TrainingResult.weight_averaging` for `swa_epochs`.
+    """
+    if not swa.epochs or fitted is None:  # the fine-tuning phase never ran (pruned before it)
+        return {"method": averaging.SWA, "applied": False, "epochs": [], "batchnorm_recomputed": [],
+                "batchnorm_rows": 0}
+    for variable, value in zip(model.trainable_variables, swa.average()):
+        variable.assign(value)
+    moved = averaging.moved_since(model, batchnorm_before or {})
+    fit_model, train_ds = fitted
+    rows = averaging.recompute_batchnorm(fit_model, train_ds, moved)
+    return {"method": averaging.SWA, "applied": True, "epochs": swa.epoch_numbers,
+            "batchnorm_recomputed": [layer.path for layer in moved], "batchnorm_rows": rows}
 
 
 def _phase_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, trainable_base_layers: int):
@@ -258,16 +323,17 @@ def _phase_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, tra
         status = cache.OFF if not spec.activation_cache else cache.BYPASSED
         train_ds = make_dataset(data.train, spec.image_size, spec.batch_size, shuffle=True,
                                 seed=spec.seed, augmentation=spec.augmentation, num_classes=num_classes,
-                                sampler=spec.sampler)
-        val_ds = make_dataset(data.val, spec.image_size, spec.batch_size, num_classes=num_classes)
+                                batch_sampler=spec.batch_sampler)
+        val_ds = make_dataset(data.val, spec.image_size, spec.batch_size, num_classes=num_classes) if len(
+            data.val) else None  # train_on_val: nothing to validate on
         return model, train_ds, val_ds, {"status": status, "reason": str(exc)}
     train = [array for name, array in sorted(cached.arrays.items()) if name.startswith("train")]
-    if spec.sampler:  # balanced batches of the stored features, drawn as make_dataset draws images
+    if spec.batch_sampler:  # balanced batches of the stored features, drawn as make_dataset draws images
         train_ds = batch_arrays(train, data.train.labels, spec.batch_size, shuffle=True, seed=spec.seed,
-                                sampler=spec.sampler, num_classes=num_classes)
+                                batch_sampler=spec.batch_sampler, num_classes=num_classes)
     else:
         train_ds = cache.feature_dataset(train, data.train.labels, spec.batch_size, shuffle=True,
                                          seed=spec.seed, num_classes=num_classes)
     val_ds = cache.feature_dataset([cached.arrays["val"]], data.val.labels, spec.batch_size,
-                                   num_classes=num_classes)
+                                   num_classes=num_classes) if len(data.val) else None
     return cached.split.top, train_ds, val_ds, cached.info

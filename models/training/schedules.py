@@ -44,11 +44,13 @@ def _check_precision(model: keras.Model, spec: ExperimentSpec) -> None:
 
 
 def _optimizer(spec: ExperimentSpec, learning_rate) -> keras.optimizers.Optimizer:
+    """The phase's optimizer; with `spec.ema`, keeping the moving average of the weights (`use_ema`)."""
+    ema = {"use_ema": True, "ema_momentum": spec.ema} if spec.ema is not None else {}
     if spec.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=spec.momentum)
+        return keras.optimizers.SGD(learning_rate, momentum=spec.momentum, **ema)
     if spec.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=spec.weight_decay)
-    return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=spec.weight_decay, **ema)
+    return keras.optimizers.Adam(learning_rate, **ema)
 
 
 def _phase_schedule(spec: ExperimentSpec, schedule, rate: float, epochs: int, steps_per_epoch: int,
@@ -57,7 +59,8 @@ def _phase_schedule(spec: ExperimentSpec, schedule, rate: float, epochs: int, st
 
     `step`: `LearningRateScheduler` multiplying by `lr_step_gamma` at each
     milestone epoch (counted from the phase's first epoch); `plateau`:
-    `ReduceLROnPlateau` on `val_loss`; `cosine`: `CosineDecay` over the
+    `ReduceLROnPlateau` on `val_loss` (none with `train_on_val`: there is no
+    validation split); `cosine`: `CosineDecay` over the
     phase's steps. With `warmup_epochs`, `cosine` uses `CosineDecay`'s own
     linear warm-up from 0 (`warmup_target`, `warmup_steps`) and decays over
     the steps left; the others get `_LinearWarmup` after their callback.
@@ -77,7 +80,7 @@ def _phase_schedule(spec: ExperimentSpec, schedule, rate: float, epochs: int, st
         milestones = set(spec.lr_step_milestones)
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch, lr: lr * spec.lr_step_gamma if epoch - first_epoch in milestones else lr))
-    elif schedule == "plateau":
+    elif schedule == "plateau" and not spec.train_on_val:  # train_on_val: no val_loss to follow
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=spec.lr_plateau_factor, patience=spec.lr_plateau_patience))
     if warmup_steps:

@@ -24,8 +24,10 @@ import pandas as pd
 
 from runner.errors import ConfigError
 from models.hashing import sha256_json
+from models.names import DEFAULT_METRIC
 from runner.core.execute import prepare_run
-from runner.records.query import find, parse_metric, rank, read_all
+from runner.records.groups import by_validation
+from runner.records.query import find, parse_metric, rank_groups, read_all
 from runner.records import (
     COMPLETED, ENSEMBLE, RANKING_METRICS, RUN, RunLoadError, RunRecord, SplitMetrics, build_record,
     write_record, write_text_atomic,
@@ -33,7 +35,13 @@ from runner.records import (
 
 
 def choose_members(runs: Sequence[str], top: Optional[int], logs_dir: Path, metric: str) -> list[tuple[Path, RunRecord]]:
-    """The member records: the runs named, or the `top` completed notebook runs by `metric`.
+    """The member records: the runs named, or the runs of the `top` configurations by `metric`.
+
+    `top` ranks configurations by the mean of their repeats
+    (`runner.records.groups`; a run without repeats is a configuration of
+    one) and takes from each its best run on the validation split that shares
+    the test split of the first member (repeats with other seeds have other
+    splits, and an ensemble averages predictions of the same test images).
 
     Every member's files are checked as `runner.core.predict.load_run` checks them
     (`runner.core.predict.check_run_files`: `model.keras` exists and its sha256
@@ -42,10 +50,12 @@ def choose_members(runs: Sequence[str], top: Optional[int], logs_dir: Path, metr
 
     Args:
         runs: member run ids / prefixes / record paths; empty to use `top`.
-        top: with no `runs`, how many of the best completed runs to take;
-            runs whose files fail the check are skipped (a `UserWarning`
-            names each with its problems) and the next best are taken.
-            `None` takes every loadable completed run.
+        top: with no `runs`, how many of the best configurations to take
+            one run of; runs whose files fail the check are skipped (a
+            `UserWarning` names each with its problems) and the group's next
+            best, or the next configuration, is taken. `None` takes one run
+            of every configuration. Fewer eligible than `top` (but 2 or
+            more): a `UserWarning` says how many were taken, and which.
         logs_dir: folder of the records.
         metric: what `top` ranks by, one of `RANKING_METRICS`.
 
@@ -73,21 +83,37 @@ def choose_members(runs: Sequence[str], top: Optional[int], logs_dir: Path, metr
             raise ConfigError(str(exc)) from exc
         members = [(found.path_of(rec), rec) for rec in {rec.run_id: rec for rec in named}.values()]
     else:
-        done = rank(found.records, ranking, kinds=(RUN,))
         members = []
-        for rec in done:
+        other_split: list[str] = []
+        for group in rank_groups(found.records, ranking, kinds=(RUN,)):
             if top is not None and len(members) >= top:
                 break
-            path = found.path_of(rec)
-            problems = check_run_files(rec, path, predictions=True)
-            if problems:
-                unloadable[rec.run_id] = "; ".join(problems)
-            else:
+            if members and all(_test_split(rec) != _test_split(members[0][1]) for rec in group.runs):
+                other_split.append(group.best.run_id)
+                continue
+            for rec in by_validation(group.runs, ranking):
+                if members and _test_split(rec) != _test_split(members[0][1]):
+                    continue  # another seed's split
+                path = found.path_of(rec)
+                problems = check_run_files(rec, path, predictions=True)
+                if problems:
+                    unloadable[rec.run_id] = "; ".join(problems)
+                    continue
                 members.append((path, rec))
+                break
         if unloadable:
             warnings.warn(f"--top {top}: skipped {len(unloadable)} run(s) whose files cannot be loaded, took the "
                           f"next best instead: " + "; ".join(f"run {run_id}: {problems}"
                                                              for run_id, problems in unloadable.items()),
+                          UserWarning, stacklevel=2)
+        if other_split:
+            warnings.warn(f"--top {top}: skipped {len(other_split)} configuration(s) with no run on the test split "
+                          f"of {members[0][1].run_id} (another seed or data): {', '.join(other_split)}",
+                          UserWarning, stacklevel=2)
+        if top is not None and 2 <= len(members) < top:  # fewer than asked for: say so, never silently
+            warnings.warn(f"--top {top}: only {len(members)} configuration(s) have an eligible run (completed, "
+                          f"files loadable, on the test split and classes of the best, {members[0][1].run_id}); "
+                          f"the ensemble has {len(members)} members: {', '.join(rec.run_id for _, rec in members)}",
                           UserWarning, stacklevel=2)
     if len(members) < 2:
         skipped = f" ({len(unloadable)} skipped: {', '.join(unloadable)})" if unloadable else ""
@@ -108,6 +134,11 @@ def choose_members(runs: Sequence[str], top: Optional[int], logs_dir: Path, metr
                 raise ConfigError(f"runs {first.run_id} and {rec.run_id} have different {key} "
                                   f"({mine!r} vs {theirs!r}): an ensemble needs the same test split and classes")
     return members
+
+
+def _test_split(record: RunRecord) -> tuple:
+    """What an ensemble's members must share: the data manifest (the split) and the classes."""
+    return (getattr(record.data, "manifest_hash", None), tuple(getattr(record.data, "class_names", None) or ()))
 
 
 def average_predictions(members: Sequence[tuple[Path, RunRecord]], key: str = "predictions") -> Optional[pd.DataFrame]:
@@ -147,7 +178,7 @@ def average_predictions(members: Sequence[tuple[Path, RunRecord]], key: str = "p
 
 
 def build_ensemble(runs: Sequence[str] = (), top: Optional[int] = None, *, logs_dir: str | Path = "logs",
-                   experiments_dir: str | Path = "experiments", metric: str = "weighted_recall") -> RunRecord:
+                   experiments_dir: str | Path = "experiments", metric: str = DEFAULT_METRIC) -> RunRecord:
     """Average the members' probabilities on the test and validation splits, evaluate, and record an ensemble.
 
     Writes `experiments/<run_id>/` (`predictions.csv`, `val_predictions.csv`
@@ -160,7 +191,7 @@ def build_ensemble(runs: Sequence[str] = (), top: Optional[int] = None, *, logs_
         top: number of best completed runs by `metric` when `runs` is empty.
         logs_dir: folder of the records. Defaults to `"logs"`.
         experiments_dir: folder of the run folders. Defaults to `"experiments"`.
-        metric: what `top` ranks by. Defaults to `"weighted_recall"`.
+        metric: what `top` ranks by. Defaults to `models.names.DEFAULT_METRIC`.
 
     Returns:
         The ensemble's record.
@@ -221,7 +252,7 @@ def _report(run_id: str, member_ids: Sequence[str], metrics, metric: str) -> str
     from runner.reports.templates import render
 
     scores = metrics if isinstance(metrics, SplitMetrics) else SplitMetrics.model_validate(metrics)
-    bold = metric.removeprefix("val_").removeprefix("test_")
+    bold = parse_metric(metric).metric  # the figure's name without its split
     return render("ensemble.html", run_id=run_id, members=list(member_ids), metric=bold,
                   figures=[(name, getattr(scores, name)) for name in RANKING_METRICS],
                   per_class=list(scores.per_class.items()))

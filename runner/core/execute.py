@@ -4,7 +4,8 @@
 
 1. `prepare_run`: the run id and its folder `experiments/<run_id>/`;
 2. `resolve_warm_start` (`runner.reports.lineage`), once, when the run starts;
-3. `execute_notebook`: papermill in a fresh kernel, parameters injected;
+3. `execute_notebook`: papermill in a fresh kernel (started ahead: `runner.core.kernels`),
+   parameters injected;
 4. `cap_outputs`: stream outputs over the cap are trimmed (with a warning);
 5. `export_html`: the executed notebook as a standalone page;
 6. `read_result` (`runner.records`): the notebook's typed `result.json`;
@@ -21,10 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -33,11 +31,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from jupyter_client.manager import AsyncKernelManager
-
-from runner import PROJECT_ROOT
+from models.names import DEFAULT_METRIC
 from runner.errors import ConfigError
-from runner.grid import RunSpec
+from runner.grid import RunSpec, code_hashes
+from runner.core.kernels import (
+    KERNEL_ARGUMENTS, KERNEL_NAME, WARM_UP_TIMEOUT_S, Kernel, KernelNotReady, KernelSetup, discard_next_kernel,
+    kernel_environment, start_next_kernel, take_next_kernel,
+)
 from runner.core.warm_start import resolve_warm_start
 from runner.records.query import Ranking, parse_metric, read_all
 from runner.records import (
@@ -45,12 +45,8 @@ from runner.records import (
     NotebookResult, RunError, RunRecord, build_record, read_result, write_record, write_text_atomic,
 )
 
-KERNEL_NAME = "python3"
 MAX_OUTPUT_BYTES = 10 * 2**20
 """Default cap on a saved notebook's stream output (stdout/stderr text), bytes: 10 MiB."""
-KERNEL_ARGUMENTS = ["--IPKernelApp.capture_fd_output=False"]
-"""ipykernel 6+ copies what the kernel's C++ libraries write to fd 1/2 (TensorFlow's start-up
-logs) into the notebook; without that copy they go to the kernel's real stderr, `kernel.log`."""
 STOP_GRACE_S = 30
 """Seconds a stopped run may take to end before its kernel's process group is killed."""
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -118,13 +114,6 @@ def prepare_run(config_hash: str, experiments_dir: Path) -> RunFolder:
     run_dir = experiments_dir / run_id
     run_dir.mkdir(parents=True)
     return RunFolder(run_id, run_dir, started)
-
-
-def _kernel_environment() -> None:
-    """Let the kernel import `models`/`runner`; TensorFlow's C++ logs go to `kernel.log` (not hidden)."""
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if str(PROJECT_ROOT) not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, paths)])
 
 
 @contextlib.contextmanager
@@ -199,12 +188,7 @@ class _NotebookThread(threading.Thread):
         return self.error
 
 
-def _kernel_pid(kernel: AsyncKernelManager) -> Optional[int]:
-    provisioner = getattr(kernel, "provisioner", None)
-    return getattr(provisioner, "pid", None) if provisioner is not None else None
-
-
-def _stop_kernel(kernel: AsyncKernelManager, thread: _NotebookThread, grace_s: float = STOP_GRACE_S) -> bool:
+def _stop_kernel(kernel: Kernel, thread: Optional[_NotebookThread], grace_s: float = STOP_GRACE_S) -> bool:
     """Kill the run's kernel (its whole process group), until the notebook thread ends and once after.
 
     The kernel runs in a session of its own (jupyter_client starts it with
@@ -218,20 +202,29 @@ def _stop_kernel(kernel: AsyncKernelManager, thread: _NotebookThread, grace_s: f
     """
     deadline = time.monotonic() + grace_s
     ended = True
-    while not thread.done.wait(0.05):
-        _kill_group(kernel)
+    while thread is not None and thread.ident is not None and not thread.done.wait(0.05):
+        kernel.kill()
         if time.monotonic() > deadline:
             ended = False
             break
-    _kill_group(kernel)  # also after a run that ended on its own: papermill does not own our kernel
+    kernel.kill()  # also after a run that ended on its own: papermill does not own our kernel
     return ended
 
 
-def _kill_group(kernel: AsyncKernelManager) -> None:
-    pid = _kernel_pid(kernel)
-    if pid:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+def _kernel_for(setup: Optional[KernelSetup], run_dir: Path, log: Optional[Path],
+                should_stop: Optional[Callable[[], bool]]) -> Kernel:
+    """The run's kernel: this process's kernel started ahead, taken into `run_dir`, when `setup` is
+    given and one of that setup answers; else a new one, which papermill starts."""
+    ahead = take_next_kernel(setup) if setup is not None else None
+    if ahead is not None:
+        try:
+            return ahead.take(run_dir, log, WARM_UP_TIMEOUT_S, should_stop)
+        except KernelNotReady:  # it died or never answered: a kernel of the run's own instead
+            ahead.discard()
+        except BaseException:
+            ahead.discard()
+            raise
+    return Kernel()
 
 
 def _error(ename: str, evalue: str, traceback_text: str = "", cell_index: Optional[int] = None) -> RunError:
@@ -254,7 +247,8 @@ def _outcome_of(exc: BaseException) -> tuple[str, RunError]:
 def execute_notebook(notebook: Path, folder: RunFolder, parameters: dict[str, Any], *, verbose: bool = False,
                      start_timeout_s: float = 120, timeout_s: Optional[float] = None,
                      cell_timeout_s: Optional[float] = None,
-                     should_stop: Optional[Callable[[], bool]] = None) -> tuple[str, Optional[RunError]]:
+                     should_stop: Optional[Callable[[], bool]] = None, prestart: bool = False,
+                     prepare_next: bool = False) -> tuple[str, Optional[RunError]]:
     """Step 3: papermill executes `notebook` into `folder.notebook_path` in a kernel of its own.
 
     The kernel talks over Unix sockets in a temporary folder of its own (no
@@ -262,6 +256,11 @@ def execute_notebook(notebook: Path, folder: RunFolder, parameters: dict[str, An
     there too and goes with it, its cwd is the run folder, and its stderr
     goes to `kernel.log` unless `verbose`. It is killed (process group) on
     any stop, and the call returns only after the notebook thread has ended.
+
+    With `prestart` the kernel is the one this process started ahead
+    (`runner.core.kernels`: launched, its imports done) when there is one;
+    with `prepare_next` too, the next run's kernel starts in the background
+    as soon as this run has its own. A stopped run discards that one.
 
     Args:
         notebook: the base notebook.
@@ -272,24 +271,29 @@ def execute_notebook(notebook: Path, folder: RunFolder, parameters: dict[str, An
         timeout_s: wall-clock limit of the run, seconds, or `None`. Defaults to `None`.
         cell_timeout_s: limit of each cell (papermill's `execution_timeout`). Defaults to `None`.
         should_stop: polled every 0.2 s; true stops the run as interrupted. Defaults to `None`.
+        prestart: use the kernel started ahead, if any. Defaults to `False`.
+        prepare_next: with `prestart`, start the next run's kernel ahead. Defaults to `False`.
 
     Returns:
         `(status, error)`: `(COMPLETED, None)`, or `FAILED` / `TIMEOUT` /
         `INTERRUPTED` with a `RunError`.
     """
-    _kernel_environment()
-    sockets = Path(tempfile.mkdtemp(prefix="nbsweep-kernel-"))  # short: Unix socket paths are limited
-    kernel = AsyncKernelManager(kernel_name=KERNEL_NAME, transport="ipc", ip=str(sockets / "kernel"),
-                                connection_file=str(sockets / "kernel.json"))
-    thread = _NotebookThread(
-        input_path=str(notebook), output_path=str(folder.notebook_path), parameters=parameters,
-        kernel_name=KERNEL_NAME, cwd=str(folder.run_dir), progress_bar=False, log_output=verbose,
-        start_timeout=start_timeout_s, execution_timeout=cell_timeout_s, km=kernel,
-        extra_arguments=KERNEL_ARGUMENTS,
-    )
+    kernel_environment()
+    log = None if verbose else folder.run_dir / KERNEL_LOG_FILE
+    setup = KernelSetup.of(folder.run_dir.parent, notebook, verbose) if prestart else None
+    kernel, thread = None, None
     status, error = COMPLETED, None
-    with _stderr_to(None if verbose else folder.run_dir / KERNEL_LOG_FILE):
+    with _stderr_to(log):
         try:
+            kernel = _kernel_for(setup, folder.run_dir, log, should_stop)
+            if setup is not None and prepare_next:
+                start_next_kernel(setup, start_timeout_s)
+            thread = _NotebookThread(
+                input_path=str(notebook), output_path=str(folder.notebook_path), parameters=parameters,
+                kernel_name=KERNEL_NAME, cwd=str(folder.run_dir), progress_bar=False, log_output=verbose,
+                start_timeout=start_timeout_s, execution_timeout=cell_timeout_s, km=kernel.manager,
+                extra_arguments=KERNEL_ARGUMENTS,
+            )
             thread.start()
             exc = thread.wait(timeout_s, should_stop)
             if exc is not None:  # a failed run is recorded, never raised
@@ -300,8 +304,11 @@ def execute_notebook(notebook: Path, folder: RunFolder, parameters: dict[str, An
         except _RunTimeout as exc:
             status, error = TIMEOUT, _error("Timeout", str(exc))
         finally:
-            _stop_kernel(kernel, thread)
-            shutil.rmtree(sockets, ignore_errors=True)
+            if kernel is not None:
+                _stop_kernel(kernel, thread)
+                kernel.remove()
+    if status == INTERRUPTED:  # the sweep is stopping: no run will take the next kernel
+        discard_next_kernel()
     return status, error
 
 
@@ -408,6 +415,9 @@ def execute_run(
     cell_timeout_s: Optional[float] = None,
     max_output_bytes: int = MAX_OUTPUT_BYTES,
     should_stop: Optional[Callable[[], bool]] = None,
+    rerun_of: Optional[str] = None,
+    prestart: bool = False,
+    prepare_next: bool = False,
 ) -> RunRecord:
     """Execute one run of the notebook and record it: the steps of the module docstring.
 
@@ -426,6 +436,12 @@ def execute_run(
             Defaults to `MAX_OUTPUT_BYTES`.
         should_stop: polled while the notebook runs; true stops the run as
             interrupted (how worker processes learn of a Ctrl-C). Defaults to `None`.
+        rerun_of: the run this one re-executes (`runner.core.rerun`), kept
+            in the record. Defaults to `None`.
+        prestart: run in this process's kernel started ahead, if there is one
+            (`execute_notebook`). Defaults to `False`.
+        prepare_next: with `prestart`, start the next run's kernel ahead while
+            this one runs. Defaults to `False`.
 
     Returns:
         The written record: `COMPLETED`, `PRUNED` (a search's pruner stopped
@@ -443,9 +459,14 @@ def execute_run(
     folder = prepare_run(run.config_hash, experiments_dir)
     files = folder.files()
     warnings: list[str] = []
+    try:  # the code as the kernel is about to import it, per file, for `nbsweep rerun` to compare
+        code = code_hashes(notebook)
+    except Exception as exc:  # an unreadable notebook fails in papermill, with its own message
+        code = None
+        warnings.append(f"code hashes not recorded: {type(exc).__name__}: {exc}")
     status, error, warm = COMPLETED, None, None
     try:
-        warm = resolve_warm_start(run.params, read_all(logs_dir), ranking=ranking or parse_metric("weighted_recall"))
+        warm = resolve_warm_start(run.params, read_all(logs_dir), ranking=ranking or parse_metric(DEFAULT_METRIC))
     except ConfigError as exc:
         status, error = FAILED, _error("ConfigError", str(exc))
     if status == COMPLETED:
@@ -453,7 +474,8 @@ def execute_run(
                       "resolved_warm_start": warm.to_dict() if warm else None, "pruning": run.trial}
         status, error = execute_notebook(notebook, folder, parameters, verbose=verbose,
                                          start_timeout_s=start_timeout_s, timeout_s=timeout_s,
-                                         cell_timeout_s=cell_timeout_s, should_stop=should_stop)
+                                         cell_timeout_s=cell_timeout_s, should_stop=should_stop,
+                                         prestart=prestart, prepare_next=prepare_next)
     result: Optional[NotebookResult] = None
     if folder.notebook_path.exists():
         warnings += _attempt(cap_outputs, folder.notebook_path, max_output_bytes, what="output cap")
@@ -464,14 +486,39 @@ def execute_run(
     status, error = check_outputs(files, status, error)
     if status == COMPLETED and result is not None and result.training.pruned_epoch:
         status = PRUNED
+    if result is not None and not run.data_matches(result):
+        warnings.append(data_changed_warning(run, result.data.manifest_hash))
     record = build_record(
         run_id=folder.run_id, config_hash=run.config_hash, status=status, started_at=folder.started,
         params=run.params, result=result, files=files, logs_dir=logs_dir, total_s=time.perf_counter() - t0,
         error=error, warnings=warnings, warm_start=warm.section() if warm else None,
-        name=run.params.get("name"),
+        name=run.params.get("name"), code=code, rerun_of=rerun_of, group_hash=run.group_hash,
+        refit_of=run.refit_of,
     )
     write_record(record, logs_dir)
     return record
+
+
+DATA_CHANGED = "data changed under the run"
+"""How a record's warning starts when its kernel listed other data than the sweep expected (`data_changed_warning`)."""
+
+
+def data_changed_warning(run: RunSpec, listed: str) -> str:
+    """The record's warning for a run whose kernel listed other data than the sweep did when it built the run.
+
+    Args:
+        run: the run (`run.manifest_hash`: the manifest when the sweep built it).
+        listed: the manifest hash of the split the kernel trained on (`result.data.manifest_hash`).
+
+    Returns:
+        `"data changed under the run: ..."` (`DATA_CHANGED`), naming both manifests and
+        the consequence: the run is not taken as done for the data it was meant to
+        train on, so the same sweep again runs it.
+    """
+    return (f"{DATA_CHANGED}: its kernel trained on data manifest {listed[:12]}, but {run.params.get('data_dir')} "
+            f"had manifest {str(run.manifest_hash)[:12]} when the sweep built the run (files added, removed or "
+            f"changed meanwhile); the record keeps what it trained on, and the run is not counted as done for "
+            f"{str(run.manifest_hash)[:12]}: the same sweep again runs it")
 
 
 def _attempt(step: Callable[..., Any], *args, what: str) -> list[str]:

@@ -24,6 +24,7 @@ timeout; both kinds: run and ensemble) becomes an MLflow run named after its
   `mlflow.parentRunId` = the MLflow run id of the parent (the MLflow UI nests
   the child under it); for ensembles `nbsweep.members` (comma-separated run
   ids) and `nbsweep.member_mlflow_run_ids` (their MLflow run ids, same order);
+  for reruns `nbsweep.rerun_of` (the original's run id);
 - artifacts: the run's files the record lists (executed notebook, html,
   training curves, confusion matrix, predictions.csv, result.json,
   kernel.log) and the record itself (`<run_id>.json`); not `model.keras`
@@ -351,6 +352,8 @@ def record_tags(record: RunRecord, record_sha256: str, phases: str = "") -> dict
         tags["nbsweep.warm_start_checkpoint"] = _text(record.warm_start.checkpoint)
     if record.members:
         tags["nbsweep.members"] = ",".join(record.members)
+    if record.rerun_of:
+        tags["nbsweep.rerun_of"] = record.rerun_of
     commit = record.environment.get("git_commit")
     if commit:
         tags["mlflow.source.git.commit"] = str(commit)

@@ -3,8 +3,8 @@
     python runner/sweep.py grid.yaml [--dry-run] [--verbose] [--force | --retry-failed]
                                      [--data-dir DIR] [--weights-dir DIR]
                                      [--timeout S] [--cell-timeout S]
-                                     [--workers N | --executor dask --scheduler tcp://HOST:8786]
-                                     [--max-runs N --yes]
+                                     [--workers N [--gpus-per-worker G] | --executor dask --scheduler tcp://HOST:8786]
+                                     [--no-prestart] [--max-runs N --yes]
 
 Every configuration of the grid is validated against the notebook's
 parameters before anything runs. Each run is executed with papermill into
@@ -31,22 +31,24 @@ import shutil
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 
 import pandas as pd
 from tqdm import tqdm
 
-from runner.errors import ConfigError, FatalError
-from runner.core.executors import DaskExecutor, InlineExecutor, LocalExecutor, RunTask
+from runner.errors import ConfigError, FatalError, shorten
+from runner.core.executors import (DaskExecutor, InlineExecutor, LocalExecutor, RunTask, gpu_environment,
+                                   worker_gpus)
 from runner.grid import GridSpec, RunBuilder, RunSpec, expand_runs, load_grid
 from runner.reports.leaderboard import write_leaderboard
 from runner.core.preflight import check_runs
-from runner.core.execute import orphan_run_folders
+from runner.core.execute import DATA_CHANGED, orphan_run_folders
 from models.hashing import sha256_json
-from runner.records.query import RecordSet, parse_metric, read_all
+from models.names import FINE_TUNE, HEAD
+from runner.records.query import RecordSet, parse_metric, rank_groups, read_all
 from runner.records import COMPLETED, DONE_STATUSES, FAILED, INTERRUPTED, PRUNED, RUN, TIMEOUT, SKIPPED, STATUSES, RunRecord
 
 
@@ -88,6 +90,10 @@ class SweepOptions:
             SIGKILL or a failed record write); they are listed either way.
         retry_pruned: also run again the runs a pruner stopped (they count
             as done otherwise, `retry_failed` included).
+        prestart: start each run's kernel (and its imports) while the run
+            before it executes (`runner.core.kernels`); `False` is `--no-prestart`.
+        gpus_per_worker: `--gpus-per-worker` (`runner.core.executors.assign_gpus`),
+            or `None`: with `workers` > 1 on a machine with GPUs, one each (or in turn).
     """
 
     verbose: bool = False
@@ -100,13 +106,16 @@ class SweepOptions:
     scheduler: Optional[str] = None
     clean_orphans: bool = False
     retry_pruned: bool = False
+    prestart: bool = True
+    gpus_per_worker: Optional[float] = None
 
 
 def plan_runs(runs: list[RunSpec], found: RecordSet, options: SweepOptions) -> list[tuple[RunSpec, Optional[str]]]:
     """Decide for every run whether to execute it: `(run, None)` or `(run, reason to skip)`.
 
     By default a run whose `config_hash` has a completed (or pruned) record
-    is skipped; `force` runs everything; `retry_failed` runs only those that
+    is skipped, if that record trained on the data the run expects
+    (`RunSpec.data_matches`: a run whose data changed under it is run again); `force` runs everything; `retry_failed` runs only those that
     have a record but none completed or pruned (failed, interrupted or timed
     out); `retry_pruned` runs the pruned ones (with `retry_failed`: both).
 
@@ -121,13 +130,17 @@ def plan_runs(runs: list[RunSpec], found: RecordSet, options: SweepOptions) -> l
     notebook_runs = [rec for rec in found.records if rec.kind == RUN]
     recorded = {rec.config_hash for rec in notebook_runs}
     done_statuses = (COMPLETED,) if options.retry_pruned else DONE_STATUSES
-    done = {rec.config_hash: f"{rec.status} as {rec.run_id}" for rec in notebook_runs if rec.status in done_statuses}
+    done: dict[str, list[RunRecord]] = {}
+    for rec in notebook_runs:
+        if rec.status in done_statuses:
+            done.setdefault(rec.config_hash, []).append(rec)
     plan = []
     for run in runs:
+        same_data = [rec for rec in done.get(run.config_hash, []) if run.data_matches(rec)]
         if options.force:
             plan.append((run, None))
-        elif run.config_hash in done:
-            plan.append((run, done[run.config_hash]))
+        elif same_data:
+            plan.append((run, f"{same_data[-1].status} as {same_data[-1].run_id}"))
         elif options.retry_failed and run.config_hash not in recorded:
             plan.append((run, "never run (--retry-failed only re-runs failed runs)"))
         elif options.retry_pruned and not options.retry_failed and run.config_hash not in {
@@ -243,14 +256,15 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
     found = search.found if search is not None else read_all(spec.logs_dir)
     plan = [] if search is not None else plan_runs(runs, found, options)
     task = RunTask(spec.notebook, spec.experiments_dir, spec.logs_dir, verbose=options.verbose,
-                   timeout_s=options.timeout_s, cell_timeout_s=options.cell_timeout_s, metric=spec.metric)
+                   timeout_s=options.timeout_s, cell_timeout_s=options.cell_timeout_s, metric=spec.metric,
+                   prestart=options.prestart)
     try:
         # The bar writes to a copy of stderr: fd 2 itself goes to each run's kernel.log.
         bar_file = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
     except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
         bar_file = sys.stderr
     try:
-        total = search.remaining() if search is not None else len(plan)
+        total = search.runs_remaining() if search is not None else len(plan)
         with tqdm(total=total, desc="search" if search else "sweep", unit="run", file=bar_file,
                   dynamic_ncols=True) as bar, \
                 StopSignals(lambda line: bar.write(line, file=bar_file)) as stop:
@@ -261,6 +275,8 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
                 if options.clean_orphans:
                     for folder in orphans:
                         shutil.rmtree(folder, ignore_errors=True)
+            if found.unreadable:  # their runs cannot be recognised as done: say so before running any again
+                bar.write(_unreadable_line(found), file=bar_file)
 
             def finished(record: RunRecord) -> None:
                 source.finished(record)
@@ -268,6 +284,9 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
                 if record.error is not None and record.status != INTERRUPTED:
                     bar.write(f"run {record.run_id} {record.status}: {record.error.ename}: "
                               f"{record.error.evalue[:200]}", file=bar_file)
+                for warning in record.warnings:
+                    if warning.startswith(DATA_CHANGED):
+                        bar.write(f"warning: run {record.run_id}: {warning}", file=bar_file)
                 bar.update()
                 bar.set_postfix_str(_counts(outcome) + _eta(search, bar))
 
@@ -287,6 +306,8 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
                 source.close()
                 for note in source.notes:
                     bar.write(f"note: {note}", file=bar_file)
+            if spec.refit:  # before the ensembles: an ensemble may name the refit
+                run_refit(spec, options, task, stop.event, lambda line: bar.write(line, file=bar_file))
             for line in build_grid_ensembles(spec):
                 bar.write(line, file=bar_file)
     finally:
@@ -333,12 +354,145 @@ def build_grid_ensembles(spec: GridSpec) -> list[str]:
     return lines
 
 
+REFIT_NAME_SUFFIX = "-refit"
+"""A refit of a named run is named `<name>-refit` (so `nbsweep predict <name>-refit` finds it)."""
+
+
+def refit_params(record: RunRecord) -> dict[str, Any]:
+    """The parameters of the refit of `record`: its own, trained on train + validation for its selected epochs.
+
+    The epochs are those its kept weights had trained (`best_epoch`, the last
+    epoch for a run that averaged with `swa_epochs`), split as they were: a
+    best epoch in the head phase gives `epochs = best_epoch` and no
+    fine-tuning (`fine_tune_layers: 0`, `fine_tune_epochs: 0`, `swa_epochs:
+    null`); one in the fine-tuning phase gives the head epochs the run ran
+    (early stopping included) and `fine_tune_epochs = best_epoch - head
+    epochs` (`swa_epochs` at most that many). With nothing left to validate
+    on, `train_on_val: true`, `early_stopping_patience: null` and
+    `keep_best_checkpoints: null`. A warm start is pinned to the parent and
+    checkpoint the run loaded (a `warm_start: best` would be resolved anew),
+    and a name gets `REFIT_NAME_SUFFIX`.
+
+    Args:
+        record: a completed notebook run.
+
+    Returns:
+        Every parameter of the refit (the notebook's parameter names).
+    """
+    params = dict(record.params)
+    head_run = len((record.history.get(HEAD) or {}).get("loss", []))
+    best = record.best_epoch or record.epochs_run or 1
+    if record.best_phase == FINE_TUNE or best > head_run:
+        epochs, fine_tune_epochs = head_run, best - head_run
+    else:
+        epochs, fine_tune_epochs = best, 0
+    params.update(train_on_val=True, early_stopping_patience=None, keep_best_checkpoints=None, epochs=epochs,
+                  fine_tune_epochs=fine_tune_epochs)
+    if not fine_tune_epochs:
+        params.update(fine_tune_layers=0, swa_epochs=None)
+    elif params.get("swa_epochs"):
+        params["swa_epochs"] = min(params["swa_epochs"], fine_tune_epochs)
+    if record.parent_run_id is not None:
+        params.update(warm_start=record.parent_run_id, best_of=None,
+                      warm_start_checkpoint=record.warm_start.checkpoint if record.warm_start else "best")
+    if params.get("name"):
+        params["name"] = params["name"][:80 - len(REFIT_NAME_SUFFIX)] + REFIT_NAME_SUFFIX
+    return params
+
+
+def refit_best(spec: GridSpec, found: RecordSet) -> tuple[Optional[RunSpec], str]:
+    """The refit run of a grid with `refit: true`: its best configuration again, on train + validation.
+
+    The configuration is the first by the grid's metric on the validation
+    split (a `test_` metric ranks by its validation figure here: the refit is
+    evaluated on the test split), with repeats the best by mean
+    (`runner.records.query.rank_groups`); of it, its best run on the
+    validation split gives the parameters and the epochs (`refit_params`).
+    Notebook runs only: ensembles and earlier refits never rank.
+
+    Args:
+        spec: the grid.
+        found: the records of its logs folder.
+
+    Returns:
+        `(run, line)`: the refit's `RunSpec` (`refit_of` set) and a line
+        saying which run it refits, or `(None, why not)`.
+    """
+    ranking = parse_metric(parse_metric(spec.metric).metric)  # the validation split's figure
+    groups = rank_groups(found.records, ranking, kinds=(RUN,))
+    if not groups:
+        return None, f"refit: not run: no completed run has {ranking.column}"
+    group = groups[0]
+    best = group.best
+    run, errors = RunBuilder(spec, Path("refit")).build(f"refit of {best.run_id}", refit_params(best))
+    if run is None:
+        return None, f"refit: not run: the refit of {best.run_id} is not a valid run: {'; '.join(errors)}"
+    mean = f" (mean of {group.n} seeds {group.mean:.4f})" if group.n > 1 else ""
+    epochs = run.params["epochs"] + (run.params["fine_tune_epochs"] if run.params["fine_tune_layers"] else 0)
+    return (replace(run, refit_of=best.run_id),
+            f"refit of {best.run_id} ({ranking.column} {ranking.value(best):.4f}{mean}): {epochs} epoch(s) "
+            f"on train + validation, the epochs of its best weights (best_epoch {best.best_epoch})")
+
+
+def run_refit(spec: GridSpec, options: SweepOptions, task: RunTask, stop: threading.Event,
+              write: Callable[[str], None]) -> Optional[RunRecord]:
+    """Execute the refit of a grid with `refit: true` (`refit_best`), unless recorded already (`plan_runs`).
+
+    Args:
+        spec, options, task: the sweep's.
+        stop: set on Ctrl-C / SIGTERM.
+        write: prints a line for the user: which run is refit and how (before it
+            runs), then its test figure or why it did not run or complete. A
+            refit that fails never fails the sweep.
+
+    Returns:
+        The refit's record, or `None` when it did not run.
+
+    Raises:
+        KeyboardInterrupt: the sweep was stopped (the refit is recorded interrupted).
+    """
+    found = read_all(spec.logs_dir)
+    run, line = refit_best(spec, found)
+    write(line)
+    if run is None:
+        return None
+    [(_, skip)] = plan_runs([run], found, options)
+    if skip:
+        write(f"refit: not run again: {skip}")
+        return None
+    records: list[RunRecord] = []
+    _execute(make_executor(options, stop), task, ListSource([run]), records.append, stop)
+    if not records:
+        return None
+    record = records[0]
+    if record.status != COMPLETED or record.metrics is None:
+        why = f": {record.error.ename}: {record.error.evalue[:200]}" if record.error else ""
+        write(f"refit {record.run_id}: {record.status}{why}")
+    else:
+        metric = parse_metric(spec.metric).metric
+        write(f"refit {record.run_id}: test_{metric} {getattr(record.metrics, metric):.4f} (trained on "
+              f"{_count(record, 'train')} images; not ranked: no validation split)")
+    return record
+
+
+def _count(record: RunRecord, split: str) -> int:
+    return sum((record.data.counts.get(split) or {}).values()) if record.data else 0
+
+
 def _eta(search, bar) -> str:
     """`, eta 12m` for a search: the predicted seconds of the runs left (the bar's own ETA assumes equal runs)."""
     if search is None or search.proposed is None:  # never ask the study for a run just to show the ETA
         return ""
     predicted = search.predicted_s(search.proposed)
     return f", eta {predicted * max(1, bar.total - bar.n) / 60:.0f}m" if predicted else ""
+
+
+def _unreadable_line(found: RecordSet) -> str:
+    """The warning for records that exist but cannot be read: their runs may run again beside them."""
+    shown = "; ".join(f"{name}: {shorten(reason, quote=False)}" for name, reason in list(found.unreadable.items())[:5])
+    more = f"; and {len(found.unreadable) - 5} more" if len(found.unreadable) > 5 else ""
+    return (f"warning: {len(found.unreadable)} record(s) in {found.logs_dir} cannot be read, so their runs are not "
+            f"known to be done and may run again beside them: {shown}{more}")
 
 
 def _orphans_line(orphans: list[Path], removed: bool) -> str:
@@ -356,11 +510,15 @@ def make_executor(options: SweepOptions, stop: Optional[threading.Event] = None)
         stop: set on Ctrl-C / SIGTERM; the inline executor's run polls it.
 
     Raises:
-        ConfigError: no Dask scheduler answers at `options.scheduler`.
+        ConfigError: no Dask scheduler answers at `options.scheduler`, or
+            `options.gpus_per_worker` does not fit this machine's GPUs.
     """
     if options.executor == "dask":
         return DaskExecutor(options.scheduler)
-    return InlineExecutor(stop) if options.workers == 1 else LocalExecutor(options.workers)
+    gpus = worker_gpus(options.workers, options.gpus_per_worker)
+    if options.workers == 1:
+        return InlineExecutor(stop, env=gpu_environment(gpus[0]))
+    return LocalExecutor(options.workers, gpus)
 
 
 def _execute(executor, task: RunTask, source, finished, stop: threading.Event) -> None:
@@ -383,7 +541,9 @@ def _execute(executor, task: RunTask, source, finished, stop: threading.Event) -
             while (not stop.is_set() and len(running) < executor.slots and (nxt := source.peek()) is not None
                    and not (running and nxt.params.get("warm_start"))):
                 run = source.pop()
-                running[executor.submit(task, run)] = run
+                # a grid knows whether a run follows; a search may propose one (a spare kernel is discarded)
+                more = not isinstance(source, ListSource) or source.peek() is not None
+                running[executor.submit(task, run, more=more)] = run
             if stop.is_set() and not stopping:
                 stopping = True
                 executor.stop()
@@ -473,11 +633,14 @@ def sweep_command(grid: Path, options: SweepOptions, *, dry_run: bool = False, d
 
     Raises:
         ConfigError: invalid grid file, parameters or inputs, more runs than
-            `max_runs`, or another sweep holds the logs folder; nothing ran.
+            `max_runs`, `--gpus-per-worker` that does not fit this machine's
+            GPUs, or another sweep holds the logs folder; nothing ran.
             The CLI prints it without a traceback and exits 2.
     """
     if options.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if options.gpus_per_worker is not None and options.executor != "dask":
+        worker_gpus(options.workers, options.gpus_per_worker)  # a share that does not fit: refused before anything
     overrides = {k: v for k, v in {"data_dir": data_dir, "weights_dir": weights_dir}.items() if v}
     spec = load_grid(grid)
     if spec.search is not None:
@@ -518,6 +681,7 @@ def _run_locked(spec: GridSpec, sweep: Callable[[], dict]) -> dict | int:
 def _search_command(spec: GridSpec, grid: Path, options: SweepOptions, overrides: dict, dry_run: bool) -> int:
     """`sweep_command` for a grid with a `search:` block: print the space, or run the study's proposals."""
     from runner.search import SearchSource, open_study, parse_space, pruner_config, study_path
+    from runner.search.study import STUDY_SUFFIX, legacy_study_path
 
     builder = RunBuilder(spec, grid, overrides=overrides)
     dims = parse_space(spec, Path(grid), builder)
@@ -535,11 +699,22 @@ def _search_command(spec: GridSpec, grid: Path, options: SweepOptions, overrides
         return 0
 
     def search() -> dict:
-        journal = study_path(spec.logs_dir, Path(grid))
-        study = open_study(spec.search, dims, journal, Path(grid).stem, max_epochs)
+        journal = study_path(spec.logs_dir, Path(grid), dims)
+        repairs: list[str] = []
+        study = open_study(spec.search, dims, journal, journal.name.removesuffix(STUDY_SUFFIX), max_epochs,
+                           notes=repairs)
+        for line in repairs:
+            print(f"warning: {line}", file=sys.stderr)
+        legacy = legacy_study_path(spec.logs_dir, Path(grid))
+        if legacy.is_file() and not study.get_trials(deepcopy=False):
+            print(f"note: the study of {grid} is now {journal.name} (named after the grid file's path and search "
+                  f"space); {legacy.name} is no longer read: its finished runs come from the run records",
+                  file=sys.stderr)
         source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder,
                               found=read_all(spec.logs_dir), ranking=parse_metric(spec.metric), journal=journal,
                               pruner=pruner_config(spec.search, max_epochs))
+        for line in source.restore():  # the records are the truth: what the study lacks of them
+            print(f"note: {line}", file=sys.stderr)
         return run_sweep(spec, [], options, search=source)
 
     outcome = _run_locked(spec, search)

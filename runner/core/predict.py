@@ -32,7 +32,7 @@ from runner.records.query import find_path, parse_metric
 from runner.records import COMPLETED, ENSEMBLE, RunLoadError, RunRecord, sha256_file, write_json_atomic
 from runner.records import write_text_atomic
 
-from models.names import IMAGE_SUFFIXES, TTA_VIEWS as TTA_CHOICES
+from models.names import DEFAULT_METRIC, IMAGE_SUFFIXES, TTA_VIEWS as TTA_CHOICES
 
 
 def parse_tta(text: str) -> list[str]:
@@ -207,18 +207,32 @@ def expand_image_paths(paths: Iterable[str | Path]) -> tuple[list[Path], dict[st
     """Files as given, folders walked (sorted) for files with an image suffix.
 
     Returns:
-        `(files, missing)`: the files, and paths that do not exist mapped to a reason.
+        `(files, skipped)`: the files, and what is not used mapped to the
+        reason: paths that do not exist, and in the folders walked every
+        other file (hidden ones aside: `.DS_Store`) and every symbolic link
+        that leads to no file (`models.data.folders.broken_link_reason`).
     """
-    files, missing = [], {}
+    from models.data.folders import broken_link_reason
+
+    files, skipped = [], {}
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            for found in sorted(path.rglob("*")):
+                if found.is_file() and found.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(found)
+                elif found.is_file() and not found.name.startswith("."):
+                    skipped[str(found)] = (f"not an image file name (extension {found.suffix or '(none)'!r}; "
+                                           f"expected one of {', '.join(IMAGE_SUFFIXES)})")
+                elif found.is_symlink() and not found.exists():
+                    skipped[str(found)] = broken_link_reason(found)
         elif path.is_file():
             files.append(path)
+        elif path.is_symlink():
+            skipped[str(path)] = broken_link_reason(path)
         else:
-            missing[str(path)] = "no such file or folder"
-    return files, missing
+            skipped[str(path)] = "no such file or folder"
+    return files, skipped
 
 
 def check_run_files(record: RunRecord, record_path: str | Path, *, predictions: bool = False) -> list[str]:
@@ -320,7 +334,7 @@ def write_predictions_csv(frame: pd.DataFrame, out_path: str | Path) -> Path:
 
 
 def load_run(run: str | Path, logs_dir: str | Path = "logs",
-             metric: str = "weighted_recall") -> LoadedRun | LoadedEnsemble:
+             metric: str = DEFAULT_METRIC) -> LoadedRun | LoadedEnsemble:
     """Rebuild a recorded run's model from its spec and load its trained weights.
 
     Works in a new Python process: it needs the record and the run's
@@ -329,7 +343,7 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs",
     Args:
         run: a run id, a unique run-id prefix, `"best"`, or a record path.
         logs_dir: folder of the records. Defaults to `"logs"`.
-        metric: what `"best"` ranks by. Defaults to `"weighted_recall"`.
+        metric: what `"best"` ranks by. Defaults to `models.names.DEFAULT_METRIC`.
 
     Returns:
         The `LoadedRun`, or a `LoadedEnsemble` for an ensemble record (its
@@ -370,15 +384,34 @@ SHOWN_SKIPPED = 10
 """How many skipped files an error message lists (then a count of the rest)."""
 
 
-def _no_readable_images(labelled_dir: Path, class_folders: list[str], skipped: dict[str, str]) -> str:
-    """The message for a labelled folder without one readable image: the files skipped and why."""
+def no_readable_images(where: str, skipped: dict[str, str], inside: str = "") -> str:
+    """The message for images to predict or evaluate of which not one can be read: the files skipped and why.
+
+    Args:
+        where: what was given, e.g. the folder (`"--evaluate: <folder>"` for an evaluation).
+        skipped: path -> why it was not used (`expand_image_paths`, `LoadedRun.predict_paths`).
+        inside: where in it, e.g. `" in its class folders red, green"`. Defaults to `""`.
+
+    Returns:
+        `"<where>: no image files<inside> (expected .jpg, ... files)"` when no
+        file has an image name, else `"<where>: no readable image<inside>"`;
+        then `"; skipped N file(s): <path>: <reason>; ..."` (the first
+        `SHOWN_SKIPPED`, then a count of the rest).
+    """
+    if any(Path(path).suffix.lower() in IMAGE_SUFFIXES for path in skipped):
+        head = f"{where}: no readable image{inside}"
+    else:
+        head = f"{where}: no image files{inside} (expected {', '.join(IMAGE_SUFFIXES)} files)"
     if not skipped:
-        return (f"--evaluate: {labelled_dir}: no image files in its class folders {', '.join(class_folders)} "
-                f"(expected {', '.join(IMAGE_SUFFIXES)} files)")
+        return head
     shown = "; ".join(f"{path}: {reason}" for path, reason in list(skipped.items())[:SHOWN_SKIPPED])
     more = len(skipped) - SHOWN_SKIPPED
-    return (f"--evaluate: {labelled_dir}: no readable image in its class folders {', '.join(class_folders)}; "
-            f"skipped {len(skipped)} file(s): {shown}{f'; and {more} more' if more > 0 else ''}")
+    return f"{head}; skipped {len(skipped)} file(s): {shown}{f'; and {more} more' if more > 0 else ''}"
+
+
+def _no_readable_images(labelled_dir: Path, class_folders: list[str], skipped: dict[str, str]) -> str:
+    """The message for a labelled folder without one readable image: the files skipped and why."""
+    return no_readable_images(f"--evaluate: {labelled_dir}", skipped, f" in its class folders {', '.join(class_folders)}")
 
 
 def evaluate_run(loaded: LoadedRun, labelled_dir: str | Path, name: Optional[str] = None,

@@ -214,16 +214,17 @@ def _check_data_dirs(runs: list[RunSpec], report: _Report) -> dict[str, Any]:
 def _check_models(runs: list[RunSpec], report: _Report) -> None:
     """Base names, input sizes, `base_kwargs` and initial weights of every run."""
     from models.bases import check_base_kwargs, check_image_size, resolve_base, resolve_weights
+    from models.names import canonical_base
 
-    infos, usable = {}, []
+    infos, usable = {}, []  # keyed by canonical name, as ExperimentSpec.base holds it
     runs = [run for run in runs if isinstance(run.params.get("base"), str)]
-    for group in _group(runs, lambda p: p["base"]).values():
+    for group in _group(runs, lambda p: canonical_base(p["base"])).values():
         try:
-            infos[group[0].params["base"]] = resolve_base(group[0].params["base"])
+            infos[canonical_base(group[0].params["base"])] = resolve_base(group[0].params["base"])
         except ModelConfigError as error:
             report.error(group, "base", str(error))
-    for group in _group([r for r in runs if r.params["base"] in infos],
-                        lambda p: [p["base"], p.get("image_size"), p.get("base_kwargs")]).values():
+    for group in _group([r for r in runs if canonical_base(r.params["base"]) in infos],
+                        lambda p: [canonical_base(p["base"]), p.get("image_size"), p.get("base_kwargs")]).values():
         spec = _spec(group[0].params)
         try:
             check_image_size(infos[spec.base], spec.image_size)

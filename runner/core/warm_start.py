@@ -12,14 +12,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from models.names import MODEL_FILE, checkpoint_path
+from models.names import MODEL_FILE, canonical_base, checkpoint_path
 from runner.errors import ConfigError
 from runner.records import COMPLETED, RUN, RunLoadError, RunRecord, WarmStartSection, sha256_file
 from runner.records.query import Ranking, RecordSet, find
 
 ARCHITECTURE_PARAMS = ("base", "base_kwargs", "head", "dense_units", "image_size")
-"""Parameters that must match between a run and the run it warm-starts from."""
+"""Parameters that must match between a run and the run it warm-starts from (compared by `architecture`)."""
 
+
+def architecture(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The `ARCHITECTURE_PARAMS` of a run's parameters, `base` in its canonical spelling
+    (`models.names.canonical_base`), so that a record written with `VGG16` matches a run with `vgg16`."""
+    values = {name: params.get(name) for name in ARCHITECTURE_PARAMS}
+    if isinstance(values["base"], str):
+        values["base"] = canonical_base(values["base"])
+    return values
 
 
 @dataclass(frozen=True)
@@ -54,9 +62,10 @@ class WarmStart:
 def _candidates(params: Mapping[str, Any]):
     """The filter of the runs `warm_start: best` may choose: same architecture, and `best_of`."""
     best_of = params.get("best_of")
+    wanted = architecture(params)
 
     def accept(rec: RunRecord) -> bool:
-        if not all(rec.params.get(k) == params.get(k) for k in ARCHITECTURE_PARAMS):
+        if architecture(rec.params) != wanted:
             return False
         if best_of == "roots":
             return rec.parent_run_id is None
@@ -76,9 +85,11 @@ def resolve_warm_start(params: Mapping[str, Any], found: RecordSet, *, ranking: 
 
     Args:
         params: the run's parameters: `warm_start` (a run id, a run name, a
-            unique run-id prefix, or `"best"`: the best completed notebook
-            run by `ranking` among those with the same `ARCHITECTURE_PARAMS`,
-            so its weights fit, and `best_of` (`"roots"`: runs not warm-started
+            unique run-id prefix, or `"best"`: among the completed notebook
+            runs with the same `ARCHITECTURE_PARAMS` (so their weights fit)
+            and `best_of`, the configuration with the best mean `ranking` over
+            its repeats (`runner.records.groups`), and of it the run best on
+            the validation split (`"roots"`: runs not warm-started
             themselves; a prefix: runs whose name starts with it); pruned runs
             and ensembles never), and `warm_start_checkpoint`.
         found: the records (`runner.records.query.read_all`).
@@ -105,8 +116,9 @@ def resolve_warm_start(params: Mapping[str, Any], found: RecordSet, *, ranking: 
     where = f"warm_start: run {parent.run_id}"
     if parent.status != COMPLETED:
         raise ConfigError(f"{where} has status {parent.status!r}; only completed runs can be warm-started from")
+    theirs, ours = architecture(parent.params), architecture(params)
     for name in ARCHITECTURE_PARAMS:
-        if parent.params.get(name) != params.get(name):
+        if theirs[name] != ours[name]:
             raise ConfigError(f"{where} has {name}={parent.params.get(name)!r}, this run has "
                               f"{name}={params.get(name)!r}; a warm start needs the same "
                               f"{', '.join(ARCHITECTURE_PARAMS)}")

@@ -9,9 +9,9 @@
 """
 
 from runner.grid.expand import RunBuilder, expand_runs, notebook_parameters
-from runner.grid.fingerprint import Fingerprinter, kernel_code_files
+from runner.grid.fingerprint import Fingerprinter, code_hashes, kernel_code_files
 from runner.grid.schema import DEFAULT_NOTEBOOK, EnsembleSpec, GridSpec, RunSpec
 from runner.grid.strict_yaml import load_grid
 
-__all__ = ["DEFAULT_NOTEBOOK", "EnsembleSpec", "Fingerprinter", "GridSpec", "RunBuilder", "RunSpec",
+__all__ = ["DEFAULT_NOTEBOOK", "EnsembleSpec", "Fingerprinter", "GridSpec", "RunBuilder", "RunSpec", "code_hashes",
            "expand_runs", "kernel_code_files", "load_grid", "notebook_parameters"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import difflib
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,12 +26,13 @@ from pydantic_core import PydanticCustomError
 from sklearn.model_selection import ParameterGrid
 
 from models.spec import ExperimentSpec
-from runner.errors import ConfigError
+from runner.errors import ConfigError, shorten
 from models.hashing import sha256_json
 
-from runner.grid.schema import NON_PATH_VALUES, PATH_PARAMS, RESERVED_PARAMS, GridSpec, RunSpec
-from runner.grid.fingerprint import Fingerprinter
+from runner.grid.schema import NON_PATH_VALUES, PATH_PARAMS, RENAMED_PARAMS, RESERVED_PARAMS, GridSpec, RunSpec
+from runner.grid.fingerprint import Fingerprinter, PathError
 from runner.grid.strict_yaml import _type_hint
+from runner.records.groups import GROUP_FREE_PARAMS
 
 def notebook_parameters(notebook: Path) -> dict[str, Any]:
     """Read the parameters cell of a notebook: names and default values.
@@ -155,12 +157,55 @@ class RunBuilder:
                 where = f"{sources.get(key, 'params')}.{'.'.join(map(str, err['loc']))}" if err["loc"] else origin
                 msg = err["msg"].replace("Input should be", "expected").replace("Value error, ", "")
                 # a check across parameters has no key: its message names them, the input is every parameter
-                line = f"{grid_path}: {where}: got {err.get('input')!r}, {msg}" if err["loc"] else f"{grid_path}: {origin}: {msg}"
+                line = (f"{grid_path}: {shorten(where, quote=False)}: got {shorten(err.get('input'))}, {msg}"
+                        if err["loc"] else f"{grid_path}: {origin}: {msg}")
                 if line not in errors:
                     errors.append(line)
             return None, errors
-        digest = sha256_json({"params": params, **self.fingerprint(params)})
-        return RunSpec(index=index, params=params, config_hash=digest, origin=origin), []
+        try:
+            fingerprint = self.fingerprint(params)
+        except PathError as exc:
+            return None, [f"{grid_path}: {sources.get(exc.key, 'params')}.{exc.key}: {exc}"]
+        digest = sha256_json({"params": params, **fingerprint})
+        group = sha256_json({"params": {k: v for k, v in params.items() if k not in GROUP_FREE_PARAMS}, **fingerprint})
+        return RunSpec(index=index, params=params, config_hash=digest, origin=origin, group_hash=group,
+                       manifest_hash=self.fingerprint.manifest(params)), []
+
+    def build_repeats(self, origin: str, point: dict[str, Any], index: int = 0, repeats: Optional[int] = None
+                      ) -> tuple[list[RunSpec], list[str]]:
+        """The `repeats` runs of `point`: seeds `seed, seed + 1, ...` (`seed` as `build` resolves it).
+
+        Every repeat has the same `group_hash` and its own `config_hash`. A
+        `name` stays on the first repeat (so references to it keep working);
+        the others are named `<name>-seed<seed>`, names being unique.
+
+        Args:
+            origin: where the point came from; repeat k > 1 is `<origin> repeat k`.
+            point: the point's parameters.
+            index: the first repeat's position in the sweep. Defaults to `0`.
+            repeats: runs per configuration, >= 1. Defaults to the grid's `repeats`.
+
+        Returns:
+            `(runs, [])`, or `([], errors)` as `build`.
+        """
+        repeats = self.spec.repeats if repeats is None else repeats
+        first, errors = self.build(origin, point, index)
+        if first is None or repeats == 1:
+            return ([first] if first is not None else []), errors
+        seed = first.params.get("seed")
+        if "seed" not in self.allowed or type(seed) is not int:
+            return [], [f"{self.grid_path}: repeats: {repeats} runs each configuration with seeds seed, seed + 1, "
+                        f"...: the notebook needs an integer parameter 'seed' (got {seed!r})"]
+        runs = [first]
+        for k in range(1, repeats):
+            extra: dict[str, Any] = {"seed": seed + k}
+            if first.params.get("name") is not None:
+                extra["name"] = f"{first.params['name']}-seed{seed + k}"
+            run, errors = self.build(f"{origin} repeat {k + 1}", {**point, **extra}, index + k)
+            if run is None:
+                return [], errors
+            runs.append(run)
+        return runs, []
 
 
 def expand_runs(
@@ -174,7 +219,9 @@ def expand_runs(
 
     Order: grid points in `ParameterGrid` order (sub-grids in file order),
     then explicit `runs`; `sample` then keeps a seeded random subset in that
-    order.
+    order; then each configuration is repeated `spec.repeats` times, with
+    seeds `seed, seed + 1, ...` (`RunBuilder.build_repeats`), its repeats one
+    after the other.
 
     Args:
         spec: the validated grid.
@@ -197,6 +244,7 @@ def expand_runs(
     builder = RunBuilder(spec, grid_path, overrides=overrides, base_dir=base_dir)
     errors: list[str] = []
     runs: list[RunSpec] = []
+    points: list[dict[str, Any]] = []
     notes: list[str] = []
     seen: dict[str, str] = {}
     for origin, point in _expand_sources(spec):
@@ -209,6 +257,7 @@ def expand_runs(
             continue
         seen[run.config_hash] = origin
         runs.append(run)
+        points.append(point)
     if errors:
         raise ConfigError("\n".join(errors))
     if spec.sample is not None:
@@ -218,16 +267,36 @@ def expand_runs(
                 f"(the number of runs in the grid)"
             )
         keep = sorted(random.Random(spec.seed).sample(range(len(runs)), spec.sample))
-        runs = [RunSpec(i, runs[k].params, runs[k].config_hash, runs[k].origin) for i, k in enumerate(keep)]
-    return runs, notes
+        runs, points = [runs[k] for k in keep], [points[k] for k in keep]
+    if spec.repeats > 1:
+        repeated: list[RunSpec] = []
+        seen = {}
+        for run, point in zip(runs, points):
+            group, run_errors = builder.build_repeats(run.origin, point, index=len(repeated))
+            errors += [e for e in run_errors if e not in errors]
+            for each in group:
+                if each.config_hash in seen:
+                    notes.append(f"{each.origin} (seed {each.params.get('seed')}) duplicates {seen[each.config_hash]} "
+                                 f"after repeats: run once")
+                    continue
+                seen[each.config_hash] = each.origin
+                repeated.append(each)
+        if errors:
+            raise ConfigError("\n".join(errors))
+        runs = repeated
+    return [replace(run, index=i) for i, run in enumerate(runs)], notes
 
 
 def _check_names(params: dict, sources: dict, allowed: list[str], grid_path: Path) -> list[str]:
     errors = []
     for name in params:
-        where = f"{sources.get(name, 'params')}.{name}"
+        where = shorten(f"{sources.get(name, 'params')}.{name}", quote=False)
         if name in RESERVED_PARAMS:
             errors.append(f"{grid_path}: {where}: {name} is set by the runner, remove it")
+        elif name in RENAMED_PARAMS and name not in allowed:
+            new_name, why = RENAMED_PARAMS[name]
+            errors.append(f"{grid_path}: {where}: {name}: renamed to {new_name} ({why}); "
+                          f"write {new_name}: instead")
         elif name not in allowed:
             close = difflib.get_close_matches(name, allowed, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""

@@ -5,12 +5,26 @@ from __future__ import annotations
 import ast
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 
 from runner import PROJECT_ROOT
 from models.hashing import sha256_code, sha256_file, sha256_json
+from runner.errors import ConfigError, shorten
 from runner.records import package_version
+
+
+class PathError(ConfigError):
+    """A path parameter that the fingerprint cannot read (`OSError`: a name too long, no permission...).
+
+    Attributes:
+        key: the parameter (`data_dir`, `weights`, `weights_dir`).
+        value: its value.
+    """
+
+    def __init__(self, key: str, value: Any, error: OSError):
+        super().__init__(f"got {shorten(value)}: cannot be read ({error.strerror or error})")
+        self.key, self.value = key, value
 
 
 def _tree_listing(folder: Path) -> str:
@@ -77,6 +91,27 @@ def kernel_code_files(sources: list[str]) -> list[Path]:
     return sorted(files)
 
 
+def code_hashes(notebook: Path) -> dict[str, Any]:
+    """The code a run of `notebook` executes, hashed per part: what a rerun compares file by file.
+
+    Args:
+        notebook: the notebook the run executes.
+
+    Returns:
+        `{"notebook": absolute path, "notebook_sha256": sha256 of its code cells
+        hashed as code (`models.hashing.sha256_code` of each: comments and
+        layout do not count; a cell with IPython magics counts as text), "files": {project-relative posix path:
+        models.hashing.sha256_code of the file}}` over `kernel_code_files`.
+    """
+    import nbformat
+
+    notebook = Path(notebook).resolve()
+    sources = [c.source for c in nbformat.read(str(notebook), as_version=4).cells if c.cell_type == "code"]
+    return {"notebook": str(notebook), "notebook_sha256": sha256_json([sha256_code(source) for source in sources]),
+            "files": {p.relative_to(PROJECT_ROOT).as_posix(): sha256_code(p.read_text(encoding="utf-8"))
+                      for p in kernel_code_files(sources)}}
+
+
 class Fingerprinter:
     """What besides its parameters decides a run's result, hashed for `RunSpec.config_hash`.
 
@@ -97,36 +132,88 @@ class Fingerprinter:
     """
 
     def __init__(self, notebook: Path):
-        import nbformat
-
-        sources = [c.source for c in nbformat.read(str(notebook), as_version=4).cells if c.cell_type == "code"]
-        self._notebook = sha256_json(sources)
-        self._code = sha256_json([(p.relative_to(PROJECT_ROOT).as_posix(), sha256_code(p.read_text(encoding="utf-8")))
-                                  for p in kernel_code_files(sources)])
+        hashes = code_hashes(notebook)
+        self._notebook = hashes["notebook_sha256"]
+        self._code = sha256_json(list(hashes["files"].items()))  # kernel_code_files order
         self._packages = {name: package_version(name) for name in RESULT_PACKAGES}
         self._cache: dict[tuple[str, str], str] = {}
+        self._folders: dict[str, Any] = {}
+        self._manifests: dict[tuple, Optional[str]] = {}
 
-    def _cached(self, kind: str, key: str, compute) -> str:
+    def _cached(self, kind: str, key: str, compute, param: str) -> str:
         if (kind, key) not in self._cache:
-            self._cache[kind, key] = compute()
+            try:
+                self._cache[kind, key] = compute()
+            except OSError as exc:  # a user's path: say which key, never a traceback
+                raise PathError(param, key, exc) from exc
         return self._cache[kind, key]
 
     def __call__(self, params: dict[str, Any]) -> dict[str, str]:
-        """The fingerprint parts of one run's `params` (absolute paths)."""
+        """The fingerprint parts of one run's `params` (absolute paths).
+
+        Raises:
+            PathError: `data_dir`, `weights` or `weights_dir` cannot be read
+                (`OSError`, e.g. a name too long); the message names the value.
+        """
         data_dir = params.get("data_dir")
         if not isinstance(data_dir, str) or data_dir.startswith("builtin:"):
             data = str(data_dir)
         else:
-            data = self._cached("data", data_dir, lambda: _tree_listing(Path(data_dir)))
+            data = self._cached("data", data_dir, lambda: _tree_listing(Path(data_dir)), "data_dir")
         weights = params.get("weights")
         if weights == "imagenet":
             folder = params.get("weights_dir") or os.environ.get("NBSWEEP_WEIGHTS_DIR")
-            weights_part = "imagenet" + (f":{self._cached('dir', folder, lambda: _tree_listing(Path(folder)))}" if folder else "")
+            weights_part = "imagenet" + (f":{self._cached('dir', folder, lambda: _tree_listing(Path(folder)), 'weights_dir')}"
+                                         if folder else "")
         elif weights:
-            weights_part = self._cached("file", weights, lambda: sha256_file(Path(weights)) if Path(weights).is_file() else f"missing:{weights}")
+            weights_part = self._cached("file", weights, lambda: sha256_file(Path(weights)) if Path(weights).is_file()
+                                        else f"missing:{weights}", "weights")
         else:
             weights_part = "random"
         return {"notebook": self._notebook, "code": self._code, "packages": self._packages,
                 "data": data, "weights": weights_part}
+
+    def manifest(self, params: dict[str, Any]) -> Optional[str]:
+        """The data manifest a run of `params` should train on, as its kernel's `load_data` hashes it.
+
+        `models.data.folders.manifest_hash` of the split of `data_dir` listed
+        now (each folder listed once per instance): the sweep compares it
+        with the manifest the run's record carries (`RunSpec.data_matches`),
+        so a run whose data changed under it is not taken as done.
+
+        Args:
+            params: one run's parameters (absolute paths).
+
+        Returns:
+            64 hex digits, or `None` when it cannot be told before the run: no
+            `data_dir` parameter, a builtin not exported yet, or a folder the
+            pre-flight check refuses (it says why).
+        """
+        from models.data.folders import list_image_folder, manifest_hash, resolve_data_dir, split_image_folder
+        from models.errors import ModelConfigError
+        from models.spec import ExperimentSpec
+
+        data_dir = params.get("data_dir")
+        if not isinstance(data_dir, str):
+            return None
+        if data_dir not in self._folders:
+            try:
+                root = resolve_data_dir(data_dir, export=False)
+                self._folders[data_dir] = list_image_folder(root) if root.is_dir() else None
+            except (ModelConfigError, OSError):
+                self._folders[data_dir] = None
+        folder = self._folders[data_dir]
+        if folder is None:
+            return None
+        split = tuple(params.get(k) for k in ("data_dir", "max_images_per_class", "val_fraction", "test_fraction",
+                                              "seed"))
+        if split not in self._manifests:
+            try:
+                spec = ExperimentSpec.model_validate({k: v for k, v in params.items()
+                                                      if k in ExperimentSpec.model_fields})
+                self._manifests[split] = manifest_hash(folder.root, split_image_folder(folder, spec))
+            except (ModelConfigError, OSError, ValueError):
+                self._manifests[split] = None
+        return self._manifests[split]
 
 

@@ -8,15 +8,19 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.names import DEFAULT_METRIC
 from runner import PROJECT_ROOT
-from runner.records.query import METRIC_NAMES
-from runner.search import SearchSpec
+from runner.records.query import METRIC_NAMES, parse_metric
+from runner.search import SearchSpec, pruning_metric
 from runner.records import RANKING_METRICS
 
 
 DEFAULT_NOTEBOOK = PROJECT_ROOT / "notebooks" / "base_experiment.ipynb"
 RESERVED_PARAMS = ("output_dir", "resolved_warm_start", "pruning")
 """Notebook parameters set by the runner, never by a grid."""
+RENAMED_PARAMS = {"sampler": ("batch_sampler", "search: {sampler: ...} is the search's Optuna sampler")}
+"""Former run parameter name -> (its new name, why); refused with that message (`expand._check_names`)
+unless the grid's notebook still declares the old name itself."""
 
 PATH_PARAMS = ("data_dir", "weights", "weights_dir")
 """Parameters holding paths: made absolute (from the working folder) before a
@@ -57,7 +61,11 @@ class GridSpec(BaseModel):
             `fixed`).
         sample: run only a seeded random subset of this many runs.
         seed: seed of `sample`.
-        metric: the metric that ranks runs on the leaderboard.
+        metric: the metric that ranks runs on the leaderboard (and a
+            search's trials); with a `search.pruner`, also what the pruner
+            follows after every epoch on the validation split, so it must be
+            one of `runner.search.PRUNABLE_METRICS`. Defaults to
+            `models.names.DEFAULT_METRIC`.
         top_n: how many runs the leaderboard shows.
         experiments_dir: folder of the run folders.
         logs_dir: folder of the JSON run records.
@@ -68,6 +76,23 @@ class GridSpec(BaseModel):
         ensembles: ensembles built and evaluated at the end of the sweep
             (`EnsembleSpec`: `{top: 3}` or `{runs: [exp_001, exp_002]}`), as
             `runner.core.ensemble.build_ensemble` does.
+        repeats: runs of each configuration, with seeds `seed, seed + 1, ...,
+            seed + repeats - 1` (`seed` being the configuration's own); each
+            repeat is a run of its own (its own `config_hash`), and the
+            leaderboard, `warm_start: best` and `ensembles: {top: N}` treat the
+            repeats of one configuration as one group, ranked by their mean
+            (`runner.records.groups`). Defaults to `1`. With `search:`, give it
+            inside the `search:` block instead.
+        refit: after the sweep (and a search), train the configuration ranked
+            first by `metric` on the validation split (with repeats, the one
+            with the best mean, as `runner.records.groups` ranks them; of it,
+            its best run on the validation split) once more on the training
+            and validation splits together (`train_on_val`), for the epochs
+            its selected weights had trained (`best_epoch`, split into head
+            and fine-tuning epochs as they were), and record it as a run of
+            its own with `refit_of` (scikit-learn's `GridSearchCV(refit=True)`;
+            `runner.core.loop.refit_best`). Evaluated on the test split only,
+            never ranked, shown apart on the leaderboard. Defaults to `False`.
 
     Paths are made absolute from the working folder when the grid is loaded.
     Types are strict (pydantic's strict mode): `sample: true` or
@@ -84,9 +109,11 @@ class GridSpec(BaseModel):
     runs: list[dict[str, Any]] = Field(default_factory=list)
     search: Optional[SearchSpec] = None
     ensembles: list[EnsembleSpec] = Field(default_factory=list)
+    repeats: int = Field(1, ge=1)
+    refit: bool = False
     sample: Optional[int] = Field(None, ge=1)
     seed: int = 0
-    metric: str = "weighted_recall"
+    metric: str = DEFAULT_METRIC
     top_n: int = Field(10, ge=1)
     experiments_dir: Path = Field(Path("experiments"), strict=False)
     logs_dir: Path = Field(Path("logs"), strict=False)
@@ -115,6 +142,19 @@ class GridSpec(BaseModel):
                 if not values:
                     raise ValueError(f"{name}: empty list of values (give at least one)")
         return value
+
+    @model_validator(mode="after")
+    def _repeats_of_a_search(self):
+        if self.search is not None and self.repeats != 1:
+            raise ValueError(f"repeats: {self.repeats} with a search: block: give it as search.repeats "
+                             f"(each proposal then runs {self.repeats} seeds and is scored by their mean)")
+        return self
+
+    @model_validator(mode="after")
+    def _prunable_metric(self):
+        if self.search is not None and self.search.pruner != "none" and self.metric in METRIC_NAMES:
+            pruning_metric(parse_metric(self.metric), self.search.pruner)  # a ConfigError names the allowed ones
+        return self
 
     @model_validator(mode="after")
     def _distributions_need_search(self):
@@ -147,9 +187,29 @@ class RunSpec:
     origin: str
     trial: Optional[dict[str, Any]] = None
     """For a search run with a pruner: the notebook's `pruning` parameter (its Optuna trial); not hashed."""
+    group_hash: Optional[str] = None
+    """The configuration without its seed: sha256 of `params` less `runner.records.groups.GROUP_FREE_PARAMS`
+    and of the same fingerprint as `config_hash`; the repeats of one configuration share it."""
+    refit_of: Optional[str] = None
+    """For the refit of a grid's best configuration (`refit: true`, `runner.core.loop.refit_best`): the run whose
+    configuration it trains again on train + validation; recorded as `RunRecord.refit_of`. Not hashed."""
+    manifest_hash: Optional[str] = None
+    """The data manifest the run should train on, listed when it was built (`Fingerprinter.manifest`), or
+    `None` when it cannot be told beforehand; not hashed. Its kernel's own is compared with it (`data_matches`)."""
 
     def with_trial(self, trial: Optional[dict[str, Any]]) -> "RunSpec":
         """This run with `trial` attached (see `runner.search`)."""
         return replace(self, trial=trial)
+
+    def data_matches(self, record: Any) -> bool:
+        """Whether `record` (a `RunRecord` of this configuration) trained on the data this run expects.
+
+        The record's `data.manifest_hash` (what its kernel listed) must equal
+        `manifest_hash`; a record or a run that cannot tell (no data section,
+        no expected manifest) matches. A completed record whose data changed
+        under it is therefore not "done" for this run: the sweep runs it again.
+        """
+        recorded = getattr(getattr(record, "data", None), "manifest_hash", None)
+        return self.manifest_hash is None or recorded is None or recorded == self.manifest_hash
 
 

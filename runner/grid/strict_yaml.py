@@ -8,10 +8,21 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from runner.errors import ConfigError
+from runner.errors import ConfigError, shorten
 from runner.search import SearchSpec
 
 from runner.grid.schema import EnsembleSpec, GridSpec
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _AliasRefused(yaml.YAMLError):
+    """An alias (`*name`) where a grid file may not have one; `mark` is where it is."""
+
+    def __init__(self, name: str, mark: yaml.Mark):
+        super().__init__(name)
+        self.name, self.mark = name, mark
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` that records keys repeated within one mapping.
@@ -27,6 +38,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     and `yes` do not); merge keys (`<<`) and the keys they bring in are not
     repeats (overriding a merged key is what a merge is for).
 
+    An alias (`*name`) is refused while the document is composed, before
+    anything is built (`_AliasRefused`), except as the value of a merge key
+    (`<<: *name`, or `<<: [*a, *b]`): aliases of aliases expand
+    exponentially (a 790-byte "billion laughs" file is gigabytes of
+    values), while a merge only copies keys into one mapping.
+
     Args:
         stream: the YAML text.
     """
@@ -36,6 +53,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         self.duplicates: list[tuple[str, yaml.Node, yaml.Node]] = []
         self._paths: dict[yaml.Node, str] = {}
         self._checked: set[yaml.Node] = set()
+        self._merge_lists: list[yaml.Mark] = []
+
+    def compose_node(self, parent, index):
+        merge = isinstance(index, yaml.ScalarNode) and index.tag == MERGE_TAG
+        if self.check_event(yaml.AliasEvent) and not merge and not (
+                isinstance(parent, yaml.SequenceNode) and any(parent.start_mark is m for m in self._merge_lists)):
+            event = self.peek_event()
+            raise _AliasRefused(event.anchor, event.start_mark)
+        if merge and self.check_event(yaml.SequenceStartEvent):  # `<<: [*a, *b]`: its items may be aliases
+            self._merge_lists.append(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
 
     def construct_document(self, node):
         self._paths = {}
@@ -80,6 +108,36 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         super().flatten_mapping(node)
 
 
+def read_utf8(path: Path, what: str) -> str:
+    """The text of a file that must be UTF-8 (a leading UTF-8 byte-order mark is dropped).
+
+    Args:
+        path: the file.
+        what: what it is, for the message (`"grid file"`).
+
+    Returns:
+        The text.
+
+    Raises:
+        ConfigError: the bytes are not UTF-8: the message names the file, the
+            first bad byte's line and offset, and says so for UTF-16/32 (a
+            byte-order mark) or binary data.
+        OSError: the file cannot be read.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        boms = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+                b"\xfe\xff": "UTF-16"}
+        encoding = next((name for bom, name in boms.items() if data.startswith(bom)), None)
+        line = data.count(b"\n", 0, exc.start) + 1
+        found = (f"{encoding} text (it starts with a {encoding} byte-order mark)" if encoding else
+                 f"not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, byte {exc.start + 1}, "
+                 f"is not UTF-8)")
+        raise ConfigError(f"{path}: {what} is {found}; save it as UTF-8") from None
+
+
 def _position(mark: yaml.Mark, other: yaml.Mark) -> str:
     """`line N` (1-based), with the column when both marks are on one line."""
     line = f"line {mark.line + 1}"
@@ -101,19 +159,27 @@ def load_grid(path: str | Path) -> GridSpec:
             path and both line numbers, every repeat listed), is not a
             mapping, or breaks the schema (unknown key, wrong type: types are
             strict, e.g. `sample: true` is refused); the message names the
-            file and the key.
+            file and the key; every value echoed is cut to about 200
+            characters (`runner.errors.shorten`). The file must be UTF-8
+            text (`read_utf8`), and an alias is refused (see `_UniqueKeyLoader`),
+            before anything is built.
     """
     path = Path(path)
     try:
-        loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))
+        loader = _UniqueKeyLoader(read_utf8(path, "grid file"))
         try:
             raw = loader.get_single_data()
         finally:
             loader.dispose()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read grid file ({exc.strerror})") from exc
+        raise ConfigError(f"{path}: cannot read grid file ({exc.strerror or exc})") from exc
+    except _AliasRefused as exc:
+        raise ConfigError(f"{path}: line {exc.mark.line + 1}, column {exc.mark.column + 1}: YAML alias "
+                          f"*{shorten(exc.name, quote=False)}: aliases are refused in grid files (nested ones "
+                          f"expand exponentially), except as a merge key (<<: *{shorten(exc.name, quote=False)}); "
+                          f"write the value out instead") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {shorten(str(exc), 2000, quote=False)}") from exc
     if loader.duplicates:
         raise ConfigError("\n".join(
             f"{path}: {where}: duplicate key, at {_position(first.start_mark, again.start_mark)} and again "
@@ -162,7 +228,8 @@ def _format_validation(path: Path, exc: ValidationError, prefix: str = "", allow
             keys = (sections or {}).get(err["loc"][0], allowed) if len(err["loc"]) > 1 else allowed
             if keys:
                 msg += f", expected one of {', '.join(keys)}"
-        lines.append(f"{path}: {where or '(top)'}: got {got!r}, {msg}" if err["type"] != "missing"
+        where = shorten(where, quote=False)
+        lines.append(f"{path}: {where or '(top)'}: got {shorten(got)}, {msg}" if err["type"] != "missing"
                      else f"{path}: {where}: {msg}")
     return "\n".join(lines)
 

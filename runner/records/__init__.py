@@ -17,14 +17,14 @@ from models.names import KERNEL_LOG_FILE, RESULT_FILE
 from runner.records.environment import THREAD_LIMIT_ENV, collect_environment, package_version
 from runner.records.schema import (COMPLETED, DONE_STATUSES, ENSEMBLE, FAILED, INTERRUPTED, KINDS, PRUNED,
                                    REQUIRED_FILES, RUN, RUN_FILES, SCHEMA_VERSION, SKIPPED, STATUSES, TIMEOUT,
-                                   RunError, RunLoadError, RunRecord, Timings, build_record, upgrade_v1)
+                                   CodeHashes, RunError, RunLoadError, RunRecord, Timings, build_record, upgrade_v1)
 from runner.records.store import read_record, write_page, write_record
 
 __all__ = [
     "COMPLETED", "DONE_STATUSES", "ENSEMBLE", "FAILED", "INTERRUPTED", "KERNEL_LOG_FILE", "KINDS", "PRUNED",
     "RANKING_METRICS", "REQUIRED_FILES", "RESULT_FILE", "RUN", "RUN_FILES", "SCHEMA_VERSION", "SKIPPED",
-    "STATUSES", "THREAD_LIMIT_ENV", "TIMEOUT", "DataSection", "ModelSection", "NotebookResult", "RunError",
-    "RunLoadError", "RunRecord", "SplitMetrics", "Timings", "WarmStartSection", "build_record",
+    "STATUSES", "THREAD_LIMIT_ENV", "TIMEOUT", "CodeHashes", "DataSection", "ModelSection", "NotebookResult",
+    "RunError", "RunLoadError", "RunRecord", "SplitMetrics", "Timings", "WarmStartSection", "build_record",
     "collect_environment", "package_version", "read_record", "read_result", "sha256_file", "upgrade_v1",
     "write_json_atomic", "write_page", "write_record", "write_result", "write_text_atomic",
 ]

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Optional, Sequence
 
+from models.names import DEFAULT_METRIC
 from runner.errors import ConfigError
 from runner.records import (
     COMPLETED, KINDS, RANKING_METRICS, RunLoadError, RunRecord, SplitMetrics, read_record,
 )
+from runner.records.groups import Group, group_ranked
 
 SPLIT_PREFIXES = {"val_": "val", "test_": "test"}
 METRIC_NAMES = (*RANKING_METRICS, *(f"{prefix}{m}" for prefix in SPLIT_PREFIXES for m in RANKING_METRICS))
@@ -179,12 +181,20 @@ def rank(records: Iterable[RunRecord], ranking: Ranking, *, kinds: Sequence[str]
         accept: a further filter. Defaults to `None` (all).
 
     Returns:
-        The kept records that have a value for `ranking`, best first.
+        The kept records that have a value for `ranking`, best first. A refit
+        (`RunRecord.refit_of`) never ranks: it trained on the validation split, and
+        was chosen by the ranking itself.
     """
-    kept = [rec for rec in records if rec.kind in kinds and rec.status in statuses
+    kept = [rec for rec in records if rec.kind in kinds and rec.status in statuses and rec.refit_of is None
             and ranking.value(rec) is not None and (accept is None or accept(rec))]
     kept.sort(key=lambda rec: rec.run_id)
     return sorted(kept, key=ranking.value, reverse=True)  # stable: ties keep run-id order
+
+
+def rank_groups(records: Iterable[RunRecord], ranking: Ranking, **filters) -> list[Group]:
+    """The ranked records (`rank(records, ranking, **filters)`) as groups of repeats, best mean first
+    (`runner.records.groups.group_ranked`; a run without repeats is a group of one)."""
+    return group_ranked(rank(records, ranking, **filters), ranking)
 
 
 def top(records: Iterable[RunRecord], ranking: Ranking, n: Optional[int], **filters) -> list[RunRecord]:
@@ -198,12 +208,14 @@ def find(ref: str, found: RecordSet, *, ranking: Optional[Ranking] = None, kinds
     """The record that `ref` names.
 
     Resolution order: `"best"`; an exact run id; a run's `name`; a unique
-    run-id prefix.
+    run-id prefix. `"best"` is the best configuration by the mean of its
+    repeats (`rank_groups`), represented by its best run on the validation
+    split; without repeats, the best run.
 
     Args:
         ref: `"best"`, a run id, a run name, or a unique prefix of a run id.
         found: the records (`read_all`).
-        ranking: what `"best"` ranks by. Defaults to `parse_metric("weighted_recall")`.
+        ranking: what `"best"` ranks by. Defaults to `parse_metric(models.names.DEFAULT_METRIC)`.
         kinds: kinds `"best"` chooses from. Defaults to all.
         accept: a further filter of what `"best"` chooses from. Defaults to `None`.
         what: the name in messages. Defaults to `"run"`.
@@ -213,16 +225,18 @@ def find(ref: str, found: RecordSet, *, ranking: Optional[Ranking] = None, kinds
 
     Raises:
         RunLoadError: nothing matches, the prefix is ambiguous, or there is
-            no completed run for `"best"`.
+            no completed run for `"best"`. When no readable record matches
+            but an unreadable one does (`found.unreadable`: bad JSON, a newer
+            schema), the message names that file and why, not "no record".
     """
     ref = str(ref)
     if ref == "best":
-        ranking = ranking or parse_metric("weighted_recall")
-        best = rank(found.records, ranking, kinds=kinds, accept=accept)
+        ranking = ranking or parse_metric(DEFAULT_METRIC)
+        best = rank_groups(found.records, ranking, kinds=kinds, accept=accept)
         if not best:
             raise RunLoadError(f"best: no completed{' matching' if accept else ''} run with "
                                f"{ranking.column} in {found.logs_dir}")
-        return best[0]
+        return best[0].best
     if not ref or "/" in ref or "\\" in ref or ref.startswith("."):
         raise RunLoadError(f"{what}: got {ref!r}, expected a run id, a unique prefix, a run name, "
                            f"'best' or a record path")
@@ -236,6 +250,12 @@ def find(ref: str, found: RecordSet, *, ranking: Optional[Ranking] = None, kinds
     if len(matches) == 1:
         return matches[0]
     if not matches:
+        unreadable = {name: why for name, why in found.unreadable.items() if Path(name).stem.startswith(ref)}
+        if unreadable:  # there, but not readable: say so, never "no record"
+            name, why = next(iter(unreadable.items()))
+            more = f" (and {len(unreadable) - 1} more unreadable records match)" if len(unreadable) > 1 else ""
+            raise RunLoadError(f"{what}: the record for {ref!r}, {name} in {found.logs_dir}, exists but cannot be "
+                               f"read: {why}{more}")
         raise RunLoadError(f"{what}: no record for {ref!r} in {found.logs_dir}")
     ids = [rec.run_id for rec in matches]
     raise RunLoadError(f"{what}: {ref!r} matches {len(ids)} runs ({', '.join(ids[:5])}"
@@ -254,7 +274,8 @@ def find_path(ref: str | os.PathLike, logs_dir: str | os.PathLike = "logs", **op
         `(record path, record)`.
 
     Raises:
-        RunLoadError: as `find`, or the record file cannot be read.
+        RunLoadError: as `find`, the record file cannot be read, or
+            `logs_dir` does not exist (`require_logs_dir`).
     """
     text = str(ref)
     if text.endswith(".json") and Path(text).is_file():
@@ -262,6 +283,28 @@ def find_path(ref: str | os.PathLike, logs_dir: str | os.PathLike = "logs", **op
             return Path(text).resolve(), read_record(text)
         except (OSError, ValueError) as exc:
             raise RunLoadError(str(exc)) from exc
+    require_logs_dir(logs_dir, exc=RunLoadError)
     found = read_all(logs_dir)
     record = find(text, found, **options)
     return found.path_of(record), record
+
+
+def require_logs_dir(logs_dir: str | os.PathLike, option: str = "--logs-dir", exc: type = ConfigError) -> Path:
+    """The folder of run records a command reads, which must exist (a typo must not read as "no runs").
+
+    Args:
+        logs_dir: the folder.
+        option: what the message names. Defaults to `"--logs-dir"`.
+        exc: the exception to raise. Defaults to `ConfigError`.
+
+    Returns:
+        `logs_dir` as a `Path`.
+
+    Raises:
+        ConfigError: (or `exc`) the folder does not exist, or is a file.
+    """
+    folder = Path(logs_dir)
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise exc(f"{option}: {folder} {what}; expected the folder of the run records (a grid's logs_dir)")
+    return folder

@@ -80,6 +80,17 @@ class RunError(_Section):
     cell_index: Optional[int] = None
 
 
+class CodeHashes(_Section):
+    """The code a run executed, hashed per part when it started (`runner.grid.code_hashes`),
+    so that `nbsweep rerun` can name what changed since: the notebook (its path and the
+    sha256 of its code cells) and each project file its kernel imports
+    (`runner.grid.kernel_code_files`, `models.hashing.sha256_code`: code, not docstrings)."""
+
+    notebook: str
+    notebook_sha256: str
+    files: dict[str, str] = {}
+
+
 class RunRecord(BaseModel):
     """One run, as stored in `logs/<run_id>.json`.
 
@@ -103,7 +114,9 @@ class RunRecord(BaseModel):
         history, best_epoch, best_phase, epochs_run, pruned_epoch,
         fine_tune_layers_resolved: see `TrainingSection`.
         timings: see `Timings`.
-        environment: python, package versions, git commit, hostname, thread caps.
+        environment: python, package versions, git commit, hostname, thread caps;
+            for notebooks that report it (`models.contract.RuntimeSection`), also
+            `deterministic`, `op_determinism`, `device` and `devices` as the kernel saw them.
         paths: the run's files (`RUN_FILES` keys), relative to the record's
             folder, `None` for a file that is missing.
         error: a `RunError` unless completed.
@@ -112,6 +125,19 @@ class RunRecord(BaseModel):
         warm_start: the weights loaded (`WarmStartSection`), or `None`.
         members: for ensembles: the member run ids.
         activation_cache: per phase a `CacheUse`, and `evaluation`: `{"from_cache": bool}`.
+        code: the code hashes of the notebook and of each file its kernel
+            imports (`CodeHashes`), or `None` (ensembles, records written
+            before they were recorded).
+        rerun_of: the run this one re-executed (`nbsweep rerun`), or `None`.
+        weight_averaging: what `ema` / `swa_epochs` did (`models.contract.TrainingSection`), or `None`.
+        refit_of: for the refit of a grid with `refit: true` (`runner.core.loop.refit_best`), the run
+            whose configuration it trained again on the training and validation splits; `None`
+            otherwise. A refit has no validation figures (`val_metrics` is `None`: it trained on the
+            validation split) and never ranks (`runner.records.query.rank`).
+        group_hash: the configuration this run repeats (`runner.grid.RunBuilder`:
+            the sha256 of its parameters without `seed` and `name`, and of what else
+            decides its result); `None` in records written before repeats, each then
+            a group of its own (`runner.records.groups.group_key`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -144,6 +170,11 @@ class RunRecord(BaseModel):
     warm_start: Optional[WarmStartSection] = None
     members: list[str] = []
     activation_cache: dict[str, Any] = {}
+    code: Optional[CodeHashes] = None
+    rerun_of: Optional[str] = None
+    group_hash: Optional[str] = None
+    weight_averaging: Optional[dict[str, Any]] = None
+    refit_of: Optional[str] = None
 
     def path_of(self, key: str, logs_dir: str | os.PathLike) -> Optional[Path]:
         """The absolute path of the run's file `key` (a `RUN_FILES` key), or `None` when not recorded.
@@ -179,7 +210,9 @@ def build_record(*, run_id: str, config_hash: str, status: str, started_at: date
                  members: Sequence[str] = (), name: Optional[str] = None,
                  environment: Optional[dict[str, Any]] = None,
                  metrics: Optional[SplitMetrics] = None, val_metrics: Optional[SplitMetrics] = None,
-                 data: Optional[DataSection] = None) -> RunRecord:
+                 data: Optional[DataSection] = None, code: Optional[dict[str, Any]] = None,
+                 rerun_of: Optional[str] = None, group_hash: Optional[str] = None,
+                 refit_of: Optional[str] = None) -> RunRecord:
     """The record of one run or ensemble from what it produced (pure: reads nothing but `files`' existence).
 
     Args:
@@ -197,9 +230,14 @@ def build_record(*, run_id: str, config_hash: str, status: str, started_at: date
         warm_start: the weights a warm start loaded (absolute path; stored
             relative to `logs_dir`), or `None`.
         members: ensemble members.
-        environment: defaults to `collect_environment()`.
+        environment: defaults to `collect_environment()`; the result's `runtime`
+            (determinism, devices), when there is one, is added to it.
         metrics, val_metrics, data: for ensembles (no notebook result):
             their test and validation metrics and data. Defaults to the result's.
+        code: the code hashes (`runner.grid.code_hashes`), or `None`.
+        rerun_of: the run this one re-executes, or `None`.
+        group_hash: the run's configuration without its seed (`RunSpec.group_hash`), or `None`.
+        refit_of: the run a refit trained again on train + validation (`RunSpec.refit_of`), or `None`.
 
     Returns:
         The `RunRecord` (not yet written).
@@ -231,12 +269,15 @@ def build_record(*, run_id: str, config_hash: str, status: str, started_at: date
                         cache_build_s=sum(use.build_s or 0.0 for use in training.activation_cache.values())
                         if training else None,
                         total_s=round(total_s, 3)),
-        environment=collect_environment() if environment is None else environment,
+        environment={**(collect_environment() if environment is None else environment),
+                     **(result.runtime.model_dump(mode="json") if result and result.runtime else {})},
         paths={key: os.path.relpath(path, logs_dir) if path is not None and Path(path).exists() else None
                for key, path in files.items()},
         error=error, warnings=list(warnings),
         parent_run_id=warm_start.parent_run_id if warm_start else None, warm_start=warm_start,
         members=list(members), activation_cache=cache_use,
+        code=None if code is None else CodeHashes.model_validate(code), rerun_of=rerun_of, group_hash=group_hash,
+        weight_averaging=training.weight_averaging if training else None, refit_of=refit_of,
     )
 
 

@@ -73,7 +73,9 @@ def read_record(path: str | os.PathLike) -> RunRecord:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     version = payload.get("schema_version") if isinstance(payload, dict) else None
     if version not in (1, SCHEMA_VERSION):
-        raise ValueError(f"{path}: schema_version: got {version!r}, expected 1 or {SCHEMA_VERSION}")
+        newer = (" (written by a newer version of nbsweep: update this one to read it)"
+                 if isinstance(version, int) and version > SCHEMA_VERSION else "")
+        raise ValueError(f"{path}: schema_version: got {version!r}, expected 1 or {SCHEMA_VERSION}{newer}")
     try:
         return RunRecord.model_validate(upgrade_v1(payload) if version == 1 else payload)
     except ValidationError as exc:

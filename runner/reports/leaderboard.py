@@ -16,10 +16,15 @@ escaped): its CSS and script (`runner/reports/assets/`) and its figures
 (PNG data URIs) are inlined. At the top, the ranking figure of every ranked
 run by base and head (a strip over a box plot) and the best run's confusion
 matrix (test split: its saved picture, or a table of its counts); then the top runs, best first (ties keep the earlier
-run): click a header to sort, type to filter, tick "show all parameters" to
+run). The repeats of one configuration over seeds (`repeats:`, `runner.records.groups`) are one row, ranked by
+their mean: its figures are mean ± sample standard deviation, with n and min-max, its runs listed under a
+`<details>`, and the plot gets a panel of each such configuration's spread; a board without repeats says
+that differences below the seed spread are not meaningful and how to measure it. Click a header to sort, type to filter, tick "show all parameters" to
 see the parameter columns that are the same for every run shown. Each run id
 links to its saved notebook html and its node in `lineage.html`, each parent
-to its row. Then pruned runs (with the epoch they reached), runs that did not
+to its row. Then the refits of a grid with `refit: true` (`RunRecord.refit_of`: the best configuration
+trained again on train + validation; test figures only, never ranked) beside their originals' test
+figures, pruned runs (with the epoch they reached), runs that did not
 complete (the `MAX_LISTED` most recent of each, and a count), completed runs
 without a figure for the metric, and unreadable records. The page embeds only
 what it shows, so it stays small however many records there are.
@@ -45,8 +50,12 @@ from urllib.parse import quote
 import numpy as np
 from markupsafe import Markup
 
+from models.names import DEFAULT_METRIC, canonical_base
 from runner.reports import plots as metric_plot
+from runner.reports.compare_data import compare_payload, inline_json
+from runner.reports.stats import P_VALUE_MEANING, format_p, top_two
 from runner.reports.lineage import node_id, render_lineage
+from runner.records.groups import GROUP_FREE_PARAMS, Group, format_spread, group_ranked, has_repeats
 from runner.records.query import Ranking, RecordSet, parse_metric, rank, read_all
 from runner.records import (
     COMPLETED, ENSEMBLE, PRUNED, RANKING_METRICS, RunRecord, SplitMetrics, write_page,
@@ -58,9 +67,12 @@ ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 """`leaderboard.css` and `leaderboard.js`, inlined into every page (no file beside the page, no network)."""
 MAX_LISTED = 50
 """Rows listed per section of runs that are not ranked (pruned, not completed, ...); the rest are counted."""
-REPORTED_TEST_METRICS = ("accuracy", "weighted_recall")
-"""Test-split figures always shown beside the ranking figure (with the ranking metric's own)."""
+REPORTED_TEST_METRICS = tuple(dict.fromkeys(("accuracy", DEFAULT_METRIC)))
+"""Test-split figures always shown beside the ranking figure (with the ranking metric's own): accuracy and
+the default metric (`models.names.DEFAULT_METRIC`)."""
 SCHEMA1_NOTE = "schema 1: no validation metrics, ranked by test"
+MAX_SPREAD_GROUPS = 20
+"""Configurations with repeats drawn in the metric plot's spread panel (the best by mean)."""
 SPLIT_WORDS = {"val": "validation split", "test": "test split"}
 
 
@@ -74,6 +86,8 @@ class Leaderboard:
         page_path, csv_path, lineage_path: the files written (absolute).
         unranked: completed runs without a figure for `ranking` (e.g.
             ensembles under a validation ranking), in run-id order.
+        groups: `ranked` by configuration (`runner.records.groups.group_ranked`),
+            best mean first.
     """
 
     ranking: Ranking
@@ -82,6 +96,7 @@ class Leaderboard:
     csv_path: Path
     lineage_path: Path
     unranked: list[RunRecord] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
 
     @property
     def best(self) -> Optional[RunRecord]:
@@ -96,6 +111,10 @@ class Leaderboard:
             split = self.ranking.split_of(best)
             marked = f", {split}" if split != self.ranking.split else ""
             text += f"; best {self.ranking.column} {self.ranking.value(best):.4f} ({best.run_id}{marked})"
+        if has_repeats(self.groups):
+            top = self.groups[0]
+            text += (f"; best configuration {self.ranking.column} {format_spread(top)} over {top.n} seed"
+                     f"{'s' * (top.n > 1)} ({top.best.run_id})")
         return text + ")"
 
 
@@ -109,6 +128,7 @@ class _Link:
 class _Figure:
     text: str
     mark: bool = False
+    sort: Optional[str] = None  # the sort key when the text is not a number (a group's mean ± std)
 
 
 @dataclass
@@ -121,6 +141,7 @@ class _Section:
     params: list[dict[str, Any]] = field(default_factory=list)  # the board's: {"name", "same"}
     n_same: int = 0  # the board's parameters that are the same on every row
     schema1: bool = False  # a row's ranking figure is a schema-1 test figure (footnote)
+    repeats: bool = False  # a row groups several runs (seeds) of one configuration
 
     @property
     def more(self) -> int:
@@ -164,14 +185,19 @@ def split_figure(record: RunRecord, column: str) -> Optional[float]:
 
     Args:
         record: a run record.
-        column: `"val_"` or `"test_"` followed by a `RANKING_METRICS` key.
+        column: `"val_"` or `"test_"` followed by a `RANKING_METRICS` key (read by
+            `runner.records.query.parse_metric`).
 
     Returns:
-        The float in [0, 1], or `None` when the record has no metrics for that split.
+        The float in [0, 1], or `None` when the record has no metrics for that split (a
+        schema-1 record's missing validation figures are not replaced by its test ones here).
+
+    Raises:
+        ConfigError: `column` is no metric name.
     """
-    split, metric = column.split("_", 1)
-    metrics = _split_metrics(record, split)
-    return None if metrics is None else getattr(metrics, metric)
+    figure = parse_metric(column, "column")
+    metrics = _split_metrics(record, figure.split)
+    return None if metrics is None else getattr(metrics, figure.metric)
 
 
 def figure_columns(ranking: Ranking) -> list[str]:
@@ -219,6 +245,8 @@ def base_head_group(record: RunRecord) -> str:
     base = record.params.get("base")
     if base is None:
         base = record.kind
+    elif isinstance(base, str):  # `VGG16` and `vgg16` are one group
+        base = canonical_base(base)
     head = record.params.get("head")
     return f"{base} + {head}" if head else str(base)
 
@@ -246,11 +274,24 @@ def metric_plot_data(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[
     order = sorted(values_of, key=lambda g: float(np.median(values_of[g])))  # stable: ties keep first-seen order
     best = ranked[0]
     schema1 = any(ranking.split_of(rec) != ranking.split for rec in ranked)
-    return {"groups": order, "values": [values_of[g] for g in order],
+    xlabel = f"{ranking.column} ({SPLIT_WORDS[ranking.split]}{'; schema 1 runs: test split' if schema1 else ''})"
+    data = {"groups": order, "values": [values_of[g] for g in order],
             "best": {"value": ranking.value(best), "position": order.index(base_head_group(best)) + 1,
                      "label": f"best: {best.run_id} ({ranking.value(best):.4f})"},
-            "xlabel": f"{ranking.column} ({SPLIT_WORDS[ranking.split]}"
-                      f"{'; schema 1 runs: test split' if schema1 else ''})"}
+            "xlabel": xlabel}
+    repeated = [(position, group) for position, group in enumerate(group_ranked(ranked, ranking), start=1)
+                if group.n > 1][:MAX_SPREAD_GROUPS]
+    if repeated:  # worst mean first: the best configuration at the top, as above
+        data["spread"] = {"groups": [_group_label(position, group) for position, group in reversed(repeated)],
+                          "values": [list(group.values) for _, group in reversed(repeated)],
+                          "means": [group.mean for _, group in reversed(repeated)],
+                          "xlabel": f"{xlabel}: spread over seeds per configuration"}
+    return data
+
+
+def _group_label(position: int, group: Group) -> str:
+    """`#1 mb224_ft (n=3)`: a configuration's leaderboard rank, its best run's name (or id), its repeats."""
+    return f"#{position} {group.best.name or group.best.run_id} (n={group.n})"
 
 
 def metric_plot_png(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[bytes]:
@@ -339,7 +380,8 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
         found: every record (`runner.records.query.read_all`).
         ranking: the metric `ranked` is ranked by.
         ranked: `runner.records.query.rank(found.records, ranking)`.
-        top_n: number of ranked runs shown in the table.
+        top_n: number of rows shown in the table: configurations, the
+            repeats of each grouped into one row (`runner.records.groups`).
         page_dir: folder the page is written to (links are relative to it).
         confusion_png: PNG bytes of the best run's saved confusion matrix
             (`confusion_matrix_png`). Defaults to `None`: the page shows
@@ -354,7 +396,10 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
     """
     logs_dir = found.logs_dir
     by_id = found.by_id()
-    shown = list(ranked[:top_n])
+    groups = group_ranked(ranked, ranking)
+    repeats = has_repeats(groups)
+    shown_groups = groups[:top_n]
+    shown = [rec for group in shown_groups for rec in group.runs]  # every run of the rows shown
     on_page = {rec.run_id for rec in shown}
 
     def run_link(rec: RunRecord) -> _Link:
@@ -371,22 +416,50 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
     def ranked_figure(rec: RunRecord) -> _Figure:
         return _Figure(_number(ranking.value(rec)), mark=ranking.split_of(rec) != ranking.split)
 
+    def group_figure(group: Group, column: Optional[str] = None) -> _Figure:
+        """A row's figure: the run's own, or for repeats mean ± std (sorted by the mean)."""
+        if group.n == 1:
+            rec = group.runs[0]
+            return ranked_figure(rec) if column is None else _Figure(_number(split_figure(rec, column)))
+        if column is None:
+            return _Figure(format_spread(group), sort=_number(group.mean),
+                           mark=any(ranking.split_of(rec) != ranking.split for rec in group.runs))
+        figures = [v for v in (split_figure(rec, column) for rec in group.runs) if v is not None]
+        if not figures:
+            return _Figure("")
+        spread = Group(group.key, group.runs, tuple(figures), group.best)
+        return _Figure(format_spread(spread), sort=_number(spread.mean))
+
+    def group_param(group: Group, name: str) -> str:
+        """A row's parameter: its best run's, or for `seed` and `name` every repeat's, comma-separated."""
+        if group.n > 1 and name in GROUP_FREE_PARAMS:
+            given = [rec.params[name] for rec in group.runs if rec.params.get(name) is not None]
+            if all(type(value) is int for value in given):  # seeds in order
+                given = sorted(given)
+            return ", ".join(dict.fromkeys(_param_value(value) for value in given))
+        return _param_value(group.best.params[name]) if name in group.best.params else ""
+
     columns = figure_columns(ranking)
     param_names = list(dict.fromkeys(name for rec in shown for name in rec.params))
     values = {name: {_param_value(rec.params[name]) for rec in shown if name in rec.params} for name in param_names}
     differing = [name for name in param_names if len(values[name]) > 1] if len(shown) > 1 else []
     params = differing + [name for name in param_names if name not in differing]
-    board = _Section(total=len(shown), figure_columns=columns, n_same=len(params) - len(differing),
+    board = _Section(total=len(shown_groups), figure_columns=columns, n_same=len(params) - len(differing),
                      params=[{"name": name, "same": name not in differing} for name in params])
-    for position, rec in enumerate(shown, start=1):
+    board.repeats = repeats
+    for position, group in enumerate(shown_groups, start=1):
+        rec = group.best  # the row's run: the group's best on the validation split
         board.rows.append({
             "anchor": node_id(rec.run_id), "rank": position, "run": run_link(rec),
             "ensemble": rec.kind == ENSEMBLE, "tree_href": LINEAGE_FILE + _fragment(rec.run_id),
-            "figures": [ranked_figure(rec), *(_Figure(_number(split_figure(rec, c))) for c in columns[1:])],
+            "figures": [group_figure(group), *(group_figure(group, c) for c in columns[1:])],
+            "n": group.n, "range": f"{group.min:.4f}–{group.max:.4f}" if group.n > 1 else "",
+            "repeats": [{"anchor": node_id(each.run_id) if each is not rec else None, "run": run_link(each),
+                         "seed": _param_value(each.params.get("seed")), "figure": ranked_figure(each)}
+                        for each in group.runs] if group.n > 1 else [],
             "epochs_run": rec.epochs_run, "train_s": _number(rec.timings.train_s, 1),
-            "parent": parent_link(rec.parent_run_id),
-            "params": [(_param_value(rec.params[name]) if name in rec.params else "", name not in differing)
-                       for name in params],
+            "parent": parent_link(rec.parent_run_id), "rerun_of": parent_link(rec.rerun_of),
+            "params": [(group_param(group, name), name not in differing) for name in params],
         })
     board.schema1 = any(row["figures"][0].mark for row in board.rows)
 
@@ -398,8 +471,19 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
     failed = _Section(total=len(failed_records))
     failed.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "status": rec.status, "note": _note(rec)}
                    for rec in _most_recent(failed_records)]
+    refit_records = [rec for rec in found.records if rec.refit_of is not None and rec.status == COMPLETED]
+    test_columns = [column for column in columns if column.startswith("test_")]
+    refits = _Section(total=len(refit_records), figure_columns=test_columns)
+    refits.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "refit_of": parent_link(rec.refit_of),
+                    "epochs_run": rec.epochs_run,
+                    "train_images": sum((rec.data.counts.get("train") or {}).values()) if rec.data else "",
+                    "figures": [_Figure(_number(split_figure(rec, c))) for c in test_columns],
+                    "original": [_Figure(_number(split_figure(by_id[rec.refit_of], c))) if rec.refit_of in by_id
+                                 else _Figure("") for c in test_columns]}
+                   for rec in _most_recent(refit_records)]
     ranked_ids = {rec.run_id for rec in ranked}
-    unranked_records = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids]
+    unranked_records = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids
+                        and rec.refit_of is None]  # refits have a section of their own
     unranked = _Section(total=len(unranked_records), figure_columns=columns[1:])
     unranked.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "kind": rec.kind,
                       "figures": [_Figure(_number(split_figure(rec, c))) for c in columns[1:]]}
@@ -414,19 +498,34 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
     return render("leaderboard.html", ranking=ranking, split_words=SPLIT_WORDS[ranking.split],
                   css=_asset("leaderboard.css"), js=_asset("leaderboard.js"),
                   generated=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", lineage_href=LINEAGE_FILE,
-                  n_ranked=len(ranked), figures=figures, best=best, schema1_note=SCHEMA1_NOTE,
-                  board=board, pruned=pruned, failed=failed, unranked=unranked, unreadable=unreadable)
+                  n_ranked=len(ranked), n_groups=len(groups), max_spread=MAX_SPREAD_GROUPS, figures=figures, best=best,
+                  schema1_note=SCHEMA1_NOTE,
+                  board=board, refits=refits, pruned=pruned, failed=failed, unranked=unranked,
+                  unreadable=unreadable,
+                  compare_json=inline_json(compare_payload(shown)), p_meaning=P_VALUE_MEANING, format_p=format_p,
+                  top_two=top_two(*([g.best, *(r for r in g.runs if r is not g.best)] for g in shown_groups[:2]),
+                                  ranking.metric, logs_dir) if len(shown_groups) > 1 else None)
 
 
 CSV_COLUMNS = ("rank", "run_id", "name", "status", "kind", "ranked_by", "ranked_split",
                *(f"val_{m}" for m in RANKING_METRICS), *(f"test_{m}" for m in RANKING_METRICS),
                "epochs_run", "best_epoch", "best_phase", "train_s", "eval_s", "total_s",
-               "parent_run_id", "started_at", "finished_at")
-"""The columns of `leaderboard.csv` before the `param.<name>` columns."""
+               "parent_run_id", "started_at", "finished_at",
+               "group_hash", "group_rank", "group_n", "group_mean", "group_std", "group_min", "group_max")
+"""The columns of `leaderboard.csv` before the `param.<name>` columns. `group_*`: the run's configuration
+(`runner.records.groups`): its rank by mean, its number of repeats, and the mean, sample standard deviation
+(empty for one run), minimum and maximum of their ranking figures."""
 
 
 def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Sequence[RunRecord] = ()) -> str:
     """`leaderboard.csv`: every completed run, ranked, with its validation and test figures and all parameters.
+
+    The runs are listed by configuration, as the page's rows: configurations
+    by the mean of their repeats, best first, and within one its runs best
+    first; each run's `group_*` columns give its configuration's rank and
+    figures (the same on every run of the group, so one row per
+    configuration is `drop_duplicates("group_rank")`). Without repeats this
+    is the order of `ranked`.
 
     Args:
         ranked: the ranked runs, best first (`rank` 1..n).
@@ -441,6 +540,9 @@ def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Seq
         of any run (strings as they are, other values as JSON); empty cells
         for missing values.
     """
+    groups = group_ranked(ranked, ranking)
+    group_of = {rec.run_id: (position, group) for position, group in enumerate(groups, start=1) for rec in group.runs}
+    ranked = [rec for group in groups for rec in group.runs]
     rows = [*ranked, *unranked]
     params = list(dict.fromkeys(name for rec in rows for name in rec.params))
     out = io.StringIO()
@@ -457,9 +559,15 @@ def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Seq
             ranking.column, ranking.split_of(rec) if is_ranked else None, *val, *test,
             rec.epochs_run, rec.best_epoch, rec.best_phase,
             rec.timings.train_s, rec.timings.eval_s, rec.timings.total_s,
-            rec.parent_run_id, rec.started_at, rec.finished_at,
+            rec.parent_run_id, rec.started_at, rec.finished_at, rec.group_hash,
+            *(_group_columns(*group_of[rec.run_id]) if is_ranked else [None] * 6),
             *[_param_value(values[name]) if name in values else None for name in params]])
     return out.getvalue()
+
+
+def _group_columns(position: int, group: Group) -> list:
+    """`group_rank`, `group_n`, `group_mean`, `group_std`, `group_min`, `group_max` of a csv row."""
+    return [position, group.n, group.mean, group.std, group.min, group.max]
 
 
 @contextmanager
@@ -480,7 +588,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = "weighted_recall",
+def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = DEFAULT_METRIC,
                       top_n: int = 10) -> Leaderboard:
     """Read every record in `logs_dir` once; write the leaderboard html, its csv and the lineage page.
 
@@ -495,7 +603,7 @@ def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = 
         out_path: path of the html page.
         metric: ranking metric, a `runner.records.query.METRIC_NAMES` name
             (`weighted_recall`: validation split; `test_weighted_recall`: test
-            split). Defaults to `"weighted_recall"`.
+            split). Defaults to `models.names.DEFAULT_METRIC`.
         top_n: ranked runs shown in the html. Defaults to `10`.
 
     Returns:
@@ -518,7 +626,7 @@ def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = 
         unranked = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids]
         confusion = confusion_matrix_png(ranked[0], logs_dir) if ranked else None
         board = Leaderboard(ranking, ranked, out_path, out_path.with_suffix(".csv"),
-                            out_path.parent / LINEAGE_FILE, unranked)
+                            out_path.parent / LINEAGE_FILE, unranked, group_ranked(ranked, ranking))
         table = leaderboard_csv(ranked, ranking, unranked)
         lineage = render_lineage(found.records, ranking, logs_dir, out_path.parent, out_path.name)
         page = render_leaderboard(found, ranking, ranked, top_n, out_path.parent, confusion, plotter.result())

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from urllib.parse import quote
 
 
+from models.names import DEFAULT_METRIC
 from runner.records.query import Ranking, parse_metric
 from runner.records import RUN, RunRecord
 from runner.reports.templates import render
@@ -71,25 +72,29 @@ def lineage_nodes(records: Sequence[RunRecord]) -> list[tuple[str, RunRecord]]:
     return nodes
 
 
-def lineage_text(records: Sequence[RunRecord], metric: str | Ranking = "weighted_recall") -> str:
+def lineage_text(records: Sequence[RunRecord], metric: str | Ranking = DEFAULT_METRIC) -> str:
     """Draw runs as a tree: roots first (run-id order), warm-started children under their parent.
 
     Args:
         records: notebook-run records (ensembles are left out).
         metric: the figure shown at each node: a `runner.records.query.METRIC_NAMES`
             name or a `Ranking` (a schema-1 record shows its test figure,
-            marked). Defaults to `"weighted_recall"` (validation split).
+            marked). Defaults to `models.names.DEFAULT_METRIC` (validation split).
 
     Returns:
         Lines like `20261121-1200-a1b2  vgg16 gap  0.8100` with `└── ` / `├── `
         branches for children (the run's status where it has no figure); a
-        child whose parent is not among `records` is drawn as a root.
+        child whose parent is not among `records` is drawn as a root. A run
+        executed again from another's record (`nbsweep rerun`) ends with
+        `(rerun of <run id>)`; it sits where its own weights came from.
 
     Raises:
         ConfigError: unknown `metric`.
     """
     ranking = _as_ranking(metric)
-    return "\n".join(f"{prefix}{rec.run_id}  {_label(rec, ranking)}" for prefix, rec in lineage_nodes(records))
+    return "\n".join(f"{prefix}{rec.run_id}  {_label(rec, ranking)}"
+                     + (f"  (rerun of {rec.rerun_of})" if rec.rerun_of else "")
+                     for prefix, rec in lineage_nodes(records))
 
 
 def node_id(run_id: str) -> str:
@@ -134,6 +139,7 @@ def render_lineage(records: Sequence[RunRecord], metric: str | Ranking, logs_dir
         rel = rec.paths.get("html")
         href = quote(posixpath.normpath(posixpath.join(logs_from_page, rel)), safe="/~") if rel else None
         nodes.append({"prefix": prefix, "run_id": rec.run_id, "anchor": node_id(rec.run_id), "href": href,
-                      "label": _label(rec, ranking)})
+                      "label": _label(rec, ranking), "rerun_of": rec.rerun_of,
+                      "rerun_href": "#" + quote(node_id(rec.rerun_of), safe="") if rec.rerun_of else None})
     return render("lineage.html", ranking=ranking, nodes=nodes, leaderboard_href=quote(leaderboard_name),
                   split_words="validation split" if ranking.split == "val" else "test split")

@@ -27,26 +27,12 @@ CHILD_TIMEOUT_S = 120
 """Seconds `PlotProcess.draw` waits for the child before drawing in this process instead."""
 
 
-def draw(data: dict[str, Any]) -> bytes:
-    """A box plot per group with every run as a point over it (a strip), and the best run as a red star.
-
-    Args:
-        data: `runner.reports.leaderboard.metric_plot_data`'s output: `groups` (labels,
-            worst median first), `values` (one list of floats per group),
-            `best` (`value`, 1-based `position` of its group, `label`) and
-            `xlabel`.
-
-    Returns:
-        PNG bytes (100 dpi).
-    """
+def _box_strip(ax, values, labels) -> None:
+    """A horizontal box per group (labels bottom to top) with its values as jittered points over it."""
     import numpy as np
-    from matplotlib.figure import Figure
 
-    values = [np.asarray(v, dtype=float) for v in data["values"]]
     n = sum(len(v) for v in values)
-    figure = Figure(figsize=(7, 1.3 + 0.5 * len(values)))
-    ax = figure.subplots()
-    ax.boxplot(values, orientation="horizontal", tick_labels=data["groups"], widths=0.55, showfliers=False,
+    ax.boxplot(values, orientation="horizontal", tick_labels=labels, widths=0.55, showfliers=False,
                patch_artist=True, boxprops={"facecolor": "#dbe7f5", "edgecolor": "#6b8fb8"},
                medianprops={"color": "#1f4e8c"}, whiskerprops={"color": "#6b8fb8"}, capprops={"color": "#6b8fb8"})
     jitter = np.random.default_rng(0)
@@ -55,12 +41,48 @@ def draw(data: dict[str, Any]) -> bytes:
                np.concatenate([np.full(len(v), float(position)) for position, v in enumerate(values, start=1)])
                + jitter.uniform(-0.12, 0.12, n),
                s=6 if many else 24, color="#1f77b4", alpha=0.3 if many else 0.8, zorder=3, linewidths=0)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def draw(data: dict[str, Any]) -> bytes:
+    """A box plot per group with every run as a point over it (a strip), and the best run as a red star;
+    below it, with repeats, the same per configuration over its seeds.
+
+    Args:
+        data: `runner.reports.leaderboard.metric_plot_data`'s output: `groups` (labels,
+            worst median first), `values` (one list of floats per group),
+            `best` (`value`, 1-based `position` of its group, `label`),
+            `xlabel`, and optionally `spread` (`groups`: one label per
+            configuration with repeats, worst mean first; `values`: its runs'
+            figures; `means`; `xlabel`), drawn as a second panel.
+
+    Returns:
+        PNG bytes (100 dpi).
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    values = [np.asarray(v, dtype=float) for v in data["values"]]
+    spread = data.get("spread")
+    spread_values = [np.asarray(v, dtype=float) for v in spread["values"]] if spread else []
+    panels = [len(values)] + ([len(spread_values)] if spread else [])
+    figure = Figure(figsize=(7, 1.3 * len(panels) + 0.5 * sum(panels)))
+    axes = figure.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": [p + 1 for p in panels]})[:, 0]
+    ax = axes[0]
+    _box_strip(ax, values, data["groups"])
     best = data["best"]
     ax.scatter([best["value"]], [best["position"]], marker="*", s=220, color="#d62728", zorder=4,
                label=best["label"])
     ax.legend(loc="lower left", fontsize=8, frameon=False, bbox_to_anchor=(0, 1.0))
     ax.set_xlabel(data["xlabel"])
-    ax.grid(axis="x", alpha=0.3)
+    if spread:
+        _box_strip(axes[1], spread_values, spread["groups"])
+        if spread.get("means"):  # what the configurations are ranked by
+            axes[1].scatter(spread["means"], range(1, len(spread["means"]) + 1), marker="D", s=40, color="#222222",
+                            zorder=4, label="mean (ranks the configurations)")
+            axes[1].legend(loc="lower left", fontsize=8, frameon=False, bbox_to_anchor=(0, 1.0))
+        axes[1].set_xlabel(spread["xlabel"])
+        figure.subplots_adjust(hspace=0.9)  # room for the first panel's axis label and this legend
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return buffer.getvalue()

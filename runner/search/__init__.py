@@ -9,7 +9,7 @@
 from runner.search.duration import predict_duration_s
 from runner.search.source import SearchSource
 from runner.search.space import Dimension, SearchSpec, decode, parse_duration, parse_space
-from runner.search.study import open_study, pruner_config, study_path
+from runner.search.study import PRUNABLE_METRICS, open_study, pruner_config, pruning_metric, study_path
 
-__all__ = ["Dimension", "SearchSource", "SearchSpec", "decode", "open_study", "parse_duration", "parse_space",
-           "predict_duration_s", "pruner_config", "study_path"]
+__all__ = ["PRUNABLE_METRICS", "Dimension", "SearchSource", "SearchSpec", "decode", "open_study", "parse_duration",
+           "parse_space", "predict_duration_s", "pruner_config", "pruning_metric", "study_path"]

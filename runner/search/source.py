@@ -11,20 +11,27 @@ parallel sample different points) and decides pruning (`median`,
 a `RunSpec` through the same `runner.grid.RunBuilder` as a grid point, so
 execution, records, resume and the leaderboard do not care where a run came
 from. The run's trial reaches its kernel as the notebook parameter
-`pruning`; `models.pruning` reports each epoch's validation value there and
-asks whether to stop.
+`pruning`, with the grid's metric on the validation split (its `metric`, e.g.
+`val_weighted_recall`); `models.pruning` reports that figure after each epoch
+and asks whether to stop, so a search prunes on what it ranks.
 
-The study lives in `logs/<grid file stem>.optuna.journal` (Optuna's
+The study lives in `logs/<grid file stem>-<8 hex>.optuna.journal` (Optuna's
 `JournalFileBackend`, which works for Dask workers on a shared filesystem
-too), so the same command again continues it: `n_runs` counts completed and
-pruned trials; a trial left running by a killed sweep, or whose run was
-interrupted or failed, is marked failed and its parameters are enqueued to be
-run again.
+too; the hex digits hash the grid file's resolved path and its search space,
+`runner.search.study.study_path`), so the same command again continues it:
+`n_runs` counts completed and pruned trials; a trial left running by a killed
+sweep, or whose run was interrupted or failed, is marked failed and its
+parameters are enqueued to be run again. The study is a cache of the run
+records, which are the truth: a journal with an unfinished last line is cut
+back, an unreadable one is moved aside (`open_study`), and `SearchSource.restore`
+gives a new, rebuilt or cut-back study a trial for every finished point of
+the records that its space holds, so no finished run is lost or run twice.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +41,14 @@ from typing import Any, Optional, Sequence
 from runner.errors import ConfigError
 from runner.records import COMPLETED, DONE_STATUSES, PRUNED, RUN
 
-from runner.search.space import Dimension, SearchSpec, decode
-from runner.search.study import DUPLICATE_ATTR, MAX_DUPLICATE_PROPOSALS, MAX_OVER_BUDGET_PROPOSALS, OVER_BUDGET_ATTR
+from runner.search.space import Dimension, SearchSpec, _encode, decode
+from runner.search.study import (
+    DUPLICATE_ATTR, MAX_DUPLICATE_PROPOSALS, MAX_OVER_BUDGET_PROPOSALS, OVER_BUDGET_ATTR, pruning_metric,
+    reseed_sampler,
+)
+
+RESTORED_ATTR = "nbsweep_from_records"
+"""User attribute of a trial added from the run records (`SearchSource.restore`): their run ids."""
 from runner.search.duration import predict_duration_s
 
 @dataclass
@@ -51,7 +64,8 @@ class SearchSource:
         search: the `search:` block.
         builder: a `runner.grid.RunBuilder`.
         found: the records already in the logs folder (`runner.records.query.RecordSet`).
-        ranking: the grid's ranking metric (the objective told to the study).
+        ranking: the grid's ranking metric (the objective told to the study and, on the validation
+            split, the per-epoch figure a pruner follows: `runner.search.study.pruning_metric`).
         journal: the study's file (handed to each run for pruning).
         pruner: `pruner_config(...)`, handed to each run's kernel; `None`: no pruning.
         started: `time.monotonic()` at the sweep's start (for the budget).
@@ -70,8 +84,11 @@ class SearchSource:
     notes: list[str] = field(default_factory=list)
     over_budget: int = 0
     _next: Any = None
+    _rest: list = field(default_factory=list)
     _last: Any = None
     _trials: dict = field(default_factory=dict)
+    _repeats: dict = field(default_factory=dict)
+    _started: set = field(default_factory=set)
     _index: int = 0
     _exhausted: bool = False
 
@@ -92,8 +109,12 @@ class SearchSource:
         return 20
 
     def remaining(self) -> int:
-        """Runs still to finish."""
-        return max(0, self.n_runs - self.done_count() - len(self._trials))
+        """Proposals still to finish (runs, without `repeats`)."""
+        return max(0, self.n_runs - self.done_count() - len({trial.number for trial in self._trials.values()}))
+
+    def runs_remaining(self) -> int:
+        """Runs still to finish: `remaining()` proposals of `search.repeats` runs each."""
+        return self.remaining() * self.search.repeats
 
     def predicted_s(self, run) -> Optional[float]:
         """The predicted duration of `run` (`predict_duration_s` over the records read so far)."""
@@ -117,19 +138,24 @@ class SearchSource:
         """
         over_budget = 0
         while True:
+            if self._next is None and self._rest:  # the next repeat of a proposal already started
+                self._next = self._rest.pop(0)
             if self._next is None and not self._exhausted and self.remaining() > 0:
-                self._next = self._propose()
-            if self._next is None or self.search.budget_s is None:
+                proposal = self._propose()
+                if proposal:
+                    self._next, self._rest = proposal[0], list(proposal[1:])
+            if self._next is None or self.search.budget_s is None or self._next[1].number in self._started:
                 break
             run, trial = self._next
-            predicted = self.predicted_s(run) or 0.0
+            predicted = (self.predicted_s(run) or 0.0) * (1 + len(self._rest))  # every repeat of the proposal
             left = self.search.budget_s - (time.monotonic() - self.started)
             limit = left * (self.search.max_run_share or 1.0)
             if predicted <= limit:
                 break
             trial.set_user_attr(OVER_BUDGET_ATTR, round(predicted, 1))
             self._fail(trial)
-            self._next = None
+            self._next, self._rest = None, []
+            self._repeats.pop(trial.number, None)
             over_budget += 1
             self.over_budget += 1
             if left <= 0 or over_budget >= MAX_OVER_BUDGET_PROPOSALS:
@@ -145,6 +171,7 @@ class SearchSource:
         run, trial = self._next
         self._next, self._last = None, run
         self._trials[run.config_hash] = trial
+        self._started.add(trial.number)
         return run
 
     def _propose(self):
@@ -155,24 +182,32 @@ class SearchSource:
         for _ in range(MAX_DUPLICATE_PROPOSALS):
             trial = self.study.ask({d.name: d.distribution() for d in self.dims})
             point = {name: decode(value) for name, value in trial.params.items()}
-            run, errors = self.builder.build(f"trial {trial.number}", point, index=self._index)
+            runs, errors = self.builder.build_repeats(f"trial {trial.number}", point, index=self._index,
+                                                      repeats=self.search.repeats)
             if errors:  # only reachable if a choice valid at its bounds is invalid inside them
                 self._tell(trial, state=TrialState.FAIL)
                 raise ConfigError("\n".join(errors))
-            if run.config_hash in done:  # proposed again: tell the study what that run gave
-                rec = done[run.config_hash]
-                trial.set_user_attr(DUPLICATE_ATTR, rec.run_id)
-                self._tell(trial, self.ranking.value(rec) if rec.status == COMPLETED else None,
-                                state=TrialState.COMPLETE if rec.status == COMPLETED else TrialState.PRUNED)
+            for run in runs:  # a record trained on other data than this run expects is not done for it
+                if run.config_hash in done and not run.data_matches(done[run.config_hash]):
+                    del done[run.config_hash]
+            if all(run.config_hash in done for run in runs):  # proposed again: tell the study what those runs gave
+                records = [done[run.config_hash] for run in runs]
+                trial.set_user_attr(DUPLICATE_ATTR, ", ".join(rec.run_id for rec in records))
+                args, kwargs = self._outcome(trial, records)
+                self._tell(trial, *args, **kwargs)
                 continue
-            if run.config_hash in self._trials:  # running now (a parallel proposal repeated it)
+            if any(run.config_hash in self._trials for run in runs):  # running now (a parallel proposal repeated it)
                 self._tell(trial, state=TrialState.FAIL)
                 continue
-            self._index += 1
-            trial_info = {"storage": str(self.journal), "study_name": self.study.study_name,
-                          "trial_id": trial._trial_id, "trial_number": trial.number,
-                          "min_epochs": self.search.min_epochs, "pruner": self.pruner}
-            return run.with_trial(trial_info if self.pruner else None), trial
+            todo = [run for run in runs if run.config_hash not in done]
+            self._index += len(todo)
+            if self.search.repeats > 1:  # each repeat's record, as it finishes (those done before: now)
+                self._repeats[trial.number] = {run.config_hash: done.get(run.config_hash) for run in runs}
+            trial_info = None if not self.pruner else {  # the notebook's `pruning` parameter (models.pruning)
+                "storage": str(self.journal), "study_name": self.study.study_name, "trial_id": trial._trial_id,
+                "trial_number": trial.number, "min_epochs": self.search.min_epochs, "pruner": self.pruner,
+                "metric": pruning_metric(self.ranking, self.search.pruner)}
+            return [(run.with_trial(trial_info), trial) for run in todo]
         self.notes.append(f"search: {MAX_DUPLICATE_PROPOSALS} proposals in a row repeat finished runs; "
                           f"the space looks exhausted")
         self._exhausted = True
@@ -192,6 +227,24 @@ class SearchSource:
             if "Study.stop" not in str(exc):
                 raise
 
+    def _outcome(self, trial, records) -> tuple[tuple, dict]:
+        """What to tell the study of a proposal whose runs all ended: `(args, kwargs)` of `_tell`.
+
+        Every run completed with a figure: the mean of the figures (with
+        repeats, each figure in the trial's user attribute `nbsweep_repeat_values`);
+        one run, pruned: pruned; else failed.
+        """
+        from optuna.trial import TrialState
+
+        values = [self.ranking.value(rec) for rec in records]
+        if all(rec.status == COMPLETED for rec in records) and None not in values:
+            if len(records) > 1:
+                trial.set_user_attr("nbsweep_repeat_values", values)
+            return (statistics.fmean(values),), {"state": TrialState.COMPLETE}
+        if len(records) == 1 and records[0].status == PRUNED:
+            return (None,), {"state": TrialState.PRUNED}
+        return (), {"state": TrialState.FAIL}
+
     def _fail(self, trial) -> None:
         from optuna.trial import TrialState
 
@@ -205,6 +258,17 @@ class SearchSource:
         if trial is None:
             return
         self.found.records.append(record)
+        if trial.number in self._repeats:  # one of a proposal's repeats: told once all have ended
+            records = self._repeats[trial.number]
+            records[record.config_hash] = record
+            if any(rec is None for rec in records.values()):
+                return
+            del self._repeats[trial.number]
+            args, kwargs = self._outcome(trial, list(records.values()))
+            self._tell(trial, *args, skip_if_finished=True, **kwargs)
+            if any(rec.status == "interrupted" for rec in records.values()):  # run the missing repeats next time
+                self.study.enqueue_trial(trial.params)
+            return
         if record.status == COMPLETED and self.ranking.value(record) is not None:
             self._tell(trial, self.ranking.value(record), skip_if_finished=True)
         elif record.status == PRUNED:
@@ -215,11 +279,92 @@ class SearchSource:
                 self.study.enqueue_trial(trial.params)
 
     def close(self) -> None:
-        """Fail a proposed run that never started (its configuration is enqueued again)."""
+        """Fail a proposal with a run that never started (its configuration is enqueued again; repeats
+        that did run are found by their `config_hash` then, and not run twice)."""
         if self.over_budget:
             self.notes.append(f"budget: {self.over_budget} proposed runs were not started, predicted not to finish "
                               f"in the time left (trials failed with user attribute {OVER_BUDGET_ATTR})")
-        if self._next is not None:
-            self._fail(self._next[1])
-            self.study.enqueue_trial(self._next[1].params)
-            self._next = None
+        pending = ([self._next] if self._next is not None else []) + self._rest
+        if pending:
+            trial = pending[0][1]
+            self._fail(trial)
+            self.study.enqueue_trial(trial.params)
+            self._repeats.pop(trial.number, None)
+            self._next, self._rest = None, []
+
+    def restore(self) -> list[str]:
+        """Give the study a trial for every finished point of the records that none of its trials accounts for.
+
+        The records are the truth and the study a cache of them. A study new
+        to this grid's path and space (`runner.search.study.study_path`), one
+        whose journal was moved aside as unreadable (`open_study`), or one
+        whose last tell was cut off (a sweep killed between writing a record
+        and telling the study: its trial was failed and re-enqueued) gets, for
+        each point of the space whose runs the records hold finished (this
+        grid's `RunBuilder` gives each repeat the same `config_hash`, trained
+        on the data it expects), one trial with their outcome
+        (`optuna.trial.create_trial` + `study.add_trial`; user attribute
+        `RESTORED_ATTR`: the run ids). Those trials count in `n_runs`, like
+        the trials that ran them. The sampler is then seeded past them.
+
+        Returns:
+            A note per restore (how many trials, from which runs); empty when the study was complete.
+        """
+        import optuna
+        from optuna.trial import TrialState
+
+        from models.hashing import canonical_json
+
+        names = [d.name for d in self.dims]
+        finished = (TrialState.COMPLETE, TrialState.PRUNED)
+        covered = {canonical_json({n: decode(t.params[n]) for n in names})
+                   for t in self.study.get_trials(deepcopy=False, states=finished)
+                   if DUPLICATE_ATTR not in t.user_attrs and set(names) <= set(t.params)}
+        done = {rec.config_hash: rec for rec in self.found.records
+                if rec.kind == RUN and rec.status in DONE_STATUSES}
+        template, _ = self.builder.build("records", {d.name: d.bounds()[0] for d in self.dims})
+        free = {*names, "seed", "name"}  # what differs between the runs of one search
+        distributions = {d.name: d.distribution() for d in self.dims}
+        added: list[str] = []
+        for rec in list(done.values()):
+            if template is None or not set(names) <= set(rec.params) or any(
+                    rec.params.get(k) != v for k, v in template.params.items() if k not in free):
+                continue
+            point = {n: rec.params[n] for n in names}
+            key = canonical_json(point)
+            if key in covered:
+                continue
+            covered.add(key)
+            runs, errors = self.builder.build_repeats("records", point, repeats=self.search.repeats)
+            if errors or not runs or not all(run.config_hash in done and run.data_matches(done[run.config_hash])
+                                             for run in runs):
+                continue
+            records = [done[run.config_hash] for run in runs]
+            attrs = _UserAttrs({RESTORED_ATTR: ", ".join(r.run_id for r in records)})
+            args, kwargs = self._outcome(attrs, records)
+            if kwargs["state"] == TrialState.FAIL:
+                continue
+            try:
+                trial = optuna.trial.create_trial(
+                    params={d.name: _encode(point[d.name]) if d.kind == "categorical" else point[d.name]
+                            for d in self.dims},
+                    distributions=distributions, state=kwargs["state"],
+                    value=args[0] if kwargs["state"] == TrialState.COMPLETE else None, user_attrs=dict(attrs))
+            except ValueError:  # a value outside this space's distributions
+                continue
+            self.study.add_trial(trial)
+            added.append(attrs[RESTORED_ATTR])
+        if not added:
+            return []
+        reseed_sampler(self.study, self.search, self.dims)
+        shown = "; ".join(added[:5]) + (f"; and {len(added) - 5} more" if len(added) > 5 else "")
+        return [f"study {self.study.study_name}: {len(added)} finished point(s) of the run records were missing "
+                f"from it (a new or rebuilt study, or a result a stopped sweep did not tell); added them from "
+                f"their records ({shown})"]
+
+
+class _UserAttrs(dict):
+    """User attributes gathered for a trial not created yet (`SearchSource._outcome` sets them on a trial)."""
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self[key] = value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runner.errors import ConfigError
+from runner.errors import ConfigError, shorten
 
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -36,11 +37,11 @@ def parse_duration(text: Union[str, int, float]) -> float:
     else:
         match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
         if not match or not any(match.groups()):
-            raise ValueError(f"expected a duration such as 45m, 1h30m or 90s, got {text!r}")
+            raise ValueError(f"expected a duration such as 45m, 1h30m or 90s, got {shorten(text)}")
         hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
         seconds = hours * 3600 + minutes * 60 + secs
-    if seconds <= 0:
-        raise ValueError(f"expected a positive duration, got {text!r}")
+    if not seconds > 0 or math.isinf(seconds):  # NaN fails `> 0`
+        raise ValueError(f"expected a positive, finite duration, got {shorten(text)}")
     return seconds
 
 
@@ -61,6 +62,11 @@ class SearchSpec(BaseModel):
             improvement per second); `None` (the default): a run may use all the time left.
         min_epochs: no run is pruned before this epoch (1-based).
         seed: seed of the sampler.
+        repeats: runs of each proposal, with seeds `seed, seed + 1, ...` (the
+            run's `seed` parameter, not the sampler's); the study is told the
+            mean of their metric (a failed repeat fails the proposal).
+            `n_runs` counts proposals. Not with a pruner (it judges one run's
+            curve, a proposal then has several). Defaults to `1`.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -72,6 +78,7 @@ class SearchSpec(BaseModel):
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
     min_epochs: int = Field(1, ge=1)
     seed: int = 0
+    repeats: int = Field(1, ge=1)
 
     @field_validator("budget")
     @classmethod
@@ -79,6 +86,14 @@ class SearchSpec(BaseModel):
         if value is not None:
             parse_duration(value)
         return value
+
+    @model_validator(mode="after")
+    def _repeats_without_pruner(self):
+        if self.repeats > 1 and self.pruner != "none":
+            raise ValueError(f"repeats: {self.repeats} with pruner: {self.pruner}: a pruner stops one run by its "
+                             f"curve, a proposal of {self.repeats} repeats has {self.repeats} curves; set "
+                             f"pruner: none, or repeats: 1")
+        return self
 
     @model_validator(mode="after")
     def _share_needs_budget(self):
@@ -159,32 +174,34 @@ def _dimension(name: str, value: Any, where: str) -> Dimension:
             raise ConfigError(f"{where}: empty list of values (give at least one)")
         return Dimension(name, "categorical", choices=tuple(value))
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: got {value!r}, expected a list of values, {{low, high}} or {{int: [low, high]}}")
+        raise ConfigError(f"{where}: got {shorten(value)}, expected a list of values, {{low, high}} or {{int: [low, high]}}")
     keys = set(value)
     if "int" in keys:
         extra = keys - {"int", "step", "log"}
         bounds = value["int"]
         if extra or not (isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds)):
-            raise ConfigError(f"{where}: got {value!r}, expected {{int: [low, high]}} with integer bounds and "
+            raise ConfigError(f"{where}: got {shorten(value)}, expected {{int: [low, high]}} with integer bounds and "
                               f"optional step (integer), log (true/false)")
         low, high = bounds
         step = value.get("step", 1)
         if type(step) is not int or step < 1:
-            raise ConfigError(f"{where}.step: got {step!r}, expected an integer >= 1")
+            raise ConfigError(f"{where}.step: got {shorten(step)}, expected an integer >= 1")
         kind = "int"
     else:
         extra = keys - {"low", "high", "step", "log"}
         if extra or not {"low", "high"} <= keys:
-            raise ConfigError(f"{where}: got {value!r}, expected {{low, high}} with optional step, log; unknown "
+            raise ConfigError(f"{where}: got {shorten(value)}, expected {{low, high}} with optional step, log; unknown "
                               f"or missing keys: {', '.join(sorted(extra or {'low', 'high'} - keys))}")
         low, high, step = value["low"], value["high"], value.get("step")
         for key, number in (("low", low), ("high", high), ("step", step)):
             if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
-                raise ConfigError(f"{where}.{key}: got {number!r}, expected a number (write 1.0e-3, not 1e-3)")
+                raise ConfigError(f"{where}.{key}: got {shorten(number)}, expected a number (write 1.0e-3, not 1e-3)")
+            if number is not None and not math.isfinite(number):
+                raise ConfigError(f"{where}.{key}: got {number}, expected a finite number")
         kind = "float"
     log = value.get("log", False)
     if not isinstance(log, bool):
-        raise ConfigError(f"{where}.log: got {log!r}, expected true or false")
+        raise ConfigError(f"{where}.log: got {shorten(log)}, expected true or false")
     if low > high:
         raise ConfigError(f"{where}: got low {low!r} > high {high!r}, expected low <= high")
     if log and low <= 0:

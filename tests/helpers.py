@@ -3,6 +3,8 @@ folder, the fault notebook's grids, records made by hand, the commands as the sc
 independent checks of recorded metrics."""
 
 import os
+import shutil
+import time
 import sys
 from pathlib import Path
 
@@ -220,3 +222,41 @@ predict_main = command("predict")
 ensemble_main = command("ensemble")
 leaderboard_main = command("leaderboard")
 export_mlflow_main = command("export-mlflow")
+
+
+def wait_for(predicate, timeout: float = 120, step: float = 0.05) -> bool:
+    """Poll `predicate()` every `step` seconds until it is true (returns `True`) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+"""Headless Chromium and its driver for the browser tests (`tests/install_chromium.sh`), or `None`."""
+
+
+def start_chromium(profile_dir: Path):
+    """Headless Chromium through chromedriver (selenium), a fresh profile, no background network.
+
+    Args:
+        profile_dir: a new folder for the browser profile.
+
+    Returns:
+        The `selenium.webdriver.Chrome` driver (the caller quits it).
+    """
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,1000", f"--user-data-dir={profile_dir}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    return driver

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from runner.grid import RunSpec
 from runner.records import COMPLETED, FAILED, INTERRUPTED
 from runner.records.query import read_all
 
-from helpers import FAULTS_NOTEBOOK, SWEEP, kernels_running_in
+from helpers import FAULTS_NOTEBOOK, SWEEP, kernels_running_in, wait_for
 from runner import PROJECT_ROOT
 
 PROBE = ('import os, sys\n'
@@ -73,14 +72,6 @@ def ahead_pids(experiments: Path) -> list[int]:
             pass
     return pids
 
-
-def wait_for(predicate, timeout: float = 120, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def test_warm_up_modules_are_the_notebooks_imports_and_with_models_tensorflow():

@@ -1,6 +1,6 @@
 """Evaluation (`models.evaluate`): the metrics of a split and the predictions table, on labels and
 probabilities whose figures are worked out by hand here. (Evaluating a trained model end to end:
-test_train.py.)"""
+test_training_loop.py.)"""
 
 import numpy as np
 import pytest

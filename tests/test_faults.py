@@ -22,7 +22,7 @@ from helpers import (FAULTS_NOTEBOOK, _make_record, ensemble_main, leaderboard_m
                      sweep_main, write_faults_grid)
 from runner import cli
 from runner.errors import shorten
-from runner.records import COMPLETED, DataSection, write_record
+from runner.records import DataSection, write_record
 from runner.records.query import read_all
 
 

@@ -1,14 +1,13 @@
 """The compare view: `nbsweep compare` (`runner.reports.compare`) and the leaderboard's "compare selected".
 
 Hand-made records with histories, per-class figures and predictions files (no sweep). The browser test
-opens both pages in real headless Chromium (as tests/test_leaderboard_browser.py does); it is skipped
+opens both pages in real headless Chromium (as tests/test_reports_leaderboard_browser.py does); it is skipped
 with the reason where Chromium, chromedriver or selenium are missing.
 """
 
 import html
 import json
 import re
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -168,29 +167,20 @@ def test_leaderboard_embeds_the_shown_rows_as_json_that_cannot_close_its_script(
             f"<b>p = {expected:.4g}</b>") in text
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
+from helpers import CHROMEDRIVER, CHROMIUM, start_chromium  # noqa: E402
 
 
 @pytest.mark.slow  # starts Chromium
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="Chromium and chromedriver are not installed "
                     "(Debian: apt-get install chromium chromium-driver; tests/install_chromium.sh)")
 def test_compare_selected_in_a_real_browser(logs, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from selenium.webdriver.common.by import By
 
     logs_dir, _, _ = logs
     write_leaderboard(logs_dir, tmp_path / "leaderboard.html")
     write_compare(RUN_IDS, logs_dir, tmp_path / "compare.html")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+    driver = start_chromium(tmp_path / "chromium-profile")
     try:
         driver.get((tmp_path / "leaderboard.html").as_uri())
         button = driver.find_element(By.ID, "compare-selected")

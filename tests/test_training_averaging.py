@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from models import ExperimentSpec
-from models.training.averaging import EmaInModel, LastEpochs, average, batchnorm_layers, recompute_batchnorm
+from models.training.averaging import EmaInModel, average, batchnorm_layers, recompute_batchnorm
 
 from helpers import make_spec
 

@@ -187,7 +187,7 @@ def test_a_warm_start_without_a_parent_fails_when_the_run_starts_before_any_kern
     """Warm starts are resolved once, by the runner, when the run starts: no notebook runs for this one.
 
     (Before schema 2 the notebook resolved it, so the failed run had a notebook and html; the
-    notebook-failure case is `test_execute.py::test_faults_are_recorded_and_the_sweep_goes_on`.)
+    notebook-failure case is `test_core_execute.py::test_faults_are_recorded_and_the_sweep_goes_on`.)
     """
     work, _, records, _ = sweep
     rec = records["simple_cnn_medium"]

@@ -24,6 +24,8 @@ from runner.records.query import read_all
 from runner.records import COMPLETED, FAILED, INTERRUPTED
 from runner.core.loop import SweepOptions, plan_runs
 
+from helpers import wait_for
+
 FAULTS = Path(__file__).parent / "assets" / "faults.ipynb"
 pytestmark = pytest.mark.slow
 
@@ -41,14 +43,6 @@ def sweep(work: Path, *extra: str, wait: bool = True, timeout: float = 300):
         return subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=timeout)
 
-
-def wait_for(predicate, timeout: float = 120, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def run_folders(work: Path, experiments: str = "experiments") -> list[Path]:

@@ -18,8 +18,7 @@ from runner import PROJECT_ROOT
 from runner.reports.leaderboard import write_leaderboard
 from runner.records import COMPLETED, FAILED, RunRecord, SplitMetrics, write_record
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
+from helpers import CHROMEDRIVER, CHROMIUM, start_chromium
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="Chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver; "
@@ -81,16 +80,8 @@ def board(tmp_path) -> Path:
 
 @pytest.fixture
 def browser(tmp_path):
-    """Headless Chromium through chromedriver, with a fresh profile and no background network."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+    """Headless Chromium through chromedriver (`helpers.start_chromium`)."""
+    driver = start_chromium(tmp_path / "chromium-profile")
     try:
         yield driver
     finally:

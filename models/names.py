@@ -28,38 +28,6 @@ pruning metric) -> the Keras epoch-log key that holds them. For single-label cla
 recall is the accuracy (`sum_c (n_c / n) * TP_c / n_c = sum_c TP_c / n`), so `val_weighted_recall` reads
 Keras's `val_accuracy`; macro averages and F1 scores have no per-epoch value."""
 
-BASE_NAMES = ("vgg16", "vgg19", "resnet50", "resnet101", "resnet50_v2", "inception_v3", "inception_resnet_v2",
-              "xception", "mobilenet", "mobilenet_v2", "densenet121", "efficientnet_b0", "convnext_tiny",
-              "simple_cnn_small", "simple_cnn_medium")
-"""The canonical names of the base registry (`models.bases.BASES`, in its order; a test keeps the two equal),
-here so that a name is made canonical (`canonical_base`) without importing Keras."""
-
-
-def base_key(name: str) -> str:
-    """A base name with case, `_` and `-` dropped: `"MobileNet-V2"` -> `"mobilenetv2"`; names that agree
-    on it are one base (`models.bases.resolve_base` looks names up by it)."""
-    return name.lower().replace("_", "").replace("-", "")
-
-
-_CANONICAL_BASES = {base_key(name): name for name in BASE_NAMES}
-
-
-def canonical_base(name: str) -> str:
-    """The one spelling of a base name, without importing Keras: what `models.bases.resolve_base(name).name` gives.
-
-    Args:
-        name: any spelling `resolve_base` accepts (`"VGG16"`, `"vgg16"`, `"MobileNetV2"`,
-            `"mobilenet-v2"`, `"EfficientNetB3"`).
-
-    Returns:
-        The registry name (`"vgg16"`, `"mobilenet_v2"`) for a registry base, else `base_key(name)`, which is
-        the lower-cased constructor name `resolve_base` gives any other `keras.applications` model
-        (`"efficientnetb3"`; Keras's constructor names hold no `_` or `-`). An unknown name is returned in
-        the same form; `resolve_base` refuses it.
-    """
-    key = base_key(name)
-    return _CANONICAL_BASES.get(key, key)
-
 TTA_VIEWS = ("flip", "vflip", "crop")
 """Test-time augmentation views (`tta` parameter, `predict --tta`): horizontal mirror, vertical
 mirror, and five 87.5 % crops (`models.evaluate.tta_transforms`)."""

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ModelConfigError
 from .hashing import sha256_json
-from .names import EPOCH_LOG_KEYS, TTA_VIEWS, canonical_base
+from .bases.registry import canonical_base
+from .names import EPOCH_LOG_KEYS, TTA_VIEWS
 
 HEADS = ("flatten", "gap")
 OPTIMIZERS = ("adam", "sgd", "adamw")
@@ -296,7 +297,7 @@ class ExperimentSpec(BaseModel):
             ignoring `_` and `-` (`vgg16`, `VGG16`, `resnet50`,
             `inception_resnet_v2`, `MobileNetV2`, ...), or a from-scratch CNN
             (`simple_cnn_small`, `simple_cnn_medium`); stored in its one
-            canonical spelling (`models.names.canonical_base`: `vgg16`,
+            canonical spelling (`models.bases.canonical_base`: `vgg16`,
             `mobilenet_v2`), so config hashes, warm starts, cache keys and
             the search's cost model see one name per base.
         base_kwargs: extra keyword arguments of the base constructor

@@ -76,11 +76,10 @@ def test_resolve_base_names(name, canonical, constructor):
 
 
 def test_canonical_base_is_resolve_base_without_keras():
-    """`models.names.canonical_base` (TF-free: what specs, config hashes, warm starts and the search's cost
-    model compare) gives every spelling the name `resolve_base` gives it, and `BASE_NAMES` is the registry."""
-    from models.names import BASE_NAMES, canonical_base
+    """`models.bases.canonical_base` (Keras-free: what specs, config hashes, warm starts and the search's cost
+    model compare) gives every spelling the name `resolve_base` gives it."""
+    from models.bases.registry import canonical_base
 
-    assert tuple(BASES) == BASE_NAMES
     names = {*BASES, *(info.constructor_name for info in BASES.values()),
              *(attr for attr, value in vars(keras.applications).items() if attr[:1].isupper() and callable(value))}
     for name in sorted(names):

@@ -13,7 +13,8 @@ import pytest
 
 from helpers import expand, write_grid
 from models import ExperimentSpec
-from models.names import BASE_NAMES, DEFAULT_METRIC, EPOCH_LOG_KEYS, canonical_base
+from models.bases.registry import BASES, canonical_base
+from models.names import DEFAULT_METRIC, EPOCH_LOG_KEYS
 from models.spec import cache_build_key
 from runner import PROJECT_ROOT
 from runner.errors import ConfigError
@@ -95,7 +96,7 @@ def test_metric_names_are_read_by_parse_metric(make_record):
 def test_a_base_has_one_spelling_without_tensorflow(name, canonical):
     assert canonical_base(name) == canonical
     assert ExperimentSpec(base=name).base == canonical  # what a run's params, records and cache keys hold
-    assert canonical in BASE_NAMES or canonical == name.lower().replace("_", "").replace("-", "")
+    assert canonical in BASES or canonical == name.lower().replace("_", "").replace("-", "")
 
 
 def test_vgg16_and_VGG16_are_one_configuration(tmp_path):
@@ -144,7 +145,7 @@ def test_the_cost_model_knows_every_spelling_of_a_base(make_record):
     from runner.search import predict_duration_s
     from runner.search.duration import BASE_GMACS_224
 
-    assert set(BASE_GMACS_224) <= set(BASE_NAMES)
+    assert set(BASE_GMACS_224) <= set(BASES)
     rec = _timed(make_record, 100.0, 60.0, **CHEAP)
     # MobileNetV2: another base; its build is MobileNet's scaled by multiply-adds (0.300 / 0.569 GMACs)
     assert predict_duration_s({**CHEAP, "base": "MobileNetV2"}, [rec]) == pytest.approx(40.0 + 60.0 * 0.300 / 0.569)

@@ -7,10 +7,12 @@ import functools
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import Callable
-import keras
+from typing import TYPE_CHECKING, Callable
+
 from ..errors import ModelConfigError
-from ..names import BASE_NAMES, base_key
+
+if TYPE_CHECKING:  # Keras is imported when a base is built or looked up outside the table, not for the table
+    import keras
 
 
 _APPS = "keras.applications."
@@ -40,6 +42,8 @@ class BaseInfo:
     @property
     def constructor(self) -> Callable[..., keras.Model]:
         """The factory, e.g. `keras.applications.VGG16`."""
+        import keras
+
         module = importlib.import_module(self.module_name)
         # keras.applications.mobilenet_v3 exports no constructor: the package does.
         return getattr(module, self.constructor_name, None) or getattr(
@@ -73,14 +77,42 @@ BASES: dict[str, BaseInfo] = {info.name: info for info in (
 SIMPLE_CNNS = tuple(name for name, info in BASES.items() if not info.has_imagenet)
 
 
-_key = base_key  # one normalisation rule, shared with models.names.canonical_base
-if tuple(BASES) != BASE_NAMES:
-    raise ImportError(f"models.names.BASE_NAMES {BASE_NAMES} must list BASES's names in order: {tuple(BASES)}")
+
+
+def base_key(name: str) -> str:
+    """A base name with case, `_` and `-` dropped: `"MobileNet-V2"` -> `"mobilenetv2"`; names that agree
+    on it are one base (`resolve_base` looks names up by it)."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
+_key = base_key
+_CANONICAL = {base_key(name): name for name in BASES}
+
+
+def canonical_base(name: str) -> str:
+    """The one spelling of a base name, without importing Keras: what `resolve_base(name).name` gives.
+
+    What specs, config hashes, warm starts, the cache and the search's cost model compare.
+
+    Args:
+        name: any spelling `resolve_base` accepts (`"VGG16"`, `"vgg16"`, `"MobileNetV2"`,
+            `"mobilenet-v2"`, `"EfficientNetB3"`).
+
+    Returns:
+        The registry name (`"vgg16"`, `"mobilenet_v2"`) for a registry base, else `base_key(name)`, which is
+        the lower-cased constructor name `resolve_base` gives any other `keras.applications` model
+        (`"efficientnetb3"`; Keras's constructor names hold no `_` or `-`). An unknown name is returned in
+        the same form; `resolve_base` refuses it.
+    """
+    key = base_key(name)
+    return _CANONICAL.get(key, key)
 
 
 @functools.cache
 def _lookup() -> dict[str, BaseInfo]:
     """Normalised name -> `BaseInfo`: the registry, then every `keras.applications` factory."""
+    import keras
+
     table = {_key(name): info for name, info in BASES.items()}
     for attr, value in sorted(vars(keras.applications).items()):
         if attr[:1].isupper() and callable(value):  # e.g. EfficientNetB3 from ...efficientnet

@@ -9,11 +9,13 @@ import urllib.parse
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 import keras
 from ..hashing import sha256_file
 from ..errors import ModelConfigError
-from ..spec import ExperimentSpec
+
+if TYPE_CHECKING:  # annotations only: the spec imports the registry (canonical base names)
+    from ..spec import ExperimentSpec
 from .registry import BaseInfo, check_base_kwargs, check_image_size, resolve_base
 
 

@@ -13,7 +13,6 @@ averaging).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence

@@ -214,7 +214,7 @@ def _check_data_dirs(runs: list[RunSpec], report: _Report) -> dict[str, Any]:
 def _check_models(runs: list[RunSpec], report: _Report) -> None:
     """Base names, input sizes, `base_kwargs` and initial weights of every run."""
     from models.bases import check_base_kwargs, check_image_size, resolve_base, resolve_weights
-    from models.names import canonical_base
+    from models.bases.registry import canonical_base
 
     infos, usable = {}, []  # keyed by canonical name, as ExperimentSpec.base holds it
     runs = [run for run in runs if isinstance(run.params.get("base"), str)]

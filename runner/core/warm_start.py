@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from models.names import MODEL_FILE, canonical_base, checkpoint_path
+from models.bases.registry import canonical_base
+from models.names import MODEL_FILE, checkpoint_path
 from runner.errors import ConfigError
 from runner.records import COMPLETED, RUN, RunLoadError, RunRecord, WarmStartSection, sha256_file
 from runner.records.query import Ranking, RecordSet, find
@@ -23,7 +24,7 @@ ARCHITECTURE_PARAMS = ("base", "base_kwargs", "head", "dense_units", "image_size
 
 def architecture(params: Mapping[str, Any]) -> dict[str, Any]:
     """The `ARCHITECTURE_PARAMS` of a run's parameters, `base` in its canonical spelling
-    (`models.names.canonical_base`), so that a record written with `VGG16` matches a run with `vgg16`."""
+    (`models.bases.canonical_base`), so that a record written with `VGG16` matches a run with `vgg16`."""
     values = {name: params.get(name) for name in ARCHITECTURE_PARAMS}
     if isinstance(values["base"], str):
         values["base"] = canonical_base(values["base"])

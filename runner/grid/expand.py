@@ -1,4 +1,4 @@
-"""Grid files: load and validate `grid.yaml`, expand it into run specs.
+"""The expansion of a validated grid into run specs, each checked against the notebook's parameters.
 
 A grid file holds the notebook to run, parameters shared by every run
 (`fixed`), a parameter grid (`grid`: a mapping of name → list of values, or a

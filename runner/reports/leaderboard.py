@@ -38,7 +38,6 @@ import gc
 import io
 import json
 import os
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,7 +49,8 @@ from urllib.parse import quote
 import numpy as np
 from markupsafe import Markup
 
-from models.names import DEFAULT_METRIC, canonical_base
+from models.bases.registry import canonical_base
+from models.names import DEFAULT_METRIC
 from runner.reports import plots as metric_plot
 from runner.reports.compare_data import compare_payload, inline_json
 from runner.reports.stats import P_VALUE_MEANING, format_p, top_two

@@ -15,7 +15,7 @@ BASE_GMACS_224 = {"vgg16": 15.47, "vgg19": 19.63, "resnet50": 4.09, "resnet50_v2
                   "densenet121": 2.83, "efficientnet_b0": 0.39, "convnext_tiny": 4.46, "mobilenet": 0.569,
                   "mobilenet_v2": 0.300}
 """Billions of multiply-adds of one 224 x 224 image through a base, by canonical name
-(`models.names.canonical_base`: `MobileNetV2` is `mobilenet_v2`) (torchvision's model table, "GFLOPS";
+(`models.bases.canonical_base`: `MobileNetV2` is `mobilenet_v2`) (torchvision's model table, "GFLOPS";
 MobileNet: Howard et al. 2017, Table 8, 569 million). `mobilenet*` scale by `alpha**2` (their section 3.3).
 Used only to guess a cache build's seconds for a base no earlier run has built, from the others'."""
 
@@ -61,7 +61,7 @@ def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[fl
     earlier run has built it.
 
     Parameters are compared as `models.spec.ExperimentSpec` holds them, so every spelling of a base
-    (`MobileNetV2`, `mobilenet_v2`) is one base (`models.names.canonical_base`). Training (`timings.total_s`
+    (`MobileNetV2`, `mobilenet_v2`) is one base (`models.bases.canonical_base`). Training (`timings.total_s`
     less `timings.cache_build_s`, seconds) comes from, in order: the median of the earlier completed runs
     with the same `base`, `base_kwargs`, `image_size`, `epochs`, `fine_tune_epochs` and fine-tuning or not;
     else the median seconds per epoch and pixel of earlier runs of the same base, times this run's epochs

@@ -1,4 +1,4 @@
-"""Search: an Optuna study proposes the runs of a sweep and decides which to prune.
+"""The ask-and-tell loop of a search: `SearchSource` feeds the sweep one proposed run at a time, tells each result back.
 
 A grid file with a `search:` block (`SearchSpec`) turns its `grid` mapping
 into a search space: a list is a categorical choice, `{low, high, log, step}`

@@ -1,0 +1,743 @@
+"""The experiment specification: every parameter of one run, validated.
+
+`ExperimentSpec` is the single source of truth for the parameters of the base
+notebook (`notebooks/base_experiment.ipynb`): the notebook's `parameters` cell
+holds the same names with the same defaults, the sweep runner validates every
+expanded grid configuration against this model before anything runs, and the
+predict path rebuilds a model from the `params` stored in a run record with it.
+
+This module imports neither TensorFlow nor Keras, so validating a grid is fast.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ModelConfigError
+from .hashing import sha256_json
+from .bases.registry import canonical_base
+from .names import EPOCH_LOG_KEYS, TTA_VIEWS
+
+HEADS = ("flatten", "gap")
+OPTIMIZERS = ("adam", "sgd", "adamw")
+LR_SCHEDULES = ("step", "plateau", "cosine")
+FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+DETERMINISTIC_DEFAULT = True
+"""Default of the `deterministic` parameter. The notebook's parameters cell repeats it as a literal
+(papermill reads literals only); `tests/test_grid.py` fails when the two disagree."""
+
+
+def _refuse_unknown_keys(model: type[BaseModel], data, what: str):
+    """Refuses a mapping with keys that are not fields of `model`, naming the allowed ones.
+
+    Pydantic's own `extra="forbid"` message ("Extra inputs are not
+    permitted") does not list them.
+    """
+    if isinstance(data, dict):
+        unknown = [str(key) for key in data if key not in model.model_fields]
+        if unknown:
+            raise ValueError(f"unknown key{'s' * (len(unknown) > 1)} "
+                             f"{', '.join(f'{what}.{key}' for key in unknown)}; "
+                             f"allowed keys of {what}: {', '.join(model.model_fields)}")
+    return data
+
+
+def _check_range(name: str, value: list[float], low: float, high: Optional[float], what: str) -> None:
+    """Checks a `[min, max]` pair: `low < min <= max` (`<= high` when given)."""
+    lo, hi = value
+    if not (low < lo <= hi and (high is None or hi <= high)):
+        bound = f"{low} < min <= max" + (f" <= {high}" if high is not None else "")
+        raise ValueError(f"{name}: got {value}, expected [min, max] with {bound} ({what})")
+
+
+class RandomResizedCropFactors(BaseModel):
+    """`random_resized_crop`: torchvision's `RandomResizedCrop` ranges.
+
+    Attributes:
+        scale: `[min, max]` fraction of the image area kept, with
+            0 < min <= max <= 1. Defaults to torchvision's `[0.08, 1.0]`.
+        ratio: `[min, max]` width / height aspect ratio of the crop (drawn
+            log-uniformly), with 0 < min <= max. Defaults to torchvision's
+            `[0.75, 1.3333]` (3/4, 4/3).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    scale: list[float] = Field(default_factory=lambda: [0.08, 1.0], min_length=2, max_length=2)
+    ratio: list[float] = Field(default_factory=lambda: [3 / 4, 4 / 3], min_length=2, max_length=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        return _refuse_unknown_keys(cls, data, "augmentation.random_resized_crop")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "RandomResizedCropFactors":
+        _check_range("scale", self.scale, 0.0, 1.0, "area fractions")
+        _check_range("ratio", self.ratio, 0.0, None, "width / height")
+        return self
+
+
+class ShearFactors(BaseModel):
+    """`shear`: `keras.layers.RandomShear` factors; a single number sets both.
+
+    Attributes:
+        x: horizontal shear, up to this fraction of the width either way,
+            in [0, 1]. Defaults to `0`.
+        y: vertical shear, up to this fraction of the height either way,
+            in [0, 1]. Defaults to `0`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    x: float = Field(0.0, ge=0.0, le=1.0)
+    y: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return {"x": data, "y": data}
+        return _refuse_unknown_keys(cls, data, "augmentation.shear")
+
+
+class ColorJitterFactors(BaseModel):
+    """`color_jitter`: random brightness, contrast, saturation and hue, in that order.
+
+    Ranges follow torchvision's `ColorJitter` except brightness, which is
+    Keras's additive `RandomBrightness`. `0` turns one off.
+
+    Attributes:
+        brightness: add a random offset in [-b, b] x 255 (Keras
+            `RandomBrightness`), b in [0, 1]. Defaults to `0`.
+        contrast: scale the distance to each channel's mean by a random
+            factor in [1 - c, 1 + c] (Keras `RandomContrast`), c in [0, 1].
+            Defaults to `0`.
+        saturation: multiply the HSV saturation by a random factor in
+            [max(0, 1 - s), 1 + s] (Keras `RandomSaturation`), s >= 0.
+            Defaults to `0`.
+        hue: rotate the hue by a random fraction of the colour circle in
+            [-h, h] (Keras `RandomHue`), h in [0, 0.5]. Defaults to `0`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    brightness: float = Field(0.0, ge=0.0, le=1.0)
+    contrast: float = Field(0.0, ge=0.0, le=1.0)
+    saturation: float = Field(0.0, ge=0.0)
+    hue: float = Field(0.0, ge=0.0, le=0.5)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        return _refuse_unknown_keys(cls, data, "augmentation.color_jitter")
+
+
+class RandAugmentFactors(BaseModel):
+    """`rand_augment`: `keras.layers.RandAugment` (Cubuk et al. 2020).
+
+    Attributes:
+        num_ops: operations applied one after the other (the paper's N),
+            >= 1. Defaults to `2`.
+        magnitude: strength of every operation (the paper's M, normalised by
+            Keras to [0, 1]). Defaults to `0.5`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    num_ops: int = Field(2, ge=1)
+    magnitude: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        return _refuse_unknown_keys(cls, data, "augmentation.rand_augment")
+
+
+class Augmentation(BaseModel):
+    """Random augmentation of training batches (Keras preprocessing layers).
+
+    Each key turns on one transform; the transforms run in the order of the
+    attributes below (`models.augment.build_augmentation`), per image with
+    per-image random parameters, and keep images float32 in [0, 255]. `0`
+    (or `None`) turns a transform off. Unknown keys are refused with the list
+    of allowed ones. Types are strict, as in `ExperimentSpec`.
+
+    Attributes:
+        random_resized_crop: `None`, or a `RandomResizedCropFactors` mapping
+            (`{}` for torchvision's defaults): crop a random area fraction
+            and aspect ratio, resized back to `image_size`.
+        flip: `keras.layers.RandomFlip` mode: one of `"horizontal"`,
+            `"vertical"`, `"horizontal_and_vertical"`, or `None`.
+        rotation: `keras.layers.RandomRotation` factor, a fraction of a full
+            turn (0.1 = up to +/-36 degrees), in [0, 0.5].
+        shear: `None`, a number (both axes) or a `ShearFactors` mapping
+            `{x, y}`: `keras.layers.RandomShear`.
+        zoom: `keras.layers.RandomZoom` factor, the same for height and width,
+            in [0, 1).
+        stretch: extra independent width zoom (aspect-ratio change), in [0, 1).
+        translation: `keras.layers.RandomTranslation` factor, a fraction of
+            height and width, in [0, 1).
+        perspective: `keras.layers.RandomPerspective` distortion `scale`,
+            applied to every image, in [0, 1].
+        crop: random crop of up to this fraction of each side, resized back
+            to `image_size`, in [0, 1).
+        rand_augment: `None`, or a `RandAugmentFactors` mapping
+            `{num_ops, magnitude}`: `keras.layers.RandAugment`.
+        color_jitter: `None`, or a `ColorJitterFactors` mapping
+            `{brightness, contrast, saturation, hue}`.
+        grayscale: probability of turning an image grey
+            (`keras.layers.RandomGrayscale`), in [0, 1].
+        erasing: probability of erasing a random rectangle of 2-33 % of the
+            image with noise (`keras.layers.RandomErasing`, Zhong et al.
+            2020), in [0, 1].
+        mixup: mixup's Beta(alpha, alpha) parameter (`keras.layers.MixUp`,
+            Zhang et al. 2018), >= 0; mixes image pairs and their labels.
+        cutmix: CutMix's Beta(alpha, alpha) parameter (`keras.layers.CutMix`,
+            Yun et al. 2019), in [0, 1] (Keras's bound); pastes a patch of
+            another image and mixes the labels by area. At most one of
+            `mixup` and `cutmix`; either makes the training labels one-hot
+            and the loss `categorical_crossentropy`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    random_resized_crop: Optional[RandomResizedCropFactors] = None
+    flip: Optional[Literal["horizontal", "vertical", "horizontal_and_vertical"]] = None
+    rotation: float = Field(0.0, ge=0.0, le=0.5)
+    shear: Optional[ShearFactors] = None
+    zoom: float = Field(0.0, ge=0.0, lt=1.0)
+    stretch: float = Field(0.0, ge=0.0, lt=1.0)
+    translation: float = Field(0.0, ge=0.0, lt=1.0)
+    perspective: float = Field(0.0, ge=0.0, le=1.0)
+    crop: float = Field(0.0, ge=0.0, lt=1.0)
+    rand_augment: Optional[RandAugmentFactors] = None
+    color_jitter: Optional[ColorJitterFactors] = None
+    grayscale: float = Field(0.0, ge=0.0, le=1.0)
+    erasing: float = Field(0.0, ge=0.0, le=1.0)
+    mixup: float = Field(0.0, ge=0.0)
+    cutmix: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        data = _refuse_unknown_keys(cls, data, "augmentation")
+        if isinstance(data, dict):  # `shear: 0`, `color_jitter: {hue: 0}`: off, as `None` (no cache bypass)
+            for key in ("shear", "color_jitter"):
+                value = data.get(key)
+                values = value.values() if isinstance(value, dict) else [value]
+                if key in data and all(type(v) in (int, float) and v == 0 for v in values):
+                    data = {**data, key: None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_mixing(self) -> "Augmentation":
+        if self.mixup and self.cutmix:
+            raise ValueError(f"mixup ({self.mixup}) and cutmix ({self.cutmix}) are exclusive: "
+                             f"set at most one of them")
+        return self
+
+    @property
+    def mixes_batches(self) -> bool:
+        """True when `mixup` or `cutmix` mixes images and labels across each batch."""
+        return bool(self.mixup or self.cutmix)
+
+
+class FineTuneFrom(BaseModel):
+    """`fine_tune_layers: {from_layer: <name>}`: unfreeze the base from this layer up.
+
+    Attributes:
+        from_layer: name of a layer of the base (e.g. VGG16's
+            `"block5_conv1"`); it and every layer after it in `base.layers`
+            are unfrozen. Checked against the base when training starts
+            (`models.training.resolve_fine_tune_layers`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    from_layer: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        return _refuse_unknown_keys(cls, data, "fine_tune_layers")
+
+
+class ExperimentSpec(BaseModel):
+    """All parameters of one run, after defaults.
+
+    Field names and defaults match the notebook's `parameters` cell. Unknown
+    names are refused (`extra="forbid"`), and types are strict (pydantic's
+    strict mode): `True` is not an int, `"32"` not an int, `"yes"` not a
+    bool; an int is accepted for a float field and a mapping for
+    `augmentation`. Every float is finite (`allow_inf_nan=False`: `.inf`
+    and `.nan` are refused, as JSON cannot record them).
+    `model_dump(mode="json")` validates again unchanged.
+
+    Attributes:
+        data_dir: ImageFolder-style folder (one sub-folder of images per
+            class), or `"builtin:digits"` for scikit-learn's bundled digits,
+            exported once to `data/digits/` on first use.
+        max_images_per_class: keep at most this many images per class (seeded
+            random subset), or `None` for all.
+        val_fraction: fraction of each class held out for validation, in (0, 1).
+        test_fraction: fraction of each class held out for the test split,
+            in (0, 1); `val_fraction + test_fraction < 1`.
+        seed: seed of the split, the subset, weight initialisation and
+            shuffling.
+        deterministic: make the run bit-reproducible: seed Python, NumPy,
+            TensorFlow and Keras with `seed` and enable TensorFlow's op
+            determinism (`models.reproducibility.set_determinism`, called
+            first thing by the notebook), so that the same parameters on the
+            same machine type and versions give the same weights, histories
+            and probabilities. Defaults to `DETERMINISTIC_DEFAULT`.
+        base: a `keras.applications` model name, case-insensitive and
+            ignoring `_` and `-` (`vgg16`, `VGG16`, `resnet50`,
+            `inception_resnet_v2`, `MobileNetV2`, ...), or a from-scratch CNN
+            (`simple_cnn_small`, `simple_cnn_medium`); stored in its one
+            canonical spelling (`models.bases.canonical_base`: `vgg16`,
+            `mobilenet_v2`), so config hashes, warm starts, cache keys and
+            the search's cost model see one name per base.
+        base_kwargs: extra keyword arguments of the base constructor
+            (e.g. `{"alpha": 0.35}`).
+        weights: `"imagenet"`, `None` (random initialisation) or a path to a
+            Keras weights file for the base (`include_top=False`).
+        weights_dir: folder of offline ImageNet weights files used instead of
+            the download when `weights == "imagenet"`; `None` reads the
+            `NBSWEEP_WEIGHTS_DIR` environment variable.
+        image_size: side of the square model input, pixels.
+        head: `"flatten"` or `"gap"` (global average pooling).
+        dense_units: widths of the dense layers of the head, e.g. `[512, 256]`.
+        dropout: dropout rate before each dense layer and the classifier.
+        l2: L2 regularisation factor on the head's dense kernels.
+        augmentation: `None` (off) or an `Augmentation` mapping.
+        optimizer: `"adam"`, `"sgd"` (with `momentum`) or `"adamw"` (with
+            `weight_decay`).
+        momentum: SGD momentum.
+        weight_decay: AdamW decoupled weight decay.
+        learning_rate: initial learning rate of the head phase.
+        lr_schedule: schedule of the head phase: `None`, `"step"`,
+            `"plateau"` or `"cosine"`.
+        lr_step_milestones: epochs (0-based, counted from the phase's first
+            epoch) at which `step` multiplies the learning rate by
+            `lr_step_gamma`.
+        lr_step_gamma: factor of the `step` schedule.
+        lr_plateau_patience: epochs without `val_loss` improvement before
+            `plateau` multiplies the learning rate by `lr_plateau_factor`.
+        lr_plateau_factor: factor of the `plateau` schedule.
+        warmup_epochs: linear learning-rate warm-up from 0 to the phase's
+            rate over the first `warmup_epochs` epochs of each phase, step by
+            step (Goyal et al. 2017, "Accurate, Large Minibatch SGD"); 0 = off.
+            Must be below each phase's epochs.
+        label_smoothing: label smoothing of the cross-entropy, in [0, 1)
+            (Szegedy et al. 2016, "Rethinking the Inception Architecture"):
+            targets `(1 - e) * one_hot + e / num_classes`; > 0 makes the
+            labels one-hot and the loss `CategoricalCrossentropy`.
+        epochs: epochs of the head phase (>= 0); 0 skips it and fine-tunes
+            from the first epoch (needs `fine_tune_layers`).
+        batch_size: images per batch.
+        early_stopping_patience: epochs without improvement of
+            `early_stopping_monitor` before stopping, or `None` for no early
+            stopping.
+        early_stopping_monitor: `"val_loss"` (lower is better),
+            `"val_accuracy"` or `"val_weighted_recall"` (higher is better;
+            for single-label classification weighted recall equals accuracy,
+            so it follows Keras's `val_accuracy`).
+        class_weight: `None` or `"balanced"` (scikit-learn's
+            `compute_class_weight`).
+        batch_sampler: `None`, or `"balanced"`: every training batch is drawn
+            evenly from the classes (`tf.data.Dataset.sample_from_datasets`
+            over per-class repeated, shuffled streams with equal weights;
+            `models.data.index_batches`), `ceil(n_train / batch_size)`
+            batches an epoch; works on images and on cached activations.
+            Another correction for class imbalance than `class_weight`: at
+            most one of the two. (Named `sampler` before; that name is
+            refused now, as a search's `search: {sampler: ...}` is Optuna's.)
+        jit_compile: XLA compilation of the train step
+            (`model.compile(jit_compile=...)`): `False`, `True` or `"auto"`
+            (Keras's choice: XLA where a GPU is visible).
+        precision: `"float32"`, `"mixed_float16"` or `"mixed_bfloat16"`:
+            Keras's global dtype policy while the model is built (mixed
+            precision needs a GPU; refused at build time without one).
+        fine_tune_layers: after the head phase, unfreeze the top of the base:
+            an int N (its last N layers), a float in [0, 1] (that fraction of
+            its layers, rounded; a fraction > 0 unfreezes at least one), or
+            `{from_layer: <layer name>}` (that layer and all after it); 0 = no
+            fine-tuning phase. Resolved to a layer count once, when training
+            starts (`models.training.resolve_fine_tune_layers`). Refused with
+            `weights=None`, whose base is trained whole anyway.
+        fine_tune_epochs: epochs of the fine-tuning phase.
+        fine_tune_learning_rate: learning rate of the fine-tuning phase.
+        fine_tune_lr_schedule: schedule of the fine-tuning phase, as
+            `lr_schedule` (same `lr_step_*` / `lr_plateau_*` parameters).
+        unfreeze_batchnorm: also unfreeze the BatchNormalization layers among
+            the fine-tuned ones (their scale and offset train; they keep
+            their moving statistics, the base being called with
+            `training=False`). Defaults to frozen, as in Keras's
+            transfer-learning guide.
+        ema: `None` (off), or the momentum m in (0, 1) of an exponential
+            moving average of the trainable weights (Polyak averaging; Keras
+            optimizers' `use_ema=True, ema_momentum=m`): after each step
+            `average = m * average + (1 - m) * weights`, the first step's
+            weights starting it, anew in each phase (e.g. `0.999`: about the
+            last 1000 steps). The averaged weights are what is validated
+            every epoch, kept as best, checkpointed, saved to `model.keras`
+            and evaluated; the raw weights only train
+            (`models.training.averaging`). Non-trainable weights
+            (BatchNormalization's moving statistics) are not averaged.
+        swa_epochs: `None` (off), or k in [1, `fine_tune_epochs`]: stochastic
+            weight averaging (Izmailov et al. 2018) of the last k epochs of
+            the fine-tuning phase (the last k run, early stopping
+            included): the saved, evaluated model holds the mean of those
+            epochs' weights instead of the best epoch's, and the
+            BatchNormalization layers that trained in training mode get
+            their moving statistics recomputed on the training images for
+            the averaged weights. Needs a fine-tuning phase; exclusive with
+            `ema`.
+        train_on_val: train on the training and validation splits together
+            (set by a grid's `refit: true` for its refit run): nothing is
+            left to validate on, so every epoch runs (no early stopping,
+            no `plateau` schedule, the last epoch's weights are kept) and
+            only the test split is evaluated; the split (and its
+            manifest) stays the same, so the test images are those of the
+            runs it is compared with.
+        name: a name for the run (letters, digits, `_`, `-`, `.`), unique
+            in the logs folder, shown on the leaderboard and in the lineage
+            tree, and usable as a `warm_start` reference (`exp_002`);
+            `None` for none.
+        warm_start: start from the trained weights of an earlier run: a run
+            id, a run `name`, a unique prefix of a run id, or `"best"` (the
+            best completed run by the grid's metric on the validation split,
+            when this run starts, among runs with the same base, base_kwargs,
+            head, dense_units and image_size, restricted by `best_of`; with
+            repeats, the configuration with the best mean over its seeds, and
+            of it the run best on the validation split);
+            `None` for a fresh start. The earlier run must have the same base,
+            base_kwargs, head, dense_units, image_size and classes. Values
+            with `/`, `\\` or `..` are refused (records are looked up in the
+            logs folder only).
+        warm_start_checkpoint: which weights of that run: `"best"` (its
+            `model.keras`) or an epoch number k >= 1 (its
+            `checkpoints/epoch_<k>.weights.h5`).
+        best_of: restricts `warm_start: best`: `"roots"` (runs that were not
+            warm-started themselves) or a name prefix (runs whose `name`
+            starts with it); `None` for every fitting run.
+        keep_checkpoints: per-epoch checkpoints kept in
+            `<run>/checkpoints/`: `None` keeps all, k keeps the last k, 0 none.
+        keep_best_checkpoints: `None`, or k >= 1: also keep the k best
+            checkpoints by `checkpoint_monitor` (a file kept by either rule
+            stays); needs `keep_checkpoints` set (0 keeps only the best).
+        checkpoint_monitor: which epoch's weights are the run's best
+            (`model.keras`, `best_epoch`) and rank `keep_best_checkpoints`:
+            `"val_loss"`, `"val_accuracy"` or `"val_weighted_recall"` (as
+            `early_stopping_monitor`).
+        activation_cache: compute the frozen layers' outputs once and train
+            the layers above them on the stored outputs (`models.cache`);
+            bypassed, and the reason recorded, when nothing is frozen or
+            augmentation is on without `augmented_copies`.
+        activation_cache_dtype: `"float32"` or `"float16"` (half the disk
+            and memory, outputs rounded to ~3 significant digits).
+        augmented_copies: with augmentation on, cache this many augmented
+            copies of each training image (an epoch draws from them); 0
+            bypasses the cache for augmented runs.
+        cache_dir: the cache folder; `None` reads `NBSWEEP_CACHE_DIR`, else
+            `<project>/.cache/activations`.
+        tta: test-time augmentation of the evaluation (val and test) and of
+            `runner.core.predict`: `None` (off) or a non-empty list of distinct
+            `"flip"` (horizontal mirror), `"vflip"` (vertical mirror) and
+            `"crop"` (the 4 corner and the centre crops of 87.5 % of each
+            side, resized back); the prediction is the mean of the softmax
+            outputs over the original and every copy
+            (`models.evaluate.predict_with_tta`). The full model runs on
+            the copies, so evaluation does not read the activation cache.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    # Data
+    data_dir: str = "builtin:digits"
+    max_images_per_class: Optional[int] = Field(None, ge=1)
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    seed: int = 42
+    deterministic: bool = DETERMINISTIC_DEFAULT
+    # Model
+    base: str = "vgg16"
+    base_kwargs: dict = Field(default_factory=dict)
+    weights: Optional[str] = "imagenet"
+    weights_dir: Optional[str] = None
+    image_size: int = Field(128, ge=8, le=1024)
+    head: Literal["flatten", "gap"] = "gap"
+    dense_units: list[int] = Field(default_factory=lambda: [256])
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    l2: float = Field(0.0, ge=0.0)
+    augmentation: Optional[Augmentation] = None
+    # Optimisation
+    optimizer: Literal["adam", "sgd", "adamw"] = "adam"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    lr_schedule: Optional[Literal["step", "plateau", "cosine"]] = None
+    lr_step_milestones: list[int] = Field(default_factory=list)
+    lr_step_gamma: float = Field(0.1, gt=0.0)
+    lr_plateau_patience: int = Field(2, ge=1)
+    lr_plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    warmup_epochs: int = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(32, ge=1)
+    early_stopping_patience: Optional[int] = Field(3, ge=1)
+    early_stopping_monitor: Literal[tuple(EPOCH_LOG_KEYS)] = "val_loss"
+    class_weight: Optional[Literal["balanced"]] = None
+    batch_sampler: Optional[Literal["balanced"]] = None
+    jit_compile: Union[bool, Literal["auto"]] = "auto"
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    # Fine-tuning
+    fine_tune_layers: Union[int, float, FineTuneFrom] = 0
+    fine_tune_epochs: int = Field(0, ge=0)
+    fine_tune_learning_rate: float = Field(1e-5, gt=0.0)
+    fine_tune_lr_schedule: Optional[Literal["step", "plateau", "cosine"]] = None
+    unfreeze_batchnorm: bool = False
+    # Weight averaging and refit
+    ema: Optional[float] = None
+    swa_epochs: Optional[int] = None
+    train_on_val: bool = False
+    # Warm start and checkpoints
+    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
+    warm_start: Optional[str] = None
+    warm_start_checkpoint: Union[Literal["best"], int] = "best"
+    best_of: Optional[str] = None
+    keep_checkpoints: Optional[int] = Field(None, ge=0)
+    keep_best_checkpoints: Optional[int] = Field(None, ge=1)
+    checkpoint_monitor: Literal[tuple(EPOCH_LOG_KEYS)] = "val_loss"
+    # Activation cache
+    activation_cache: bool = True
+    activation_cache_dtype: Literal["float32", "float16"] = "float32"
+    augmented_copies: int = Field(0, ge=0)
+    cache_dir: Optional[str] = None
+    # Evaluation
+    tta: Optional[list[Literal[TTA_VIEWS]]] = None
+
+    @field_validator("fine_tune_layers", mode="before")
+    @classmethod
+    def _fine_tune_layers_form(cls, value):
+        expected = ("expected an int >= 0 (the base's last N layers), a float in [0, 1] (that fraction "
+                    "of the base's layers) or {from_layer: <name of a base layer>}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, dict, FineTuneFrom)):
+            raise ValueError(f"got {value!r}, {expected}")
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"got {value}, {expected}")
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            hint = f"; for a layer count give an int ({int(value)})" if value > 1 and value.is_integer() else ""
+            raise ValueError(f"got {value}, {expected}{hint}")
+        if isinstance(value, dict):  # one message, not one per member of the union
+            try:
+                return FineTuneFrom.model_validate(value)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(map(str, error["loc"]))
+                raise ValueError(f"got {value!r}: {where + ': ' if where else ''}"
+                                 f"{error['msg'].removeprefix('Value error, ')}") from None
+        return value
+
+    @field_validator("dense_units")
+    @classmethod
+    def _positive_units(cls, value: list[int]) -> list[int]:
+        if any(units < 1 for units in value):
+            raise ValueError(f"every dense layer needs >= 1 unit, got {value}")
+        return value
+
+    @field_validator("base")
+    @classmethod
+    def _base_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("base must be a non-empty model name")
+        return canonical_base(value)
+
+    @field_validator("warm_start")
+    @classmethod
+    def _run_reference(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and (not value.strip() or any(part in value for part in ("/", "\\", ".."))):
+            raise ValueError("expected a run id, a unique prefix of one, 'best' or null "
+                             "(no '/', '\\' or '..': records are looked up in logs_dir only)")
+        return value
+
+    @field_validator("ema")
+    @classmethod
+    def _ema_momentum(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not 0.0 < value < 1.0:
+            raise ModelConfigError(f"ema: got {value}, expected null (off) or a momentum in (0, 1), e.g. 0.999 "
+                                   f"(the share of the average kept at each step)")
+        return value
+
+    @field_validator("swa_epochs")
+    @classmethod
+    def _swa_count(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and value < 1:
+            raise ModelConfigError(f"swa_epochs: got {value}, expected null (off) or an int k in "
+                                   f"[1, fine_tune_epochs]: the last k fine-tuning epochs averaged")
+        return value
+
+    @field_validator("tta")
+    @classmethod
+    def _distinct_views(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"got {value}, expected null (off) or a non-empty list of distinct "
+                             f"'flip', 'vflip', 'crop'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_imbalance_correction(self) -> "ExperimentSpec":
+        if self.class_weight is not None and self.batch_sampler is not None:
+            raise ValueError(
+                f"class_weight={self.class_weight!r} and batch_sampler={self.batch_sampler!r} both correct for "
+                f"class imbalance (together they over-weight small classes twice); set one of them to null")
+        return self
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentSpec":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1, got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        if isinstance(self.warm_start_checkpoint, int) and self.warm_start_checkpoint < 1:
+            raise ValueError(
+                f"warm_start_checkpoint: got {self.warm_start_checkpoint}, expected 'best' or an epoch >= 1"
+            )
+        if self.fine_tunes and not self.fine_tune_epochs:
+            raise ValueError(
+                f"fine_tune_layers={self.fine_tune_layers} needs fine_tune_epochs >= 1"
+            )
+        if self.fine_tunes and self.from_scratch:
+            raise ValueError(
+                f"fine_tune_layers={self.fine_tune_layers} with weights=None: a base with random weights "
+                f"is trained whole from the first epoch, nothing is frozen to unfreeze; set "
+                f"fine_tune_layers=0 (and more epochs), or give pretrained weights")
+        if self.epochs == 0 and not self.fine_tunes:
+            raise ValueError(
+                "epochs=0 skips the head phase and needs fine-tuning from the start: set "
+                "fine_tune_layers (!= 0) and fine_tune_epochs >= 1, or epochs >= 1")
+        for phase, epochs in (("epochs", self.epochs), ("fine_tune_epochs", self.fine_tune_epochs)):
+            if self.warmup_epochs and epochs and self.warmup_epochs >= epochs and (
+                    phase == "epochs" or self.fine_tunes):
+                raise ValueError(
+                    f"warmup_epochs={self.warmup_epochs} needs {phase} > {self.warmup_epochs} (each phase "
+                    f"warms up over its first warmup_epochs epochs, then trains at its rate), got {epochs}")
+        self._check_averaging()
+        self._check_train_on_val()
+        if self.keep_best_checkpoints is not None and self.keep_checkpoints is None:
+            raise ValueError(
+                f"keep_best_checkpoints={self.keep_best_checkpoints} with keep_checkpoints=None: every "
+                f"checkpoint is kept anyway; set keep_checkpoints to 0 (only the best) or k (the last k too)")
+        return self
+
+    def _check_averaging(self) -> None:
+        if self.swa_epochs is not None:
+            if self.ema is not None:
+                raise ModelConfigError(
+                    f"ema={self.ema} and swa_epochs={self.swa_epochs} both average the weights: set at most one "
+                    f"of them (ema: null or swa_epochs: null)")
+            if not self.fine_tunes or self.swa_epochs > self.fine_tune_epochs:
+                why = ("there is no fine-tuning phase (fine_tune_layers=0)" if not self.fine_tunes
+                       else f"fine_tune_epochs is {self.fine_tune_epochs}")
+                raise ModelConfigError(
+                    f"swa_epochs: got {self.swa_epochs}, expected null or an int in [1, fine_tune_epochs] (it "
+                    f"averages the last epochs of the fine-tuning phase), but {why}")
+
+    def _check_train_on_val(self) -> None:
+        if not self.train_on_val:
+            return
+        on_val = {"early_stopping_patience": (self.early_stopping_patience, "null"),
+                  "keep_best_checkpoints": (self.keep_best_checkpoints, "null")}
+        for key, (value, allowed) in on_val.items():
+            if value is not None:
+                raise ModelConfigError(
+                    f"{key}: got {value} with train_on_val=true, expected {allowed}: the validation split is "
+                    f"trained on, nothing is left to monitor")
+
+    @property
+    def fine_tunes(self) -> bool:
+        """True when `fine_tune_layers` asks for a fine-tuning phase (anything but `0` / `0.0`)."""
+        return isinstance(self.fine_tune_layers, FineTuneFrom) or self.fine_tune_layers != 0
+
+    @property
+    def from_scratch(self) -> bool:
+        """True when the base starts from random weights and is trained whole."""
+        return self.weights is None
+
+
+def augmenting(spec: ExperimentSpec) -> bool:
+    """True when `spec.augmentation` turns on at least one transform."""
+    return spec.augmentation is not None and bool(spec.augmentation.model_dump(exclude_defaults=True))
+
+
+def bypass_reason(spec: ExperimentSpec) -> Optional[str]:
+    """Why the spec as a whole cannot use the activation cache, or `None` when it can (per phase, see
+    `models.cache.split_model`). Here, not in `models.cache`, so the sweep's budget prediction
+    (`runner.search`) applies the same rule without importing TensorFlow."""
+    if not spec.activation_cache:
+        return "activation_cache is off"
+    if spec.augmentation is not None and spec.augmentation.mixes_batches:
+        return ("mixup / cutmix mix images and labels of each training batch anew every epoch; stored "
+                "features of single images cannot hold them, so the frozen layers run every epoch")
+    if augmenting(spec) and not spec.augmented_copies:
+        return ("augmentation acts on input pixels and augmented_copies is 0: every epoch needs new "
+                "random copies, so the frozen layers run every epoch")
+    return None
+
+
+def cache_entry_inputs(spec: ExperimentSpec) -> dict:
+    """The parameters an activation-cache entry's key holds as they are (`models.cache.cache_key` adds what
+    only a built model and a listed folder tell: the frozen weights' sha256, the split manifest, the cut
+    layer, the Keras and TensorFlow versions).
+
+    Args:
+        spec: the run's parameters.
+
+    Returns:
+        JSON-safe `{"base": canonical name, "base_kwargs", "image_size", "dtype", "augmentation",
+        "augmented_copies", "augmentation_seed"}`; the last three are `None`, `0`, `None` unless
+        augmentation is on (`augmenting`) with `augmented_copies`, so an all-off augmentation mapping
+        keys as no augmentation. With `train_on_val`, also `"train_on_val": True` (its entry's training
+        rows are the training and validation images; the split's manifest is the same), absent
+        otherwise so the keys of other runs do not change.
+    """
+    copies = spec.augmented_copies if augmenting(spec) else 0
+    inputs = {"base": canonical_base(spec.base), "base_kwargs": spec.base_kwargs, "image_size": spec.image_size,
+              "dtype": spec.activation_cache_dtype,
+              "augmentation": spec.augmentation.model_dump(mode="json") if copies else None,
+              "augmented_copies": copies, "augmentation_seed": spec.seed if copies else None}
+    return {**inputs, "train_on_val": True} if spec.train_on_val else inputs
+
+
+def cache_build_key(spec: ExperimentSpec) -> Optional[str]:
+    """Which activation-cache entries a run reads, from its parameters alone (no TensorFlow, no files read):
+    two runs with the same key read the same entries, so only the first one builds them.
+
+    The key hashes `cache_entry_inputs` and, for each part of `models.cache.cache_key` known only once
+    the run is under way, the parameters that decide it: the frozen weights (`weights`, and `warm_start`
+    with `warm_start_checkpoint`: a warm start's frozen layers hold its parent's weights), the split
+    manifest (`data_dir`, `max_images_per_class`, `val_fraction`, `test_fraction`, `seed`), the cut layers
+    (`fine_tune_layers` when fine-tuning) and where entries live (`cache_dir`). Anything else (learning
+    rate, head, epochs, ...) leaves it unchanged. `runner.search.duration` predicts a cache build with it.
+
+    Args:
+        spec: the run's parameters.
+
+    Returns:
+        32 hex digits (sha256), or `None` when the run builds no entry: it bypasses the cache
+        (`bypass_reason`) or trains its base from scratch (nothing frozen, `models.cache.split_model`).
+    """
+    if bypass_reason(spec) or spec.from_scratch:
+        return None
+    decided_by = spec.model_dump(mode="json", include={
+        "weights", "data_dir", "max_images_per_class", "val_fraction", "test_fraction", "seed", "cache_dir",
+        "fine_tune_layers", "warm_start", "warm_start_checkpoint"})
+    if not spec.fine_tunes:  # 0 and 0.0: one phase, one entry
+        decided_by["fine_tune_layers"] = 0
+    if spec.warm_start is None:  # the checkpoint of no parent
+        decided_by["warm_start_checkpoint"] = None
+    return sha256_json({**cache_entry_inputs(spec), **decided_by})[:32]

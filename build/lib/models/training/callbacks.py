@@ -1,0 +1,203 @@
+"""The training callbacks: the best-weights tracker across phases, checkpoints kept, epoch timing, linear warm-up, early stopping."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+import keras
+import numpy as np
+from ..spec import ExperimentSpec
+from ..names import CHECKPOINT_DIR, CHECKPOINT_PATTERN, EPOCH_LOG_KEYS, checkpoint_path
+
+
+_MONITORS = {name: (key, "min" if key == "val_loss" else "max") for name, key in EPOCH_LOG_KEYS.items()}
+
+
+def monitor_of(name: str) -> tuple[str, str]:
+    """The Keras log key and mode of a monitor (`early_stopping_monitor`, `checkpoint_monitor`).
+
+    For single-label classification the weighted recall is the accuracy:
+    `sum_c (n_c / n) * TP_c / n_c = sum_c TP_c / n`, so `"val_weighted_recall"`
+    follows Keras's `val_accuracy` (`models.names.EPOCH_LOG_KEYS`).
+
+    Args:
+        name: `"val_loss"`, `"val_accuracy"` or `"val_weighted_recall"`.
+
+    Returns:
+        `(key, mode)`: the key of the epoch logs (`"val_loss"` or
+        `"val_accuracy"`) and `"min"` (lower is better, the loss) or `"max"`.
+
+    Raises:
+        ValueError: `name` is none of those.
+    """
+    if name not in _MONITORS:
+        raise ValueError(f"monitor: got {name!r}, expected one of {', '.join(map(repr, _MONITORS))}")
+    return _MONITORS[name]
+
+
+def _rank_value(value: float, mode: str) -> float:
+    """A value to sort ascending (best first); non-finite values rank last."""
+    return (value if mode == "min" else -value) if np.isfinite(value) else np.inf
+
+
+def _best_index(values, mode: str) -> int:
+    """Index of the first best finite value (0 when none is finite), as `_BestWeights` keeps it."""
+    ranks = [_rank_value(v, mode) for v in values]
+    return int(np.argmin(ranks)) if ranks else 0
+
+
+class _FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """A `ModelCheckpoint` that saves the full model while the top part of a cut model is fitted.
+
+    The top part (`models.cache.FrozenSplit.top`) shares its layers with the
+    full model, so the full model's weights are the trained ones; saving
+    them keeps the per-epoch checkpoints loadable into the full model
+    whichever path trained it.
+    """
+
+    def __init__(self, full_model: keras.Model, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._full_model = full_model
+
+    def set_model(self, model):
+        super().set_model(self._full_model)
+
+
+class _BestWeights(keras.callbacks.Callback):
+    """Keeps a copy, in memory, of the full model's weights at the best finite monitored value so far.
+
+    One instance spans both phases; the first epoch of a tie wins. In memory
+    rather than a `ModelCheckpoint` file: writing the whole model (59 MB for
+    VGG16) at every improvement cost more than an epoch of head training on
+    cached activations.
+
+    Args:
+        full_model: the model whose weights are kept.
+        monitor: a `monitor_of` name. Defaults to `"val_loss"`.
+    """
+
+    def __init__(self, full_model: keras.Model, monitor: str = "val_loss"):
+        super().__init__()
+        self.key, self.mode = monitor_of(monitor)
+        self.full_model, self.best, self.weights = full_model, np.inf, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        rank = _rank_value((logs or {}).get(self.key, np.nan), self.mode)
+        if rank < self.best:
+            self.best, self.weights = rank, self.full_model.get_weights()
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Adds `epoch_s`, the epoch's wall-clock seconds (training + validation), to the logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["epoch_s"] = time.perf_counter() - self._start
+
+
+class _KeepCheckpoints(keras.callbacks.Callback):
+    """Deletes the per-epoch checkpoints that neither rule keeps: the last `keep_last`, the `keep_best` best.
+
+    One instance spans both phases (epochs are numbered across them) and
+    runs after the `ModelCheckpoint` that wrote the epoch's file. Best is by
+    the monitored value (`monitor_of`), the earlier epoch first on a tie,
+    non-finite values last.
+
+    Args:
+        run_dir: the run folder (`<run_dir>/checkpoints/`).
+        keep_last: how many of the last epochs to keep (0: none by this rule).
+        keep_best: how many of the best epochs to keep, or `None` (none by
+            this rule).
+        monitor: a `monitor_of` name. Defaults to `"val_loss"`.
+    """
+
+    def __init__(self, run_dir: Path, keep_last: int, keep_best: int | None, monitor: str = "val_loss"):
+        super().__init__()
+        self.run_dir, self.keep_last, self.keep_best = run_dir, keep_last, keep_best or 0
+        self.key, self.mode = monitor_of(monitor)
+        self.values: dict[int, float] = {}
+
+    def kept_epochs(self) -> set[int]:
+        """The 1-based epochs whose files are kept, of those seen so far."""
+        epochs = sorted(self.values)
+        last = epochs[max(0, len(epochs) - self.keep_last):] if self.keep_last else []
+        ranked = sorted(epochs, key=lambda e: (_rank_value(self.values[e], self.mode), e))
+        return set(last) | set(ranked[:self.keep_best])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.values[epoch + 1] = float((logs or {}).get(self.key, np.nan))
+        kept = self.kept_epochs()
+        for old in self.values:
+            if old not in kept:
+                checkpoint_path(self.run_dir, old).unlink(missing_ok=True)
+
+
+def _checkpoint_keeper(output_dir: Path, spec: ExperimentSpec) -> _KeepCheckpoints | None:
+    """The run's one `_KeepCheckpoints`, or `None` when every checkpoint is kept (or none written)."""
+    if spec.keep_checkpoints is None or not (spec.keep_checkpoints or spec.keep_best_checkpoints):
+        return None
+    return _KeepCheckpoints(output_dir, spec.keep_checkpoints, spec.keep_best_checkpoints,
+                            spec.checkpoint_monitor)
+
+
+def _checkpoint_callbacks(model: keras.Model, output_dir: Path, spec: ExperimentSpec,
+                          keeper: _KeepCheckpoints | None) -> list[keras.callbacks.Callback]:
+    if spec.keep_checkpoints == 0 and not spec.keep_best_checkpoints:
+        return []
+    callbacks = [_FullModelCheckpoint(
+        model, output_dir / CHECKPOINT_DIR / CHECKPOINT_PATTERN, save_weights_only=True)]
+    return callbacks + ([keeper] if keeper else [])
+
+
+def _learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class _LinearWarmup(keras.callbacks.Callback):
+    """Linear learning-rate warm-up over a phase's first `warmup_steps` steps (Goyal et al. 2017).
+
+    Step `i` (0-based in the phase) trains at `rate * i / warmup_steps`, as
+    `keras.optimizers.schedules.CosineDecay` warms up from 0 to its
+    `warmup_target`; from step `warmup_steps` on, at `rate`. `rate` is the
+    optimizer's rate at the start of each epoch, so a `step` schedule placed
+    before this callback sets it; a `plateau` reduction during the warm-up
+    (seen as a changed rate at the end of an epoch) scales it. Between
+    epochs the optimizer holds the un-warmed rate; the epoch's logged
+    `learning_rate` is the rate of its last step.
+
+    Args:
+        warmup_steps: steps (batches) of the warm-up, >= 1.
+    """
+
+    def __init__(self, warmup_steps: int):
+        super().__init__()
+        self.warmup_steps, self.step, self._last = warmup_steps, 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.rate = _learning_rate(self.model)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.step <= self.warmup_steps:
+            self._last = self.rate * self.step / self.warmup_steps
+            self.model.optimizer.learning_rate = self._last
+        self.step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._last is None:
+            return
+        current = _learning_rate(self.model)
+        used = float(np.float32(self._last))
+        if used > 0 and not np.isclose(current, used, rtol=1e-5):  # a plateau reduction
+            self.rate *= current / used
+        if logs is not None:
+            logs["learning_rate"] = used
+        self.model.optimizer.learning_rate = self.rate
+        self._last = None
+
+
+def _early_stopping(spec: ExperimentSpec) -> keras.callbacks.EarlyStopping:
+    """A phase's `EarlyStopping` on `spec.early_stopping_monitor` (`monitor_of`: its key and mode)."""
+    key, mode = monitor_of(spec.early_stopping_monitor)
+    return keras.callbacks.EarlyStopping(monitor=key, mode=mode, patience=spec.early_stopping_patience)

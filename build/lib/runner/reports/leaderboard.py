@@ -1,0 +1,636 @@
+"""Rank run records into `leaderboard.html`, `leaderboard.csv` and `lineage.html`.
+
+Usage: `python runner/leaderboard.py [--logs-dir logs] [--out leaderboard.html]
+[--metric weighted_recall] [--top-n 10]`. The sweep calls `write_leaderboard`
+at its end with the grid's `metric` and `top_n`.
+
+The records are read once (`runner.records.query.read_all`), the metric is validated
+once (`runner.records.query.parse_metric`) and the runs are ranked by `runner.records.query.rank`:
+by default on the **validation** split (`weighted_recall` is
+`val_weighted_recall`); the test figures are shown beside it for reporting. A
+schema-1 record (no validation metrics) ranks by its test figure, marked `*`.
+
+The page is one static, self-contained html file that works offline
+(`runner/reports/templates/leaderboard.html`, rendered with Jinja2, every value
+escaped): its CSS and script (`runner/reports/assets/`) and its figures
+(PNG data URIs) are inlined. At the top, the ranking figure of every ranked
+run by base and head (a strip over a box plot) and the best run's confusion
+matrix (test split: its saved picture, or a table of its counts); then the top runs, best first (ties keep the earlier
+run). The repeats of one configuration over seeds (`repeats:`, `runner.records.groups`) are one row, ranked by
+their mean: its figures are mean ± sample standard deviation, with n and min-max, its runs listed under a
+`<details>`, and the plot gets a panel of each such configuration's spread; a board without repeats says
+that differences below the seed spread are not meaningful and how to measure it. Click a header to sort, type to filter, tick "show all parameters" to
+see the parameter columns that are the same for every run shown. Each run id
+links to its saved notebook html and its node in `lineage.html`, each parent
+to its row. Then the refits of a grid with `refit: true` (`RunRecord.refit_of`: the best configuration
+trained again on train + validation; test figures only, never ranked) beside their originals' test
+figures, pruned runs (with the epoch they reached), runs that did not
+complete (the `MAX_LISTED` most recent of each, and a count), completed runs
+without a figure for the metric, and unreadable records. The page embeds only
+what it shows, so it stays small however many records there are.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import gc
+import io
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+from urllib.parse import quote
+
+
+import numpy as np
+from markupsafe import Markup
+
+from models.bases.registry import canonical_base
+from models.names import DEFAULT_METRIC
+from runner.reports import plots as metric_plot
+from runner.reports.compare_data import compare_payload, inline_json
+from runner.reports.stats import P_VALUE_MEANING, format_p, top_two
+from runner.reports.lineage import node_id, render_lineage
+from runner.records.groups import GROUP_FREE_PARAMS, Group, format_spread, group_ranked, has_repeats
+from runner.records.query import Ranking, RecordSet, parse_metric, rank, read_all
+from runner.records import (
+    COMPLETED, ENSEMBLE, PRUNED, RANKING_METRICS, RunRecord, SplitMetrics, write_page,
+)
+from runner.reports.templates import render
+
+LINEAGE_FILE = "lineage.html"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+"""`leaderboard.css` and `leaderboard.js`, inlined into every page (no file beside the page, no network)."""
+MAX_LISTED = 50
+"""Rows listed per section of runs that are not ranked (pruned, not completed, ...); the rest are counted."""
+REPORTED_TEST_METRICS = tuple(dict.fromkeys(("accuracy", DEFAULT_METRIC)))
+"""Test-split figures always shown beside the ranking figure (with the ranking metric's own): accuracy and
+the default metric (`models.names.DEFAULT_METRIC`)."""
+SCHEMA1_NOTE = "schema 1: no validation metrics, ranked by test"
+MAX_SPREAD_GROUPS = 20
+"""Configurations with repeats drawn in the metric plot's spread panel (the best by mean)."""
+SPLIT_WORDS = {"val": "validation split", "test": "test split"}
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """What `write_leaderboard` wrote.
+
+    Attributes:
+        ranking: the validated metric the runs were ranked by.
+        ranked: the completed runs with a figure for `ranking`, best first.
+        page_path, csv_path, lineage_path: the files written (absolute).
+        unranked: completed runs without a figure for `ranking` (e.g.
+            ensembles under a validation ranking), in run-id order.
+        groups: `ranked` by configuration (`runner.records.groups.group_ranked`),
+            best mean first.
+    """
+
+    ranking: Ranking
+    ranked: list[RunRecord]
+    page_path: Path
+    csv_path: Path
+    lineage_path: Path
+    unranked: list[RunRecord] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+
+    @property
+    def best(self) -> Optional[RunRecord]:
+        """The first ranked run, or `None` when none ranks."""
+        return self.ranked[0] if self.ranked else None
+
+    def summary(self) -> str:
+        """One line for the command line, e.g. `wrote leaderboard.html (3 ranked runs; best val_weighted_recall 0.9000 (<run id>))`."""
+        best = self.best
+        text = f"wrote {self.page_path.name} ({len(self.ranked)} ranked runs"
+        if best is not None:
+            split = self.ranking.split_of(best)
+            marked = f", {split}" if split != self.ranking.split else ""
+            text += f"; best {self.ranking.column} {self.ranking.value(best):.4f} ({best.run_id}{marked})"
+        if has_repeats(self.groups):
+            top = self.groups[0]
+            text += (f"; best configuration {self.ranking.column} {format_spread(top)} over {top.n} seed"
+                     f"{'s' * (top.n > 1)} ({top.best.run_id})")
+        return text + ")"
+
+
+@dataclass(frozen=True)
+class _Link:
+    text: str
+    href: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class _Figure:
+    text: str
+    mark: bool = False
+    sort: Optional[str] = None  # the sort key when the text is not a number (a group's mean ± std)
+
+
+@dataclass
+class _Section:
+    """One table of the page: the rows shown (at most `MAX_LISTED`, or the top N) out of `total`."""
+
+    rows: list = field(default_factory=list)
+    total: int = 0
+    figure_columns: list[str] = field(default_factory=list)
+    params: list[dict[str, Any]] = field(default_factory=list)  # the board's: {"name", "same"}
+    n_same: int = 0  # the board's parameters that are the same on every row
+    schema1: bool = False  # a row's ranking figure is a schema-1 test figure (footnote)
+    repeats: bool = False  # a row groups several runs (seeds) of one configuration
+
+    @property
+    def more(self) -> int:
+        return self.total - len(self.rows)
+
+
+_to_json = json.JSONEncoder(sort_keys=True).encode
+_param_texts: dict[tuple[type, Any], str] = {}
+_HASHABLE = frozenset((int, float, bool, type(None)))
+
+
+def _param_value(value: Any) -> str:
+    """A parameter as the page and the csv show it: a string as it is, anything else as JSON (sorted keys).
+
+    Memoized on `(type, repr)`: a sweep's parameters take few distinct values
+    and JSON-encoding each of 10,000 runs' 40 parameters anew is most of the
+    csv's time.
+    """
+    cls = value.__class__
+    if cls is str:
+        return value
+    key = (cls, value) if cls in _HASHABLE else (cls, repr(value))
+    text = _param_texts.get(key)
+    if text is None:
+        if len(_param_texts) > 100_000:
+            _param_texts.clear()
+        text = _param_texts[key] = value if isinstance(value, str) else _to_json(value)
+    return text
+
+
+def _number(value: Optional[float], digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _split_metrics(record: RunRecord, split: str) -> Optional[SplitMetrics]:
+    return record.val_metrics if split == "val" else record.metrics
+
+
+def split_figure(record: RunRecord, column: str) -> Optional[float]:
+    """A record's figure by column name, e.g. `"val_weighted_recall"`, `"test_accuracy"`.
+
+    Args:
+        record: a run record.
+        column: `"val_"` or `"test_"` followed by a `RANKING_METRICS` key (read by
+            `runner.records.query.parse_metric`).
+
+    Returns:
+        The float in [0, 1], or `None` when the record has no metrics for that split (a
+        schema-1 record's missing validation figures are not replaced by its test ones here).
+
+    Raises:
+        ConfigError: `column` is no metric name.
+    """
+    figure = parse_metric(column, "column")
+    metrics = _split_metrics(record, figure.split)
+    return None if metrics is None else getattr(metrics, figure.metric)
+
+
+def figure_columns(ranking: Ranking) -> list[str]:
+    """The figure columns of the board: the ranking column first, then its other split's, then the reported test figures.
+
+    Args:
+        ranking: from `parse_metric`.
+
+    Returns:
+        E.g. `["val_weighted_recall", "test_weighted_recall", "test_accuracy"]`.
+    """
+    other = "test" if ranking.split == "val" else "val"
+    columns = [ranking.column, f"{other}_{ranking.metric}", *(f"test_{m}" for m in REPORTED_TEST_METRICS)]
+    return list(dict.fromkeys(columns))
+
+
+def _href(path: Optional[Path], page_dir: Path) -> Optional[str]:
+    """A relative, URL-quoted href from the page to `path`, or `None`."""
+    return None if path is None else quote(Path(os.path.relpath(path, page_dir)).as_posix(), safe="/~")
+
+
+def _fragment(run_id: str) -> str:
+    """`#run-<run_id>`, quoted for a URL (the template escapes it for the attribute)."""
+    return "#" + quote(node_id(run_id), safe="")
+
+
+def _asset(name: str) -> Markup:
+    """One of `ASSETS_DIR`'s files, inlined as it is (the project's own CSS or script)."""
+    return Markup((ASSETS_DIR / name).read_text(encoding="utf-8"))
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def base_head_group(record: RunRecord) -> str:
+    """A record's group in the metric plot: `"<base> + <head>"`, `"<base>"` without a head, `"ensemble"` for ensembles.
+
+    Args:
+        record: a run record.
+
+    Returns:
+        The group's label.
+    """
+    base = record.params.get("base")
+    if base is None:
+        base = record.kind
+    elif isinstance(base, str):  # `VGG16` and `vgg16` are one group
+        base = canonical_base(base)
+    head = record.params.get("head")
+    return f"{base} + {head}" if head else str(base)
+
+
+def metric_plot_data(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[dict[str, Any]]:
+    """What the metric plot shows (`runner.reports.plots.draw`): the ranking figure per base and head, every run a point.
+
+    Groups are ordered by median, best at the top; the best run is a red
+    star. The axis names the column and its split (schema-1 runs: their
+    test figure, said on the axis).
+
+    Args:
+        ranked: `runner.records.query.rank`'s output (best first).
+        ranking: what they were ranked by.
+
+    Returns:
+        A JSON-able dict (`groups`, `values`, `best`, `xlabel`), or `None`
+        when `ranked` is empty.
+    """
+    if not ranked:
+        return None
+    values_of: dict[str, list[float]] = {}
+    for rec in ranked:
+        values_of.setdefault(base_head_group(rec), []).append(ranking.value(rec))
+    order = sorted(values_of, key=lambda g: float(np.median(values_of[g])))  # stable: ties keep first-seen order
+    best = ranked[0]
+    schema1 = any(ranking.split_of(rec) != ranking.split for rec in ranked)
+    xlabel = f"{ranking.column} ({SPLIT_WORDS[ranking.split]}{'; schema 1 runs: test split' if schema1 else ''})"
+    data = {"groups": order, "values": [values_of[g] for g in order],
+            "best": {"value": ranking.value(best), "position": order.index(base_head_group(best)) + 1,
+                     "label": f"best: {best.run_id} ({ranking.value(best):.4f})"},
+            "xlabel": xlabel}
+    repeated = [(position, group) for position, group in enumerate(group_ranked(ranked, ranking), start=1)
+                if group.n > 1][:MAX_SPREAD_GROUPS]
+    if repeated:  # worst mean first: the best configuration at the top, as above
+        data["spread"] = {"groups": [_group_label(position, group) for position, group in reversed(repeated)],
+                          "values": [list(group.values) for _, group in reversed(repeated)],
+                          "means": [group.mean for _, group in reversed(repeated)],
+                          "xlabel": f"{xlabel}: spread over seeds per configuration"}
+    return data
+
+
+def _group_label(position: int, group: Group) -> str:
+    """`#1 mb224_ft (n=3)`: a configuration's leaderboard rank, its best run's name (or id), its repeats."""
+    return f"#{position} {group.best.name or group.best.run_id} (n={group.n})"
+
+
+def metric_plot_png(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[bytes]:
+    """The metric plot (`metric_plot_data`) drawn in this process.
+
+    Args:
+        ranked: `runner.records.query.rank`'s output (best first).
+        ranking: what they were ranked by.
+
+    Returns:
+        PNG bytes, or `None` when `ranked` is empty.
+    """
+    data = metric_plot_data(ranked, ranking)
+    return None if data is None else metric_plot.draw(data)
+
+
+def confusion_matrix_png(record: RunRecord, logs_dir: str | Path) -> Optional[bytes]:
+    """The run's saved confusion matrix picture (test split), as the notebook drew it.
+
+    Args:
+        record: the run record.
+        logs_dir: folder of the record (its `paths` are relative to it).
+
+    Returns:
+        The bytes of the run's `confusion_matrix` PNG, or `None` when the
+        record has none or the file is missing or not a PNG (the page then
+        shows `confusion_matrix_table`).
+    """
+    saved_path = record.path_of("confusion_matrix", logs_dir)
+    if saved_path is None:
+        return None
+    try:
+        saved = saved_path.read_bytes()
+    except OSError:
+        return None
+    return saved if saved.startswith(b"\x89PNG") else None
+
+
+MAX_TABLE_CLASSES = 40
+"""Largest confusion matrix drawn as a table on the page (classes)."""
+
+
+def confusion_matrix_table(record: RunRecord) -> Optional[dict[str, Any]]:
+    """The run's confusion matrix (test split) as a shaded html table, for a run without a saved picture.
+
+    A table instead of a drawing: exact counts, selectable text, and no
+    matplotlib figure with a text per cell (drawing 10x10 counts took half a
+    second; `bench/leaderboard_bench.py`).
+
+    Args:
+        record: the run record.
+
+    Returns:
+        `{"labels": [class name], "rows": [(class name, [(count, shade)])]}`,
+        rows true classes, columns predicted (`shade` in [0, 1], the count
+        over the largest count), labelled with `data.class_names` when they
+        fit (else `0..n-1`); `None` when the record has no square matrix or
+        more than `MAX_TABLE_CLASSES` classes.
+    """
+    matrix = record.metrics.confusion_matrix if record.metrics else []
+    n = len(matrix)
+    if not n or n > MAX_TABLE_CLASSES or any(len(row) != n for row in matrix):
+        return None
+    names = list(record.data.class_names) if record.data else []
+    labels = names if len(names) == n else [str(i) for i in range(n)]
+    top = max(max(row) for row in matrix) or 1
+    return {"labels": labels,
+            "rows": [(label, [(count, round(count / top, 3)) for count in row]) for label, row in zip(labels, matrix)]}
+
+
+def _most_recent(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """Newest first (run ids start with the UTC start time), at most `MAX_LISTED`."""
+    return sorted(records, key=lambda rec: rec.run_id, reverse=True)[:MAX_LISTED]
+
+
+def _note(record: RunRecord) -> str:
+    return f"{record.error.ename}: {record.error.evalue}" if record.error else ""
+
+
+def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunRecord], top_n: int,
+                       page_dir: Path, confusion_png: Optional[bytes] = None,
+                       plot_png: Optional[bytes] = None) -> str:
+    """The leaderboard page as one self-contained html string (inline CSS, JS and images).
+
+    Args:
+        found: every record (`runner.records.query.read_all`).
+        ranking: the metric `ranked` is ranked by.
+        ranked: `runner.records.query.rank(found.records, ranking)`.
+        top_n: number of rows shown in the table: configurations, the
+            repeats of each grouped into one row (`runner.records.groups`).
+        page_dir: folder the page is written to (links are relative to it).
+        confusion_png: PNG bytes of the best run's saved confusion matrix
+            (`confusion_matrix_png`). Defaults to `None`: the page shows
+            `confusion_matrix_table` of the best run instead.
+        plot_png: PNG bytes of the metric plot (`metric_plot_png`). Defaults
+            to `None`: drawn here (`write_leaderboard` has a child process
+            draw it beside the other work, `runner.reports.plots.PlotProcess`).
+
+    Returns:
+        A complete html document (`runner/reports/templates/leaderboard.html`); every
+        value from a record is escaped and nothing is loaded from another host.
+    """
+    logs_dir = found.logs_dir
+    by_id = found.by_id()
+    groups = group_ranked(ranked, ranking)
+    repeats = has_repeats(groups)
+    shown_groups = groups[:top_n]
+    shown = [rec for group in shown_groups for rec in group.runs]  # every run of the rows shown
+    on_page = {rec.run_id for rec in shown}
+
+    def run_link(rec: RunRecord) -> _Link:
+        return _Link(rec.run_id, _href(rec.path_of("html", logs_dir), page_dir))
+
+    def parent_link(parent_id: Optional[str]) -> _Link:
+        if not parent_id:
+            return _Link("")
+        if parent_id in on_page:
+            return _Link(parent_id, _fragment(parent_id))
+        parent = by_id.get(parent_id)
+        return run_link(parent) if parent is not None else _Link(parent_id)
+
+    def ranked_figure(rec: RunRecord) -> _Figure:
+        return _Figure(_number(ranking.value(rec)), mark=ranking.split_of(rec) != ranking.split)
+
+    def group_figure(group: Group, column: Optional[str] = None) -> _Figure:
+        """A row's figure: the run's own, or for repeats mean ± std (sorted by the mean)."""
+        if group.n == 1:
+            rec = group.runs[0]
+            return ranked_figure(rec) if column is None else _Figure(_number(split_figure(rec, column)))
+        if column is None:
+            return _Figure(format_spread(group), sort=_number(group.mean),
+                           mark=any(ranking.split_of(rec) != ranking.split for rec in group.runs))
+        figures = [v for v in (split_figure(rec, column) for rec in group.runs) if v is not None]
+        if not figures:
+            return _Figure("")
+        spread = Group(group.key, group.runs, tuple(figures), group.best)
+        return _Figure(format_spread(spread), sort=_number(spread.mean))
+
+    def group_param(group: Group, name: str) -> str:
+        """A row's parameter: its best run's, or for `seed` and `name` every repeat's, comma-separated."""
+        if group.n > 1 and name in GROUP_FREE_PARAMS:
+            given = [rec.params[name] for rec in group.runs if rec.params.get(name) is not None]
+            if all(type(value) is int for value in given):  # seeds in order
+                given = sorted(given)
+            return ", ".join(dict.fromkeys(_param_value(value) for value in given))
+        return _param_value(group.best.params[name]) if name in group.best.params else ""
+
+    columns = figure_columns(ranking)
+    param_names = list(dict.fromkeys(name for rec in shown for name in rec.params))
+    values = {name: {_param_value(rec.params[name]) for rec in shown if name in rec.params} for name in param_names}
+    differing = [name for name in param_names if len(values[name]) > 1] if len(shown) > 1 else []
+    params = differing + [name for name in param_names if name not in differing]
+    board = _Section(total=len(shown_groups), figure_columns=columns, n_same=len(params) - len(differing),
+                     params=[{"name": name, "same": name not in differing} for name in params])
+    board.repeats = repeats
+    for position, group in enumerate(shown_groups, start=1):
+        rec = group.best  # the row's run: the group's best on the validation split
+        board.rows.append({
+            "anchor": node_id(rec.run_id), "rank": position, "run": run_link(rec),
+            "ensemble": rec.kind == ENSEMBLE, "tree_href": LINEAGE_FILE + _fragment(rec.run_id),
+            "figures": [group_figure(group), *(group_figure(group, c) for c in columns[1:])],
+            "n": group.n, "range": f"{group.min:.4f}–{group.max:.4f}" if group.n > 1 else "",
+            "repeats": [{"anchor": node_id(each.run_id) if each is not rec else None, "run": run_link(each),
+                         "seed": _param_value(each.params.get("seed")), "figure": ranked_figure(each)}
+                        for each in group.runs] if group.n > 1 else [],
+            "epochs_run": rec.epochs_run, "train_s": _number(rec.timings.train_s, 1),
+            "parent": parent_link(rec.parent_run_id), "rerun_of": parent_link(rec.rerun_of),
+            "params": [(group_param(group, name), name not in differing) for name in params],
+        })
+    board.schema1 = any(row["figures"][0].mark for row in board.rows)
+
+    pruned_records = [rec for rec in found.records if rec.status == PRUNED]
+    pruned = _Section(total=len(pruned_records))
+    pruned.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "epochs_run": rec.epochs_run,
+                    "figure": ranked_figure(rec), "note": _note(rec)} for rec in _most_recent(pruned_records)]
+    failed_records = [rec for rec in found.records if rec.status not in (COMPLETED, PRUNED)]
+    failed = _Section(total=len(failed_records))
+    failed.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "status": rec.status, "note": _note(rec)}
+                   for rec in _most_recent(failed_records)]
+    refit_records = [rec for rec in found.records if rec.refit_of is not None and rec.status == COMPLETED]
+    test_columns = [column for column in columns if column.startswith("test_")]
+    refits = _Section(total=len(refit_records), figure_columns=test_columns)
+    refits.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "refit_of": parent_link(rec.refit_of),
+                    "epochs_run": rec.epochs_run,
+                    "train_images": sum((rec.data.counts.get("train") or {}).values()) if rec.data else "",
+                    "figures": [_Figure(_number(split_figure(rec, c))) for c in test_columns],
+                    "original": [_Figure(_number(split_figure(by_id[rec.refit_of], c))) if rec.refit_of in by_id
+                                 else _Figure("") for c in test_columns]}
+                   for rec in _most_recent(refit_records)]
+    ranked_ids = {rec.run_id for rec in ranked}
+    unranked_records = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids
+                        and rec.refit_of is None]  # refits have a section of their own
+    unranked = _Section(total=len(unranked_records), figure_columns=columns[1:])
+    unranked.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "kind": rec.kind,
+                      "figures": [_Figure(_number(split_figure(rec, c))) for c in columns[1:]]}
+                     for rec in _most_recent(unranked_records)]
+    unreadable = _Section(rows=list(found.unreadable.items())[:MAX_LISTED], total=len(found.unreadable))
+
+    plot = plot_png if plot_png is not None else metric_plot_png(ranked, ranking)
+    figures = {"metric_plot": _data_uri(plot) if plot else None,
+               "confusion": _data_uri(confusion_png) if confusion_png and ranked else None,
+               "confusion_table": confusion_matrix_table(ranked[0]) if ranked and not confusion_png else None}
+    best = {"run_id": ranked[0].run_id, "fragment": _fragment(ranked[0].run_id)} if ranked else None
+    return render("leaderboard.html", ranking=ranking, split_words=SPLIT_WORDS[ranking.split],
+                  css=_asset("leaderboard.css"), js=_asset("leaderboard.js"),
+                  generated=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", lineage_href=LINEAGE_FILE,
+                  n_ranked=len(ranked), n_groups=len(groups), max_spread=MAX_SPREAD_GROUPS, figures=figures, best=best,
+                  schema1_note=SCHEMA1_NOTE,
+                  board=board, refits=refits, pruned=pruned, failed=failed, unranked=unranked,
+                  unreadable=unreadable,
+                  compare_json=inline_json(compare_payload(shown)), p_meaning=P_VALUE_MEANING, format_p=format_p,
+                  top_two=top_two(*([g.best, *(r for r in g.runs if r is not g.best)] for g in shown_groups[:2]),
+                                  ranking.metric, logs_dir) if len(shown_groups) > 1 else None)
+
+
+CSV_COLUMNS = ("rank", "run_id", "name", "status", "kind", "ranked_by", "ranked_split",
+               *(f"val_{m}" for m in RANKING_METRICS), *(f"test_{m}" for m in RANKING_METRICS),
+               "epochs_run", "best_epoch", "best_phase", "train_s", "eval_s", "total_s",
+               "parent_run_id", "started_at", "finished_at",
+               "group_hash", "group_rank", "group_n", "group_mean", "group_std", "group_min", "group_max")
+"""The columns of `leaderboard.csv` before the `param.<name>` columns. `group_*`: the run's configuration
+(`runner.records.groups`): its rank by mean, its number of repeats, and the mean, sample standard deviation
+(empty for one run), minimum and maximum of their ranking figures."""
+
+
+def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Sequence[RunRecord] = ()) -> str:
+    """`leaderboard.csv`: every completed run, ranked, with its validation and test figures and all parameters.
+
+    The runs are listed by configuration, as the page's rows: configurations
+    by the mean of their repeats, best first, and within one its runs best
+    first; each run's `group_*` columns give its configuration's rank and
+    figures (the same on every run of the group, so one row per
+    configuration is `drop_duplicates("group_rank")`). Without repeats this
+    is the order of `ranked`.
+
+    Args:
+        ranked: the ranked runs, best first (`rank` 1..n).
+        ranking: what they were ranked by (`ranked_by` is its column,
+            `ranked_split` the split each figure came from: `val`, `test`
+            or `test (schema 1)`).
+        unranked: completed runs without a figure for `ranking`, listed
+            after the ranked ones with an empty `rank`. Defaults to none.
+
+    Returns:
+        The CSV text: `CSV_COLUMNS`, then `param.<name>` for every parameter
+        of any run (strings as they are, other values as JSON); empty cells
+        for missing values.
+    """
+    groups = group_ranked(ranked, ranking)
+    group_of = {rec.run_id: (position, group) for position, group in enumerate(groups, start=1) for rec in group.runs}
+    ranked = [rec for group in groups for rec in group.runs]
+    rows = [*ranked, *unranked]
+    params = list(dict.fromkeys(name for rec in rows for name in rec.params))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS, *(f"param.{name}" for name in params)])
+    blank = [None] * len(RANKING_METRICS)
+    for position, rec in enumerate(rows, start=1):
+        is_ranked = position <= len(ranked)
+        val = [getattr(rec.val_metrics, m) for m in RANKING_METRICS] if rec.val_metrics else blank
+        test = [getattr(rec.metrics, m) for m in RANKING_METRICS] if rec.metrics else blank
+        values = rec.params
+        writer.writerow([
+            position if is_ranked else None, rec.run_id, rec.name, rec.status, rec.kind,
+            ranking.column, ranking.split_of(rec) if is_ranked else None, *val, *test,
+            rec.epochs_run, rec.best_epoch, rec.best_phase,
+            rec.timings.train_s, rec.timings.eval_s, rec.timings.total_s,
+            rec.parent_run_id, rec.started_at, rec.finished_at, rec.group_hash,
+            *(_group_columns(*group_of[rec.run_id]) if is_ranked else [None] * 6),
+            *[_param_value(values[name]) if name in values else None for name in params]])
+    return out.getvalue()
+
+
+def _group_columns(position: int, group: Group) -> list:
+    """`group_rank`, `group_n`, `group_mean`, `group_std`, `group_min`, `group_max` of a csv row."""
+    return [position, group.n, group.mean, group.std, group.min, group.max]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while records are read and the pages built.
+
+    Reading 10,000 records makes millions of objects that all stay alive;
+    each automatic collection walks all of them again, which cost about a
+    third of the time (measured with `bench/leaderboard_bench.py`). Nothing
+    here makes much cyclic garbage (the figures' is collected afterwards).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = DEFAULT_METRIC,
+                      top_n: int = 10) -> Leaderboard:
+    """Read every record in `logs_dir` once; write the leaderboard html, its csv and the lineage page.
+
+    The html (`render_leaderboard`, with the best run's `confusion_matrix_png`)
+    goes to `out_path`, the csv (`leaderboard_csv`: every completed run
+    ranked) beside it with the suffix `.csv`, and the lineage tree of warm
+    starts to `lineage.html` in the same folder; each written atomically
+    (`runner.records.write_text_atomic`).
+
+    Args:
+        logs_dir: folder of the JSON records.
+        out_path: path of the html page.
+        metric: ranking metric, a `runner.records.query.METRIC_NAMES` name
+            (`weighted_recall`: validation split; `test_weighted_recall`: test
+            split). Defaults to `models.names.DEFAULT_METRIC`.
+        top_n: ranked runs shown in the html. Defaults to `10`.
+
+    Returns:
+        A `Leaderboard` (the ranking, the ranked records, the files written).
+
+    Raises:
+        ConfigError: unknown `metric` (nothing is read or written).
+        FatalError: a file cannot be written (disk full, read-only folder);
+            the message names the file and the reason, and the previous
+            version of that file is left intact.
+    """
+    ranking = parse_metric(metric)
+    logs_dir, out_path = Path(logs_dir).resolve(), Path(out_path).resolve()
+    with metric_plot.PlotProcess() as plotter, _gc_paused():  # the child imports matplotlib meanwhile
+        found = read_all(logs_dir)
+        ranked = rank(found.records, ranking)
+        if ranked:
+            plotter.submit(metric_plot_data(ranked, ranking))  # drawn on the other core from here on
+        ranked_ids = {rec.run_id for rec in ranked}
+        unranked = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids]
+        confusion = confusion_matrix_png(ranked[0], logs_dir) if ranked else None
+        board = Leaderboard(ranking, ranked, out_path, out_path.with_suffix(".csv"),
+                            out_path.parent / LINEAGE_FILE, unranked, group_ranked(ranked, ranking))
+        table = leaderboard_csv(ranked, ranking, unranked)
+        lineage = render_lineage(found.records, ranking, logs_dir, out_path.parent, out_path.name)
+        page = render_leaderboard(found, ranking, ranked, top_n, out_path.parent, confusion, plotter.result())
+    write_page(board.page_path, page)
+    write_page(board.csv_path, table)
+    write_page(board.lineage_path, lineage)
+    return board

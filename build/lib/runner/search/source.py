@@ -1,0 +1,370 @@
+"""The ask-and-tell loop of a search: `SearchSource` feeds the sweep one proposed run at a time, tells each result back.
+
+A grid file with a `search:` block (`SearchSpec`) turns its `grid` mapping
+into a search space: a list is a categorical choice, `{low, high, log, step}`
+a float range, `{int: [low, high], step, log}` an integer range
+(`parse_space`). Optuna is the oracle and nothing else, as keras-tuner's
+`Oracle` is: it proposes parameters (`grid`: `GridSampler`, `random`:
+`RandomSampler`, `tpe`: `TPESampler` with `constant_liar`, so runs in
+parallel sample different points) and decides pruning (`median`,
+`successive_halving`, `hyperband`: Optuna's pruners). Each proposal becomes
+a `RunSpec` through the same `runner.grid.RunBuilder` as a grid point, so
+execution, records, resume and the leaderboard do not care where a run came
+from. The run's trial reaches its kernel as the notebook parameter
+`pruning`, with the grid's metric on the validation split (its `metric`, e.g.
+`val_weighted_recall`); `models.pruning` reports that figure after each epoch
+and asks whether to stop, so a search prunes on what it ranks.
+
+The study lives in `logs/<grid file stem>-<8 hex>.optuna.journal` (Optuna's
+`JournalFileBackend`, which works for Dask workers on a shared filesystem
+too; the hex digits hash the grid file's resolved path and its search space,
+`runner.search.study.study_path`), so the same command again continues it:
+`n_runs` counts completed and pruned trials; a trial left running by a killed
+sweep, or whose run was interrupted or failed, is marked failed and its
+parameters are enqueued to be run again. The study is a cache of the run
+records, which are the truth: a journal with an unfinished last line is cut
+back, an unreadable one is moved aside (`open_study`), and `SearchSource.restore`
+gives a new, rebuilt or cut-back study a trial for every finished point of
+the records that its space holds, so no finished run is lost or run twice.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+
+from runner.errors import ConfigError
+from runner.records import COMPLETED, DONE_STATUSES, PRUNED, RUN
+
+from runner.search.space import Dimension, SearchSpec, _encode, decode
+from runner.search.study import (
+    DUPLICATE_ATTR, MAX_DUPLICATE_PROPOSALS, MAX_OVER_BUDGET_PROPOSALS, OVER_BUDGET_ATTR, pruning_metric,
+    reseed_sampler,
+)
+
+RESTORED_ATTR = "nbsweep_from_records"
+"""User attribute of a trial added from the run records (`SearchSource.restore`): their run ids."""
+from runner.search.duration import predict_duration_s
+
+@dataclass
+class SearchSource:
+    """Feeds a sweep's loop from a study: the next run on demand, each result told back.
+
+    `runner.core.loop` pulls runs with `peek`/`pop` and reports each finished
+    record with `finished`, exactly as it does a grid's list of runs.
+
+    Args:
+        study: from `open_study`.
+        dims: the search space.
+        search: the `search:` block.
+        builder: a `runner.grid.RunBuilder`.
+        found: the records already in the logs folder (`runner.records.query.RecordSet`).
+        ranking: the grid's ranking metric (the objective told to the study and, on the validation
+            split, the per-epoch figure a pruner follows: `runner.search.study.pruning_metric`).
+        journal: the study's file (handed to each run for pruning).
+        pruner: `pruner_config(...)`, handed to each run's kernel; `None`: no pruning.
+        started: `time.monotonic()` at the sweep's start (for the budget).
+        over_budget: proposals not started because they were predicted not to fit in the budget's time left.
+    """
+
+    study: Any
+    dims: Sequence[Dimension]
+    search: SearchSpec
+    builder: Any
+    found: Any
+    ranking: Any
+    journal: Path
+    pruner: Optional[dict] = None
+    started: float = field(default_factory=time.monotonic)
+    notes: list[str] = field(default_factory=list)
+    over_budget: int = 0
+    _next: Any = None
+    _rest: list = field(default_factory=list)
+    _last: Any = None
+    _trials: dict = field(default_factory=dict)
+    _repeats: dict = field(default_factory=dict)
+    _started: set = field(default_factory=set)
+    _index: int = 0
+    _exhausted: bool = False
+
+    def done_count(self) -> int:
+        """Runs completed or pruned in the study (all sweeps of this grid file); repeated proposals do not count."""
+        from optuna.trial import TrialState
+
+        return sum(DUPLICATE_ATTR not in t.user_attrs
+                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    @property
+    def n_runs(self) -> int:
+        """The target of finished runs (`search.n_runs`, or the grid size for `sampler: grid`, else 20)."""
+        if self.search.n_runs:
+            return self.search.n_runs
+        if self.search.sampler == "grid":
+            return math.prod(len(d.grid_values()) for d in self.dims)
+        return 20
+
+    def remaining(self) -> int:
+        """Proposals still to finish (runs, without `repeats`)."""
+        return max(0, self.n_runs - self.done_count() - len({trial.number for trial in self._trials.values()}))
+
+    def runs_remaining(self) -> int:
+        """Runs still to finish: `remaining()` proposals of `search.repeats` runs each."""
+        return self.remaining() * self.search.repeats
+
+    def predicted_s(self, run) -> Optional[float]:
+        """The predicted duration of `run` (`predict_duration_s` over the records read so far)."""
+        return predict_duration_s(run.params, self.found.records)
+
+    @property
+    def proposed(self):
+        """The run proposed and not started yet, else the last one started, or `None` (asks the study nothing)."""
+        return self._last if self._next is None else self._next[0]
+
+    def peek(self):
+        """The next run to start, or `None` (enough runs, budget spent, or the space exhausted).
+
+        With a budget, a proposal predicted not to finish in the time left
+        (or in `max_run_share` of it) is not run: its trial is failed (user
+        attribute `OVER_BUDGET_ATTR`, the predicted seconds; the sampler
+        learns nothing from it) and the study is asked for another point, so
+        a cheaper configuration can still use the time. After
+        `MAX_OVER_BUDGET_PROPOSALS` such proposals in a row, or once the
+        budget is spent, no more runs start.
+        """
+        over_budget = 0
+        while True:
+            if self._next is None and self._rest:  # the next repeat of a proposal already started
+                self._next = self._rest.pop(0)
+            if self._next is None and not self._exhausted and self.remaining() > 0:
+                proposal = self._propose()
+                if proposal:
+                    self._next, self._rest = proposal[0], list(proposal[1:])
+            if self._next is None or self.search.budget_s is None or self._next[1].number in self._started:
+                break
+            run, trial = self._next
+            predicted = (self.predicted_s(run) or 0.0) * (1 + len(self._rest))  # every repeat of the proposal
+            left = self.search.budget_s - (time.monotonic() - self.started)
+            limit = left * (self.search.max_run_share or 1.0)
+            if predicted <= limit:
+                break
+            trial.set_user_attr(OVER_BUDGET_ATTR, round(predicted, 1))
+            self._fail(trial)
+            self._next, self._rest = None, []
+            self._repeats.pop(trial.number, None)
+            over_budget += 1
+            self.over_budget += 1
+            if left <= 0 or over_budget >= MAX_OVER_BUDGET_PROPOSALS:
+                self.notes.append(f"budget: {max(0, left):.0f} s are left and the last {over_budget} proposed runs "
+                                  f"are predicted to take longer than {max(0, limit):.0f} s (the last "
+                                  f"{predicted:.0f} s); no more runs start")
+                self._exhausted = True
+                break
+        return None if self._next is None else self._next[0]
+
+    def pop(self):
+        """The run `peek` returned, now running."""
+        run, trial = self._next
+        self._next, self._last = None, run
+        self._trials[run.config_hash] = trial
+        self._started.add(trial.number)
+        return run
+
+    def _propose(self):
+        from optuna.trial import TrialState
+
+        done = {rec.config_hash: rec for rec in self.found.records
+                if rec.kind == RUN and rec.status in DONE_STATUSES}
+        for _ in range(MAX_DUPLICATE_PROPOSALS):
+            trial = self.study.ask({d.name: d.distribution() for d in self.dims})
+            point = {name: decode(value) for name, value in trial.params.items()}
+            runs, errors = self.builder.build_repeats(f"trial {trial.number}", point, index=self._index,
+                                                      repeats=self.search.repeats)
+            if errors:  # only reachable if a choice valid at its bounds is invalid inside them
+                self._tell(trial, state=TrialState.FAIL)
+                raise ConfigError("\n".join(errors))
+            for run in runs:  # a record trained on other data than this run expects is not done for it
+                if run.config_hash in done and not run.data_matches(done[run.config_hash]):
+                    del done[run.config_hash]
+            if all(run.config_hash in done for run in runs):  # proposed again: tell the study what those runs gave
+                records = [done[run.config_hash] for run in runs]
+                trial.set_user_attr(DUPLICATE_ATTR, ", ".join(rec.run_id for rec in records))
+                args, kwargs = self._outcome(trial, records)
+                self._tell(trial, *args, **kwargs)
+                continue
+            if any(run.config_hash in self._trials for run in runs):  # running now (a parallel proposal repeated it)
+                self._tell(trial, state=TrialState.FAIL)
+                continue
+            todo = [run for run in runs if run.config_hash not in done]
+            self._index += len(todo)
+            if self.search.repeats > 1:  # each repeat's record, as it finishes (those done before: now)
+                self._repeats[trial.number] = {run.config_hash: done.get(run.config_hash) for run in runs}
+            trial_info = None if not self.pruner else {  # the notebook's `pruning` parameter (models.pruning)
+                "storage": str(self.journal), "study_name": self.study.study_name, "trial_id": trial._trial_id,
+                "trial_number": trial.number, "min_epochs": self.search.min_epochs, "pruner": self.pruner,
+                "metric": pruning_metric(self.ranking, self.search.pruner)}
+            return [(run.with_trial(trial_info), trial) for run in todo]
+        self.notes.append(f"search: {MAX_DUPLICATE_PROPOSALS} proposals in a row repeat finished runs; "
+                          f"the space looks exhausted")
+        self._exhausted = True
+        return None
+
+    def _tell(self, trial, *args, **kwargs) -> None:
+        """`study.tell`, tolerating the `RuntimeError` GridSampler raises on the last grid point in ask-and-tell use.
+
+        GridSampler's `after_trial` calls `study.stop()`, which raises outside
+        `study.optimize` (optuna issues #4121 and #5141; the GridSampler docs'
+        note); Optuna stores the trial's state in a `finally` first, so the
+        tell itself has happened (Hydra's Optuna sweeper does the same).
+        """
+        try:
+            self.study.tell(trial, *args, **kwargs)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+
+    def _outcome(self, trial, records) -> tuple[tuple, dict]:
+        """What to tell the study of a proposal whose runs all ended: `(args, kwargs)` of `_tell`.
+
+        Every run completed with a figure: the mean of the figures (with
+        repeats, each figure in the trial's user attribute `nbsweep_repeat_values`);
+        one run, pruned: pruned; else failed.
+        """
+        from optuna.trial import TrialState
+
+        values = [self.ranking.value(rec) for rec in records]
+        if all(rec.status == COMPLETED for rec in records) and None not in values:
+            if len(records) > 1:
+                trial.set_user_attr("nbsweep_repeat_values", values)
+            return (statistics.fmean(values),), {"state": TrialState.COMPLETE}
+        if len(records) == 1 and records[0].status == PRUNED:
+            return (None,), {"state": TrialState.PRUNED}
+        return (), {"state": TrialState.FAIL}
+
+    def _fail(self, trial) -> None:
+        from optuna.trial import TrialState
+
+        self._tell(trial, state=TrialState.FAIL)
+
+    def finished(self, record) -> None:
+        """Tell the study how a run ended: completed (its metric), pruned, or failed (re-enqueued if interrupted)."""
+        from optuna.trial import TrialState
+
+        trial = self._trials.pop(record.config_hash, None)
+        if trial is None:
+            return
+        self.found.records.append(record)
+        if trial.number in self._repeats:  # one of a proposal's repeats: told once all have ended
+            records = self._repeats[trial.number]
+            records[record.config_hash] = record
+            if any(rec is None for rec in records.values()):
+                return
+            del self._repeats[trial.number]
+            args, kwargs = self._outcome(trial, list(records.values()))
+            self._tell(trial, *args, skip_if_finished=True, **kwargs)
+            if any(rec.status == "interrupted" for rec in records.values()):  # run the missing repeats next time
+                self.study.enqueue_trial(trial.params)
+            return
+        if record.status == COMPLETED and self.ranking.value(record) is not None:
+            self._tell(trial, self.ranking.value(record), skip_if_finished=True)
+        elif record.status == PRUNED:
+            self._tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            self._tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if record.status == "interrupted":  # run its configuration again next time
+                self.study.enqueue_trial(trial.params)
+
+    def close(self) -> None:
+        """Fail a proposal with a run that never started (its configuration is enqueued again; repeats
+        that did run are found by their `config_hash` then, and not run twice)."""
+        if self.over_budget:
+            self.notes.append(f"budget: {self.over_budget} proposed runs were not started, predicted not to finish "
+                              f"in the time left (trials failed with user attribute {OVER_BUDGET_ATTR})")
+        pending = ([self._next] if self._next is not None else []) + self._rest
+        if pending:
+            trial = pending[0][1]
+            self._fail(trial)
+            self.study.enqueue_trial(trial.params)
+            self._repeats.pop(trial.number, None)
+            self._next, self._rest = None, []
+
+    def restore(self) -> list[str]:
+        """Give the study a trial for every finished point of the records that none of its trials accounts for.
+
+        The records are the truth and the study a cache of them. A study new
+        to this grid's path and space (`runner.search.study.study_path`), one
+        whose journal was moved aside as unreadable (`open_study`), or one
+        whose last tell was cut off (a sweep killed between writing a record
+        and telling the study: its trial was failed and re-enqueued) gets, for
+        each point of the space whose runs the records hold finished (this
+        grid's `RunBuilder` gives each repeat the same `config_hash`, trained
+        on the data it expects), one trial with their outcome
+        (`optuna.trial.create_trial` + `study.add_trial`; user attribute
+        `RESTORED_ATTR`: the run ids). Those trials count in `n_runs`, like
+        the trials that ran them. The sampler is then seeded past them.
+
+        Returns:
+            A note per restore (how many trials, from which runs); empty when the study was complete.
+        """
+        import optuna
+        from optuna.trial import TrialState
+
+        from models.hashing import canonical_json
+
+        names = [d.name for d in self.dims]
+        finished = (TrialState.COMPLETE, TrialState.PRUNED)
+        covered = {canonical_json({n: decode(t.params[n]) for n in names})
+                   for t in self.study.get_trials(deepcopy=False, states=finished)
+                   if DUPLICATE_ATTR not in t.user_attrs and set(names) <= set(t.params)}
+        done = {rec.config_hash: rec for rec in self.found.records
+                if rec.kind == RUN and rec.status in DONE_STATUSES}
+        template, _ = self.builder.build("records", {d.name: d.bounds()[0] for d in self.dims})
+        free = {*names, "seed", "name"}  # what differs between the runs of one search
+        distributions = {d.name: d.distribution() for d in self.dims}
+        added: list[str] = []
+        for rec in list(done.values()):
+            if template is None or not set(names) <= set(rec.params) or any(
+                    rec.params.get(k) != v for k, v in template.params.items() if k not in free):
+                continue
+            point = {n: rec.params[n] for n in names}
+            key = canonical_json(point)
+            if key in covered:
+                continue
+            covered.add(key)
+            runs, errors = self.builder.build_repeats("records", point, repeats=self.search.repeats)
+            if errors or not runs or not all(run.config_hash in done and run.data_matches(done[run.config_hash])
+                                             for run in runs):
+                continue
+            records = [done[run.config_hash] for run in runs]
+            attrs = _UserAttrs({RESTORED_ATTR: ", ".join(r.run_id for r in records)})
+            args, kwargs = self._outcome(attrs, records)
+            if kwargs["state"] == TrialState.FAIL:
+                continue
+            try:
+                trial = optuna.trial.create_trial(
+                    params={d.name: _encode(point[d.name]) if d.kind == "categorical" else point[d.name]
+                            for d in self.dims},
+                    distributions=distributions, state=kwargs["state"],
+                    value=args[0] if kwargs["state"] == TrialState.COMPLETE else None, user_attrs=dict(attrs))
+            except ValueError:  # a value outside this space's distributions
+                continue
+            self.study.add_trial(trial)
+            added.append(attrs[RESTORED_ATTR])
+        if not added:
+            return []
+        reseed_sampler(self.study, self.search, self.dims)
+        shown = "; ".join(added[:5]) + (f"; and {len(added) - 5} more" if len(added) > 5 else "")
+        return [f"study {self.study.study_name}: {len(added)} finished point(s) of the run records were missing "
+                f"from it (a new or rebuilt study, or a result a stopped sweep did not tell); added them from "
+                f"their records ({shown})"]
+
+
+class _UserAttrs(dict):
+    """User attributes gathered for a trial not created yet (`SearchSource._outcome` sets them on a trial)."""
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self[key] = value

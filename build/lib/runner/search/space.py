@@ -1,0 +1,262 @@
+"""The search space: the `search:` block of a grid file (`SearchSpec`) and its dimensions (`parse_space`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from runner.errors import ConfigError, shorten
+
+
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
+
+
+def parse_duration(text: Union[str, int, float]) -> float:
+    """Seconds in a duration such as `45m`, `1h30m`, `90s`, `2h` or a plain number of seconds.
+
+    Args:
+        text: the duration.
+
+    Returns:
+        Seconds, > 0.
+
+    Raises:
+        ValueError: not a duration.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"expected a duration such as 45m, 1h30m or 90s, got {text!r}")
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
+        if not match or not any(match.groups()):
+            raise ValueError(f"expected a duration such as 45m, 1h30m or 90s, got {shorten(text)}")
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if not seconds > 0 or math.isinf(seconds):  # NaN fails `> 0`
+        raise ValueError(f"expected a positive, finite duration, got {shorten(text)}")
+    return seconds
+
+
+class SearchSpec(BaseModel):
+    """The `search:` block of a grid file.
+
+    Attributes:
+        sampler: `grid`, `random` or `tpe` (Optuna's `GridSampler`,
+            `RandomSampler`, `TPESampler` with `constant_liar`).
+        n_runs: runs to finish (completed + pruned), counted over every
+            sweep of this grid file (the study is continued).
+        budget: optional wall-clock budget (`45m`, `2h`, seconds): no run
+            starts that is predicted not to finish in it. `None`: no budget.
+        pruner: `none`, `median`, `successive_halving` or `hyperband`.
+        max_run_share: with a budget, no run starts that is predicted to take more than this share of the
+            budget's time left (`0.25`: a quarter), so the search spends a short budget on many affordable
+            runs rather than a few expensive ones (cost-aware search, as in Snoek et al. 2012's expected
+            improvement per second); `None` (the default): a run may use all the time left.
+        min_epochs: no run is pruned before this epoch (1-based).
+        seed: seed of the sampler.
+        repeats: runs of each proposal, with seeds `seed, seed + 1, ...` (the
+            run's `seed` parameter, not the sampler's); the study is told the
+            mean of their metric (a failed repeat fails the proposal).
+            `n_runs` counts proposals. Not with a pruner (it judges one run's
+            curve, a proposal then has several). Defaults to `1`.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    sampler: Literal["grid", "random", "tpe"] = "tpe"
+    n_runs: Optional[int] = Field(None, ge=1)
+    budget: Optional[Union[str, int, float]] = None
+    max_run_share: Optional[float] = Field(None, gt=0.0, le=1.0)
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    min_epochs: int = Field(1, ge=1)
+    seed: int = 0
+    repeats: int = Field(1, ge=1)
+
+    @field_validator("budget")
+    @classmethod
+    def _duration(cls, value):
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _repeats_without_pruner(self):
+        if self.repeats > 1 and self.pruner != "none":
+            raise ValueError(f"repeats: {self.repeats} with pruner: {self.pruner}: a pruner stops one run by its "
+                             f"curve, a proposal of {self.repeats} repeats has {self.repeats} curves; set "
+                             f"pruner: none, or repeats: 1")
+        return self
+
+    @model_validator(mode="after")
+    def _share_needs_budget(self):
+        if self.max_run_share is not None and self.budget is None:
+            raise ValueError("max_run_share is a share of the budget's time left: give a budget too")
+        return self
+
+    @property
+    def budget_s(self) -> Optional[float]:
+        """The budget in seconds, or `None`."""
+        return None if self.budget is None else parse_duration(self.budget)
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One parameter of the search space.
+
+    Attributes:
+        name: the notebook parameter.
+        kind: `"categorical"`, `"float"` or `"int"`.
+        choices: for categorical: the values (any JSON value).
+        low, high: for ranges: the bounds (inclusive).
+        log: log-uniform range.
+        step: range step, or `None`.
+    """
+
+    name: str
+    kind: Literal["categorical", "float", "int"]
+    choices: tuple = ()
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+
+    def distribution(self):
+        """The Optuna distribution; categorical choices that are not scalars are JSON text."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "categorical":
+            return CategoricalDistribution([_encode(c) for c in self.choices])
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def grid_values(self) -> list:
+        """The values `GridSampler` walks (encoded like `distribution`).
+
+        Raises:
+            ValueError: a float range without a step (a grid needs a finite list).
+        """
+        if self.kind == "categorical":
+            return [_encode(c) for c in self.choices]
+        if self.kind == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if not self.step:
+            raise ValueError("a float range needs a step for sampler: grid")
+        count = int(round((self.high - self.low) / self.step))
+        return [round(self.low + i * self.step, 12) for i in range(count + 1)]
+
+    def bounds(self) -> list:
+        """Values that must all be valid parameters: the choices, or both ends of the range."""
+        return list(self.choices) if self.kind == "categorical" else [
+            int(self.low) if self.kind == "int" else self.low, int(self.high) if self.kind == "int" else self.high]
+
+
+def _encode(value: Any):
+    return value if value is None or isinstance(value, (bool, int, float, str)) else "json:" + json.dumps(value)
+
+
+def decode(value: Any) -> Any:
+    """A trial's parameter value back as the grid wrote it (lists and mappings were JSON text)."""
+    return json.loads(value[5:]) if isinstance(value, str) and value.startswith("json:") else value
+
+
+def _dimension(name: str, value: Any, where: str) -> Dimension:
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"{where}: empty list of values (give at least one)")
+        return Dimension(name, "categorical", choices=tuple(value))
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: got {shorten(value)}, expected a list of values, {{low, high}} or {{int: [low, high]}}")
+    keys = set(value)
+    if "int" in keys:
+        extra = keys - {"int", "step", "log"}
+        bounds = value["int"]
+        if extra or not (isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds)):
+            raise ConfigError(f"{where}: got {shorten(value)}, expected {{int: [low, high]}} with integer bounds and "
+                              f"optional step (integer), log (true/false)")
+        low, high = bounds
+        step = value.get("step", 1)
+        if type(step) is not int or step < 1:
+            raise ConfigError(f"{where}.step: got {shorten(step)}, expected an integer >= 1")
+        kind = "int"
+    else:
+        extra = keys - {"low", "high", "step", "log"}
+        if extra or not {"low", "high"} <= keys:
+            raise ConfigError(f"{where}: got {shorten(value)}, expected {{low, high}} with optional step, log; unknown "
+                              f"or missing keys: {', '.join(sorted(extra or {'low', 'high'} - keys))}")
+        low, high, step = value["low"], value["high"], value.get("step")
+        for key, number in (("low", low), ("high", high), ("step", step)):
+            if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
+                raise ConfigError(f"{where}.{key}: got {shorten(number)}, expected a number (write 1.0e-3, not 1e-3)")
+            if number is not None and not math.isfinite(number):
+                raise ConfigError(f"{where}.{key}: got {number}, expected a finite number")
+        kind = "float"
+    log = value.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}.log: got {shorten(log)}, expected true or false")
+    if low > high:
+        raise ConfigError(f"{where}: got low {low!r} > high {high!r}, expected low <= high")
+    if log and low <= 0:
+        raise ConfigError(f"{where}.low: got {low!r}, expected > 0 for log: true")
+    if log and step not in (None, 1) and kind == "int" or (log and kind == "float" and step is not None):
+        raise ConfigError(f"{where}: log: true cannot have a step (Optuna's distributions refuse it)")
+    return Dimension(name, kind, low=float(low) if kind == "float" else low, high=float(high) if kind == "float" else high,
+                     log=log, step=float(step) if (kind == "float" and step is not None) else step)
+
+
+def parse_space(spec, grid_path: Path, builder) -> list[Dimension]:
+    """The search space of a grid with a `search:` block, validated before anything runs.
+
+    Each dimension's name must be a notebook parameter, and its choices, or
+    both ends of its range, must be valid values of it: each is checked
+    through `builder` (a `runner.grid.RunBuilder`) exactly as a grid point
+    is, so the messages are the grid's.
+
+    Args:
+        spec: the `GridSpec` (its `grid` must be one mapping).
+        grid_path: the grid file, named in messages.
+        builder: the `RunBuilder` of the sweep.
+
+    Returns:
+        The dimensions, sorted by name (deterministic, like `ParameterGrid`).
+
+    Raises:
+        ConfigError: sub-grids or `runs`/`sample` with `search`, a malformed
+            distribution, a bound or choice that is not a valid value, or a
+            float range without a step for `sampler: grid`; every problem listed.
+    """
+    if not isinstance(spec.grid, dict):
+        raise ConfigError(f"{grid_path}: grid: with search:, give one mapping of parameter -> values or "
+                          f"distribution (sub-grids are for plain grids)")
+    for key in ("runs", "sample"):
+        if getattr(spec, key):
+            raise ConfigError(f"{grid_path}: {key}: not used with search: (the sampler chooses the runs); remove it")
+    errors, dims = [], []
+    for name in sorted(spec.grid):
+        try:
+            dim = _dimension(name, spec.grid[name], f"{grid_path}: grid.{name}")
+            if spec.search.sampler == "grid":
+                dim.grid_values()
+        except ConfigError as exc:
+            errors.append(str(exc))
+            continue
+        except ValueError as exc:
+            errors.append(f"{grid_path}: grid.{name}: {exc}")
+            continue
+        for value in dim.bounds():
+            _, problems = builder.build("grid", {name: value})
+            errors += [p for p in problems if p not in errors]
+        dims.append(dim)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return dims
+
+

@@ -149,7 +149,7 @@ def test_no_kernel_outlives_a_sweep_with_failed_runs_and_without_prestart_none_i
 
 @pytest.mark.slow
 def test_ctrl_c_kills_the_kernel_started_ahead(tmp_path):
-    probe_grid(tmp_path, "runs: [{score: 0.1}, {action: busy, seconds: 30}, {score: 0.3}]\n")
+    probe_grid(tmp_path, "runs: [{score: 0.1}, {action: busy, seconds: 60}, {score: 0.3}]\n")
     proc = subprocess.Popen([*SWEEP, "grid.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     experiments = tmp_path / "experiments"

@@ -278,7 +278,8 @@ class RerunOutcome:
 def _probability_difference(original: RunRecord, rerun: RunRecord, logs_dir: Path
                             ) -> tuple[Optional[float], str, str]:
     import numpy as np
-    import pandas as pd
+
+    from runner.reports.stats import read_predictions
 
     paths = [rec.path_of("predictions", logs_dir) for rec in (original, rerun)]
     present = [p is not None and p.is_file() for p in paths]
@@ -287,7 +288,7 @@ def _probability_difference(original: RunRecord, rerun: RunRecord, logs_dir: Pat
     if not all(present):
         missing = original.run_id if not present[0] else rerun.run_id
         return None, f"run {missing} saved no test-split predictions (predictions.csv)", "not comparable"
-    a, b = (pd.read_csv(p).set_index("path") for p in paths)
+    a, b = (read_predictions(rec, logs_dir) for rec in (original, rerun))  # the one reader of predictions.csv
     columns = [c for c in a.columns if c.startswith("prob_")]
     if set(a.index) != set(b.index) or columns != [c for c in b.columns if c.startswith("prob_")]:
         return None, "the two predictions.csv list other images or classes", "not comparable"

@@ -11,7 +11,7 @@ This module imports neither TensorFlow nor Keras, so validating a grid is fast.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -285,8 +285,13 @@ class ExperimentSpec(BaseModel):
         val_fraction: fraction of each class held out for validation, in (0, 1).
         test_fraction: fraction of each class held out for the test split,
             in (0, 1); `val_fraction + test_fraction < 1`.
-        seed: seed of the split, the subset, weight initialisation and
-            shuffling.
+        seed: seed of weight initialisation, shuffling and augmentation, and
+            of the split and the subset unless `split_seed` is set.
+        split_seed: `None` (the split follows `seed`), or the seed of the
+            split and the subset alone (`data_seed`): repeats with one
+            `split_seed` differ in initialisation, shuffling and augmentation
+            only, share their validation and test images, and can be
+            compared image by image (McNemar's test) and ensembled.
         deterministic: make the run bit-reproducible: seed Python, NumPy,
             TensorFlow and Keras with `seed` and enable TensorFlow's op
             determinism (`models.reproducibility.set_determinism`, called
@@ -462,6 +467,7 @@ class ExperimentSpec(BaseModel):
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     seed: int = 42
+    split_seed: Optional[int] = None
     deterministic: bool = DETERMINISTIC_DEFAULT
     # Model
     base: str = "vgg16"
@@ -659,6 +665,11 @@ class ExperimentSpec(BaseModel):
                     f"trained on, nothing is left to monitor")
 
     @property
+    def data_seed(self) -> int:
+        """The seed of the split and the subset: `split_seed`, or `seed` when it is `None`."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @property
     def fine_tunes(self) -> bool:
         """True when `fine_tune_layers` asks for a fine-tuning phase (anything but `0` / `0.0`)."""
         return isinstance(self.fine_tune_layers, FineTuneFrom) or self.fine_tune_layers != 0
@@ -667,6 +678,22 @@ class ExperimentSpec(BaseModel):
     def from_scratch(self) -> bool:
         """True when the base starts from random weights and is trained whole."""
         return self.weights is None
+
+
+def split_key(params: Mapping[str, Any]) -> tuple:
+    """What decides a run's split (`models.data.split_image_folder`), from its parameters.
+
+    Args:
+        params: a run's parameters (a missing one reads as `None`).
+
+    Returns:
+        `(data_dir, max_images_per_class, val_fraction, test_fraction, seed of the split)`, the last
+        being `split_seed`, or `seed` when `split_seed` is `None` (`ExperimentSpec.data_seed`): runs with
+        equal keys train, validate and test on the same images.
+    """
+    split_seed = params.get("split_seed")
+    return (params.get("data_dir"), params.get("max_images_per_class"), params.get("val_fraction"),
+            params.get("test_fraction"), params.get("seed") if split_seed is None else split_seed)
 
 
 def augmenting(spec: ExperimentSpec) -> bool:
@@ -720,7 +747,7 @@ def cache_build_key(spec: ExperimentSpec) -> Optional[str]:
     The key hashes `cache_entry_inputs` and, for each part of `models.cache.cache_key` known only once
     the run is under way, the parameters that decide it: the frozen weights (`weights`, and `warm_start`
     with `warm_start_checkpoint`: a warm start's frozen layers hold its parent's weights), the split
-    manifest (`data_dir`, `max_images_per_class`, `val_fraction`, `test_fraction`, `seed`), the cut layers
+    manifest (`data_dir`, `max_images_per_class`, `val_fraction`, `test_fraction`, `seed`, `split_seed`), the cut layers
     (`fine_tune_layers` when fine-tuning) and where entries live (`cache_dir`). Anything else (learning
     rate, head, epochs, ...) leaves it unchanged. `runner.search.duration` predicts a cache build with it.
 
@@ -734,7 +761,8 @@ def cache_build_key(spec: ExperimentSpec) -> Optional[str]:
     if bypass_reason(spec) or spec.from_scratch:
         return None
     decided_by = spec.model_dump(mode="json", include={
-        "weights", "data_dir", "max_images_per_class", "val_fraction", "test_fraction", "seed", "cache_dir",
+        "weights", "data_dir", "max_images_per_class", "val_fraction", "test_fraction", "seed", "split_seed",
+        "cache_dir",
         "fine_tune_layers", "warm_start", "warm_start_checkpoint"})
     if not spec.fine_tunes:  # 0 and 0.0: one phase, one entry
         decided_by["fine_tune_layers"] = 0

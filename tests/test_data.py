@@ -64,6 +64,18 @@ def test_split_is_deterministic_stratified_and_disjoint(image_dir, split):
     assert other_seed.manifest_hash != split.manifest_hash
 
 
+def test_split_seed_fixes_the_split_whatever_the_seed(image_dir, split):
+    """Repeats with one split_seed share their images: seeds 1 and 2 with split_seed 0 split as seed 0
+    alone does (the `split` fixture); split_seed 1 splits as seed 1 does."""
+    for seed in (1, 2):
+        fixed = load_data(make_spec(image_dir, seed=seed, split_seed=0))
+        assert fixed.manifest_hash == split.manifest_hash
+        for name in ("train", "val", "test"):
+            np.testing.assert_array_equal(getattr(fixed, name).paths, getattr(split, name).paths)
+    assert (load_data(make_spec(image_dir, seed=0, split_seed=1)).manifest_hash
+            == load_data(make_spec(image_dir, seed=1)).manifest_hash != split.manifest_hash)
+
+
 def test_max_images_per_class_takes_a_seeded_subset(image_dir):
     first = load_data(make_spec(image_dir, max_images_per_class=8))
     second = load_data(make_spec(image_dir, max_images_per_class=8))

@@ -3,7 +3,7 @@ one run and one config_hash each, all with the configuration's group_hash."""
 
 import pytest
 
-from helpers import expand, write_grid
+from helpers import expand, make_image_folder, write_grid
 from runner.errors import ConfigError
 from runner.grid import load_grid
 
@@ -30,6 +30,21 @@ runs: [{dropout: 0.3, name: exp}]
                                  "grid: {dropout: [0.1, 0.2]}\nruns: [{dropout: 0.3, name: exp}]\n")
     assert [r.config_hash for r in single] == [runs[0].config_hash, runs[3].config_hash, runs[6].config_hash]
     assert [r.group_hash for r in single] == [runs[0].group_hash, runs[3].group_hash, runs[6].group_hash]
+
+
+def test_repeats_with_a_split_seed_share_their_split(tmp_path):
+    """The manifest each run is expected to train on (`RunSpec.manifest_hash`, computed from the folder
+    without TensorFlow): one per seed, unless split_seed fixes it."""
+    make_image_folder(tmp_path / "images", 8)
+    grid = "repeats: 3\ndata_dir: images\nfixed: {weights: null, base: simple_cnn_small, val_fraction: 0.25, " \
+           "test_fraction: 0.25%s}\n"
+    varying, _ = expand(tmp_path, grid % "")
+    fixed, _ = expand(tmp_path, grid % ", split_seed: 7")
+    assert [r.params["seed"] for r in fixed] == [42, 43, 44]
+    assert len({r.manifest_hash for r in varying}) == 3 and None not in {r.manifest_hash for r in varying}
+    assert len({r.manifest_hash for r in fixed}) == 1 and fixed[0].manifest_hash not in {
+        r.manifest_hash for r in varying}
+    assert len({r.group_hash for r in fixed}) == 1
 
 
 def test_sample_picks_configurations_then_repeats_them(tmp_path):

@@ -318,12 +318,12 @@ def split_image_folder(folder: ImageFolder, spec: ExperimentSpec) -> dict[str, S
     With `spec.max_images_per_class`, a seeded random subset of each class is
     kept first. The split is two stratified
     `sklearn.model_selection.train_test_split` calls (test first, then val
-    from the rest) seeded with `spec.seed`. Nothing is read from disk.
+    from the rest) seeded with `spec.data_seed` (`split_seed`, else `seed`). Nothing is read from disk.
 
     Args:
         folder: from `list_image_folder`.
         spec: reads `max_images_per_class`, `val_fraction`, `test_fraction`
-            and `seed`.
+            and `data_seed`.
 
     Returns:
         `{"train" | "val" | "test": SplitPart}`, each part sorted by path.
@@ -332,7 +332,7 @@ def split_image_folder(folder: ImageFolder, spec: ExperimentSpec) -> dict[str, S
         ModelConfigError: if a class has too few images for every split to
             get at least one of them; the message names the class folder.
     """
-    rng = np.random.default_rng(spec.seed)
+    rng = np.random.default_rng(spec.data_seed)
     files, labels = [], []
     for label, images in enumerate(folder.images):
         if spec.max_images_per_class and len(images) > spec.max_images_per_class:
@@ -347,10 +347,10 @@ def split_image_folder(folder: ImageFolder, spec: ExperimentSpec) -> dict[str, S
         try:
             rest_p, test_p, rest_y, test_y = train_test_split(
                 paths, labels, test_size=spec.test_fraction, stratify=labels,
-                random_state=spec.seed)
+                random_state=spec.data_seed)
             train_p, val_p, train_y, val_y = train_test_split(
                 rest_p, rest_y, test_size=spec.val_fraction / (1 - spec.test_fraction),
-                stratify=rest_y, random_state=spec.seed)
+                stratify=rest_y, random_state=spec.data_seed)
             parts = {split: SplitPart(p[order], y[order]) for split, p, y in
                      (("train", train_p, train_y), ("val", val_p, val_y), ("test", test_p, test_y))
                      for order in [np.argsort(p)]}

@@ -45,7 +45,7 @@ from typing import Any, Callable, Hashable, Iterable, Optional
 
 from models.errors import ModelConfigError
 from models.hashing import canonical_json
-from models.spec import ExperimentSpec
+from models.spec import ExperimentSpec, split_key
 from runner.errors import ConfigError
 from runner.grid import GridSpec, RunSpec
 
@@ -200,8 +200,7 @@ def _check_data_dirs(runs: list[RunSpec], report: _Report) -> dict[str, Any]:
             report.warning(group, "data_dir", f"{root}: {len(folder.skipped_files)} file(s) in class folders "
                            f"will be skipped: {shown}{f'; and {more} more' if more > 0 else ''} (each run "
                            f"record lists them in data.skipped_files)")
-    split_keys = ("data_dir", "max_images_per_class", "val_fraction", "test_fraction", "seed")
-    for group in _group(runs, lambda p: [p.get(k) for k in split_keys]).values():
+    for group in _group(runs, lambda p: list(split_key(p))).values():
         folder = folders.get(group[0].params["data_dir"])
         if folder is not None:
             try:

@@ -191,7 +191,7 @@ class Fingerprinter:
         """
         from models.data.folders import list_image_folder, manifest_hash, resolve_data_dir, split_image_folder
         from models.errors import ModelConfigError
-        from models.spec import ExperimentSpec
+        from models.spec import ExperimentSpec, split_key
 
         data_dir = params.get("data_dir")
         if not isinstance(data_dir, str):
@@ -205,8 +205,7 @@ class Fingerprinter:
         folder = self._folders[data_dir]
         if folder is None:
             return None
-        split = tuple(params.get(k) for k in ("data_dir", "max_images_per_class", "val_fraction", "test_fraction",
-                                              "seed"))
+        split = split_key(params)
         if split not in self._manifests:
             try:
                 spec = ExperimentSpec.model_validate({k: v for k, v in params.items()

@@ -42,10 +42,11 @@ def build_model(spec: ExperimentSpec, num_classes: int) -> keras.Model:
 
     Seeds Python, NumPy and TensorFlow with `spec.seed` first
     (`keras.utils.set_random_seed`). A pretrained base (`spec.weights` not
-    `None`) is frozen and called with `training=False`, so its BatchNorm
-    layers stay in inference mode even once fine-tuning unfreezes them (Keras
-    transfer-learning guide); a from-scratch base is trainable and called
-    normally. The base layer is named `"base"` (`model.get_layer("base")`);
+    `None`) is frozen and called with `training=False` (Keras
+    transfer-learning guide); Keras 3 still runs the layers that fine-tuning
+    unfreezes in training mode during `fit`, BatchNormalization included
+    (`models.training.fine_tuning.unfreeze_base`). A from-scratch base is
+    trainable and called normally. The base layer is named `"base"` (`model.get_layer("base")`);
     `model.weights_choice` holds the `WeightsChoice` it started from.
 
     Args:

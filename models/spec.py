@@ -378,10 +378,11 @@ class ExperimentSpec(BaseModel):
         fine_tune_lr_schedule: schedule of the fine-tuning phase, as
             `lr_schedule` (same `lr_step_*` / `lr_plateau_*` parameters).
         unfreeze_batchnorm: also unfreeze the BatchNormalization layers among
-            the fine-tuned ones (their scale and offset train; they keep
-            their moving statistics, the base being called with
-            `training=False`). Defaults to frozen, as in Keras's
-            transfer-learning guide.
+            the fine-tuned ones: their scale and offset train and their
+            moving statistics follow the training batches (Keras 3 runs an
+            unfrozen BatchNormalization layer in training mode during `fit`).
+            Defaults to frozen (inference mode, ImageNet's statistics), as in
+            Keras's transfer-learning guide.
         ema: `None` (off), or the momentum m in (0, 1) of an exponential
             moving average of the trainable weights (Polyak averaging; Keras
             optimizers' `use_ema=True, ema_momentum=m`): after each step

@@ -181,6 +181,22 @@ def test_unfreeze_batchnorm(base_weights_file, unfreeze_batchnorm, expected):
     assert unfreeze_base(model, 5, unfreeze_batchnorm=unfreeze_batchnorm) == expected
 
 
+@pytest.mark.parametrize("unfreeze_batchnorm", [False, True])
+def test_batchnorm_statistics_move_in_fit_only_when_unfrozen(base_weights_file, unfreeze_batchnorm):
+    """What the docstrings of build_model and unfreeze_base say: the base is called with training=False,
+    yet Keras 3 runs an unfrozen BatchNormalization layer in training mode during fit."""
+    model = build_model(make_spec("x", weights=base_weights_file), 3)
+    unfreeze_base(model, 5, unfreeze_batchnorm=unfreeze_batchnorm)
+    batchnorm = model.get_layer("base").get_layer("block2_bn1")
+    before = [w.numpy().copy() for w in (batchnorm.moving_mean, batchnorm.moving_variance)]
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    model.fit(images, np.zeros(16, dtype="int32"), batch_size=8, epochs=1, verbose=0)
+    after = [w.numpy() for w in (batchnorm.moving_mean, batchnorm.moving_variance)]
+    moved = any(not np.allclose(b, a) for b, a in zip(before, after))
+    assert moved is unfreeze_batchnorm
+
+
 # Loss: label smoothing ------------------------------------------------------------------
 
 

@@ -61,10 +61,12 @@ def unfreeze_base(model: keras.Model, num_layers: int, *, unfreeze_batchnorm: bo
     """Unfreezes the last `num_layers` layers of the base for fine-tuning.
 
     The rest of the base stays frozen, and so, unless `unfreeze_batchnorm`,
-    do all BatchNormalization layers (Keras transfer-learning guide). Either
-    way the base is called with `training=False` (`build_model`), so
-    BatchNormalization layers keep their moving statistics: unfrozen, only
-    their scale and offset train. Recompile the model afterwards.
+    do all BatchNormalization layers (Keras transfer-learning guide): frozen,
+    they run in inference mode and keep their moving statistics. Unfrozen,
+    Keras 3 runs them in training mode during `fit` although `build_model`
+    calls the base with `training=False` (checked with Keras 3.15): their
+    scale and offset train and their moving statistics follow the training
+    batches. Recompile the model afterwards.
 
     Args:
         model: a model from `build_model`, with a layer named `"base"`.

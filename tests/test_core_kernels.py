@@ -149,11 +149,12 @@ def test_no_kernel_outlives_a_sweep_with_failed_runs_and_without_prestart_none_i
 
 @pytest.mark.slow
 def test_ctrl_c_kills_the_kernel_started_ahead(tmp_path):
-    probe_grid(tmp_path, "runs: [{score: 0.1}, {action: busy, seconds: 150}, {score: 0.3}]\n")
+    probe_grid(tmp_path, "runs: [{score: 0.1}, {action: sleep, seconds: 150}, {score: 0.3}]\n")
     proc = subprocess.Popen([*SWEEP, "grid.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     experiments = tmp_path / "experiments"
-    # run 2 busy in its kernel (long enough for run 3's kernel, at nice +10 beside it, to get ready on 2 busy cores)
+    # run 2 in its kernel, sleeping (not computing, so the test does not wait on run 3's kernel, started at
+    # nice +10 beside it, to get the cores) until Ctrl-C, with run 3's kernel ready
     assert wait_for(lambda: len(read_all(tmp_path / "logs").records) == 1 and len(ahead_pids(experiments)) == 1
                     and len(kernels_running_in(experiments)) == 2, timeout=240), proc.stderr
     proc.send_signal(signal.SIGINT)

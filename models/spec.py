@@ -730,15 +730,21 @@ def cache_entry_inputs(spec: ExperimentSpec) -> dict:
         "augmented_copies", "augmentation_seed"}`; the last three are `None`, `0`, `None` unless
         augmentation is on (`augmenting`) with `augmented_copies`, so an all-off augmentation mapping
         keys as no augmentation. With `train_on_val`, also `"train_on_val": True` (its entry's training
-        rows are the training and validation images; the split's manifest is the same), absent
-        otherwise so the keys of other runs do not change.
+        rows are the training and validation images; the split's manifest is the same), and with a
+        `precision` other than `"float32"`, also `"precision"` (a mixed-precision base computes its
+        outputs in float16 or bfloat16); both are absent otherwise so the keys of other runs do not
+        change.
     """
     copies = spec.augmented_copies if augmenting(spec) else 0
     inputs = {"base": canonical_base(spec.base), "base_kwargs": spec.base_kwargs, "image_size": spec.image_size,
               "dtype": spec.activation_cache_dtype,
               "augmentation": spec.augmentation.model_dump(mode="json") if copies else None,
               "augmented_copies": copies, "augmentation_seed": spec.seed if copies else None}
-    return {**inputs, "train_on_val": True} if spec.train_on_val else inputs
+    if spec.train_on_val:
+        inputs["train_on_val"] = True
+    if spec.precision != "float32":
+        inputs["precision"] = spec.precision
+    return inputs
 
 
 def cache_build_key(spec: ExperimentSpec) -> Optional[str]:

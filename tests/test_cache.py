@@ -108,6 +108,11 @@ def test_key_changes_with_every_input_that_changes_the_numbers(image_dir, weight
     changed["cut layer"] = make_spec(image_dir, weights=weights_files[0], fine_tune_layers=3, fine_tune_epochs=1)
     build_keys = {what: cache_build_key(other) for what, other in changed.items()}
     assert len({cache_build_key(spec), *build_keys.values()}) == len(build_keys) + 1, build_keys
+    # a mixed-precision base computes other outputs (GPU only, so only the TF-free part is built here);
+    # float32 keys carry no precision, so entries built before it counted stay valid
+    mixed = make_spec(image_dir, weights=weights_files[0], precision="mixed_float16")
+    assert "precision" not in entry and cache_entry_inputs(mixed)["precision"] == "mixed_float16"
+    assert cache_build_key(mixed) != cache_build_key(spec)
 
 
 @pytest.mark.slow

@@ -15,7 +15,16 @@ from runner.search import SearchSpec, pruning_metric
 from runner.records import RANKING_METRICS
 
 
-DEFAULT_NOTEBOOK = PROJECT_ROOT / "notebooks" / "base_experiment.ipynb"
+
+
+def _default_notebook() -> Path:
+    """The base notebook: `notebooks/base_experiment.ipynb` of a source checkout, else the copy that
+    `pip install .` puts in the installed `runner` package (`runner/notebooks/`, see pyproject.toml)."""
+    checkout = PROJECT_ROOT / "notebooks" / "base_experiment.ipynb"
+    return checkout if checkout.is_file() else Path(__file__).resolve().parents[1] / "notebooks" / checkout.name
+
+
+DEFAULT_NOTEBOOK = _default_notebook()
 RESERVED_PARAMS = ("output_dir", "resolved_warm_start", "pruning")
 """Notebook parameters set by the runner, never by a grid."""
 RENAMED_PARAMS = {"sampler": ("batch_sampler", "search: {sampler: ...} is the search's Optuna sampler")}

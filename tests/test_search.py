@@ -230,6 +230,40 @@ def test_a_run_predicted_over_budget_is_skipped_and_a_cheaper_one_starts(tmp_pat
     assert any(f"{len(skipped)} proposed runs were not started" in note for note in source.notes)
 
 
+def test_a_sampler_proposing_runs_over_budget_again_and_again_gets_a_random_point_that_fits(tmp_path):
+    """TPE's model keeps preferring 64 px (500 s), which does not fit in a 100 s budget: after three such
+    proposals in a row a random point predicted to fit (32 px, 10 s), not run yet, is enqueued and runs
+    next, instead of the search stopping with its budget left."""
+    from runner.search.study import AFFORDABLE_ATTR, OVER_BUDGET_ATTR, SAMPLER_TRIES_OVER_BUDGET
+
+    source, _ = timed_search_source(tmp_path, "search: {sampler: tpe, budget: 100, seed: 3}\n"
+                                              "grid:\n  image_size: [64, 32]\n  dropout: [0.1, 0.2]\n",
+                                    {64: 500.0, 32: 10.0})
+    for dropout in (0.1, 0.2, 0.1):  # what the sampler's model prefers, proposed again and again
+        source.study.enqueue_trial({"image_size": 64, "dropout": dropout})
+    run = source.peek()
+    assert run is not None and run.params["image_size"] == 32 and run.params["dropout"] in (0.1, 0.2)
+    trials = source.study.get_trials(deepcopy=False)
+    over = [t for t in trials if OVER_BUDGET_ATTR in t.user_attrs]
+    assert len(over) == SAMPLER_TRIES_OVER_BUDGET == 3
+    assert all(t.params["image_size"] == 64 and t.state.name == "FAIL" for t in over)
+    (drawn,) = [t for t in trials if AFFORDABLE_ATTR in t.user_attrs]
+    assert drawn.params["image_size"] == 32 and 99 < drawn.user_attrs[AFFORDABLE_ATTR] <= 100
+    source.pop()
+    source.close()
+    assert any("3 proposed runs were not started" in note and "1 random point(s) predicted to fit were run "
+               "instead" in note for note in source.notes), source.notes
+
+
+def test_no_more_runs_start_when_no_random_point_fits(tmp_path):
+    """Every point of the space takes 500 s and the budget is 100 s: the random draws find nothing either."""
+    source, _ = timed_search_source(tmp_path, "search: {sampler: random, budget: 100, seed: 1}\n"
+                                              "grid:\n  image_size: [64]\n  dropout: [0.1, 0.2]\n", {64: 500.0})
+    assert source.peek() is None
+    assert any("none of 200 random points of the space not run yet is predicted to take at most" in note
+               for note in source.notes), source.notes
+
+
 def test_predicted_duration_adds_the_cache_build_only_for_a_new_entry(make_record):
     """One earlier run: 100 s, 60 s of it building its cache, 4 epochs at 128 px. The same entry again costs
     its 40 s of training; 256 px costs 4x the pixels for both parts; augmentation with 2 copies triples the

@@ -40,16 +40,16 @@ from typing import Any, Optional, Sequence
 
 from runner.errors import ConfigError
 from runner.records import COMPLETED, DONE_STATUSES, PRUNED, RUN
-
+from runner.search.duration import predict_duration_s
 from runner.search.space import Dimension, SearchSpec, _encode, decode
 from runner.search.study import (
-    DUPLICATE_ATTR, MAX_DUPLICATE_PROPOSALS, MAX_OVER_BUDGET_PROPOSALS, OVER_BUDGET_ATTR, pruning_metric,
-    reseed_sampler,
+    AFFORDABLE_ATTR, AFFORDABLE_DRAWS, DUPLICATE_ATTR, MAX_DUPLICATE_PROPOSALS, MAX_OVER_BUDGET_PROPOSALS,
+    OVER_BUDGET_ATTR, SAMPLER_TRIES_OVER_BUDGET, pruning_metric, reseed_sampler,
 )
 
 RESTORED_ATTR = "nbsweep_from_records"
 """User attribute of a trial added from the run records (`SearchSource.restore`): their run ids."""
-from runner.search.duration import predict_duration_s
+
 
 @dataclass
 class SearchSource:
@@ -70,6 +70,7 @@ class SearchSource:
         pruner: `pruner_config(...)`, handed to each run's kernel; `None`: no pruning.
         started: `time.monotonic()` at the sweep's start (for the budget).
         over_budget: proposals not started because they were predicted not to fit in the budget's time left.
+        affordable: random points enqueued because the sampler's proposals did not fit (`peek`).
     """
 
     study: Any
@@ -83,6 +84,7 @@ class SearchSource:
     started: float = field(default_factory=time.monotonic)
     notes: list[str] = field(default_factory=list)
     over_budget: int = 0
+    affordable: int = 0
     _next: Any = None
     _rest: list = field(default_factory=list)
     _last: Any = None
@@ -132,9 +134,14 @@ class SearchSource:
         (or in `max_run_share` of it) is not run: its trial is failed (user
         attribute `OVER_BUDGET_ATTR`, the predicted seconds; the sampler
         learns nothing from it) and the study is asked for another point, so
-        a cheaper configuration can still use the time. After
-        `MAX_OVER_BUDGET_PROPOSALS` such proposals in a row, or once the
-        budget is spent, no more runs start.
+        a cheaper configuration can still use the time. A model-based
+        sampler (TPE) proposes again what its model prefers, fitting or not:
+        after `SAMPLER_TRIES_OVER_BUDGET` such proposals in a row (`random`
+        and `tpe` samplers), a uniformly drawn point predicted to fit
+        (`_affordable_point`) is enqueued and runs next, and the sampler
+        learns from its result. No more runs start once the budget is spent,
+        when no drawn point fits, or after `MAX_OVER_BUDGET_PROPOSALS`
+        proposals in a row that do not fit.
         """
         over_budget = 0
         while True:
@@ -164,7 +171,51 @@ class SearchSource:
                                   f"{predicted:.0f} s); no more runs start")
                 self._exhausted = True
                 break
+            if self.search.sampler != "grid" and over_budget % SAMPLER_TRIES_OVER_BUDGET == 0:
+                point = self._affordable_point(limit)
+                if point is None:
+                    self.notes.append(f"budget: {left:.0f} s are left and none of {AFFORDABLE_DRAWS} random points "
+                                      f"of the space not run yet is predicted to take at most {limit:.0f} s; no "
+                                      f"more runs start")
+                    self._exhausted = True
+                    break
+                self.study.enqueue_trial(point, user_attrs={AFFORDABLE_ATTR: round(limit, 1)})
+                self.affordable += 1
         return None if self._next is None else self._next[0]
+
+    def _affordable_point(self, limit_s: float) -> Optional[dict[str, Any]]:
+        """A uniformly drawn point of the space, not run yet, predicted to finish in `limit_s` seconds.
+
+        The draws come from Optuna's `RandomSampler` in a throwaway in-memory
+        study, seeded with `search.seed` plus the study's trial count (a
+        resumed search draws other points). A point counts as run when all
+        its repeats have a finished record or are running; its predicted
+        seconds are `predicted_s` of its first run times its repeats, a run
+        without a prediction counting as 0 (as in `peek`).
+
+        Args:
+            limit_s: the seconds the point's runs must fit in.
+
+        Returns:
+            The point as the study's parameters (`Study.enqueue_trial`'s
+            `params`), or `None` when none of `AFFORDABLE_DRAWS` draws fits.
+        """
+        import optuna
+
+        draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(
+            seed=self.search.seed + len(self.study.get_trials(deepcopy=False))))
+        distributions = {d.name: d.distribution() for d in self.dims}
+        taken = {rec.config_hash for rec in self.found.records if rec.kind == RUN and rec.status in DONE_STATUSES}
+        taken |= set(self._trials)
+        for _ in range(AFFORDABLE_DRAWS):
+            params = draws.ask(distributions).params
+            runs, errors = self.builder.build_repeats("random draw", {name: decode(value) for name, value in
+                                                                     params.items()}, repeats=self.search.repeats)
+            if errors or all(run.config_hash in taken for run in runs):
+                continue
+            if (self.predicted_s(runs[0]) or 0.0) * len(runs) <= limit_s:
+                return params
+        return None
 
     def pop(self):
         """The run `peek` returned, now running."""
@@ -283,7 +334,9 @@ class SearchSource:
         that did run are found by their `config_hash` then, and not run twice)."""
         if self.over_budget:
             self.notes.append(f"budget: {self.over_budget} proposed runs were not started, predicted not to finish "
-                              f"in the time left (trials failed with user attribute {OVER_BUDGET_ATTR})")
+                              f"in the time left (trials failed with user attribute {OVER_BUDGET_ATTR})"
+                              + (f"; {self.affordable} random point(s) predicted to fit were run instead (user "
+                                 f"attribute {AFFORDABLE_ATTR})" if self.affordable else ""))
         pending = ([self._next] if self._next is not None else []) + self._rest
         if pending:
             trial = pending[0][1]

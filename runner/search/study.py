@@ -20,6 +20,13 @@ DUPLICATE_ATTR = "nbsweep_duplicate_of"
 """User attribute of a trial that repeated a finished run (told its result; not counted in `n_runs`)."""
 MAX_OVER_BUDGET_PROPOSALS = 20
 """Proposals in a row predicted not to fit in the budget's remaining time before no more runs start."""
+SAMPLER_TRIES_OVER_BUDGET = 3
+"""Proposals of the sampler in a row predicted not to fit before a random point that fits is run instead
+(`SearchSource.peek`)."""
+AFFORDABLE_DRAWS = 200
+"""Uniform random draws of the space tried for a point predicted to fit (`SearchSource._affordable_point`)."""
+AFFORDABLE_ATTR = "nbsweep_affordable_draw"
+"""User attribute of a trial enqueued as a random point predicted to fit: the seconds it had to fit in."""
 OVER_BUDGET_ATTR = "nbsweep_over_budget_s"
 """User attribute of a trial failed unrun because its predicted seconds exceeded what was left of the budget
 (or `max_run_share` of it)."""

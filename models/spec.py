@@ -754,7 +754,7 @@ def cache_build_key(spec: ExperimentSpec) -> Optional[str]:
     The key hashes `cache_entry_inputs` and, for each part of `models.cache.cache_key` known only once
     the run is under way, the parameters that decide it: the frozen weights (`weights`, and `warm_start`
     with `warm_start_checkpoint`: a warm start's frozen layers hold its parent's weights), the split
-    manifest (`data_dir`, `max_images_per_class`, `val_fraction`, `test_fraction`, `seed`, `split_seed`), the cut layers
+    manifest (`data_dir`, `max_images_per_class`, `val_fraction`, `test_fraction`, `data_seed`), the cut layers
     (`fine_tune_layers` when fine-tuning) and where entries live (`cache_dir`). Anything else (learning
     rate, head, epochs, ...) leaves it unchanged. `runner.search.duration` predicts a cache build with it.
 
@@ -768,9 +768,9 @@ def cache_build_key(spec: ExperimentSpec) -> Optional[str]:
     if bypass_reason(spec) or spec.from_scratch:
         return None
     decided_by = spec.model_dump(mode="json", include={
-        "weights", "data_dir", "max_images_per_class", "val_fraction", "test_fraction", "seed", "split_seed",
-        "cache_dir",
+        "weights", "data_dir", "max_images_per_class", "val_fraction", "test_fraction", "cache_dir",
         "fine_tune_layers", "warm_start", "warm_start_checkpoint"})
+    decided_by["data_seed"] = spec.data_seed  # the split's seed: repeats sharing a split_seed share entries
     if not spec.fine_tunes:  # 0 and 0.0: one phase, one entry
         decided_by["fine_tune_layers"] = 0
     if spec.warm_start is None:  # the checkpoint of no parent

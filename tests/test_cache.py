@@ -113,6 +113,9 @@ def test_key_changes_with_every_input_that_changes_the_numbers(image_dir, weight
     mixed = make_spec(image_dir, weights=weights_files[0], precision="mixed_float16")
     assert "precision" not in entry and cache_entry_inputs(mixed)["precision"] == "mixed_float16"
     assert cache_build_key(mixed) != cache_build_key(spec)
+    # repeats on one split (split_seed) read the same entries; another split reads others
+    assert cache_build_key(make_spec(image_dir, weights=weights_files[0], seed=5, split_seed=spec.seed)) == \
+        cache_build_key(spec) != cache_build_key(make_spec(image_dir, weights=weights_files[0], split_seed=5))
 
 
 @pytest.mark.slow

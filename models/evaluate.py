@@ -21,7 +21,7 @@ from sklearn.metrics import (ConfusionMatrixDisplay, accuracy_score, classificat
                              confusion_matrix)
 
 from . import cache
-from .data import DataSplit, make_dataset
+from .data import DataSplit, batch_arrays, make_dataset
 from .spec import ExperimentSpec
 from .names import FINE_TUNE, HEAD
 from .training import resolve_fine_tune_layers
@@ -210,9 +210,14 @@ def evaluate_model(
               if len(part)}  # train_on_val: the validation images were trained on, not evaluated
     cached = None if spec.tta else _cached_eval_inputs(model, data, spec, list(splits))
     if cached is not None:
-        probabilities = {name: cached.split.top.predict(cache.feature_dataset(
-            [cached.arrays[name]], part.labels, spec.batch_size), verbose=0) for name, part in splits.items()}
-    else:
+        try:
+            probabilities = {name: cached.split.top.predict(batch_arrays(
+                [cached.arrays[name]], part.labels, spec.batch_size), verbose=0) for name, part in splits.items()}
+        except Exception:
+            if not cache.take_damage_reports():
+                raise
+            cached = None  # a stored chunk failed its CRC-32 (the entry is deleted): evaluate on the images
+    if cached is None:
         probabilities = {name: predict_with_tta(model, make_dataset(part, spec.image_size, spec.batch_size),
                                                 spec.tta) for name, part in splits.items()}
     for name, part in splits.items():  # the test split's, and the validation split's (ensembles select on it)

@@ -225,30 +225,87 @@ def built_entry(image_dir, weights_files, tmp_path):
     return spec, data, model, first
 
 
-@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "missing meta", "missing array"])
-def test_a_corrupted_entry_is_detected_and_rebuilt(built_entry, damage):
+@pytest.mark.parametrize("damage", ["cut chunk", "missing meta", "missing array", "bad header", "old format"])
+def test_an_entry_damaged_where_opening_sees_it_is_rebuilt(built_entry, damage):
     spec, data, model, first = built_entry
     entry = cache.ActivationCache(cache.cache_dir(spec)).entry(first.info["key"])
     original = np.array(first.arrays["train"])
     train_file = entry / "train.npy"
-    if damage == "flipped byte":
-        raw = bytearray(train_file.read_bytes())
-        raw[-7] ^= 0xFF
-        train_file.write_bytes(bytes(raw))
-    elif damage == "truncated":
+    if damage == "cut chunk":
         train_file.write_bytes(train_file.read_bytes()[:-100])
     elif damage == "missing meta":
         (entry / cache.META_FILE).unlink()
-    else:
+    elif damage == "missing array":
         train_file.unlink()
+    elif damage == "bad header":  # same size, another shape in the .npy header
+        raw = train_file.read_bytes()
+        train_file.write_bytes(raw.replace(b"'shape': (", b"'shape': (1, ", 1)[:len(raw)])
+    else:  # an entry of the previous layout under this key: never read as this one
+        meta = json.loads((entry / cache.META_FILE).read_text())
+        (entry / cache.META_FILE).write_text(json.dumps({**meta, "format": 2}))
     with pytest.warns(RuntimeWarning, match="corrupted entry"):
         again = cache.cached_inputs(model, data, spec, 0)
     assert again.info["status"] == "built"
-    np.testing.assert_array_equal(again.arrays["train"], original)
+    np.testing.assert_array_equal(np.array(again.arrays["train"]), original)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert cache.cached_inputs(model, data, spec, 0).info["status"] == "hit"
     assert not [w for w in caught if "activation cache" in str(w.message)]
+
+
+def flip_byte(path, offset_from_end=7):
+    raw = bytearray(path.read_bytes())
+    raw[-offset_from_end] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_is_found_when_its_chunk_is_read_and_the_entry_deleted(built_entry, monkeypatch):
+    """Opening checks sizes and headers only; each chunk's CRC-32 is checked when a row of it is first read."""
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 1)  # one row per chunk
+    spec, data, model, _ = built_entry
+    shutil.rmtree(cache.cache_dir(spec))
+    first = cache.cached_inputs(model, data, spec, 0)
+    assert len(json.loads((cache.cache_dir(spec) / first.info["key"] / cache.META_FILE).read_text())[
+        "arrays"]["train"]["crc32"]) == len(data.train)
+    entry = cache.cache_dir(spec) / first.info["key"]
+    flip_byte(entry / "train.npy")  # in the last row's chunk
+    opened = cache.cached_inputs(model, data, spec, 0)  # a new file version: nothing counts as checked
+    assert opened.info["status"] == "hit"
+    train = opened.arrays["train"]
+    assert train.take([0, 1]).shape == (2, *train.shape[1:])  # intact chunks read fine
+    with pytest.warns(RuntimeWarning, match="differs from its CRC-32"), pytest.raises(cache.CacheDamaged):
+        train.take([len(train) - 1])
+    assert not entry.exists()
+    assert len(cache.take_damage_reports()) == 1 and cache.take_damage_reports() == []
+    assert cache.cached_inputs(model, data, spec, 0).info["status"] == "built"
+
+
+@pytest.mark.slow
+def test_training_on_an_entry_damaged_under_it_trains_again_on_a_rebuilt_one(image_dir, pretrained_base,
+                                                                               tmp_path):
+    spec = make_spec(image_dir, weights=pretrained_base, cache_dir=str(tmp_path / "cache"), epochs=2,
+                     **NO_DROPOUT)
+    data = load_data(spec)
+    model = build_model(spec, 3)
+    clean = train_model(model, data, spec, tmp_path / "clean", verbose=0)
+    entry = next((tmp_path / "cache").glob("*/meta.json")).parent
+    flip_byte(entry / "train.npy")
+    model = build_model(spec, 3)
+    with pytest.warns(RuntimeWarning, match="training again from the start on a rebuilt entry"):
+        again = train_model(model, data, spec, tmp_path / "again", verbose=0)
+    assert again.activation_cache["head"]["status"] == "built"
+    np.testing.assert_allclose(again.history["head"]["val_loss"], clean.history["head"]["val_loss"], rtol=1e-5)
+    assert cache.ActivationCache(tmp_path / "cache").load(clean.activation_cache["head"]["key"]) is not None
+
+
+def test_streamed_entry_holds_what_a_whole_split_predict_gives(built_entry):
+    """The entry is written batch by batch; its rows are the frozen part's outputs on the split's images."""
+    spec, data, model, first = built_entry
+    split = cache.split_model(model, spec, 0)
+    from models.data import make_dataset
+    for name in ("train", "val", "test"):
+        expected = split.frozen.predict(make_dataset(getattr(data, name), spec.image_size, 32), verbose=0)
+        np.testing.assert_array_equal(np.array(first.arrays[name]), expected)
 
 
 def test_half_written_entries_are_never_read(built_entry):
@@ -268,13 +325,16 @@ def test_half_written_entries_are_never_read(built_entry):
 def test_concurrent_builders_compute_an_entry_once(tmp_path):
     store, calls = cache.ActivationCache(tmp_path), []
 
-    def compute():
+    def write(folder):
         calls.append(1)
         time.sleep(0.5)
-        return {"train": np.arange(6, dtype=np.float32).reshape(3, 2)}
+        writer = cache.ArrayWriter(folder / "train.npy", (3, 2), "float32")
+        writer.write(np.arange(4, dtype=np.float32).reshape(2, 2))
+        writer.write(np.array([[4, 5]]))
+        return {"train": writer.close()}
 
     outcomes = []
-    threads = [threading.Thread(target=lambda: outcomes.append(store.get_or_build("k" * 32, {}, compute)))
+    threads = [threading.Thread(target=lambda: outcomes.append(store.get_or_build("k" * 32, {}, write)))
                for _ in range(3)]
     for thread in threads:
         thread.start()
@@ -283,8 +343,24 @@ def test_concurrent_builders_compute_an_entry_once(tmp_path):
     assert len(calls) == 1
     assert sorted(status for _, status, _ in outcomes) == ["built", "hit", "hit"]
     for arrays, _, _ in outcomes:
-        np.testing.assert_array_equal(arrays["train"], np.arange(6).reshape(3, 2))
+        np.testing.assert_array_equal(np.array(arrays["train"]), np.arange(6).reshape(3, 2))
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["k" * 32]
+
+
+def test_array_writer_chunks_and_checksums_match_numpy(tmp_path, monkeypatch):
+    """The file is a plain .npy file; each chunk's CRC-32 is zlib's over that chunk's rows."""
+    import zlib
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 3 * 4 * 4)  # 3 rows of 4 float32 per chunk
+    rows = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    writer = cache.ArrayWriter(tmp_path / "a.npy", rows.shape, "float32")
+    for batch in np.array_split(rows, [1, 5, 6]):  # batches that straddle chunk boundaries
+        writer.write(batch)
+    meta = writer.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), rows)
+    assert meta["chunk_rows"] == 3
+    assert meta["crc32"] == [zlib.crc32(rows[i:i + 3].tobytes()) for i in range(0, 10, 3)]
+    with pytest.raises(ValueError, match="rows written"):
+        cache.ArrayWriter(tmp_path / "b.npy", rows.shape, "float32").close()
 
 
 @pytest.mark.slow  # builds MobileNetV2 twice (about 8 s)

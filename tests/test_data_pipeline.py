@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from models import ExperimentSpec
-from models.cache import feature_dataset
+import tensorflow as tf
 from models.data import (SplitPart, batch_arrays, decode_images, index_batches, list_image_folder,
                          load_data, make_dataset)
 
@@ -99,12 +99,35 @@ def test_balanced_features_draw_as_images_do(whole_folder):
     pooled = np.concatenate([y.numpy() for _, y in batch_arrays(copies, labels, BATCH, shuffle=True, seed=1,
                                                                batch_sampler="balanced")])
     assert len(pooled) == 6 * BATCH
-    plain = list(batch_arrays(copies, labels, BATCH, shuffle=True, seed=1))
-    reference = list(feature_dataset(copies, labels, BATCH, shuffle=True, seed=1))
-    assert sum(len(y) for _, y in plain) == 45
-    for (x, y), (x_ref, y_ref) in zip(plain, reference):  # no sampler: the cache module's own order
-        np.testing.assert_array_equal(x.numpy(), x_ref.numpy())
-        np.testing.assert_array_equal(y.numpy(), y_ref.numpy())
+    streamed = batch_arrays(copies, labels, BATCH, shuffle=True, seed=1)
+    reference = in_memory_reference(copies, labels, BATCH, seed=1)
+    for _ in range(2):  # two epochs: reshuffled alike
+        plain, expected = list(streamed), list(reference)
+        assert sum(len(y) for _, y in plain) == 45 and len(plain) == len(expected)
+        for (x, y), (x_ref, y_ref) in zip(plain, expected):
+            np.testing.assert_array_equal(x.numpy(), x_ref.numpy())
+            np.testing.assert_array_equal(y.numpy(), y_ref.numpy())
+
+
+def in_memory_reference(arrays, labels, batch_size, seed):
+    """The in-memory reader the activation cache used before it streamed: every row copied into one
+    constant, shuffled with a buffer of the whole pool, the first `len(labels)` rows an epoch."""
+    x = np.concatenate(arrays).astype(np.float32)
+    y = np.tile(np.asarray(labels, dtype=np.int32), len(arrays))
+    return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=seed, reshuffle_each_iteration=True) \
+        .take(len(labels)).batch(batch_size)
+
+
+def test_streamed_images_are_the_decoded_images(whole_folder):
+    """`make_dataset(stream=True)` reads each batch's files when it is produced; same pixels, same batches."""
+    for kwargs in ({}, {"shuffle": True, "seed": 4}, {"shuffle": True, "seed": 4, "batch_sampler": "balanced"}):
+        streamed = list(make_dataset(whole_folder, 16, BATCH, stream=True, **kwargs))
+        decoded = list(make_dataset(whole_folder, 16, BATCH, stream=False, **kwargs))
+        assert len(streamed) == len(decoded) == math.ceil(len(whole_folder) / BATCH)
+        for (x, y), (x_ref, y_ref) in zip(streamed, decoded):
+            assert x.dtype == x_ref.dtype == tf.float32
+            np.testing.assert_array_equal(x.numpy(), x_ref.numpy())
+            np.testing.assert_array_equal(y.numpy(), y_ref.numpy())
 
 
 def test_index_batches_without_a_sampler_cover_each_row_once():

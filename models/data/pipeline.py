@@ -173,18 +173,28 @@ def batch_arrays(
     batch_sampler: Optional[str] = None,
     num_classes: Optional[int] = None,
 ) -> tf.data.Dataset:
-    """Batches of in-memory rows (e.g. the activation cache's stored features), as `make_dataset` batches images.
+    """Batches of stored rows (e.g. the activation cache's features), read batch by batch, as `make_dataset` batches images.
 
     The batches follow `index_batches`: with the same labels, seed and
     sampler they hold the same rows as `make_dataset`'s batches of the
-    images. Several arrays (augmented copies of the same images) are pooled
-    and an epoch still draws `len(labels)` rows (or, balanced,
-    `ceil(len(labels) / batch_size)` batches) from them, as
-    `models.cache.feature_dataset` does.
+    images. Several arrays (augmented copies of the same images) are pooled:
+    row `r` of the pool is row `r % n` of copy `r // n`, and an epoch still
+    draws `len(labels)` rows (or, balanced, `ceil(len(labels) / batch_size)`
+    batches) from them.
+
+    Nothing is copied up front: each batch's rows are taken from the arrays
+    when the batch is produced (`array.take(rows, axis=0)` inside a
+    `tf.numpy_function`), so memory-mapped arrays stay on disk and in the
+    page cache. What this pipeline holds in memory is the epoch's index
+    order (8 bytes per pooled row, `index_batches`), the labels (4 bytes
+    per pooled row) and the batches `tf.data.AUTOTUNE` prefetches.
 
     Args:
-        arrays: a list of arrays `(n, ...)` of the same rows (float32 or
-            float16; memory-mapped is fine: they are copied once, as float32).
+        arrays: a list of arrays `(n, ...)` of the same rows, float32 or
+            float16 (cast to float32 per batch): `np.ndarray`, `np.memmap` or
+            any object with `shape`, `dtype` and numpy's
+            `take(indices, axis=0)` (e.g. `models.cache.VerifiedArray`, which
+            checks each chunk's checksum the first time it is read).
         labels: int `(n,)` labels of the rows.
         batch_size: rows per batch.
         shuffle: reshuffle every epoch. Defaults to `False`.
@@ -197,15 +207,29 @@ def batch_arrays(
     Returns:
         A `tf.data.Dataset` of `(float32 (batch, ...) rows, labels)`: labels
         int32 `(batch,)`, or float32 `(batch, num_classes)` with `num_classes`.
+        Iterating it raises what `take` raises (wrapped in a
+        `tf.errors.OpError`).
     """
+    arrays = list(arrays)
     n = len(labels)
-    x = np.concatenate(arrays) if len(arrays) > 1 else np.asarray(arrays[0])
-    rows = tf.constant(x.astype(np.float32, copy=False))
+    row_shape = tuple(int(d) for d in arrays[0].shape[1:])
     y = np.tile(np.asarray(labels, dtype=np.int32), len(arrays))
     y_tensor = tf.constant(y)
+
+    def take(index: np.ndarray) -> np.ndarray:
+        copy, row = np.divmod(index, n)
+        rows = np.empty((len(index), *row_shape), dtype=np.float32)
+        for c in np.unique(copy):
+            chosen = copy == c
+            rows[chosen] = arrays[c].take(row[chosen], axis=0)
+        return rows
+
+    def gather(index):
+        rows = tf.numpy_function(take, [index], tf.float32, stateful=False)
+        return tf.ensure_shape(rows, (None, *row_shape)), tf.gather(y_tensor, index)
+
     indices = index_batches(y, batch_size, shuffle=shuffle, seed=seed, batch_sampler=batch_sampler, epoch_size=n)
-    dataset = indices.map(lambda index: (tf.gather(rows, index), tf.gather(y_tensor, index)),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = indices.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if num_classes is not None:
         dataset = dataset.map(lambda x, labels: (x, tf.one_hot(labels, num_classes)))
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -221,12 +245,16 @@ def make_dataset(
     augmentation: Augmentation | None = None,
     num_classes: int | None = None,
     batch_sampler: Optional[str] = None,
+    stream: Optional[bool] = None,
 ) -> tf.data.Dataset:
     """Builds the input pipeline of one split part.
 
     The files are decoded and resized once per process (`decode_images`:
     uint8, shared by every dataset of the same files and size), never per
-    epoch. Then, per epoch: the rows of each batch are chosen
+    epoch, when the part's decoded images fit in `DECODED_CACHE_BYTES`;
+    otherwise (or with `stream=True`) each batch's files are read and decoded
+    when the batch is produced, so memory does not grow with the part. Both
+    sources give the same pixels (`_load_image`). Then, per epoch: the rows of each batch are chosen
     (`index_batches`: in order, reshuffled when `shuffle`, or drawn evenly
     from the classes with `batch_sampler="balanced"`), gathered and cast to
     float32, augmented (when `augmentation` has any transform: Keras
@@ -256,6 +284,12 @@ def make_dataset(
         batch_sampler: `None`, or `"balanced"`: every batch drawn evenly from the
             classes, `ceil(len(part) / batch_size)` full batches an epoch
             (`index_batches`). Defaults to `None`.
+        stream: `True` reads and decodes each batch's files when it is
+            produced (for one pass over the files, such as an activation-cache
+            build); `False` uses the decoded copy (`decode_images`); `None`
+            streams only when the part's decoded size
+            (`n * image_size**2 * 3` bytes) exceeds `DECODED_CACHE_BYTES`.
+            Defaults to `None`.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: images float32
@@ -269,11 +303,21 @@ def make_dataset(
     """
     if augmentation is not None and augmentation.mixes_batches and num_classes is None:
         raise ValueError("mixup / cutmix mix the labels too: make_dataset needs num_classes")
-    images = decode_images(part.paths, image_size)
     labels = tf.constant(np.asarray(part.labels, dtype=np.int32))
-    dataset = index_batches(part.labels, batch_size, shuffle=shuffle, seed=seed, batch_sampler=batch_sampler).map(
-        lambda index: (tf.cast(tf.gather(images, index), tf.float32), tf.gather(labels, index)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    indices = index_batches(part.labels, batch_size, shuffle=shuffle, seed=seed, batch_sampler=batch_sampler)
+    if stream is None:
+        stream = len(part) * image_size * image_size * 3 > DECODED_CACHE_BYTES
+    if stream:  # one row at a time, decoded in parallel in order, then batched again at the same boundaries
+        paths = tf.constant([str(path) for path in part.paths] or [""], dtype=tf.string)
+        dataset = indices.unbatch().map(
+            lambda index: (_load_image(tf.gather(paths, index), image_size), tf.gather(labels, index)),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).map(
+            lambda images, labels: (tf.cast(images, tf.float32), labels))
+    else:
+        images = decode_images(part.paths, image_size)
+        dataset = indices.map(
+            lambda index: (tf.cast(tf.gather(images, index), tf.float32), tf.gather(labels, index)),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augmentation is not None:
         augment = build_augmentation(augmentation, image_size, seed)
         if augment.layers:

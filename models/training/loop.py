@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 import keras
@@ -203,6 +204,44 @@ def train_model(
             GPU, or the model was built under another dtype policy than
             `spec.precision`.
     """
+    cache.take_damage_reports()  # only damage found while this run reads counts
+    initial = _ModelState(model)
+    try:
+        return _train(model, data, spec, output_dir, verbose=verbose, pruning=pruning)
+    except Exception:
+        damage = cache.take_damage_reports()
+        if not damage:
+            raise
+    # a stored chunk failed its CRC-32 while read (the entry is deleted): train again on a rebuilt entry
+    warnings.warn(f"activation cache: {'; '.join(damage)}; training again from the start on a rebuilt entry",
+                  RuntimeWarning, stacklevel=2)
+    initial.restore(model)
+    return _train(model, data, spec, output_dir, verbose=verbose, pruning=pruning)
+
+
+class _ModelState:
+    """A model's variables (weights and the seed generators' states) and every layer's `trainable` flag,
+    to put back before training again."""
+
+    def __init__(self, model: keras.Model):
+        self.values = [(variable, keras.ops.convert_to_numpy(variable)) for variable in model.variables]
+        self.trainable = [(layer, layer.trainable) for layer in _all_layers(model)]
+
+    def restore(self, model: keras.Model) -> None:
+        for layer, trainable in self.trainable:
+            layer.trainable = trainable
+        for variable, value in self.values:
+            variable.assign(value)
+
+
+def _all_layers(layer) -> list:
+    """`layer` and every layer nested in it, depth first."""
+    return [layer, *(nested for child in getattr(layer, "layers", []) for nested in _all_layers(child))]
+
+
+def _train(model: keras.Model, data: DataSplit, spec: ExperimentSpec, output_dir, *, verbose,
+           pruning) -> TrainingResult:
+    """`train_model`'s one attempt (see there)."""
     _check_precision(model, spec)
     fine_tune_layers = resolve_fine_tune_layers(model, spec) if spec.fine_tunes else None
     output_dir = Path(output_dir)
@@ -328,12 +367,8 @@ def _phase_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, tra
             data.val) else None  # train_on_val: nothing to validate on
         return model, train_ds, val_ds, {"status": status, "reason": str(exc)}
     train = [array for name, array in sorted(cached.arrays.items()) if name.startswith("train")]
-    if spec.batch_sampler:  # balanced batches of the stored features, drawn as make_dataset draws images
-        train_ds = batch_arrays(train, data.train.labels, spec.batch_size, shuffle=True, seed=spec.seed,
-                                batch_sampler=spec.batch_sampler, num_classes=num_classes)
-    else:
-        train_ds = cache.feature_dataset(train, data.train.labels, spec.batch_size, shuffle=True,
-                                         seed=spec.seed, num_classes=num_classes)
-    val_ds = cache.feature_dataset([cached.arrays["val"]], data.val.labels, spec.batch_size,
-                                   num_classes=num_classes) if len(data.val) else None
+    train_ds = batch_arrays(train, data.train.labels, spec.batch_size, shuffle=True, seed=spec.seed,
+                            batch_sampler=spec.batch_sampler, num_classes=num_classes)
+    val_ds = batch_arrays([cached.arrays["val"]], data.val.labels, spec.batch_size,
+                          num_classes=num_classes) if len(data.val) else None
     return cached.split.top, train_ds, val_ds, cached.info

@@ -1,8 +1,10 @@
-"""`build_model(spec, num_classes)`: raw RGB in, class probabilities out."""
+"""`build_model(spec, num_classes)`: raw RGB in, class probabilities out; the same model rebuilt with a run's
+weights (`load_run_model`, `load_warm_start`) and exported whole (`export_model`)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import keras
 
@@ -116,7 +118,7 @@ def load_model(path) -> keras.Model:
     """Loads a saved `model.keras` (importing this module registers `Preprocess`).
 
     Args:
-        path: a `.keras` file written by `train_model`.
+        path: a `.keras` file written by `train_model` or `nbsweep export`.
 
     Returns:
         The compiled `keras.Model`.
@@ -125,6 +127,72 @@ def load_model(path) -> keras.Model:
         ValueError: if Keras cannot read the file.
     """
     return keras.models.load_model(path)
+
+
+def load_run_model(spec: ExperimentSpec, num_classes: int, weights_path) -> keras.Model:
+    """The one loader of a trained run: `build_model(spec)` again, then the run's weights file.
+
+    - `trained_weights.h5` (the base frozen as built; `models.saving`): the
+      base is rebuilt from the weights file the file records (that file's
+      sha256 checked first), the frozen weights' sha256 checked against the
+      run's, and the trained variables loaded.
+    - `model.keras` (a full model, and every older run) or a per-epoch
+      checkpoint: built with random weights, then every weight loaded.
+
+    Built in float32 whatever the run's `precision` (mixed precision needs a
+    GPU; the variables are float32 either way), as predicting always has.
+
+    Args:
+        spec: the run's parameters (from its record).
+        num_classes: its number of classes, >= 2.
+        weights_path: the run's weights file (`models.names.run_weights_path`)
+            or one of its checkpoints.
+
+    Returns:
+        A `keras.Model` (uncompiled) mapping float32 `(batch, height, width,
+        3)` RGB in [0, 255] to float32 probabilities `(batch, num_classes)`.
+
+    Raises:
+        RunWeightsError: (a `ModelConfigError`) the weights file or the base
+            weights file it records is missing, the base weights file's or the
+            frozen weights' sha256 differs from the run's, or the file does
+            not fit the model; the message names the file.
+        ModelConfigError: `build_model` refuses the spec.
+    """
+    from .saving import check_base_file, is_trained_weights_file, load_weights_into, read_base_identity
+
+    identity = read_base_identity(weights_path) if is_trained_weights_file(weights_path) else None
+    if identity is not None:
+        check_base_file(identity, weights_path)  # before building: a clear error, not a Keras one
+        spec = spec.model_copy(update={"weights": identity.weights_path, "weights_dir": None})
+    else:
+        spec = spec.model_copy(update={"weights": None})  # every weight comes from the file
+    model = build_model(spec.model_copy(update={"precision": "float32"}), num_classes)
+    load_weights_into(model, weights_path)
+    return model
+
+
+def export_model(model: keras.Model, out_path) -> Path:
+    """Saves a loaded run's model as one standalone Keras file (base included).
+
+    `keras.models.load_model(out_path)` loads it alone, in any process that
+    has imported `models.build` (which registers the `Preprocess` layer).
+
+    Args:
+        model: e.g. from `load_run_model`.
+        out_path: the file to write; must end in `.keras`.
+
+    Returns:
+        `out_path` as a `Path`.
+
+    Raises:
+        ModelConfigError: `out_path` does not end in `.keras`.
+    """
+    out_path = Path(out_path)
+    if out_path.suffix != ".keras":
+        raise ModelConfigError(f"export: {out_path}: expected a file name ending in .keras (Keras's format)")
+    model.save(out_path)
+    return out_path
 
 
 def load_warm_start(model: keras.Model, resolved, class_names) -> dict | None:
@@ -137,7 +205,8 @@ def load_warm_start(model: keras.Model, resolved, class_names) -> dict | None:
     Args:
         model: a model from `build_model` with the parent's architecture.
         resolved: `None` (no warm start), or a mapping with `parent_run_id`,
-            `checkpoint` (`"best"` or an epoch), `weights_path` (absolute),
+            `checkpoint` (`"best"` or an epoch), `weights_path` (absolute: the
+            parent's `model.keras` or `trained_weights.h5`, or a checkpoint),
             `weights_sha256` and `class_names` (the parent's).
         class_names: this run's classes, in label order.
 
@@ -147,7 +216,9 @@ def load_warm_start(model: keras.Model, resolved, class_names) -> dict | None:
 
     Raises:
         ModelConfigError: the classes differ from the parent's, or the
-            weights file changed since it was resolved (sha256).
+            weights file changed since it was resolved (sha256); a
+            `RunWeightsError` when the parent's base weights file is missing
+            or changed, or its weights do not fit (`models.saving.load_weights_into`).
     """
     if not resolved:
         return None
@@ -160,5 +231,7 @@ def load_warm_start(model: keras.Model, resolved, class_names) -> dict | None:
     path = resolved["weights_path"]
     if sha256_file(path) != resolved["weights_sha256"]:
         raise ModelConfigError(f"warm_start: {path} changed since the run started (sha256 differs)")
-    model.load_weights(path)
+    from .saving import load_weights_into
+
+    load_weights_into(model, path)  # model.keras, a trained-weights file or a checkpoint
     return {key: resolved[key] for key in ("parent_run_id", "checkpoint", "weights_path", "weights_sha256")}

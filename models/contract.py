@@ -90,7 +90,8 @@ class ModelSection(_Section):
         weights_path, weights_sha256: the base weights file and its sha256, or `None`.
         trainable_params, total_params: parameter counts.
         image_size: input side, pixels.
-        model_file_sha256: sha256 of `model.keras` (set by the runner).
+        model_file_sha256: sha256 of the file holding the run's kept weights:
+            `trained_weights.h5` or `model.keras` (set by the runner).
     """
 
     base: str
@@ -185,7 +186,8 @@ class WarmStartSection(_Section):
 
     Attributes:
         parent_run_id: the run they come from.
-        checkpoint: `"best"` (the parent's `model.keras`) or an epoch (1-based).
+        checkpoint: `"best"` (the parent's kept weights: `trained_weights.h5`
+            or `model.keras`) or an epoch (1-based).
         weights_path: in a record, relative to the record's folder; in the
             notebook, absolute.
         weights_sha256: sha256 hex of that file.

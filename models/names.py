@@ -39,10 +39,20 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 RESULT_FILE = "result.json"
 """What the notebook writes at its end (`models.contract.NotebookResult`)."""
 MODEL_FILE = "model.keras"
-"""The kept (best) weights with the architecture, Keras format."""
+"""The kept (best) weights with the architecture, Keras format: the full model, for runs whose base is not
+frozen as `build_model` builds it (from scratch, warm-started, the whole base unfrozen), and every run
+recorded before `TRAINED_WEIGHTS_FILE` existed."""
+TRAINED_WEIGHTS_FILE = "trained_weights.h5"
+"""The kept (best) weights of a run whose base is frozen (in whole or part) as built: only the variables
+training changed, with the base's identity (`models.saving`); a run folder holds this or `MODEL_FILE`."""
+RUN_WEIGHTS_FILES = (TRAINED_WEIGHTS_FILE, MODEL_FILE)
+"""The files that can hold a run's kept weights, in the order they are looked for (`run_weights_path`)."""
 CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_PATTERN = "epoch_{epoch}.weights.h5"
-"""Per-epoch weights, `<run folder>/checkpoints/epoch_<k>.weights.h5`, k 1-based across phases."""
+CHECKPOINT_PATTERN = "epoch_{epoch}.trained_weights.h5"
+"""Per-epoch weights, `<run folder>/checkpoints/epoch_<k>.trained_weights.h5`, k 1-based across phases, in
+the format of `TRAINED_WEIGHTS_FILE` (every variable when nothing is frozen as built)."""
+LEGACY_CHECKPOINT_PATTERN = "epoch_{epoch}.weights.h5"
+"""Per-epoch full-model weights (Keras format) of runs recorded before `CHECKPOINT_PATTERN`; still read."""
 TENSORBOARD_DIR = "tensorboard"
 """Per-run TensorBoard logs, `<run folder>/tensorboard/{train,validation}/` (epoch scalars)."""
 KERNEL_LOG_FILE = "kernel.log"
@@ -56,5 +66,21 @@ CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 
 
 def checkpoint_path(run_dir, epoch: int) -> Path:
-    """The weights file of epoch `epoch` (1-based, across phases) of the run folder `run_dir`."""
+    """The weights file a run writes for epoch `epoch` (1-based, across phases) in the run folder `run_dir`."""
     return Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_PATTERN.format(epoch=epoch)
+
+
+def existing_checkpoint(run_dir, epoch: int):
+    """The checkpoint of epoch `epoch` in `run_dir` that exists (`CHECKPOINT_PATTERN`, then
+    `LEGACY_CHECKPOINT_PATTERN`), or `None` when neither was kept."""
+    for pattern in (CHECKPOINT_PATTERN, LEGACY_CHECKPOINT_PATTERN):
+        path = Path(run_dir) / CHECKPOINT_DIR / pattern.format(epoch=epoch)
+        if path.is_file():
+            return path
+    return None
+
+
+def run_weights_path(run_dir):
+    """The file holding the kept weights of the run folder `run_dir`: the first of `RUN_WEIGHTS_FILES`
+    that exists, or `None`."""
+    return next((Path(run_dir) / name for name in RUN_WEIGHTS_FILES if (Path(run_dir) / name).is_file()), None)

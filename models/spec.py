@@ -425,18 +425,29 @@ class ExperimentSpec(BaseModel):
             with `/`, `\\` or `..` are refused (records are looked up in the
             logs folder only).
         warm_start_checkpoint: which weights of that run: `"best"` (its
-            `model.keras`) or an epoch number k >= 1 (its
-            `checkpoints/epoch_<k>.weights.h5`).
+            kept weights, `trained_weights.h5` or `model.keras`) or an epoch
+            number k >= 1 (its `checkpoints/epoch_<k>.trained_weights.h5`,
+            which must have been kept: see `keep_checkpoints`).
         best_of: restricts `warm_start: best`: `"roots"` (runs that were not
             warm-started themselves) or a name prefix (runs whose `name`
             starts with it); `None` for every fitting run.
         keep_checkpoints: per-epoch checkpoints kept in
-            `<run>/checkpoints/`: `None` keeps all, k keeps the last k, 0 none.
+            `<run>/checkpoints/`: 0 none (the default), k the last k, `None`
+            all. A checkpoint holds only what the run trained, as the run's
+            weights file does (`models.saving`). None kept by default: the
+            best epoch's weights are the run's weights file already, which is
+            also what `warm_start_checkpoint: best` loads: a warm start from
+            another epoch (`warm_start_checkpoint: k`, e.g. the last, to go
+            on training) needs this (or `keep_best_checkpoints`) set in the
+            parent. Disk per checkpoint: the trained variables (the head, and
+            the unfrozen base layers when fine-tuning; ~0.5 MB for a `gap`
+            head of 256 units on VGG16), or the full model for a run from
+            scratch or warm-started (59 MB for VGG16).
         keep_best_checkpoints: `None`, or k >= 1: also keep the k best
             checkpoints by `checkpoint_monitor` (a file kept by either rule
             stays); needs `keep_checkpoints` set (0 keeps only the best).
         checkpoint_monitor: which epoch's weights are the run's best
-            (`model.keras`, `best_epoch`) and rank `keep_best_checkpoints`:
+            (its weights file, `best_epoch`) and rank `keep_best_checkpoints`:
             `"val_loss"`, `"val_accuracy"` or `"val_weighted_recall"` (as
             `early_stopping_monitor`).
         activation_cache: compute the frozen layers' outputs once and train
@@ -516,7 +527,7 @@ class ExperimentSpec(BaseModel):
     warm_start: Optional[str] = None
     warm_start_checkpoint: Union[Literal["best"], int] = "best"
     best_of: Optional[str] = None
-    keep_checkpoints: Optional[int] = Field(None, ge=0)
+    keep_checkpoints: Optional[int] = Field(0, ge=0)
     keep_best_checkpoints: Optional[int] = Field(None, ge=1)
     checkpoint_monitor: Literal[tuple(EPOCH_LOG_KEYS)] = "val_loss"
     # Activation cache

@@ -423,7 +423,9 @@ PREDICT_HELP = """Predict with a recorded run, or evaluate it on a labelled fold
 RUN is a run id, a unique prefix of one, 'best' (the top completed run by --metric), or the
 path of a record. The model is rebuilt from the record's params with the same
 models.build_model the notebook used, then the run's trained weights are loaded from its
-model.keras (whose sha256 must match the record): no notebook, no retraining. The model
+weights file (trained_weights.h5, with the base rebuilt from the ImageNet weights file it
+records and checked, or model.keras; its sha256 must match the record): no notebook, no
+retraining. The model
 resizes and preprocesses raw images itself, so photos of any size go in. Predictions use the
 run's own test-time augmentation (its tta parameter) unless --tta overrides it: --tta
 flip,crop, or --tta none for the plain model.
@@ -483,6 +485,34 @@ def predict(run: str, paths: tuple[str, ...], out: Optional[Path], evaluate: Opt
             print(f"wrote {out} ({len(predictions)} images)")
     for path, reason in skipped.items():
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 0
+
+
+EXPORT_HELP = """Write a recorded run's model as one standalone Keras file, base included.
+
+RUN is a run id, a unique prefix of one, 'best' (the top completed run by --metric), or the
+path of a record. The run is loaded as predict loads it (a run that stores only what it
+trained gets its base rebuilt from the weights file it records, checked by sha256), then saved
+whole: keras.models.load_model(FILE) loads it alone, after `import models.build` (which
+registers the preprocessing layer). It maps raw RGB images in [0, 255] of any size to class
+probabilities, classes in the record's data.class_names order.
+"""
+
+
+@nbsweep.command("export", short_help="Write a recorded run's model as one standalone .keras file.",
+                 help=EXPORT_HELP, input_errors=(RunnerError, ModelConfigError))
+@click.argument("run", cls=_Argument, metavar="RUN",
+                help="run id, unique run-id prefix, 'best', or a record path")
+@click.option("--out", type=click.Path(path_type=Path), metavar="FILE", required=True,
+              help="the .keras file to write (its folder must exist; an existing file is replaced)")
+@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
+@click.option("--metric", default=DEFAULT_METRIC, metavar="NAME", help=f"what 'best' ranks by (default: {DEFAULT_METRIC})")
+def export(run: str, out: Path, logs_dir: str, metric: str) -> int:
+    """`nbsweep export`: `runner.core.predict.export_run`."""
+    from runner.core.predict import export_run
+
+    written = export_run(run, out, logs_dir, metric)
+    print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

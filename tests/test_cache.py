@@ -18,7 +18,8 @@ import pytest
 from models import ExperimentSpec
 from models import cache
 from models.bases import build_base
-from models.build import build_model, load_model
+from models.build import build_model, load_run_model
+from models.names import run_weights_path
 from models.data import load_data, load_images
 from models.evaluate import evaluate_model
 from models.spec import cache_build_key, cache_entry_inputs
@@ -130,10 +131,10 @@ def test_cached_and_uncached_training_agree(image_dir, pretrained_base, tmp_path
         training = train_model(model, data, spec, out, verbose=0)
         evaluation = evaluate_model(model, data, spec, out)
         results[name] = training, evaluation
-        # model.keras is the full model whatever trained it: it predicts raw images alike
+        # the kept weights are the full model's whatever trained it: reloaded, they predict raw images alike
         images = load_images(data.test.paths, 32)
-        np.testing.assert_allclose(load_model(out / "model.keras").predict(images, verbose=0),
-                                   model.predict(images, verbose=0), atol=1e-6)
+        reloaded = load_run_model(spec, len(data.class_names), run_weights_path(out))
+        np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
 
     assert {phase: use["status"] for phase, use in results["uncached"][0].activation_cache.items()} == {
         "head": "off", "fine_tune": "off"}

@@ -44,6 +44,16 @@ def test_subcommand_help_shows_its_options(name):
         assert option in result.output, option
 
 
+def test_export_help_and_its_required_out():
+    """`nbsweep export` (no script of its own): its help, and `--out` is required (a usage error, exit 2)."""
+    result = invoke("export", "--help")
+    assert result.exit_code == 0 and result.output.startswith("Usage: nbsweep export [OPTIONS] RUN")
+    for option in ("RUN", "--out", "--logs-dir", "--metric", "standalone Keras file"):
+        assert option in result.output, option
+    missing = invoke("export", "best")
+    assert missing.exit_code == 2 and "Missing option '--out'" in missing.output
+
+
 @pytest.mark.slow  # starts Python processes
 def test_console_script_help_runs_without_tensorflow():
     """The installed `nbsweep` (else `python -m runner`), then every subcommand's help in one process."""

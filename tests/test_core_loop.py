@@ -128,7 +128,11 @@ def test_completed_run_files_and_values_recomputed_from_them(sweep, tiny_image_d
                      "confusion_matrix.png", "predictions.csv", "val_predictions.csv", "result.json",
                      "kernel.log"):
             assert (run_dir / name).is_file(), name
+        # from scratch: the full model.keras; the run's weights are in one file, `trained_weights` is null
+        assert rec.paths["trained_weights"] is None and rec.weights_path(logs) == run_dir / "model.keras"
         for key, rel in rec.paths.items():
+            if key == "trained_weights":
+                continue
             assert rel is not None, key
             path = rec.path_of(key, logs)
             assert path.parent == run_dir, key

@@ -16,6 +16,7 @@ from runner import PROJECT_ROOT
 from runner.errors import ConfigError
 from runner.core.warm_start import WarmStart, resolve_warm_start
 from runner.reports.lineage import lineage_nodes, lineage_text
+from models.saving import load_weights_into
 from runner.core.predict import load_run
 from runner.records.query import parse_metric, read_all
 from runner.records import COMPLETED, FAILED, DataSection, WarmStartSection, write_record
@@ -84,7 +85,8 @@ def test_best_is_the_best_fitting_run_on_the_validation_split(parents):
     (dict(ARCH, warm_start="best"), ["cat", "dog"],
      r"warm_start: run 20260101-000001-bbbbbbbb has classes \['blue', 'green', 'red'\], this run has \['cat', 'dog'\]"),
     (dict(ARCH, warm_start="best", warm_start_checkpoint=3), None,
-     r"checkpoint 3: .*epoch_3.weights.h5 does not exist \(kept: none\)"),
+     r"checkpoint 3: .*epoch_3.trained_weights.h5 does not exist: epoch 3 of run 20260101-000001-bbbbbbbb was not "
+     r"kept \(kept: none;"),
     (dict(ARCH, warm_start="2026"), None, r"warm_start: got '2026': warm_start: '2026' matches 3 runs"),
     (dict(ARCH, warm_start="../x"), None, r"expected a run id"),
 ])
@@ -147,7 +149,7 @@ data_dir: {tiny_image_dir}
 fixed: {{weights: null, image_size: 32, batch_size: 8, dense_units: [16], base: simple_cnn_small,
          head: flatten, val_fraction: 0.2, test_fraction: 0.25, early_stopping_patience: null}}
 runs:
-  - {{epochs: 2}}
+  - {{epochs: 2, keep_checkpoints: null}}
   - {{epochs: 1, warm_start: best, warm_start_checkpoint: 2, learning_rate: 0.0005}}
   - {{epochs: 1, warm_start: best, head: gap}}
 """, encoding="utf-8")
@@ -164,12 +166,14 @@ def test_warm_started_child_records_its_parent_and_checkpoint(warm_sweep):
     assert root.status == child.status == COMPLETED and root.parent_run_id is None and root.warm_start is None
     # the user's reference stays in params; the run it resolved to is parent_run_id (schema 2)
     assert child.params["warm_start"] == "best" and child.parent_run_id == root.run_id
-    ckpt = work / "experiments" / root.run_id / "checkpoints" / "epoch_2.weights.h5"
+    ckpt = work / "experiments" / root.run_id / "checkpoints" / "epoch_2.trained_weights.h5"
     assert child.warm_start == WarmStartSection(parent_run_id=root.run_id, checkpoint=2,
                                                 weights_path=child.warm_start.weights_path,
                                                 weights_sha256=sha256(ckpt))
     assert (work / "logs" / child.warm_start.weights_path).resolve() == ckpt
-    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["epoch_1.weights.h5", "epoch_2.weights.h5"]
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["epoch_1.trained_weights.h5", "epoch_2.trained_weights.h5"]
+    # the child keeps no checkpoint (keep_checkpoints: 0 by default): its best weights are its model.keras
+    assert not (work / "experiments" / child.run_id / "checkpoints").exists()
     assert child.data.manifest_hash == root.data.manifest_hash
     page = child.path_of("html", work / "logs").read_text()
     assert f"warm start from {root.run_id}, checkpoint 2, sha256 {sha256(ckpt)[:12]}" in page
@@ -196,7 +200,7 @@ def test_the_child_starts_from_the_parents_checkpoint(warm_sweep):
     assert child.history["head"]["loss"][0] < root.history["head"]["loss"][0]
     run = load_run(child.run_id, logs_dir=work / "logs")
     epoch_2 = models.build_model(run.spec, len(run.class_names))
-    epoch_2.load_weights(work / "experiments" / root.run_id / "checkpoints" / "epoch_2.weights.h5")
+    load_weights_into(epoch_2, work / "experiments" / root.run_id / "checkpoints" / "epoch_2.trained_weights.h5")
     assert any(not np.array_equal(a, b) for a, b in zip(run.model.get_weights(), epoch_2.get_weights()))
 
 
@@ -208,9 +212,9 @@ def test_checkpoint_weights_are_the_epoch_weights(warm_sweep):
     work, _, records = warm_sweep
     root = records[0]
     run = load_run(root.run_id, logs_dir=work / "logs")
-    best = work / "experiments" / root.run_id / "checkpoints" / f"epoch_{root.best_epoch}.weights.h5"
+    best = work / "experiments" / root.run_id / "checkpoints" / f"epoch_{root.best_epoch}.trained_weights.h5"
     other = models.build_model(run.spec, len(run.class_names))
-    other.load_weights(best)
+    load_weights_into(other, best)
     for a, b in zip(run.model.get_weights(), other.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -229,7 +233,9 @@ def test_warm_start_refusals_against_real_runs(warm_sweep):
     cases = [
         (dict(params, base="simple_cnn_medium"), names, "has base='simple_cnn_small', this run has base='simple_cnn_medium'"),
         (params, ["a", "b", "c"], "has classes"),
-        (dict(params, warm_start_checkpoint=7), names, r"checkpoint 7: .*epoch_7.weights.h5 does not exist \(kept: epoch_1"),
+        (dict(params, warm_start_checkpoint=7), names,
+         rf"checkpoint 7: .*epoch_7.trained_weights.h5 does not exist: epoch 7 of run {root.run_id} was not kept "
+         r"\(kept: epoch_1.trained_weights.h5, epoch_2.trained_weights.h5;"),
         (dict(params, warm_start="nope"), names, "warm_start: got 'nope': warm_start: no record for 'nope'"),
         (dict(params, warm_start=records[2].run_id), names, "has status 'failed'"),
     ]

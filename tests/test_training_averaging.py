@@ -1,6 +1,6 @@
 """Weight averaging (`models.training.averaging`): the exponential moving average of the weights (`ema`)
 and stochastic weight averaging (`swa_epochs`), checked against averages computed by hand, through
-`train_model` (checkpoints, best weights, `model.keras`, the activation cache) and the spec's refusals."""
+`train_model` (checkpoints, best weights, the run's weights file, the activation cache) and the spec's refusals."""
 
 from __future__ import annotations
 
@@ -141,11 +141,21 @@ def split(tiny_image_dir):
 
 
 def _load_weights(spec, path) -> keras.Model:
+    """`build_model(spec)` with a run's weights file or checkpoint loaded (`models.saving.load_weights_into`)."""
     from models.build import build_model
+    from models.saving import load_weights_into
 
     model = build_model(spec, 3)
-    model.load_weights(path)
+    load_weights_into(model, path)
     return model
+
+
+def _load_run(spec, run_dir) -> keras.Model:
+    """The kept weights of the run folder `run_dir`, as `load_run` loads them (`models.build.load_run_model`)."""
+    from models.build import load_run_model
+    from models.names import run_weights_path
+
+    return load_run_model(spec, 3, run_weights_path(run_dir))
 
 
 def _val_loss(model, split) -> float:
@@ -162,28 +172,28 @@ def test_train_model_with_ema_validates_keeps_checkpoints_and_saves_the_averaged
     """With a pretrained base the head phase trains on cached features (or on images): either way the
     weights validated each epoch, kept as best, checkpointed and saved are the averaged ones, and they
     are not the raw weights a run without `ema` ends with (same seed, same steps)."""
-    from models.build import build_model, load_model
+    from models.build import build_model
     from models.training import train_model
 
     spec = make_spec(split.data_dir, weights=base_weights_file, epochs=3, ema=0.9, activation_cache=cache,
-                     base_kwargs={"dropout": 0.0}, dropout=0.0)
+                     base_kwargs={"dropout": 0.0}, dropout=0.0, keep_checkpoints=None)
     model = build_model(spec, 3)
     result = train_model(model, split, spec, tmp_path / "ema", verbose=0)
     assert result.weight_averaging == {"method": "ema", "applied": True, "momentum": 0.9, "phases": ["head"]}
     assert (result.activation_cache["head"]["status"] in ("built", "hit")) is cache
-    saved = load_model(tmp_path / "ema" / "model.keras")
-    best = tmp_path / "ema" / "checkpoints" / f"epoch_{result.best_epoch}.weights.h5"
+    saved = _load_run(spec, tmp_path / "ema")
+    best = tmp_path / "ema" / "checkpoints" / f"epoch_{result.best_epoch}.trained_weights.h5"
     for mine, theirs in zip(saved.get_weights(), _load_weights(spec, best).get_weights()):
         np.testing.assert_array_equal(mine, theirs)
     # the validation figure of every epoch is that of its checkpoint: the averaged weights were validated
     for epoch, recorded in enumerate(result.history["head"]["val_loss"], start=1):
-        checkpoint = _load_weights(spec, tmp_path / "ema" / "checkpoints" / f"epoch_{epoch}.weights.h5")
+        checkpoint = _load_weights(spec, tmp_path / "ema" / "checkpoints" / f"epoch_{epoch}.trained_weights.h5")
         assert _val_loss(checkpoint, split) == pytest.approx(recorded, rel=1e-4)
 
     plain = build_model(spec.model_copy(update={"ema": None}), 3)
     train_model(plain, split, spec.model_copy(update={"ema": None, "early_stopping_patience": None}),
                 tmp_path / "plain", verbose=0)
-    last = tmp_path / "plain" / "checkpoints" / "epoch_3.weights.h5"  # the raw weights of the last step
+    last = tmp_path / "plain" / "checkpoints" / "epoch_3.trained_weights.h5"  # the raw weights of the last step
     raw = _load_weights(spec, last).layers[-1].get_weights()
     assert max(np.abs(a - b).max() for a, b in zip(saved.layers[-1].get_weights(), raw)) > 1e-4
 
@@ -197,13 +207,13 @@ def _trainable_paths(spec, model) -> list[str]:
 
 @pytest.mark.slow
 def test_swa_saves_the_mean_of_the_last_epochs_and_recomputes_batchnorm(split, base_weights_file, tmp_path):
-    from models.build import build_model, load_model
+    from models.build import build_model
     from models.data import make_dataset
     from models.training import train_model
 
     spec = make_spec(split.data_dir, weights=base_weights_file, epochs=1, fine_tune_layers=1.0,
                      fine_tune_epochs=3, swa_epochs=2, unfreeze_batchnorm=True, fine_tune_learning_rate=1e-2,
-                     activation_cache=False)
+                     activation_cache=False, keep_checkpoints=None)
     model = build_model(spec, 3)
     result = train_model(model, split, spec, tmp_path, verbose=0)
     averaging = result.weight_averaging
@@ -212,9 +222,9 @@ def test_swa_saves_the_mean_of_the_last_epochs_and_recomputes_batchnorm(split, b
     assert averaging["batchnorm_rows"] == len(split.train)
     assert "block1_bn1" in averaging["batchnorm_recomputed"]
 
-    saved = load_model(tmp_path / "model.keras")
+    saved = _load_run(spec, tmp_path)
     saved_by_path = {v.path: keras.ops.convert_to_numpy(v) for v in saved.weights}
-    epochs = {k: _load_weights(spec, tmp_path / "checkpoints" / f"epoch_{k}.weights.h5") for k in (3, 4)}
+    epochs = {k: _load_weights(spec, tmp_path / "checkpoints" / f"epoch_{k}.trained_weights.h5") for k in (3, 4)}
     paths = _trainable_paths(spec, build_model(spec, 3))
     assert any("block1_conv1" in path for path in paths)
     for path in paths:
@@ -233,9 +243,9 @@ def test_swa_saves_the_mean_of_the_last_epochs_and_recomputes_batchnorm(split, b
                                make_dataset(split.train, spec.image_size, 8)])
     np.testing.assert_allclose(saved_by_path["block1_bn1/moving_mean"],
                                features.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
-    # a warm start (or predict) from model.keras gets the averaged model, as trained
-    warm = build_model(spec, 3)
-    warm.load_weights(tmp_path / "model.keras")
+    # the whole base trained: the full model is kept; a warm start (or predict) from it gets the averaged model
+    assert (tmp_path / "model.keras").is_file() and not (tmp_path / "trained_weights.h5").exists()
+    warm = _load_weights(spec, tmp_path / "model.keras")
     images = next(iter(make_dataset(split.test, spec.image_size, 8)))[0]
     np.testing.assert_allclose(warm.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
 
@@ -244,20 +254,21 @@ def test_swa_saves_the_mean_of_the_last_epochs_and_recomputes_batchnorm(split, b
 def test_swa_on_cached_features_recomputes_only_the_batchnorm_above_the_cut(split, base_weights_file, tmp_path):
     """Fine-tuning the second block trains on the stored outputs of the first: the average covers the top
     part's weights, and only the second block's BatchNorm (which trained) gets new statistics."""
-    from models.build import build_model, load_model
+    from models.build import build_model
     from models.training import train_model
 
     spec = make_spec(split.data_dir, weights=base_weights_file, epochs=1, fine_tune_layers=5,
-                     fine_tune_epochs=2, swa_epochs=2, unfreeze_batchnorm=True, fine_tune_learning_rate=1e-2)
+                     fine_tune_epochs=2, swa_epochs=2, unfreeze_batchnorm=True, fine_tune_learning_rate=1e-2,
+                     keep_checkpoints=None)
     model = build_model(spec, 3)
     before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.weights if "block1_bn1" in v.path}
     result = train_model(model, split, spec, tmp_path, verbose=0)
     assert result.activation_cache["fine_tune"]["status"] in ("built", "hit")
     averaging = result.weight_averaging
     assert averaging["epochs"] == [2, 3] and averaging["batchnorm_recomputed"] == ["block2_bn1"]
-    saved = {v.path: keras.ops.convert_to_numpy(v) for v in load_model(tmp_path / "model.keras").weights}
+    saved = {v.path: keras.ops.convert_to_numpy(v) for v in _load_run(spec, tmp_path).weights}
     epochs = [{v.path: keras.ops.convert_to_numpy(v) for v in _load_weights(
-        spec, tmp_path / "checkpoints" / f"epoch_{k}.weights.h5").weights} for k in (2, 3)]
+        spec, tmp_path / "checkpoints" / f"epoch_{k}.trained_weights.h5").weights} for k in (2, 3)]
     for path in _trainable_paths(spec, build_model(spec, 3)):
         np.testing.assert_allclose(saved[path], (epochs[0][path] + epochs[1][path]) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(saved["block2_bn1/moving_mean"], epochs[1]["block2_bn1/moving_mean"])

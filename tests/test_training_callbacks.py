@@ -23,6 +23,7 @@ from models.build import build_model
 from models.cache import split_model
 from models.data import load_data, make_dataset
 from models.names import checkpoint_path
+from models.saving import load_weights_into
 from models.training import monitor_of, resolve_fine_tune_layers, set_precision_policy, train_model, unfreeze_base
 
 NO_GPU = not tf.config.list_physical_devices("GPU")
@@ -63,6 +64,7 @@ def test_defaults_keep_todays_behaviour():
             spec.jit_compile, spec.precision, spec.fine_tune_layers) == (
         0.0, 0, "val_loss", "val_loss", None, None, False, "auto", "float32", 0)
     assert not spec.fine_tunes
+    assert spec.keep_checkpoints == 0  # the best epoch's weights are the run's weights file: no per-epoch copy
 
 
 @pytest.mark.parametrize("overrides", [
@@ -107,7 +109,8 @@ def test_good_values_are_accepted_and_round_trip(overrides):
     (dict(warmup_epochs=3, epochs=3), r"warmup_epochs=3 needs epochs > 3"),
     (dict(warmup_epochs=2, epochs=5, fine_tune_layers=2, fine_tune_epochs=2),
      r"warmup_epochs=2 needs fine_tune_epochs > 2"),
-    (dict(keep_best_checkpoints=2), r"keep_best_checkpoints=2 with keep_checkpoints=None: every checkpoint"),
+    (dict(keep_checkpoints=None, keep_best_checkpoints=2),
+     r"keep_best_checkpoints=2 with keep_checkpoints=None: every checkpoint"),
     (dict(keep_checkpoints=0, keep_best_checkpoints=0), r"greater than or equal to 1"),
     (dict(jit_compile="yes"), r"valid boolean"),
     (dict(unfreeze_batchnorm=1), r"valid boolean"),
@@ -294,7 +297,7 @@ def _base_kernel(model, name="block2_conv1") -> np.ndarray:
 @pytest.mark.slow
 def test_epochs_0_fine_tunes_the_base_from_the_first_epoch(split, pretrained, tmp_path):
     spec = pretrained(epochs=0, fine_tune_layers={"from_layer": "block2_conv1"}, fine_tune_epochs=2,
-                      fine_tune_learning_rate=1e-2)
+                      fine_tune_learning_rate=1e-2, keep_checkpoints=None)
     model = build_model(spec, 3)
     before = {name: _base_kernel(model, name) for name in ("block1_conv1", "block2_conv1")}
     result = train_model(model, split, spec, tmp_path / "run", verbose=0)
@@ -303,7 +306,7 @@ def test_epochs_0_fine_tunes_the_base_from_the_first_epoch(split, pretrained, tm
     assert result.best_phase == "fine_tune" and result.fine_tune_layers_resolved == 5
     assert result.activation_cache["fine_tune"]["cut_layer"] == "block1_dropout"
     after_epoch_1 = build_model(spec, 3)
-    after_epoch_1.load_weights(checkpoint_path(tmp_path / "run", 1))
+    load_weights_into(after_epoch_1, checkpoint_path(tmp_path / "run", 1))
     assert not np.allclose(_base_kernel(after_epoch_1), before["block2_conv1"])  # trained in epoch 1
     np.testing.assert_array_equal(_base_kernel(after_epoch_1, "block1_conv1"), before["block1_conv1"])  # frozen
     assert result.to_dict()["fine_tune_layers_resolved"] == 5

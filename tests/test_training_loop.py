@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from models.bases import build_base
-from models.build import build_model, describe_model
+from models.build import build_model, describe_model, load_run_model
 from models.data import load_data, load_images, make_dataset
 from models.evaluate import evaluate_model, plot_history
 from models.training import train_model, unfreeze_base
@@ -53,8 +53,8 @@ def test_train_and_evaluate_end_to_end(split, base_weights_file, tmp_path):
     model = build_model(spec, len(split.class_names))
     result = train_model(model, split, spec, tmp_path, verbose=0)
 
-    # the per-epoch checkpoints (for warm starts) and TensorBoard logs stay
-    assert {p.name for p in tmp_path.iterdir()} == {"model.keras", "checkpoints", "tensorboard"}
+    # the base was frozen in part as built: only what trained is stored; no per-epoch checkpoint by default
+    assert {p.name for p in tmp_path.iterdir()} == {"trained_weights.h5", "tensorboard"}
     assert list(result.history) == ["head", "fine_tune"]
     for phase, epochs in (("head", 2), ("fine_tune", 2)):
         assert set(result.history[phase]) == {"loss", "accuracy", "val_loss", "val_accuracy",
@@ -101,7 +101,7 @@ def test_train_and_evaluate_end_to_end(split, base_weights_file, tmp_path):
     curves = plot_history(result.history, tmp_path / "training_curves.png")
     assert curves.read_bytes()[:4] == b"\x89PNG"
 
-    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    reloaded = load_run_model(spec, len(split.class_names), tmp_path / "trained_weights.h5")
     images = load_images(split.test.paths, 32)
     difference = np.abs(reloaded.predict(images, verbose=0) - model.predict(images, verbose=0))
     assert difference.max() <= 1e-6

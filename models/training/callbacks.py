@@ -1,4 +1,5 @@
-"""The training callbacks: the best-weights tracker across phases, checkpoints kept, epoch timing, linear warm-up, early stopping."""
+"""The training callbacks: the best-weights tracker across phases, per-epoch checkpoints of the trained weights and
+their retention, epoch timing, linear warm-up, early stopping."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 import keras
 import numpy as np
 from ..spec import ExperimentSpec
-from ..names import CHECKPOINT_DIR, CHECKPOINT_PATTERN, EPOCH_LOG_KEYS, checkpoint_path
+from .. import saving
+from ..names import EPOCH_LOG_KEYS, checkpoint_path
 
 
 _MONITORS = {name: (key, "min" if key == "val_loss" else "max") for name, key in EPOCH_LOG_KEYS.items()}
@@ -46,21 +48,36 @@ def _best_index(values, mode: str) -> int:
     return int(np.argmin(ranks)) if ranks else 0
 
 
-class _FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """A `ModelCheckpoint` that saves the full model while the top part of a cut model is fitted.
+class TrainedWeightsCheckpoint(keras.callbacks.Callback):
+    """Writes, after every epoch, the variables of the full model that training can change (`models.saving`).
 
-    The top part (`models.cache.FrozenSplit.top`) shares its layers with the
-    full model, so the full model's weights are the trained ones; saving
-    them keeps the per-epoch checkpoints loadable into the full model
-    whichever path trained it.
+    The file is `models.names.checkpoint_path(run_dir, k)` (k 1-based across
+    both phases, as `epoch + 1` counts them): the full model's variables but
+    those `models.saving.frozen_indices` leaves out (its base's frozen layers,
+    as `build_model` built them), and the base's identity. The full model is
+    the one written whatever was fitted (the top part of a cut model,
+    `models.cache`, shares its layers), so a checkpoint loads into
+    `build_model(spec)` either way (`models.saving.load_weights_into`). The
+    frozen set is read at each epoch (fine-tuning unfreezes layers); the
+    frozen weights' digest is computed once per set.
+
+    Args:
+        full_model: the model from `build_model(spec, ...)`.
+        run_dir: the run folder.
+        spec: the run's `ExperimentSpec`.
     """
 
-    def __init__(self, full_model: keras.Model, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._full_model = full_model
+    def __init__(self, full_model: keras.Model, run_dir: Path, spec: ExperimentSpec):
+        super().__init__()
+        self.full_model, self.run_dir, self.spec = full_model, Path(run_dir), spec
+        self._identities: dict[tuple, object] = {}
 
-    def set_model(self, model):
-        super().set_model(self._full_model)
+    def on_epoch_end(self, epoch, logs=None):
+        frozen = tuple(saving.frozen_indices(self.full_model, self.spec))
+        if frozen not in self._identities:
+            self._identities[frozen] = saving.base_identity(self.full_model, self.spec, frozen)
+        saving.write_trained_weights(self.full_model, checkpoint_path(self.run_dir, epoch + 1), frozen,
+                                     self._identities[frozen])
 
 
 class _BestWeights(keras.callbacks.Callback):
@@ -144,11 +161,11 @@ def _checkpoint_keeper(output_dir: Path, spec: ExperimentSpec) -> _KeepCheckpoin
 
 def _checkpoint_callbacks(model: keras.Model, output_dir: Path, spec: ExperimentSpec,
                           keeper: _KeepCheckpoints | None) -> list[keras.callbacks.Callback]:
+    """The per-epoch checkpoint writer and its keeper; none when no checkpoint is kept (`keep_checkpoints: 0`,
+    the default, without `keep_best_checkpoints`)."""
     if spec.keep_checkpoints == 0 and not spec.keep_best_checkpoints:
         return []
-    callbacks = [_FullModelCheckpoint(
-        model, output_dir / CHECKPOINT_DIR / CHECKPOINT_PATTERN, save_weights_only=True)]
-    return callbacks + ([keeper] if keeper else [])
+    return [TrainedWeightsCheckpoint(model, output_dir, spec)] + ([keeper] if keeper else [])
 
 
 def _learning_rate(model: keras.Model) -> float:

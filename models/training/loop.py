@@ -30,7 +30,8 @@ from .. import cache
 from ..pruning import pruning_callback
 from ..data import DataSplit, batch_arrays, make_dataset
 from ..spec import ExperimentSpec
-from ..names import FINE_TUNE, HEAD, MODEL_FILE, TENSORBOARD_DIR
+from ..names import FINE_TUNE, HEAD, TENSORBOARD_DIR
+from ..saving import save_run_weights
 from .callbacks import _BestWeights, _EpochTimer, _best_index, _checkpoint_callbacks, _checkpoint_keeper, _early_stopping, _learning_rate, monitor_of
 from .fine_tuning import resolve_fine_tune_layers, unfreeze_base
 from . import averaging
@@ -151,20 +152,25 @@ def train_model(
     both phases) go to TensorBoard logs in `<output_dir>/tensorboard/`, so
     `tensorboard --logdir experiments` compares the runs' curves.
 
-    Every epoch's weights go to `<output_dir>/checkpoints/epoch_<k>.weights.h5`
-    (k 1-based across both phases; kept: all when `spec.keep_checkpoints` is
-    `None`, else the last `keep_checkpoints` and the
+    Every epoch's trained weights go to
+    `<output_dir>/checkpoints/epoch_<k>.trained_weights.h5` (k 1-based across
+    both phases; `models.training.callbacks.TrainedWeightsCheckpoint`; kept:
+    none by default (`keep_checkpoints: 0`), all when `spec.keep_checkpoints`
+    is `None`, else the last `keep_checkpoints` and the
     `spec.keep_best_checkpoints` best by `spec.checkpoint_monitor`), so a
     later run can warm-start from any kept epoch.
 
     The weights of the best `spec.checkpoint_monitor` value of both phases
-    (the first epoch of a tie) are kept in memory and restored at the end;
-    the full model is then saved to `<output_dir>/model.keras`.
+    (the first epoch of a tie) are kept in memory and restored at the end,
+    then saved by `models.saving.save_run_weights`: to
+    `<output_dir>/trained_weights.h5` (only what trained, plus the base's
+    identity) when the base is frozen, in whole or part, as `build_model`
+    built it, else the full model to `<output_dir>/model.keras`.
 
     Weight averaging (`models.training.averaging`): with `spec.ema` the
     optimizers keep an exponential moving average of the weights, and the
     averaged weights are what every epoch validates, the best-weights
-    tracker keeps, the checkpoints hold and `model.keras` saves. With
+    tracker keeps, the checkpoints hold and the run's weights file saves. With
     `spec.swa_epochs` = k the model ends with the mean of the last k
     fine-tuning epochs' weights (not the best epoch's; `best_epoch` is then
     the last epoch), BatchNormalization statistics recomputed on the
@@ -179,14 +185,15 @@ def train_model(
     `fine_tune_layers`) trains only the layers above the freeze boundary, on
     that boundary's outputs from `models.cache` (computed once per input and
     stored). The layers are the full model's own, so the checkpoints and
-    `model.keras` are the full model either way; `TrainingResult.activation_cache`
+    the run's weights file are the full model's either way; `TrainingResult.activation_cache`
     says per phase what happened.
 
     Args:
         model: a model from `build_model(spec, len(data.class_names))`.
         data: the split; trains on `data.train`, validates on `data.val`.
         spec: the run's parameters.
-        output_dir: folder for `model.keras` (created if missing).
+        output_dir: the run folder, for the weights, checkpoints and TensorBoard
+            logs (created if missing).
         verbose: `model.fit` verbosity: `"auto"`, 0, 1 (progress bar) or 2
             (one line per epoch). Defaults to `2`.
         pruning: a search's trial (the notebook's `pruning` parameter, see
@@ -319,7 +326,7 @@ def _train(model: keras.Model, data: DataSplit, spec: ExperimentSpec, output_dir
     if getattr(model, "optimizer", None) is None:  # only the top part was fitted: save the full model compiled alike
         _compile(model, spec, spec.fine_tune_learning_rate if spec.fine_tunes else spec.learning_rate)
         model.optimizer.build(model.trainable_variables)  # so loading it does not warn of a missing state
-    model.save(output_dir / MODEL_FILE)
+    save_run_weights(model, spec, output_dir)  # trained_weights.h5 (base frozen as built) or model.keras
     return TrainingResult(
         history=history, best_epoch=best + 1,
         best_phase=HEAD if best < head_epochs else FINE_TUNE,

@@ -43,8 +43,10 @@ def choose_members(runs: Sequence[str], top: Optional[int], logs_dir: Path, metr
     splits, and an ensemble averages predictions of the same test images).
 
     Every member's files are checked as `runner.core.predict.load_run` checks them
-    (`runner.core.predict.check_run_files`: `model.keras` exists and its sha256
-    matches the record) and its `predictions.csv` must exist, so that the
+    (`runner.core.predict.check_run_files`: its weights file, `trained_weights.h5`
+    or `model.keras`, exists and its sha256 matches the record, and the base
+    weights file a `trained_weights.h5` records is there, unchanged) and its
+    `predictions.csv` must exist, so that the
     ensemble can be averaged now and loaded later.
 
     Args:

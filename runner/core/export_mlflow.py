@@ -27,8 +27,9 @@ timeout; both kinds: run and ensemble) becomes an MLflow run named after its
   for reruns `nbsweep.rerun_of` (the original's run id);
 - artifacts: the run's files the record lists (executed notebook, html,
   training curves, confusion matrix, predictions.csv, result.json,
-  kernel.log) and the record itself (`<run_id>.json`); not `model.keras`
-  (weights stay in `experiments/`);
+  kernel.log) and the record itself (`<run_id>.json`); not the run's weights
+  (`model.keras` / `trained_weights.h5`: they stay in `experiments/`;
+  `nbsweep export` writes a standalone model);
 - start and end time from the record's `started_at` / `finished_at`; MLflow
   status FINISHED (completed), FAILED (failed) or KILLED (interrupted,
   timeout).
@@ -88,7 +89,7 @@ MLFLOW_STATUS = {COMPLETED: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED", IN
 """Record status -> MLflow run status (an unknown status exports as FAILED)."""
 
 ARTIFACT_KEYS = ("notebook", "html", "training_curves", "confusion_matrix", "predictions", "result", "kernel_log")
-"""The `RunRecord.paths` entries logged as artifacts (not `model`: the weights stay in `experiments/`)."""
+"""The `RunRecord.paths` entries logged as artifacts (not `model` / `trained_weights`: the weights stay in `experiments/`)."""
 
 from models.names import PHASES as PHASE_ORDER
 

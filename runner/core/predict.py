@@ -6,8 +6,10 @@
 RUN is a run id, a unique prefix of one, `best` (the top completed run by
 `--metric`), or the path of a record. The model is rebuilt from the record's
 `params` with the same `models.build_model` the notebook used, then the run's
-trained weights are loaded from its `model.keras` (whose sha256 must match the
-record): no notebook, no retraining. The model resizes and preprocesses raw
+trained weights are loaded from its weights file (`models.build.load_run_model`:
+`trained_weights.h5`, with the base rebuilt from the weights file it records and
+checked, or `model.keras`; its sha256 must match the record): no notebook, no
+retraining. The model resizes and preprocesses raw
 images itself, so photos of any size go in. Predictions use the run's own
 test-time augmentation (its `tta` parameter) unless `--tta` overrides it:
 `--tta flip,crop`, or `--tta none` for the plain model.
@@ -239,7 +241,10 @@ def check_run_files(record: RunRecord, record_path: str | Path, *, predictions: 
 
     The one check of a run's files: `load_run` makes it before rebuilding the
     model, `runner.core.ensemble.choose_members` before taking a member. It hashes
-    `model.keras` (seconds for a large model) and decodes nothing.
+    the run's weights file (`RunRecord.weights_path`: `trained_weights.h5` or
+    `model.keras`; seconds for a large model) and, for `trained_weights.h5`, the
+    base weights file it records (`models.saving.check_base_file`), and decodes
+    nothing.
 
     Args:
         record: a run record.
@@ -250,18 +255,20 @@ def check_run_files(record: RunRecord, record_path: str | Path, *, predictions: 
 
     Returns:
         One message per problem, naming the file: `"weights file missing:
-        <path>"` (no `model` path in the record, or no file there),
-        `"cannot read <path>: <reason>"`, `"checksum mismatch for <path>:
-        sha256 <12 hex>..., record says <12 hex>..."` (only when the record
-        has a `model_file_sha256`), and with `predictions`, `"predictions file
-        missing: <path>"`. An ensemble record has no model file of its own
-        (its members are checked when they are loaded): only `predictions`
-        applies to it.
+        <path>"` (no `model` / `trained_weights` path in the record, or no file
+        there), `"cannot read <path>: <reason>"`, `"checksum mismatch for
+        <path>: sha256 <12 hex>..., record says <12 hex>..."` (only when the
+        record has a `model_file_sha256`), `"base weights <path> (recorded in
+        <file>) is missing..."` or `"base weights <path>: sha256 <12 hex>…
+        differs from the run's <12 hex>…"`, and with `predictions`,
+        `"predictions file missing: <path>"`. An ensemble record has no model
+        file of its own (its members are checked when they are loaded): only
+        `predictions` applies to it.
     """
     folder = Path(record_path).parent
     problems = []
     if record.kind != ENSEMBLE:
-        model_path = record.path_of("model", folder)
+        model_path = record.weights_path(folder)
         if model_path is None or not model_path.is_file():
             problems.append(f"weights file missing: {model_path or 'no model in record'}")
         else:
@@ -274,11 +281,28 @@ def check_run_files(record: RunRecord, record_path: str | Path, *, predictions: 
                 if expected and actual != expected:
                     problems.append(f"checksum mismatch for {model_path}: sha256 {actual[:12]}..., "
                                     f"record says {expected[:12]}...")
+                else:
+                    problems += _base_problems(model_path)
     if predictions:
         predictions_path = record.path_of("predictions", folder)
         if predictions_path is None or not predictions_path.is_file():
             problems.append(f"predictions file missing: {predictions_path or 'no predictions in record'}")
     return problems
+
+
+def _base_problems(weights_path: Path) -> list[str]:
+    """The problem with the base weights file a `trained_weights.h5` records (missing, changed), if any."""
+    from models.saving import RunWeightsError, check_base_file, is_trained_weights_file, read_base_identity
+
+    if not is_trained_weights_file(weights_path):
+        return []
+    try:
+        identity = read_base_identity(weights_path)
+        if identity is not None:
+            check_base_file(identity, weights_path)
+    except RunWeightsError as exc:
+        return [str(exc)]
+    return []
 
 
 def check_out_path(out_path: str | Path) -> Path:
@@ -336,8 +360,10 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs",
              metric: str = DEFAULT_METRIC) -> LoadedRun | LoadedEnsemble:
     """Rebuild a recorded run's model from its spec and load its trained weights.
 
-    Works in a new Python process: it needs the record and the run's
-    `model.keras`, not the notebook.
+    Works in a new Python process: it needs the record and the run's weights
+    file (`trained_weights.h5` and the base weights file it records, or
+    `model.keras`), not the notebook. The one loader is
+    `models.build.load_run_model`.
 
     Args:
         run: a run id, a unique run-id prefix, `"best"`, or a record path.
@@ -350,10 +376,12 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs",
 
     Raises:
         RunLoadError: the run is unknown or ambiguous, did not complete, its
-            spec cannot be rebuilt (e.g. unknown base), or `check_run_files`
-            finds a problem (its `model.keras` is missing or unreadable, or
-            the file's sha256 differs from the record's); the message lists
-            each problem with the file.
+            spec cannot be rebuilt (e.g. unknown base), `check_run_files`
+            finds a problem (its weights file is missing or unreadable, its
+            sha256 differs from the record's, or the base weights file it
+            records is missing or changed), or the frozen weights rebuilt
+            differ from the run's; the message lists each problem with the
+            file.
     """
     record_path, record = find_path(run, logs_dir, ranking=parse_metric(metric))
     if record.status != COMPLETED:
@@ -364,19 +392,61 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs",
     problems = check_run_files(record, record_path)
     if problems:
         raise RunLoadError(f"run {record.run_id}: {'; '.join(problems)}")
-    model_path = record.path_of("model", record_path.parent)
-    import models
+    model_path = record.weights_path(record_path.parent)
+    from models.build import load_run_model
+    from models.saving import RunWeightsError
 
     fields = ExperimentSpec.model_fields
     try:
         spec = ExperimentSpec(**{k: v for k, v in record.params.items() if k in fields})
-        # Same architecture, random initial weights: the trained ones are loaded next.
-        model = models.build_model(spec.model_copy(update={"weights": None, "precision": "float32"}),
-                                   len(record.data.class_names))
-        model.load_weights(model_path)
+        model = load_run_model(spec, len(record.data.class_names), model_path)
+    except RunWeightsError as exc:
+        raise RunLoadError(f"run {record.run_id}: {exc}") from exc
     except (ValueError, KeyError, OSError) as exc:
         raise RunLoadError(f"run {record.run_id}: cannot rebuild the model from its record: {exc}") from exc
     return LoadedRun(record=record, record_path=record_path, model=model, spec=spec)
+
+
+def export_run(run: str | Path, out_path: str | Path, logs_dir: str | Path = "logs",
+               metric: str = DEFAULT_METRIC) -> Path:
+    """Write a recorded run's model as one standalone Keras file, base included (`nbsweep export`).
+
+    The run is loaded as `load_run` loads it (its base rebuilt from the
+    recorded weights file and checked, for a run that stores only what it
+    trained), then saved whole with `models.build.export_model`:
+    `keras.models.load_model(out_path)` loads it alone, in a fresh process
+    that has imported `models.build` (it registers the `Preprocess` layer).
+    The model maps float32 `(batch, height, width, 3)` RGB in [0, 255] of
+    any size to probabilities `(batch, n_classes)`, classes in the record's
+    `data.class_names` order; the run's test-time augmentation is not part
+    of it.
+
+    Args:
+        run: a run id, a unique run-id prefix, `"best"`, or a record path.
+        out_path: the `.keras` file to write; its folder must exist; an
+            existing file is replaced.
+        logs_dir: folder of the records. Defaults to `"logs"`.
+        metric: what `"best"` ranks by. Defaults to `models.names.DEFAULT_METRIC`.
+
+    Returns:
+        `out_path` as a `Path`.
+
+    Raises:
+        ConfigError: `out_path` does not end in `.keras`, is a folder, or its
+            folder does not exist or is not writable; `run` is an ensemble
+            (it has no single model).
+        RunLoadError: see `load_run`.
+    """
+    out_path = check_out_path(out_path)
+    if out_path.suffix != ".keras":
+        raise ConfigError(f"--out {out_path}: expected a file name ending in .keras (Keras's format)")
+    loaded = load_run(run, logs_dir, metric)
+    if isinstance(loaded, LoadedEnsemble):
+        raise ConfigError(f"run {loaded.record.run_id} is an ensemble: it has no single model to export; export "
+                          f"its members ({', '.join(loaded.record.members)})")
+    from models.build import export_model
+
+    return export_model(loaded.model, out_path)
 
 
 SHOWN_SKIPPED = 10

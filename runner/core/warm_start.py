@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from models.bases.registry import canonical_base
-from models.names import MODEL_FILE, checkpoint_path
+from models.names import (CHECKPOINT_DIR, MODEL_FILE, TRAINED_WEIGHTS_FILE, checkpoint_path, existing_checkpoint,
+                          run_weights_path)
 from runner.errors import ConfigError
 from runner.records import COMPLETED, RUN, RunLoadError, RunRecord, WarmStartSection, sha256_file
 from runner.records.query import Ranking, RecordSet, find
@@ -37,7 +38,8 @@ class WarmStart:
 
     Attributes:
         parent_run_id: the run they come from.
-        checkpoint: `"best"` (the parent's `model.keras`) or an epoch (1-based).
+        checkpoint: `"best"` (the parent's kept weights: `trained_weights.h5`
+            or `model.keras`) or an epoch (1-based; its kept checkpoint).
         weights_path: absolute path of the weights file.
         weights_sha256: sha256 hex of that file.
         class_names: the parent's classes, which the run's data must have
@@ -104,7 +106,8 @@ def resolve_warm_start(params: Mapping[str, Any], found: RecordSet, *, ranking: 
 
     Raises:
         ConfigError: the parent is unknown, did not complete, has other
-            architecture parameters or classes, or lacks the checkpoint.
+            architecture parameters or classes, or lacks the checkpoint (the
+            message names the run and the epoch, and lists the epochs kept).
     """
     ref = params.get("warm_start")
     if ref is None:
@@ -127,13 +130,22 @@ def resolve_warm_start(params: Mapping[str, Any], found: RecordSet, *, ranking: 
     if class_names is not None and parent_classes != list(class_names):
         raise ConfigError(f"{where} has classes {parent_classes}, this run has {list(class_names)}")
     checkpoint = params.get("warm_start_checkpoint", "best")
-    anchor = parent.path_of("model", found.logs_dir) or parent.path_of("notebook", found.logs_dir)
+    anchor = parent.weights_path(found.logs_dir) or parent.path_of("notebook", found.logs_dir)
     if anchor is None:
         raise ConfigError(f"{where} records no run folder")
     run_dir = anchor.parent
-    weights = run_dir / MODEL_FILE if checkpoint == "best" else checkpoint_path(run_dir, checkpoint)
-    if not weights.is_file():
-        kept = sorted(p.name for p in (run_dir / "checkpoints").glob("*.weights.h5"))
-        raise ConfigError(f"{where}: checkpoint {checkpoint!r}: {weights} does not exist "
-                          f"(kept: {', '.join(kept) or 'none'})")
+    if checkpoint == "best":
+        weights = run_weights_path(run_dir)
+        if weights is None:
+            raise ConfigError(f"{where}: checkpoint 'best': neither {run_dir / TRAINED_WEIGHTS_FILE} nor "
+                              f"{run_dir / MODEL_FILE} exists")
+    else:
+        weights = existing_checkpoint(run_dir, checkpoint)
+        if weights is None:
+            kept = sorted((p.name for p in (run_dir / CHECKPOINT_DIR).glob("epoch_*.h5")),
+                          key=lambda name: int(name.split("_")[1].split(".")[0]))
+            raise ConfigError(f"{where}: checkpoint {checkpoint!r}: {checkpoint_path(run_dir, checkpoint)} does not "
+                              f"exist: epoch {checkpoint} of run {parent.run_id} was not kept (kept: "
+                              f"{', '.join(kept) or 'none'}; keep_checkpoints / keep_best_checkpoints of the "
+                              f"parent decide which epochs are kept, its best weights are checkpoint 'best')")
     return WarmStart(parent.run_id, checkpoint, str(weights), sha256_file(weights), parent_classes)

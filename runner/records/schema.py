@@ -189,14 +189,37 @@ class RunRecord(BaseModel):
         rel = self.paths.get(key)
         return (Path(logs_dir) / rel).resolve() if isinstance(rel, str) and rel else None
 
+    def weights_path(self, logs_dir: str | os.PathLike) -> Optional[Path]:
+        """The absolute path of the file holding the run's kept weights, or `None` when none is recorded.
+
+        `paths["trained_weights"]` (`trained_weights.h5`: the base frozen as
+        built, only what trained) when recorded, else `paths["model"]`
+        (`model.keras`: the full model; every run recorded before
+        `trained_weights` existed). `model.model_file_sha256` is this file's
+        sha256.
+
+        Args:
+            logs_dir: the folder of this record.
+
+        Returns:
+            The path (which may since have been deleted), or `None`.
+        """
+        return next(filter(None, (self.path_of(key, logs_dir) for key in WEIGHTS_KEYS)), None)
+
 
 RUN_FILES = {
     "notebook": "{run_id}.ipynb", "html": "{run_id}.html", "result": names.RESULT_FILE, "model": names.MODEL_FILE,
+    "trained_weights": names.TRAINED_WEIGHTS_FILE,
     "training_curves": names.TRAINING_CURVES_FILE, "confusion_matrix": names.CONFUSION_MATRIX_FILE,
     "predictions": names.PREDICTIONS_FILE, "val_predictions": names.VAL_PREDICTIONS_FILE,
     "kernel_log": names.KERNEL_LOG_FILE, "tensorboard": names.TENSORBOARD_DIR,
 }
-"""The files of a run folder `experiments/<run_id>/`, by record `paths` key (names formatted with the run id)."""
+"""The files of a run folder `experiments/<run_id>/`, by record `paths` key (names formatted with the run id).
+A run's kept weights are in one of `model` (the full model) and `trained_weights` (only what it trained,
+`models.saving`); `RunRecord.weights_path` finds it."""
+
+WEIGHTS_KEYS = ("trained_weights", "model")
+"""The `paths` keys that can hold a run's kept weights (`models.names.RUN_WEIGHTS_FILES`, in its order)."""
 
 REQUIRED_FILES = ("notebook", "html", "result")
 """The files every completed notebook run has (the runner writes or reads them); a run
@@ -248,7 +271,9 @@ def build_record(*, run_id: str, config_hash: str, status: str, started_at: date
     if evaluation is not None:
         cache_use["evaluation"] = {"from_cache": evaluation.from_cache,
                                    **({"reason": evaluation.cache_bypass_reason} if evaluation.cache_bypass_reason else {})}
-    model = result.model.model_copy(update={"model_file_sha256": _sha256_if_file(files.get("model"))}) if result else None
+    weights_file = next((files[key] for key in WEIGHTS_KEYS if files.get(key) is not None and Path(files[key]).is_file()),
+                        None)
+    model = result.model.model_copy(update={"model_file_sha256": _sha256_if_file(weights_file)}) if result else None
     if warm_start is not None:
         warm_start = warm_start.model_copy(update={"weights_path": os.path.relpath(warm_start.weights_path, logs_dir)})
     return RunRecord(

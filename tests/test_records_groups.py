@@ -215,3 +215,52 @@ def test_a_sweep_with_repeats_records_every_seed_and_groups_them(tmp_path, monke
     assert len(rows) == 2  # one row per configuration
     best = max(by_score[0.6], key=lambda p: p["val_metrics"]["weighted_recall"])
     assert rows[0] == (best["run_id"], "1")  # the better configuration, named by its best seed
+
+
+@pytest.mark.parametrize("n", [1, 2, 50])
+def test_group_statistics_equal_numpy_and_scipy(n):
+    """mean, sample standard deviation (ddof=1), n and min-max of a group of 1, 2 and 50 seeds, against
+    `np.mean` and `scipy.stats.tstd` of the figures the records hold."""
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(n)
+    values = [round(float(v), 6) for v in rng.uniform(0.6, 0.95, n)]
+    runs = [_make_record(f"20261121-12{i:04d}-aaaaaaaa", v - 0.05, val_recall=v, config="X", seed=i)
+            .model_copy(update={"group_hash": "X" * 64}) for i, v in enumerate(values)]
+    (group,) = group_ranked(rank(runs, RANKING), RANKING)
+    assert group.n == n and sorted(group.values, reverse=True) == sorted(values, reverse=True)
+    assert group.mean == pytest.approx(np.mean(values), rel=1e-13, abs=1e-15)
+    assert (group.min, group.max) == (min(values), max(values))
+    if n == 1:
+        assert group.std is None and format_spread(group) == f"{values[0]:.4f}"
+    else:
+        assert group.std == pytest.approx(scipy_stats.tstd(values), rel=1e-12)
+        assert group.std == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+
+
+def test_group_statistics_are_computed_once_per_group_not_per_run(tmp_path, monkeypatch):
+    """Two configurations of 50 seeds: the page and the csv (100 rows) read each group's standard deviation;
+    it is computed when the group is made (a few times per group shown: its ranking figure and the two other
+    figure columns), never once per run."""
+    import runner.records.groups as groups_module
+
+    calls = []
+    real = groups_module.sample_std
+    monkeypatch.setattr(groups_module, "sample_std",
+                        lambda values, mean: calls.append(len(values)) or real(values, mean))
+    logs = tmp_path / "logs"
+    for config, level in (("A", 0.8), ("B", 0.7)):
+        for seed in range(50):
+            rec = _make_record(f"20261121-{ord(config)}{seed:05d}-aaaaaaaa", level, val_recall=level + seed / 1000,
+                               config=config, seed=seed).model_copy(update={"group_hash": config * 64})
+            (logs / f"{rec.run_id}.json").parent.mkdir(exist_ok=True)
+            (logs / f"{rec.run_id}.json").write_text(rec.model_dump_json())
+    write_leaderboard(logs, tmp_path / "leaderboard.html")
+    assert len(calls) <= 2 * 3, calls  # 2 groups x (ranking column + 2 other figure columns)
+    with open(tmp_path / "leaderboard.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 100 and {row["group_n"] for row in table} == {"50"}
+    for config in "AB":
+        expected = [float(row["val_weighted_recall"]) for row in table if row["param.config"] == config]
+        stds = {float(row["group_std"]) for row in table if row["param.config"] == config}
+        assert len(stds) == 1 and stds.pop() == pytest.approx(np.std(expected, ddof=1), rel=1e-12)

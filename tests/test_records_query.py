@@ -88,3 +88,18 @@ def test_a_copied_record_file_is_unreadable_not_a_duplicate(logs):
     shutil.copy(logs / "20260101-000001-bbbbbbbb.json", logs / "20260101-000009-99999999.json")
     found = read_all(logs)
     assert "does not match the file name" in found.unreadable["20260101-000009-99999999.json"]
+
+
+def test_load_gives_a_summarys_full_record_and_refuses_a_file_changed_since(logs):
+    from runner.records.index import read_summaries
+
+    found, indexed = read_all(logs), read_summaries(logs)
+    assert found.load(found.records[0]) is found.records[0]  # a record is its own full record
+    summary = indexed.records[1]
+    assert indexed.load(summary) == found.records[1] and indexed.load(summary).metrics is not None
+    (logs / f"{summary.run_id}.json").write_text("{", encoding="utf-8")
+    with pytest.raises(RunLoadError, match="not valid JSON"):
+        indexed.load(summary)
+    (logs / f"{summary.run_id}.json").unlink()
+    with pytest.raises(RunLoadError, match="No such file"):
+        indexed.load(summary)

@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import io
 import json
 import os
 import re
@@ -398,3 +399,71 @@ def test_lineage_of_a_long_chain_of_warm_starts_is_drawn_without_recursion():
     lines = lineage_text(chain[::-1]).splitlines()
     assert len(lines) == 3000 and lines[0] == "20261121-000000-aaaaaaaa  vgg16 gap  0.5000"
     assert lines[2].startswith("    └── 20261121-000002-aaaaaaaa")
+
+
+def test_the_page_stays_small_with_thousands_of_records_and_links_the_full_table(tmp_path):
+    """3,000 records: two configurations of 600 seeds (the best two), 1,500 runs in groups of 3, 150 failed,
+    150 pruned. The page lists the top configurations with at most `MAX_REPEATS_LISTED` runs each and
+    `MAX_LISTED` rows per other section; the csv it links has every ranked run."""
+    from runner.reports.leaderboard import MAX_REPEATS_LISTED
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    records = []
+    for i in range(1200):  # two large groups, the best by mean
+        config = "big" + "ab"[i % 2]
+        records.append(make_record(f"20261121-{i:06d}-aaaaaaaa", 0.95 - (i % 2) * 0.01 - (i % 7) / 1000,
+                                   config=config, seed=i // 2).model_copy(update={"group_hash": config * 16}))
+    for i in range(1500):
+        config = f"small{i // 3}"
+        records.append(make_record(f"20261122-{i:06d}-bbbbbbbb", 0.5 + (i % 97) / 1000, config=config, seed=i % 3)
+                       .model_copy(update={"group_hash": f"{i // 3:064d}"}))
+    records += [make_record(f"20261123-{i:06d}-cccccccc", None, status=FAILED) for i in range(150)]
+    records += [make_record(f"20261124-{i:06d}-dddddddd", None, status=PRUNED) for i in range(150)]
+    for rec in records:
+        (logs / f"{rec.run_id}.json").write_text(rec.model_dump_json())
+    board = write_leaderboard(logs, tmp_path / "leaderboard.html", top_n=10)
+    page = (tmp_path / "leaderboard.html").read_text()
+    assert len(page.encode()) < 1_000_000  # 5 MB is the limit at any number of records; this board is far below
+    assert len(board.ranked) == 2700 and len(board.groups) == 502
+    assert len(board_rows(page)) == 10
+    # the top row: the large configuration, its best runs listed, the rest counted and linked
+    top = page[page.index('<table id="board"'):]
+    top = top[:top.index("</tr>", top.index("<tbody>"))]
+    assert "<td>600</td>" in top and top.count('class="pick"') == MAX_REPEATS_LISTED
+    assert f'+{600 - MAX_REPEATS_LISTED} more seeds in <a href="leaderboard.csv">leaderboard.csv</a>' in top
+    assert '<a href="leaderboard.csv" id="full-table">leaderboard.csv</a>' in page
+    compare = json.loads(re.search(r'<script type="application/json" id="compare-data">(.*?)</script>', page).group(1))
+    assert len(compare["runs"]) == 2 * MAX_REPEATS_LISTED + 8 * 3  # the runs listed, each with its curves
+    assert all(run["curves"]["loss"] == [1.0, 0.5] for run in compare["runs"])
+    failed = page[page.index("<h2>Runs that did not complete (150)</h2>"):]
+    assert failed[:failed.index("</table>")].count("<tr id=") == MAX_LISTED
+    # the csv: every ranked run, by configuration, with the group statistics
+    header, *rows = read_csv(tmp_path / "leaderboard.csv")
+    assert len(rows) == 2700 and [row[0] for row in rows] == [str(i) for i in range(1, 2701)]
+    group_n = header.index("group_n")
+    assert [row[group_n] for row in rows[:1200]] == ["600"] * 1200 and rows[1200][group_n] == "3"
+
+
+def test_csv_cells_read_back_as_written_whatever_the_characters(tmp_path):
+    """Names and parameters with commas, quotes and line breaks, `None`, `""`, booleans, nested values, and a
+    parameter only some runs have: `csv.reader` reads every cell back as the value (or its JSON)."""
+    from runner.reports.leaderboard import leaderboard_csv
+
+    odd = {"comma": "a,b", "quote": 'say "hi"', "newline": "two\nlines", "empty": "", "none": None, "flag": True,
+           "nested": {"b": [1, 2], "a": "x,y"}, "number": 1e-05}
+    records = [make_record("20261121-120000-aaaaaaaa", 0.9, **odd).model_copy(update={"name": 'n,"1"\nx'}),
+               make_record("20261121-120100-bbbbbbbb", 0.8, **{**odd, "only_here": "z"}),
+               make_record("20261121-120200-cccccccc", 0.7, **odd).model_copy(update={"params": {"base": "vgg16"}})]
+    ranking = parse_metric("weighted_recall")
+    header, *rows = list(csv.reader(io.StringIO(leaderboard_csv(rank(records, ranking), ranking))))
+    assert len(rows) == 3 and all(len(row) == len(header) for row in rows)
+    by_id = {row[1]: dict(zip(header, row)) for row in rows}
+    assert by_id["20261121-120000-aaaaaaaa"]["name"] == 'n,"1"\nx'
+    for rec in records:
+        row = by_id[rec.run_id]
+        for name in {*odd, "only_here", "base", "head", "dropout", "dense_units"}:
+            value = rec.params.get(name, "<missing>")
+            expected = "" if value == "<missing>" else value if isinstance(value, str) else json.dumps(
+                value, sort_keys=True)
+            assert row[f"param.{name}"] == expected, (rec.run_id, name)

@@ -176,3 +176,54 @@ def test_sort_filter_toggle_and_links_in_a_real_browser(board, browser, tmp_path
     assert browser.title == "run 20261121-120300-dddddddd"
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []  # no script error, nothing failed to load
+
+
+@pytest.mark.slow  # starts Chromium
+def test_a_bounded_board_of_many_records_sorts_filters_and_compares_what_it_shows(tmp_path, browser):
+    """600 records, two configurations of 150 seeds among them: the page shows 10 rows, each large one with
+    `MAX_REPEATS_LISTED` runs; filter, sort and "compare selected" work on them, and the full table is linked."""
+    from runner.reports.leaderboard import MAX_REPEATS_LISTED
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for i in range(600):
+        config = ("big-a", "big-b")[i % 2] if i < 300 else f"small-{i // 3}"
+        level = {"big-a": 0.95, "big-b": 0.94}.get(config, 0.5 + (i % 89) / 1000)
+        rec = make_record(f"20261121-{i:06d}-aaaaaaaa", level - (i % 5) / 1000, base="vgg16" if i % 2 else "mobilenet",
+                          config=config, seed=i).model_copy(
+            update={"group_hash": f"{config:>64}", "history": {"head": {"loss": [1.0, 0.6 - i / 10_000]}},
+                    "best_epoch": 2})
+        (logs / f"{rec.run_id}.json").write_text(rec.model_dump_json(), encoding="utf-8")
+    write_leaderboard(logs, tmp_path / "leaderboard.html")
+    browser.get((tmp_path / "leaderboard.html").as_uri())
+    assert browser.find_element(By.ID, "row-count").text == "10 of 10 runs shown"
+    top = visible_run_ids(browser)
+    assert len(top) == 10
+    # filter and sort the rows shown
+    browser.find_element(By.ID, "filter").send_keys("big-b")
+    assert len(visible_run_ids(browser)) == 1
+    assert browser.find_element(By.ID, "row-count").text == "1 of 10 runs shown"
+    browser.find_element(By.ID, "filter").send_keys(Keys.CONTROL, "a")
+    browser.find_element(By.ID, "filter").send_keys(Keys.BACKSPACE)
+    header(browser, "n").click()  # ascending: the groups of 3 first, the two of 150 last
+    ns = [row.find_elements(By.TAG_NAME, "td")[5].text
+          for row in browser.find_elements(By.CSS_SELECTOR, "#board tbody tr")]
+    assert ns == sorted(ns, key=int) and ns[-2:] == ["150", "150"]
+    # open the best configuration's seeds: the listed runs, the rest counted and linked to the csv
+    first = browser.find_element(By.ID, f"run-{top[0]}")
+    first.find_element(By.TAG_NAME, "summary").click()
+    picks = first.find_elements(By.CSS_SELECTOR, "input.pick")
+    assert len(picks) == MAX_REPEATS_LISTED
+    more = first.find_element(By.CSS_SELECTOR, "li.more")
+    assert more.text == f"+{150 - MAX_REPEATS_LISTED} more seeds in leaderboard.csv"
+    picks[1].click()
+    picks[2].click()
+    browser.find_element(By.ID, "compare-selected").click()
+    section = browser.find_element(By.ID, "compare")
+    assert section.is_displayed()
+    lines = section.find_elements(By.CSS_SELECTOR, "figure.chart[data-metric='loss'] svg polyline.curve")
+    assert [line.get_attribute("data-run") for line in lines] == [picks[1].get_attribute("value"),
+                                                                   picks[2].get_attribute("value")]
+    full = browser.find_element(By.ID, "full-table")
+    assert full.get_attribute("href") == (tmp_path / "leaderboard.csv").as_uri()
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -110,7 +110,8 @@ class RecordSet:
 
     Attributes:
         logs_dir: the folder (absolute).
-        records: the readable records, in run-id order.
+        records: the readable records, in run-id order: `RunRecord`s (`read_all`), or the
+            `runner.records.index.RunSummary`s of `runner.records.index.read_summaries` (`load` reads one's record).
         unreadable: file name -> why it could not be read.
     """
 
@@ -129,6 +130,31 @@ class RecordSet:
     def by_id(self) -> dict[str, RunRecord]:
         """Run id -> record."""
         return {rec.run_id: rec for rec in self.records}
+
+    def load(self, record) -> RunRecord:
+        """The full record of one of `records`: itself if it is a `RunRecord`, else (a summary from
+        `runner.records.index.read_summaries`) its file read and validated again.
+
+        Args:
+            record: a `RunRecord`, or anything with its `run_id` (a `RunSummary`).
+
+        Returns:
+            The `RunRecord`.
+
+        Raises:
+            RunLoadError: its file cannot be read now, is no longer a valid record, or holds another run id
+                (it changed since it was indexed).
+        """
+        if isinstance(record, RunRecord):
+            return record
+        path = self.path_of(record)
+        try:
+            full = read_record(path)
+        except (OSError, ValueError) as exc:
+            raise RunLoadError(str(exc)) from exc
+        if full.run_id != record.run_id:
+            raise RunLoadError(f"{path}: run_id {full.run_id} does not match the file name")
+        return full
 
 
 def read_all(logs_dir: str | os.PathLike) -> RecordSet:

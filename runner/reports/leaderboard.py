@@ -4,8 +4,13 @@ Usage: `python runner/leaderboard.py [--logs-dir logs] [--out leaderboard.html]
 [--metric weighted_recall] [--top-n 10]`. The sweep calls `write_leaderboard`
 at its end with the grid's `metric` and `top_n`.
 
-The records are read once (`runner.records.query.read_all`), the metric is validated
-once (`runner.records.query.parse_metric`) and the runs are ranked by `runner.records.query.rank`:
+The records are read once, as summaries (`runner.records.index.read_summaries`: the
+fields ranking, the csv and the lineage tree need, kept in an SQLite index beside
+the records and re-read from any JSON file that changed); the runs the page lists
+are read in full from their files. The metric is validated once
+(`runner.records.query.parse_metric`), the runs are ranked by `runner.records.query.rank`
+and grouped once (`runner.records.groups.group_ranked`, which computes each group's
+statistics once):
 by default on the **validation** split (`weighted_recall` is
 `val_weighted_recall`); the test figures are shown beside it for reporting. A
 schema-1 record (no validation metrics) ranks by its test figure, marked `*`.
@@ -15,10 +20,11 @@ The page is one static, self-contained html file that works offline
 escaped): its CSS and script (`runner/reports/assets/`) and its figures
 (PNG data URIs) are inlined. At the top, the ranking figure of every ranked
 run by base and head (a strip over a box plot) and the best run's confusion
-matrix (test split: its saved picture, or a table of its counts); then the top runs, best first (ties keep the earlier
-run). The repeats of one configuration over seeds (`repeats:`, `runner.records.groups`) are one row, ranked by
-their mean: its figures are mean ± sample standard deviation, with n and min-max, its runs listed under a
-`<details>`, and the plot gets a panel of each such configuration's spread; a board without repeats says
+matrix (test split: its saved picture, or a table of its counts); then the top `top_n` configurations, best
+first (ties keep the earlier run). The repeats of one configuration over seeds (`repeats:`,
+`runner.records.groups`) are one row, ranked by their mean: its figures are mean ± sample standard deviation,
+with n and min-max, its best `MAX_REPEATS_LISTED` runs listed under a `<details>` (the rest counted), and the
+plot gets a panel of each such configuration's spread; a board without repeats says
 that differences below the seed spread are not meaningful and how to measure it. Click a header to sort, type to filter, tick "show all parameters" to
 see the parameter columns that are the same for every run shown. Each run id
 links to its saved notebook html and its node in `lineage.html`, each parent
@@ -26,8 +32,10 @@ to its row. Then the refits of a grid with `refit: true` (`RunRecord.refit_of`: 
 trained again on train + validation; test figures only, never ranked) beside their originals' test
 figures, pruned runs (with the epoch they reached), runs that did not
 complete (the `MAX_LISTED` most recent of each, and a count), completed runs
-without a figure for the metric, and unreadable records. The page embeds only
-what it shows, so it stays small however many records there are.
+without a figure for the metric, and unreadable records (at most `MAX_LISTED` each). The page
+links `leaderboard.csv`, every ranked run with all its figures and parameters, and embeds only
+what it shows, so it stays small however many records there are (0.45 MB for 100,000 records,
+`bench/leaderboard_bench.py`).
 """
 
 from __future__ import annotations
@@ -40,9 +48,10 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from urllib.parse import quote
 
 
@@ -56,9 +65,10 @@ from runner.reports.compare_data import compare_payload, inline_json
 from runner.reports.stats import P_VALUE_MEANING, format_p, top_two
 from runner.reports.lineage import node_id, render_lineage
 from runner.records.groups import GROUP_FREE_PARAMS, Group, format_spread, group_ranked, has_repeats
-from runner.records.query import Ranking, RecordSet, parse_metric, rank, read_all
+from runner.records.index import read_summaries
+from runner.records.query import Ranking, RecordSet, parse_metric, rank
 from runner.records import (
-    COMPLETED, ENSEMBLE, PRUNED, RANKING_METRICS, RunRecord, SplitMetrics, write_page,
+    COMPLETED, ENSEMBLE, PRUNED, RANKING_METRICS, RunLoadError, RunRecord, SplitMetrics, write_page,
 )
 from runner.reports.templates import render
 
@@ -71,6 +81,9 @@ REPORTED_TEST_METRICS = tuple(dict.fromkeys(("accuracy", DEFAULT_METRIC)))
 """Test-split figures always shown beside the ranking figure (with the ranking metric's own): accuracy and
 the default metric (`models.names.DEFAULT_METRIC`)."""
 SCHEMA1_NOTE = "schema 1: no validation metrics, ranked by test"
+MAX_REPEATS_LISTED = 10
+"""Runs of one configuration listed under its row (its best by the ranking figure, and the run that stands
+for it); the others are counted, and every run is in `leaderboard.csv`."""
 MAX_SPREAD_GROUPS = 20
 """Configurations with repeats drawn in the metric plot's spread panel (the best by mean)."""
 SPLIT_WORDS = {"val": "validation split", "test": "test split"}
@@ -82,7 +95,9 @@ class Leaderboard:
 
     Attributes:
         ranking: the validated metric the runs were ranked by.
-        ranked: the completed runs with a figure for `ranking`, best first.
+        ranked: the completed runs with a figure for `ranking`, best first
+            (`runner.records.index.RunSummary`s from `write_leaderboard`; a
+            summary has every field ranking reads, `RecordSet.load` gives the record).
         page_path, csv_path, lineage_path: the files written (absolute).
         unranked: completed runs without a figure for `ranking` (e.g.
             ensembles under a validation ranking), in run-id order.
@@ -251,7 +266,8 @@ def base_head_group(record: RunRecord) -> str:
     return f"{base} + {head}" if head else str(base)
 
 
-def metric_plot_data(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[dict[str, Any]]:
+def metric_plot_data(ranked: Sequence[RunRecord], ranking: Ranking,
+                     groups: Optional[Sequence[Group]] = None) -> Optional[dict[str, Any]]:
     """What the metric plot shows (`runner.reports.plots.draw`): the ranking figure per base and head, every run a point.
 
     Groups are ordered by median, best at the top; the best run is a red
@@ -259,12 +275,15 @@ def metric_plot_data(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[
     test figure, said on the axis).
 
     Args:
-        ranked: `runner.records.query.rank`'s output (best first).
+        ranked: `runner.records.query.rank`'s output (best first): `RunRecord`s
+            or `runner.records.index.RunSummary`s.
         ranking: what they were ranked by.
+        groups: `group_ranked(ranked, ranking)`, when the caller has it. Defaults
+            to `None`: grouped here.
 
     Returns:
-        A JSON-able dict (`groups`, `values`, `best`, `xlabel`), or `None`
-        when `ranked` is empty.
+        A JSON-able dict (`groups`, `values`, `best`, `xlabel`, and `spread`
+        with repeats), or `None` when `ranked` is empty.
     """
     if not ranked:
         return None
@@ -279,7 +298,8 @@ def metric_plot_data(ranked: Sequence[RunRecord], ranking: Ranking) -> Optional[
             "best": {"value": ranking.value(best), "position": order.index(base_head_group(best)) + 1,
                      "label": f"best: {best.run_id} ({ranking.value(best):.4f})"},
             "xlabel": xlabel}
-    repeated = [(position, group) for position, group in enumerate(group_ranked(ranked, ranking), start=1)
+    groups = group_ranked(ranked, ranking) if groups is None else groups
+    repeated = [(position, group) for position, group in enumerate(groups, start=1)
                 if group.n > 1][:MAX_SPREAD_GROUPS]
     if repeated:  # worst mean first: the best configuration at the top, as above
         data["spread"] = {"groups": [_group_label(position, group) for position, group in reversed(repeated)],
@@ -371,13 +391,54 @@ def _note(record: RunRecord) -> str:
     return f"{record.error.ename}: {record.error.evalue}" if record.error else ""
 
 
-def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunRecord], top_n: int,
-                       page_dir: Path, confusion_png: Optional[bytes] = None,
-                       plot_png: Optional[bytes] = None) -> str:
-    """The leaderboard page as one self-contained html string (inline CSS, JS and images).
+def listed_runs(group: Group) -> list[RunRecord]:
+    """The runs of a group listed on the page: its first `MAX_REPEATS_LISTED` by the ranking figure, with the
+    run that stands for it (`Group.best`) in place of the last of them when it is not among them.
 
     Args:
-        found: every record (`runner.records.query.read_all`).
+        group: a `runner.records.groups.Group`.
+
+    Returns:
+        At most `MAX_REPEATS_LISTED` of `group.runs`, in their order.
+    """
+    runs = list(group.runs[:MAX_REPEATS_LISTED])
+    if not any(rec is group.best for rec in runs):
+        runs[-1] = group.best
+    return runs
+
+
+def _loaded(found: RecordSet, records: Iterable[RunRecord]) -> dict[str, RunRecord]:
+    """Run id -> full record (`RecordSet.load`) of each of `records` that can still be read."""
+    full = {}
+    for rec in records:
+        try:
+            full[rec.run_id] = found.load(rec)
+        except RunLoadError:  # changed since it was indexed: its row keeps the summary's figures
+            continue
+    return full
+
+
+def _train_images(record) -> Any:
+    """The number of training images of a full record, `""` when it has none (or is a summary)."""
+    data = getattr(record, "data", None)
+    return sum((data.counts.get("train") or {}).values()) if data else ""
+
+
+def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunRecord], top_n: int,
+                       page_dir: Path, confusion_png: Optional[bytes] = None,
+                       plot_png: Optional[bytes | Callable[[], Optional[bytes]]] = None, *,
+                       groups: Optional[Sequence[Group]] = None, csv_name: str = "leaderboard.csv") -> str:
+    """The leaderboard page as one self-contained html string (inline CSS, JS and images), bounded in size.
+
+    The page shows the top `top_n` configurations, at most `MAX_REPEATS_LISTED` runs under each, and at most
+    `MAX_LISTED` rows of each other section with a count of the rest; it links `csv_name`, which has every
+    ranked run. Only what it shows is embedded (the "compare selected" data: the runs listed), so its size
+    does not grow with the number of records (about 0.4 MB for 100,000; `bench/leaderboard_bench.py`).
+
+    Args:
+        found: every record: `runner.records.query.read_all` (`RunRecord`s) or
+            `runner.records.index.read_summaries` (`RunSummary`s; the runs listed
+            on the board and the best run are read in full with `found.load`).
         ranking: the metric `ranked` is ranked by.
         ranked: `runner.records.query.rank(found.records, ranking)`.
         top_n: number of rows shown in the table: configurations, the
@@ -386,9 +447,13 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
         confusion_png: PNG bytes of the best run's saved confusion matrix
             (`confusion_matrix_png`). Defaults to `None`: the page shows
             `confusion_matrix_table` of the best run instead.
-        plot_png: PNG bytes of the metric plot (`metric_plot_png`). Defaults
-            to `None`: drawn here (`write_leaderboard` has a child process
-            draw it beside the other work, `runner.reports.plots.PlotProcess`).
+        plot_png: PNG bytes of the metric plot (`metric_plot_png`), or a
+            function giving them, called once the rest of the page is ready
+            (`write_leaderboard` passes `runner.reports.plots.PlotProcess.result`:
+            a child process draws it meanwhile). Defaults to `None`, as is a
+            function's `None`: drawn here.
+        groups: `group_ranked(ranked, ranking)`, when the caller has it. Defaults to `None`: grouped here.
+        csv_name: the file name of the full table beside the page, linked. Defaults to `"leaderboard.csv"`.
 
     Returns:
         A complete html document (`runner/reports/templates/leaderboard.html`); every
@@ -396,11 +461,13 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
     """
     logs_dir = found.logs_dir
     by_id = found.by_id()
-    groups = group_ranked(ranked, ranking)
+    groups = group_ranked(ranked, ranking) if groups is None else groups
     repeats = has_repeats(groups)
     shown_groups = groups[:top_n]
-    shown = [rec for group in shown_groups for rec in group.runs]  # every run of the rows shown
+    listed = {group.key: listed_runs(group) for group in shown_groups}
+    shown = [rec for group in shown_groups for rec in listed[group.key]]  # every run listed on the board
     on_page = {rec.run_id for rec in shown}
+    full = _loaded(found, [*shown, *ranked[:1]])
 
     def run_link(rec: RunRecord) -> _Link:
         return _Link(rec.run_id, _href(rec.path_of("html", logs_dir), page_dir))
@@ -424,19 +491,22 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
         if column is None:
             return _Figure(format_spread(group), sort=_number(group.mean),
                            mark=any(ranking.split_of(rec) != ranking.split for rec in group.runs))
-        figures = [v for v in (split_figure(rec, column) for rec in group.runs) if v is not None]
-        if not figures:
+        pairs = [(rec, value) for rec in group.runs if (value := split_figure(rec, column)) is not None]
+        if not pairs:
             return _Figure("")
-        spread = Group(group.key, group.runs, tuple(figures), group.best)
+        runs, figures = zip(*pairs)
+        spread = Group(group.key, runs, figures, group.best)
         return _Figure(format_spread(spread), sort=_number(spread.mean))
 
     def group_param(group: Group, name: str) -> str:
-        """A row's parameter: its best run's, or for `seed` and `name` every repeat's, comma-separated."""
+        """A row's parameter: its best run's, or for `seed` and `name` every listed repeat's, comma-separated
+        (`+k more` for the runs not listed)."""
         if group.n > 1 and name in GROUP_FREE_PARAMS:
-            given = [rec.params[name] for rec in group.runs if rec.params.get(name) is not None]
+            given = [rec.params[name] for rec in listed[group.key] if rec.params.get(name) is not None]
             if all(type(value) is int for value in given):  # seeds in order
                 given = sorted(given)
-            return ", ".join(dict.fromkeys(_param_value(value) for value in given))
+            text = ", ".join(dict.fromkeys(_param_value(value) for value in given))
+            return text + (f" (+{group.n - len(listed[group.key])} more)" if group.n > len(listed[group.key]) else "")
         return _param_value(group.best.params[name]) if name in group.best.params else ""
 
     columns = figure_columns(ranking)
@@ -456,7 +526,8 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
             "n": group.n, "range": f"{group.min:.4f}–{group.max:.4f}" if group.n > 1 else "",
             "repeats": [{"anchor": node_id(each.run_id) if each is not rec else None, "run": run_link(each),
                          "seed": _param_value(each.params.get("seed")), "figure": ranked_figure(each)}
-                        for each in group.runs] if group.n > 1 else [],
+                        for each in listed[group.key]] if group.n > 1 else [],
+            "repeats_more": group.n - len(listed[group.key]),
             "epochs_run": rec.epochs_run, "train_s": _number(rec.timings.train_s, 1),
             "parent": parent_link(rec.parent_run_id), "rerun_of": parent_link(rec.rerun_of),
             "params": [(group_param(group, name), name not in differing) for name in params],
@@ -474,13 +545,14 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
     refit_records = [rec for rec in found.records if rec.refit_of is not None and rec.status == COMPLETED]
     test_columns = [column for column in columns if column.startswith("test_")]
     refits = _Section(total=len(refit_records), figure_columns=test_columns)
+    listed_refits = _most_recent(refit_records)
+    refit_full = _loaded(found, listed_refits)
     refits.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "refit_of": parent_link(rec.refit_of),
-                    "epochs_run": rec.epochs_run,
-                    "train_images": sum((rec.data.counts.get("train") or {}).values()) if rec.data else "",
+                    "epochs_run": rec.epochs_run, "train_images": _train_images(refit_full.get(rec.run_id)),
                     "figures": [_Figure(_number(split_figure(rec, c))) for c in test_columns],
                     "original": [_Figure(_number(split_figure(by_id[rec.refit_of], c))) if rec.refit_of in by_id
                                  else _Figure("") for c in test_columns]}
-                   for rec in _most_recent(refit_records)]
+                   for rec in listed_refits]
     ranked_ids = {rec.run_id for rec in ranked}
     unranked_records = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids
                         and rec.refit_of is None]  # refits have a section of their own
@@ -490,21 +562,26 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
                      for rec in _most_recent(unranked_records)]
     unreadable = _Section(rows=list(found.unreadable.items())[:MAX_LISTED], total=len(found.unreadable))
 
-    plot = plot_png if plot_png is not None else metric_plot_png(ranked, ranking)
+    # the first two rows' test (it may import scipy) before the plot is awaited: while a child process draws it
+    significance = top_two(*([full.get(g.best.run_id, g.best), *(r for r in g.runs if r is not g.best)]
+                             for g in shown_groups[:2]), ranking.metric, logs_dir) if len(shown_groups) > 1 else None
+    plot = plot_png() if callable(plot_png) else plot_png
+    plot = plot if plot is not None else metric_plot_png(ranked, ranking)
+    best_full = full.get(ranked[0].run_id) if ranked else None
     figures = {"metric_plot": _data_uri(plot) if plot else None,
                "confusion": _data_uri(confusion_png) if confusion_png and ranked else None,
-               "confusion_table": confusion_matrix_table(ranked[0]) if ranked and not confusion_png else None}
+               "confusion_table": confusion_matrix_table(best_full) if best_full and not confusion_png else None}
     best = {"run_id": ranked[0].run_id, "fragment": _fragment(ranked[0].run_id)} if ranked else None
     return render("leaderboard.html", ranking=ranking, split_words=SPLIT_WORDS[ranking.split],
                   css=_asset("leaderboard.css"), js=_asset("leaderboard.js"),
                   generated=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", lineage_href=LINEAGE_FILE,
                   n_ranked=len(ranked), n_groups=len(groups), max_spread=MAX_SPREAD_GROUPS, figures=figures, best=best,
+                  csv_href=quote(csv_name),
                   schema1_note=SCHEMA1_NOTE,
                   board=board, refits=refits, pruned=pruned, failed=failed, unranked=unranked,
                   unreadable=unreadable,
-                  compare_json=inline_json(compare_payload(shown)), p_meaning=P_VALUE_MEANING, format_p=format_p,
-                  top_two=top_two(*([g.best, *(r for r in g.runs if r is not g.best)] for g in shown_groups[:2]),
-                                  ranking.metric, logs_dir) if len(shown_groups) > 1 else None)
+                  compare_json=inline_json(compare_payload([full[rec.run_id] for rec in shown if rec.run_id in full])),
+                  p_meaning=P_VALUE_MEANING, format_p=format_p, top_two=significance)
 
 
 CSV_COLUMNS = ("rank", "run_id", "name", "status", "kind", "ranked_by", "ranked_split",
@@ -517,7 +594,8 @@ CSV_COLUMNS = ("rank", "run_id", "name", "status", "kind", "ranked_by", "ranked_
 (empty for one run), minimum and maximum of their ranking figures."""
 
 
-def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Sequence[RunRecord] = ()) -> str:
+def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Sequence[RunRecord] = (), *,
+                    groups: Optional[Sequence[Group]] = None) -> str:
     """`leaderboard.csv`: every completed run, ranked, with its validation and test figures and all parameters.
 
     The runs are listed by configuration, as the page's rows: configurations
@@ -534,35 +612,89 @@ def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Seq
             or `test (schema 1)`).
         unranked: completed runs without a figure for `ranking`, listed
             after the ranked ones with an empty `rank`. Defaults to none.
+        groups: `group_ranked(ranked, ranking)`, when the caller has it (each
+            group's statistics are computed once, there). Defaults to `None`: grouped here.
 
     Returns:
         The CSV text: `CSV_COLUMNS`, then `param.<name>` for every parameter
         of any run (strings as they are, other values as JSON); empty cells
         for missing values.
     """
-    groups = group_ranked(ranked, ranking)
-    group_of = {rec.run_id: (position, group) for position, group in enumerate(groups, start=1) for rec in group.runs}
+    groups = group_ranked(ranked, ranking) if groups is None else groups
+    columns_of = {group.key: _group_columns(position, group) for position, group in enumerate(groups, start=1)}
     ranked = [rec for group in groups for rec in group.runs]
+    group_columns = [columns_of[group.key] for group in groups for _ in group.runs]
     rows = [*ranked, *unranked]
-    params = list(dict.fromkeys(name for rec in rows for name in rec.params))
+    params = list(dict.fromkeys(chain.from_iterable(rec.params for rec in rows)))
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*CSV_COLUMNS, *(f"param.{name}" for name in params)])
+    csv.writer(out, lineterminator="\n").writerow([*CSV_COLUMNS, *(f"param.{name}" for name in params)])
+    # each row's fixed columns through the csv writer (into `line`), then its parameter cells, each quoted once
+    # per distinct value (`_ParamCells`) and joined as they are
+    line = io.StringIO()
+    writer = csv.writer(line, lineterminator="\n")
     blank = [None] * len(RANKING_METRICS)
+    cells = _ParamCells()
+    missing = [_MISSING] * len(params)
     for position, rec in enumerate(rows, start=1):
         is_ranked = position <= len(ranked)
         val = [getattr(rec.val_metrics, m) for m in RANKING_METRICS] if rec.val_metrics else blank
         test = [getattr(rec.metrics, m) for m in RANKING_METRICS] if rec.metrics else blank
-        values = rec.params
+        line.seek(0)
+        line.truncate()
         writer.writerow([
             position if is_ranked else None, rec.run_id, rec.name, rec.status, rec.kind,
             ranking.column, ranking.split_of(rec) if is_ranked else None, *val, *test,
             rec.epochs_run, rec.best_epoch, rec.best_phase,
             rec.timings.train_s, rec.timings.eval_s, rec.timings.total_s,
             rec.parent_run_id, rec.started_at, rec.finished_at, rec.group_hash,
-            *(_group_columns(*group_of[rec.run_id]) if is_ranked else [None] * 6),
-            *[_param_value(values[name]) if name in values else None for name in params]])
+            *(group_columns[position - 1] if is_ranked else [None] * 6)])
+        if params:  # the fixed columns, without their line end, then the parameters' cells
+            out.write(line.getvalue()[:-1])
+            out.write(",")
+            out.write(cells.join(map(rec.params.get, params, missing)))  # C-level look-ups, in column order
+            out.write("\n")
+        else:
+            out.write(line.getvalue())
     return out.getvalue()
+
+
+class _ParamCells(dict):
+    """`id(value)` -> the csv cell of `_param_value(value)` (quoted as `csv.writer` quotes it), for the
+    parameter values of one table's rows.
+
+    Records read through the index share one object per distinct value
+    (`runner.records.index`), so a table of 100,000 runs has a few thousand
+    distinct objects: each is encoded and quoted once, and each cell is a
+    dictionary look-up by `id` (the rows keep every value alive while the
+    table is written, so no `id` is reused meanwhile).
+    """
+
+    def __init__(self) -> None:
+        super().__init__({id(_MISSING): ""})
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\n")  # the table's: it decides what is quoted
+
+    def cell(self, value: Any) -> str:
+        """`value`'s cell: `_param_value(value)`, quoted where `csv.writer` would quote it in a row."""
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerow([_param_value(value), ""])  # a second field: a lone "" would be quoted
+        return self._buffer.getvalue()[:-2]  # without the second field's "," and the line end
+
+    def join(self, values: Iterable[Any]) -> str:
+        """The cells of `values`, comma-separated (an empty cell for `_MISSING`)."""
+        values = list(values)
+        try:
+            return ",".join(map(self.__getitem__, map(id, values)))
+        except KeyError:
+            for value in values:
+                if id(value) not in self:
+                    self[id(value)] = self.cell(value)
+            return ",".join(map(self.__getitem__, map(id, values)))
+
+
+_MISSING = object()
+"""A parameter a run does not have (an empty csv cell; a `None` value is `null`)."""
 
 
 def _group_columns(position: int, group: Group) -> list:
@@ -592,11 +724,14 @@ def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = 
                       top_n: int = 10) -> Leaderboard:
     """Read every record in `logs_dir` once; write the leaderboard html, its csv and the lineage page.
 
-    The html (`render_leaderboard`, with the best run's `confusion_matrix_png`)
-    goes to `out_path`, the csv (`leaderboard_csv`: every completed run
-    ranked) beside it with the suffix `.csv`, and the lineage tree of warm
-    starts to `lineage.html` in the same folder; each written atomically
-    (`runner.records.write_text_atomic`).
+    The records are read as summaries through the index
+    (`runner.records.index.read_summaries`, which creates or updates
+    `<logs_dir>/.records-index.sqlite`); the runs the page lists and the best
+    run are read in full. The html (`render_leaderboard`, with the best run's
+    `confusion_matrix_png`) goes to `out_path`, the csv (`leaderboard_csv`:
+    every completed run ranked) beside it with the suffix `.csv`, and the
+    lineage tree of warm starts to `lineage.html` in the same folder; each
+    written atomically (`runner.records.write_text_atomic`).
 
     Args:
         logs_dir: folder of the JSON records.
@@ -604,10 +739,10 @@ def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = 
         metric: ranking metric, a `runner.records.query.METRIC_NAMES` name
             (`weighted_recall`: validation split; `test_weighted_recall`: test
             split). Defaults to `models.names.DEFAULT_METRIC`.
-        top_n: ranked runs shown in the html. Defaults to `10`.
+        top_n: configurations (rows) shown in the html. Defaults to `10`.
 
     Returns:
-        A `Leaderboard` (the ranking, the ranked records, the files written).
+        A `Leaderboard` (the ranking, the ranked runs as `RunSummary`s, their groups, the files written).
 
     Raises:
         ConfigError: unknown `metric` (nothing is read or written).
@@ -618,18 +753,21 @@ def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = 
     ranking = parse_metric(metric)
     logs_dir, out_path = Path(logs_dir).resolve(), Path(out_path).resolve()
     with metric_plot.PlotProcess() as plotter, _gc_paused():  # the child imports matplotlib meanwhile
-        found = read_all(logs_dir)
+        found = read_summaries(logs_dir)
         ranked = rank(found.records, ranking)
+        groups = group_ranked(ranked, ranking)  # each group's statistics, once
         if ranked:
-            plotter.submit(metric_plot_data(ranked, ranking))  # drawn on the other core from here on
+            plotter.submit(metric_plot_data(ranked, ranking, groups))  # drawn on the other core from here on
         ranked_ids = {rec.run_id for rec in ranked}
         unranked = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids]
-        confusion = confusion_matrix_png(ranked[0], logs_dir) if ranked else None
+        best = _loaded(found, ranked[:1]).get(ranked[0].run_id) if ranked else None
+        confusion = confusion_matrix_png(best, logs_dir) if best is not None else None
         board = Leaderboard(ranking, ranked, out_path, out_path.with_suffix(".csv"),
-                            out_path.parent / LINEAGE_FILE, unranked, group_ranked(ranked, ranking))
-        table = leaderboard_csv(ranked, ranking, unranked)
+                            out_path.parent / LINEAGE_FILE, unranked, groups)
+        table = leaderboard_csv(ranked, ranking, unranked, groups=groups)
         lineage = render_lineage(found.records, ranking, logs_dir, out_path.parent, out_path.name)
-        page = render_leaderboard(found, ranking, ranked, top_n, out_path.parent, confusion, plotter.result())
+        page = render_leaderboard(found, ranking, ranked, top_n, out_path.parent, confusion, plotter.result,
+                                  groups=groups, csv_name=board.csv_path.name)
     write_page(board.page_path, page)
     write_page(board.csv_path, table)
     write_page(board.lineage_path, lineage)

@@ -115,7 +115,10 @@ class WelchResult:
 
 
 def welch_t(values_a: Sequence[float], values_b: Sequence[float]) -> WelchResult:
-    """Welch's two-sided t-test: `scipy.stats.ttest_ind(values_a, values_b, equal_var=False)`.
+    """Welch's two-sided t-test: `scipy.stats.ttest_ind(values_a, values_b, equal_var=False)`'s figures.
+
+    t = (mean_a - mean_b) / sqrt(var_a / n_a + var_b / n_b), df by Welch-Satterthwaite, p = 2 * P(T_df < -|t|)
+    (`scipy.special.stdtr`, the tail `ttest_ind` uses).
 
     Args:
         values_a, values_b: each group's values (at least 2 each).
@@ -127,16 +130,26 @@ def welch_t(values_a: Sequence[float], values_b: Sequence[float]) -> WelchResult
     Raises:
         ValueError: a group has fewer than 2 values.
     """
-    from scipy.stats import ttest_ind
-
     a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"Welch's t-test needs at least 2 values per group (got {len(a)} and {len(b)}): "
                          f"run each configuration with repeats: 3 or more")
-    result = ttest_ind(a, b, equal_var=False)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb > 0:  # ttest_ind's own formulas, with its t distribution's tail (`scipy.special.stdtr`), without
+        # importing scipy.stats (about a second: half of a leaderboard of 10,000 runs)
+        from scipy.special import stdtr
+
+        t = (a.mean() - b.mean()) / np.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        p_value = 2 * stdtr(df, -abs(t))
+    else:  # no spread in either group: scipy's own handling of the undefined statistic
+        from scipy.stats import ttest_ind
+
+        result = ttest_ind(a, b, equal_var=False)
+        t, df, p_value = result.statistic, result.df, result.pvalue
     return WelchResult(n_a=len(a), n_b=len(b), mean_a=float(a.mean()), mean_b=float(b.mean()),
-                       std_a=float(a.std(ddof=1)), std_b=float(b.std(ddof=1)), t=float(result.statistic),
-                       df=float(result.df), p_value=float(result.pvalue))
+                       std_a=float(a.std(ddof=1)), std_b=float(b.std(ddof=1)), t=float(t),
+                       df=float(df), p_value=float(p_value))
 
 
 def read_predictions(record: RunRecord, logs_dir: str | os.PathLike, key: str = "predictions"):

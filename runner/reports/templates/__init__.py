@@ -26,10 +26,20 @@ TEMPLATES_DIR = Path(__file__).resolve().parent
 
 
 def _finalize(value: Any) -> Any:
-    """Each printed value: `None` as nothing, markup as is, anything else escaped like `html.escape`."""
+    """Each printed value: `None` as nothing, markup as is, anything else escaped like `html.escape`.
+
+    A string without quotes and a number are handed on as they are: Jinja's
+    autoescape (`markupsafe.escape`, in C) writes `&`, `<` and `>` exactly as
+    `html.escape` does, and only quotes differ (`&#39;` for `&#x27;`), so
+    this gives `html.escape`'s text at a fraction of its cost (a lineage page
+    of 100,000 runs prints half a million values).
+    """
     if value is None:
         return ""
-    if hasattr(value, "__html__"):
+    cls = value.__class__
+    if cls is str:
+        return Markup(html.escape(value, quote=True)) if ("'" in value or '"' in value) else value
+    if cls is int or cls is float or hasattr(value, "__html__"):
         return value
     return Markup(html.escape(str(value), quote=True))
 

@@ -161,3 +161,21 @@ def test_evaluate_on_a_labelled_folder(sweep, tiny_image_dir, tmp_path, capsys):
         evaluate_run(run, odd)
     with pytest.raises(ConfigError, match="--name"):
         evaluate_run(run, tiny_image_dir, name="../escape")
+
+
+def test_predict_paths_in_chunks_gives_what_one_batch_gives(sweep, monkeypatch, tmp_path):
+    """Files are decoded and predicted `PREDICT_CHUNK` at a time; chunks of 2, with an unreadable file
+    between them, give the probabilities of predicting every image at once."""
+    from models.data import load_images
+    from runner.core import predict as predict_module
+
+    work, _, records, _ = sweep
+    run = load_run(records["mobilenet_v2"].run_id, logs_dir=work / "logs")
+    paths = list(pd.read_csv(work / "experiments" / records["mobilenet_v2"].run_id / "predictions.csv")["path"])[:5]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    monkeypatch.setattr(predict_module, "PREDICT_CHUNK", 2)
+    table = run.predict_paths([*paths[:3], broken, *paths[3:]])
+    assert list(table["path"]) == [str(p) for p in paths] and list(table.attrs["skipped"]) == [str(broken)]
+    expected = run.predict(load_images(paths, run.spec.image_size))
+    np.testing.assert_allclose(table[[f"prob_{c}" for c in run.class_names]].to_numpy(), expected, atol=1e-6)

@@ -389,7 +389,7 @@ class ExperimentSpec(BaseModel):
             `average = m * average + (1 - m) * weights`, the first step's
             weights starting it, anew in each phase (e.g. `0.999`: about the
             last 1000 steps). The averaged weights are what is validated
-            every epoch, kept as best, checkpointed, saved to `model.keras`
+            every epoch, kept as best, checkpointed, saved as the run's weights
             and evaluated; the raw weights only train
             (`models.training.averaging`). Non-trainable weights
             (BatchNormalization's moving statistics) are not averaged.

@@ -381,3 +381,38 @@ def test_a_cut_inside_a_residual_block_bypasses_the_cache(image_dir, tmp_path):
     with pytest.raises(cache.CacheBypass, match="not a single tensor"):
         cache.split_model(model, spec, layers_above("block_15_project_BN"))
     assert cache.split_model(model, spec, layers_above("block_15_add")).cut_layer == "block_15_add"
+
+
+def test_training_on_streamed_chunks_gives_the_in_memory_readers_figures(built_entry, monkeypatch):
+    """The top part fitted on the streamed reader (chunks of 3 rows, far smaller than a split) and on the
+    in-memory reader the cache used before (every row in one constant, a whole-split shuffle buffer)
+    from the same initial weights: the same losses, to the bit."""
+    import keras
+    import tensorflow as tf
+    from models.data import batch_arrays
+
+    spec, data, model, _ = built_entry
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 1)
+    shutil.rmtree(cache.cache_dir(spec))
+    streamed_inputs = cache.cached_inputs(model, data, spec, 0)
+    entry = cache.cache_dir(spec) / streamed_inputs.info["key"]
+    assert json.loads((entry / cache.META_FILE).read_text())["arrays"]["train"]["chunk_rows"] == 1
+    top = streamed_inputs.split.top
+    initial = [(variable, keras.ops.convert_to_numpy(variable)) for variable in top.variables]  # seeds too
+    train = np.array(streamed_inputs.arrays["train"])
+    val = np.array(streamed_inputs.arrays["val"])
+
+    def fit(train_ds, val_ds):
+        for variable, value in initial:
+            variable.assign(value)
+        top.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+        history = top.fit(train_ds, validation_data=val_ds, epochs=3, verbose=0, shuffle=False).history
+        return history["loss"], history["val_loss"]
+
+    streamed = fit(batch_arrays([streamed_inputs.arrays["train"]], data.train.labels, 4, shuffle=True, seed=7),
+                   batch_arrays([streamed_inputs.arrays["val"]], data.val.labels, 4))
+    in_memory = fit(tf.data.Dataset.from_tensor_slices((train, data.train.labels.astype(np.int32)))
+                    .shuffle(len(train), seed=7, reshuffle_each_iteration=True).take(len(train)).batch(4),
+                    tf.data.Dataset.from_tensor_slices((val, data.val.labels.astype(np.int32))).batch(4))
+    assert streamed == in_memory
+    assert streamed[0][-1] < streamed[0][0]  # it trains

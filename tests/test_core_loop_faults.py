@@ -5,14 +5,12 @@ recovery: nothing lost, a clear message, and the same command again finishing th
 They run the tiny `tests/assets/faults.ipynb` (no TensorFlow) through real papermill.
 """
 
-import glob
 import os
 import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,11 +35,12 @@ def grid(work: Path, body: str, experiments: str = "experiments") -> Path:
     return path
 
 
-def sweep(work: Path, *extra: str, wait: bool = True, timeout: float = 300):
+def sweep(work: Path, *extra: str, wait: bool = True, timeout: float = 300, env: dict | None = None):
     command = [sys.executable, str(PROJECT_ROOT / "runner" / "sweep.py"), "grid.yaml", *extra]
     if not wait:
-        return subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+    return subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 
@@ -144,19 +143,19 @@ def test_sigterm_during_kernel_start_up_takes_effect_at_once(tmp_path):
 def test_leftovers_connection_files_orphans_and_file_modes(tmp_path):
     """Case 9: no kernel connection file or socket folder is left; run folders without a record are
     listed and removed with --clean-orphans; records and pages have the umask's mode."""
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "tmp*.json")))
-    before_dirs = set(glob.glob(os.path.join(tempfile.gettempdir(), "nbsweep-kernel-*")))
+    private_tmp = tmp_path / "tmp"  # the sweep's own temporary folder: other tests' kernels stay out of it
+    private_tmp.mkdir()
     grid(tmp_path, "grid: {score: [0.2, 0.4]}\n")
     (tmp_path / "experiments" / "20260101-000000-deadbeef").mkdir(parents=True)  # a SIGKILL's leftover
     old = os.umask(0o022)
     try:
-        first = sweep(tmp_path)
+        first = sweep(tmp_path, env={**os.environ, "TMPDIR": str(private_tmp)})
     finally:
         os.umask(old)
     assert first.returncode == 0, first.stderr
     assert "1 run folder(s) from interrupted sweeps have no record: 20260101-000000-deadbeef" in first.stderr
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "tmp*.json"))) <= before
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "nbsweep-kernel-*"))) <= before_dirs
+    assert [*private_tmp.glob("tmp*.json"), *private_tmp.glob("nbsweep-kernel-*")] == []  # no connection
+    # file and no kernel socket folder left
     for path in [*(tmp_path / "logs").glob("*.json"), tmp_path / "leaderboard.html", tmp_path / "leaderboard.csv",
                  *(tmp_path / "experiments").glob("2*/result.json")]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -143,19 +144,21 @@ def test_sigterm_during_kernel_start_up_takes_effect_at_once(tmp_path):
 def test_leftovers_connection_files_orphans_and_file_modes(tmp_path):
     """Case 9: no kernel connection file or socket folder is left; run folders without a record are
     listed and removed with --clean-orphans; records and pages have the umask's mode."""
-    private_tmp = tmp_path / "tmp"  # the sweep's own temporary folder: other tests' kernels stay out of it
-    private_tmp.mkdir()
+    # the sweep's own temporary folder, so other tests' kernels stay out of it; short, as the kernels'
+    # Unix sockets live below it and a socket path is limited to 107 bytes
+    private_tmp = Path(tempfile.mkdtemp(prefix="nbs-"))
     grid(tmp_path, "grid: {score: [0.2, 0.4]}\n")
     (tmp_path / "experiments" / "20260101-000000-deadbeef").mkdir(parents=True)  # a SIGKILL's leftover
     old = os.umask(0o022)
     try:
         first = sweep(tmp_path, env={**os.environ, "TMPDIR": str(private_tmp)})
+        leftovers = [*private_tmp.glob("tmp*.json"), *private_tmp.glob("nbsweep-kernel-*")]
     finally:
         os.umask(old)
+        shutil.rmtree(private_tmp, ignore_errors=True)
     assert first.returncode == 0, first.stderr
     assert "1 run folder(s) from interrupted sweeps have no record: 20260101-000000-deadbeef" in first.stderr
-    assert [*private_tmp.glob("tmp*.json"), *private_tmp.glob("nbsweep-kernel-*")] == []  # no connection
-    # file and no kernel socket folder left
+    assert leftovers == []  # no connection file and no kernel socket folder left
     for path in [*(tmp_path / "logs").glob("*.json"), tmp_path / "leaderboard.html", tmp_path / "leaderboard.csv",
                  *(tmp_path / "experiments").glob("2*/result.json")]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -69,6 +68,7 @@ from .errors import NbsweepError
 from .hashing import sha256_json
 from .data import DataSplit, make_dataset
 from .names import PROJECT_ROOT
+from .saving import frozen_weights_digest
 from .spec import ExperimentSpec, bypass_reason, cache_entry_inputs
 
 CACHE_FORMAT = 3
@@ -184,16 +184,6 @@ def split_model(model: keras.Model, spec: ExperimentSpec, trainable_base_layers:
     return FrozenSplit(frozen=frozen, top=keras.Model(features, x, name="top"), cut_layer=cut.name)
 
 
-def weights_digest(model: keras.Model) -> str:
-    """sha256 hex of a model's weight values (names, shapes, dtypes and bytes, in order)."""
-    digest = hashlib.sha256()
-    for variable in model.weights:
-        value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
-        digest.update(f"{variable.path}|{value.shape}|{value.dtype}|".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
 def cache_key(spec: ExperimentSpec, data: DataSplit, split: FrozenSplit) -> tuple[str, dict]:
     """The key of the entry holding `split.frozen`'s outputs on `data`.
 
@@ -209,7 +199,7 @@ def cache_key(spec: ExperimentSpec, data: DataSplit, split: FrozenSplit) -> tupl
     inputs = {
         "format": CACHE_FORMAT,
         **cache_entry_inputs(spec),
-        "frozen_weights_sha256": weights_digest(split.frozen),
+        "frozen_weights_sha256": frozen_weights_digest(split.frozen.weights),
         "data_manifest": data.manifest_hash,
         "cut_layer": split.cut_layer,
         "keras": keras.__version__,

@@ -270,11 +270,13 @@ def load_weights_into(model: keras.Model, path: str | os.PathLike) -> Optional[B
 
     - `.keras` (a full model) or a Keras `.weights.h5` (older runs' per-epoch
       checkpoints): `model.load_weights`.
-    - a trained-weights file: its base weights file is checked
-      (`check_base_file`); when the frozen variables of `model` differ from the
-      recorded digest (e.g. a warm start built with other base weights), the
-      base is loaded from that file first; then the digest must match and the
-      stored variables are assigned.
+    - a trained-weights file: when the frozen variables of `model` differ from
+      the recorded digest (e.g. a warm start built with other base weights),
+      the base is loaded from the recorded base weights file, checked first
+      (`check_base_file`); then the digest must match and the stored
+      variables are assigned. Frozen values that match the digest are the
+      run's, whatever file gave them, so the base file is not read again
+      (`models.build.load_run_model` checks it before building).
 
     Args:
         model: the rebuilt model.
@@ -308,8 +310,8 @@ def load_weights_into(model: keras.Model, path: str | os.PathLike) -> Optional[B
                               f"{len(weights)} (another architecture)")
     frozen = [weights[i] for i in range(total) if i not in stored]
     if identity is not None:
-        check_base_file(identity, path)
-        if frozen_weights_digest(frozen) != identity.frozen_weights_sha256:
+        if frozen_weights_digest(frozen) != identity.frozen_weights_sha256:  # read the base file only then
+            check_base_file(identity, path)
             model.get_layer("base").load_weights(identity.weights_path)
             actual = frozen_weights_digest(frozen)
             if actual != identity.frozen_weights_sha256:

@@ -1,6 +1,7 @@
 """Training controls: label smoothing, early-stopping and checkpoint monitors, the k best
 checkpoints, per-phase schedules and warm-up, `epochs: 0`, `fine_tune_layers` as a fraction or
-`from_layer`, BatchNorm unfreezing, `jit_compile` and `precision`.
+`from_layer`, BatchNorm unfreezing, `jit_compile` and `precision`; the public callbacks and
+schedules `models.training.loop` assembles, one at a time.
 
 Real Keras on the tiny generated images (3 classes x 12, 18 training images: 3 steps an epoch at
 batch size 8) with the 'pretrained' `simple_cnn_small` of `base_weights_file`, whose runs freeze
@@ -17,7 +18,7 @@ import pydantic
 import pytest
 import tensorflow as tf
 
-from models.training import callbacks as training_callbacks, loop as training_loop
+from models.training import callbacks as training_callbacks, fine_tuning, loop as training_loop, schedules
 from models import ExperimentSpec, ModelConfigError
 from models.build import build_model
 from models.cache import split_model
@@ -131,8 +132,112 @@ def test_weighted_recall_follows_val_accuracy():
     ("val_loss", "val_loss", "min"), ("val_accuracy", "val_accuracy", "max"),
     ("val_weighted_recall", "val_accuracy", "max")])
 def test_early_stopping_follows_the_monitor_and_its_mode(name, key, mode):
-    callback = training_callbacks._early_stopping(ExperimentSpec(early_stopping_monitor=name, early_stopping_patience=2))
+    spec = ExperimentSpec(early_stopping_monitor=name, early_stopping_patience=2)
+    callback = training_callbacks.early_stopping_callback(spec)
     assert (callback.monitor, callback.mode, callback.patience) == (key, mode, 2)
+
+
+# The callbacks and schedules the loop assembles, one at a time ------------------------------
+
+
+@pytest.mark.parametrize("values, mode, expected", [
+    ([3.0, 1.0, 1.0], "min", 1),  # a tie: the first
+    ([np.nan, 0.5, 0.7, 0.7], "max", 2),
+    ([-np.inf, 2.0], "max", 1),  # non-finite ranks last
+    ([np.nan, np.inf], "min", 0),  # none finite
+    ([], "max", 0),
+])
+def test_best_index_is_the_first_best_finite_value(values, mode, expected):
+    assert training_callbacks.best_index(values, mode) == expected
+
+
+def _tiny_model(name=None) -> keras.Model:
+    return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)], name=name)
+
+
+def test_best_weights_keeps_the_first_best_finite_epochs_weights():
+    model = _tiny_model()
+    tracker = training_callbacks.BestWeights(model, "val_accuracy")
+    kernels = {}
+    for epoch, value in enumerate([np.nan, 0.5, 0.5, 0.25]):
+        model.layers[0].kernel.assign(np.full((2, 1), float(epoch)))
+        kernels[epoch] = model.get_weights()
+        tracker.on_epoch_end(epoch, {"val_accuracy": value})
+        if epoch == 0:
+            assert tracker.weights is None
+    assert tracker.best == -0.5
+    for kept, expected in zip(tracker.weights, kernels[1]):
+        np.testing.assert_array_equal(kept, expected)
+
+
+def test_epoch_timer_adds_the_epochs_seconds():
+    timer, logs = training_callbacks.EpochTimer(), {}
+    timer.on_epoch_begin(0)
+    timer.on_epoch_end(0, logs)
+    assert 0 <= logs["epoch_s"] < 60
+
+
+@pytest.mark.parametrize("keep_last, keep_best, keeper, written", [
+    (0, None, False, False),  # the default: no checkpoint written
+    (None, None, False, True),  # all kept: nothing to delete
+    (2, None, True, True),
+    (0, 1, True, True),
+])
+def test_checkpoint_keeper_and_callbacks_follow_keep_checkpoints(tmp_path, keep_last, keep_best, keeper, written):
+    spec = ExperimentSpec(keep_checkpoints=keep_last, keep_best_checkpoints=keep_best)
+    found = training_callbacks.checkpoint_keeper(tmp_path, spec)
+    assert isinstance(found, training_callbacks.KeepCheckpoints) if keeper else found is None
+    callbacks = training_callbacks.checkpoint_callbacks(_tiny_model(), tmp_path, spec, found)
+    assert [type(c).__name__ for c in callbacks] == (
+        ["TrainedWeightsCheckpoint"] * written + ["KeepCheckpoints"] * keeper)
+
+
+def test_keep_checkpoints_deletes_all_but_the_last_and_the_best(tmp_path):
+    keeper = training_callbacks.KeepCheckpoints(tmp_path, keep_last=1, keep_best=2, monitor="val_loss")
+    for epoch, value in enumerate([0.5, 0.3, np.nan, 0.3, 0.9]):
+        path = checkpoint_path(tmp_path, epoch + 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        keeper.on_epoch_end(epoch, {"val_loss": value})
+    assert keeper.kept_epochs() == {2, 4, 5}  # the 2 best (a tie: both), the last
+    assert sorted(p.name for p in checkpoint_path(tmp_path, 1).parent.iterdir()) == [
+        checkpoint_path(tmp_path, k).name for k in (2, 4, 5)]
+
+
+@pytest.mark.parametrize("optimizer, ema, expected", [
+    ("adam", None, "Adam"), ("sgd", None, "SGD"), ("adamw", 0.99, "AdamW")])
+def test_make_optimizer_follows_the_spec(optimizer, ema, expected):
+    made = schedules.make_optimizer(ExperimentSpec(optimizer=optimizer, ema=ema, momentum=0.5), 0.25)
+    assert type(made).__name__ == expected and float(made.learning_rate) == 0.25
+    assert made.use_ema is (ema is not None)
+    if optimizer == "sgd":
+        assert made.momentum == 0.5
+
+
+@pytest.mark.parametrize("schedule, warmup_epochs, rate_type, callbacks", [
+    (None, 0, float, []),
+    (None, 1, float, ["LinearWarmup"]),
+    ("step", 1, float, ["LearningRateScheduler", "LinearWarmup"]),
+    ("plateau", 0, float, ["ReduceLROnPlateau"]),
+    ("cosine", 1, keras.optimizers.schedules.CosineDecay, []),  # CosineDecay's own warm-up
+])
+def test_phase_schedule_gives_the_rate_and_callbacks(schedule, warmup_epochs, rate_type, callbacks):
+    spec = ExperimentSpec(epochs=3, warmup_epochs=warmup_epochs, lr_step_milestones=[1])
+    rate, found = schedules.phase_schedule(spec, schedule, 0.1, 3, STEPS, 0)
+    assert isinstance(rate, rate_type) and [type(c).__name__ for c in found] == callbacks
+
+
+def test_check_precision_refuses_a_base_built_under_another_policy():
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        base = _tiny_model("base")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model = keras.Sequential([base], name="model")
+    assert fine_tuning.base_of(model) is base and fine_tuning.base_of(base) is base
+    with pytest.raises(ModelConfigError, match=r"built with dtype policy 'mixed_bfloat16', the spec asks 'float32'"):
+        schedules.check_precision(model, ExperimentSpec())
+    schedules.check_precision(_tiny_model(), ExperimentSpec())  # built under float32
 
 
 # fine_tune_layers: a count, a fraction or from_layer ----------------------------------------
@@ -212,7 +317,7 @@ def test_label_smoothing_changes_the_loss_on_the_same_batch(split):
     one_hot = np.eye(3, dtype="float32")[labels.numpy()]
     losses = {}
     for smoothing in (0.0, 0.2):
-        training_loop._compile(model, spec.model_copy(update={"label_smoothing": smoothing}), 1e-3)
+        training_loop.compile_model(model, spec.model_copy(update={"label_smoothing": smoothing}), 1e-3)
         targets = one_hot if smoothing else labels  # sparse labels without smoothing, as today
         losses[smoothing] = model.evaluate(images, targets, verbose=0, return_dict=True)["loss"]
     smoothed = (1 - 0.2) * one_hot + 0.2 / 3  # Szegedy et al. 2016, section 7
@@ -226,7 +331,7 @@ def test_label_smoothing_makes_the_labels_one_hot_on_both_paths(split, pretraine
     for smoothing, shape in ((0.1, [None, 3]), (0.0, [None])):
         spec = pretrained(label_smoothing=smoothing, activation_cache=activation_cache)
         model = build_model(spec, 3)
-        _, train_ds, val_ds, use = training_loop._phase_inputs(model, split, spec, 0)
+        _, train_ds, val_ds, use = training_loop.phase_inputs(model, split, spec, 0)
         assert (use["status"] == "off") == (not activation_cache)
         for dataset in (train_ds, val_ds):
             assert dataset.element_spec[1].shape.as_list() == shape
@@ -263,7 +368,7 @@ def test_build_model_sets_the_specs_policy_whatever_was_set_before(split, tmp_pa
 def test_jit_compile_reaches_compile(split, jit_compile):
     spec = make_spec(split.data_dir, jit_compile=jit_compile)
     model = build_model(spec, 3)
-    training_loop._compile(model, spec, 1e-3)
+    training_loop.compile_model(model, spec, 1e-3)
     assert model.jit_compile is jit_compile
 
 
@@ -277,9 +382,9 @@ def test_warmup_ramps_per_step_and_keeps_a_plateau_reduction():
     per_step = []
     callbacks = [
         keras.callbacks.ReduceLROnPlateau(monitor="loss", min_delta=1e9, patience=1, factor=0.5),
-        training_callbacks._LinearWarmup(4),
+        training_callbacks.LinearWarmup(4),
         keras.callbacks.LambdaCallback(
-            on_train_batch_begin=lambda batch, logs: per_step.append(training_callbacks._learning_rate(model))),
+            on_train_batch_begin=lambda batch, logs: per_step.append(training_callbacks.learning_rate_of(model))),
     ]
     history = model.fit(np.ones((8, 2)), np.ones(8), batch_size=4, epochs=4, callbacks=callbacks, verbose=0)
     # step i < 4 trains at 0.1 * i / 4; the reduction after epoch 2 (from 0.075) halves the un-warmed rate

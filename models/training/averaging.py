@@ -1,7 +1,7 @@
 """Weight averaging: an exponential moving average of the weights (`ema`) and stochastic weight averaging (`swa_epochs`).
 
 - `ema` (Polyak averaging): Keras's optimizers keep the average themselves (`use_ema=True`,
-  `ema_momentum`; `models.training.schedules._optimizer`): after each step
+  `ema_momentum`; `models.training.schedules.make_optimizer`): after each step
   `average = m * average + (1 - m) * weights`, the first step of an optimizer (of a phase) setting
   `average = weights`. `EmaInModel` puts the average into the model for everything but the
   training steps: each epoch's validation, the epoch-end callbacks (the best-weights tracker, the

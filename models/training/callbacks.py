@@ -1,5 +1,9 @@
 """The training callbacks: the best-weights tracker across phases, per-epoch checkpoints of the trained weights and
-their retention, epoch timing, linear warm-up, early stopping."""
+their retention, epoch timing, linear warm-up, early stopping.
+
+`models.training.loop` assembles them per phase; `models.training.schedules` adds `LinearWarmup` after a
+phase's schedule callback.
+"""
 
 from __future__ import annotations
 
@@ -42,8 +46,22 @@ def _rank_value(value: float, mode: str) -> float:
     return (value if mode == "min" else -value) if np.isfinite(value) else np.inf
 
 
-def _best_index(values, mode: str) -> int:
-    """Index of the first best finite value (0 when none is finite), as `_BestWeights` keeps it."""
+def best_index(values, mode: str) -> int:
+    """The index of the first best finite value, the epoch `BestWeights` keeps.
+
+    Non-finite values (NaN, inf) rank last, so they are never the best while
+    a finite value exists; of equal values the first wins, as `BestWeights`
+    keeps the first epoch of a tie.
+
+    Args:
+        values: the monitored values, one float per epoch, in epoch order
+            (across both phases).
+        mode: `"min"` (lower is better) or `"max"`, as `monitor_of` gives it.
+
+    Returns:
+        The 0-based index of the best finite value; 0 when none is finite or
+        `values` is empty.
+    """
     ranks = [_rank_value(v, mode) for v in values]
     return int(np.argmin(ranks)) if ranks else 0
 
@@ -80,7 +98,7 @@ class TrainedWeightsCheckpoint(keras.callbacks.Callback):
                                      self._identities[frozen])
 
 
-class _BestWeights(keras.callbacks.Callback):
+class BestWeights(keras.callbacks.Callback):
     """Keeps a copy, in memory, of the full model's weights at the best finite monitored value so far.
 
     One instance spans both phases; the first epoch of a tie wins. In memory
@@ -88,9 +106,18 @@ class _BestWeights(keras.callbacks.Callback):
     VGG16) at every improvement cost more than an epoch of head training on
     cached activations.
 
+    Attributes:
+        best: the best value so far as it ranks (the value for mode `"min"`,
+            its negation for `"max"`), `inf` before any finite value.
+        weights: `full_model.get_weights()` (a list of NumPy arrays) at the
+            best value, or `None` while no monitored value was finite.
+
     Args:
         full_model: the model whose weights are kept.
         monitor: a `monitor_of` name. Defaults to `"val_loss"`.
+
+    Raises:
+        ValueError: `monitor` is not a `monitor_of` name.
     """
 
     def __init__(self, full_model: keras.Model, monitor: str = "val_loss"):
@@ -104,8 +131,12 @@ class _BestWeights(keras.callbacks.Callback):
             self.best, self.weights = rank, self.full_model.get_weights()
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    """Adds `epoch_s`, the epoch's wall-clock seconds (training + validation), to the logs."""
+class EpochTimer(keras.callbacks.Callback):
+    """Adds `epoch_s`, the epoch's wall-clock seconds (training and validation, `time.perf_counter`), to the logs.
+
+    Placed before the callbacks that read the logs (TensorBoard, a pruner), so
+    they see `epoch_s` too.
+    """
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -114,13 +145,13 @@ class _EpochTimer(keras.callbacks.Callback):
         logs["epoch_s"] = time.perf_counter() - self._start
 
 
-class _KeepCheckpoints(keras.callbacks.Callback):
+class KeepCheckpoints(keras.callbacks.Callback):
     """Deletes the per-epoch checkpoints that neither rule keeps: the last `keep_last`, the `keep_best` best.
 
     One instance spans both phases (epochs are numbered across them) and
-    runs after the `ModelCheckpoint` that wrote the epoch's file. Best is by
-    the monitored value (`monitor_of`), the earlier epoch first on a tie,
-    non-finite values last.
+    runs after the `TrainedWeightsCheckpoint` that wrote the epoch's file.
+    Best is by the monitored value (`monitor_of`), the earlier epoch first on
+    a tie, non-finite values last.
 
     Args:
         run_dir: the run folder (`<run_dir>/checkpoints/`).
@@ -128,6 +159,9 @@ class _KeepCheckpoints(keras.callbacks.Callback):
         keep_best: how many of the best epochs to keep, or `None` (none by
             this rule).
         monitor: a `monitor_of` name. Defaults to `"val_loss"`.
+
+    Raises:
+        ValueError: `monitor` is not a `monitor_of` name.
     """
 
     def __init__(self, run_dir: Path, keep_last: int, keep_best: int | None, monitor: str = "val_loss"):
@@ -151,28 +185,63 @@ class _KeepCheckpoints(keras.callbacks.Callback):
                 checkpoint_path(self.run_dir, old).unlink(missing_ok=True)
 
 
-def _checkpoint_keeper(output_dir: Path, spec: ExperimentSpec) -> _KeepCheckpoints | None:
-    """The run's one `_KeepCheckpoints`, or `None` when every checkpoint is kept (or none written)."""
+def checkpoint_keeper(output_dir: Path, spec: ExperimentSpec) -> KeepCheckpoints | None:
+    """The run's one `KeepCheckpoints`, shared by both phases, or `None` when it would delete nothing.
+
+    Args:
+        output_dir: the run folder.
+        spec: the run's parameters; reads `keep_checkpoints`,
+            `keep_best_checkpoints` and `checkpoint_monitor`.
+
+    Returns:
+        A `KeepCheckpoints` keeping the last `spec.keep_checkpoints` and the
+        `spec.keep_best_checkpoints` best by `spec.checkpoint_monitor`; `None`
+        when every checkpoint is kept (`keep_checkpoints: null`) or none is
+        written (`keep_checkpoints: 0` without `keep_best_checkpoints`).
+    """
     if spec.keep_checkpoints is None or not (spec.keep_checkpoints or spec.keep_best_checkpoints):
         return None
-    return _KeepCheckpoints(output_dir, spec.keep_checkpoints, spec.keep_best_checkpoints,
-                            spec.checkpoint_monitor)
+    return KeepCheckpoints(output_dir, spec.keep_checkpoints, spec.keep_best_checkpoints,
+                           spec.checkpoint_monitor)
 
 
-def _checkpoint_callbacks(model: keras.Model, output_dir: Path, spec: ExperimentSpec,
-                          keeper: _KeepCheckpoints | None) -> list[keras.callbacks.Callback]:
-    """The per-epoch checkpoint writer and its keeper; none when no checkpoint is kept (`keep_checkpoints: 0`,
-    the default, without `keep_best_checkpoints`)."""
+def checkpoint_callbacks(model: keras.Model, output_dir: Path, spec: ExperimentSpec,
+                         keeper: KeepCheckpoints | None) -> list[keras.callbacks.Callback]:
+    """A phase's per-epoch checkpoint callbacks: the writer, then the keeper that deletes what it does not keep.
+
+    Args:
+        model: the full model from `build_model` (its variables are written,
+            whichever model a phase fits).
+        output_dir: the run folder (`<output_dir>/checkpoints/`).
+        spec: the run's parameters; reads `keep_checkpoints` and
+            `keep_best_checkpoints`.
+        keeper: the run's `checkpoint_keeper(output_dir, spec)`, or `None`.
+
+    Returns:
+        `[TrainedWeightsCheckpoint]`, followed by `keeper` when there is one;
+        `[]` when no checkpoint is kept (`keep_checkpoints: 0`, the default,
+        without `keep_best_checkpoints`).
+    """
     if spec.keep_checkpoints == 0 and not spec.keep_best_checkpoints:
         return []
     return [TrainedWeightsCheckpoint(model, output_dir, spec)] + ([keeper] if keeper else [])
 
 
-def _learning_rate(model: keras.Model) -> float:
+def learning_rate_of(model: keras.Model) -> float:
+    """The learning rate of a compiled model's optimizer now.
+
+    Args:
+        model: a compiled model (`model.optimizer` set).
+
+    Returns:
+        The rate as a Python float: the optimizer's float32 variable, or, with
+        a `LearningRateSchedule`, the schedule's value at the optimizer's
+        current step.
+    """
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-class _LinearWarmup(keras.callbacks.Callback):
+class LinearWarmup(keras.callbacks.Callback):
     """Linear learning-rate warm-up over a phase's first `warmup_steps` steps (Goyal et al. 2017).
 
     Step `i` (0-based in the phase) trains at `rate * i / warmup_steps`, as
@@ -193,7 +262,7 @@ class _LinearWarmup(keras.callbacks.Callback):
         self.warmup_steps, self.step, self._last = warmup_steps, 0, None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.rate = _learning_rate(self.model)
+        self.rate = learning_rate_of(self.model)
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.step <= self.warmup_steps:
@@ -204,7 +273,7 @@ class _LinearWarmup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._last is None:
             return
-        current = _learning_rate(self.model)
+        current = learning_rate_of(self.model)
         used = float(np.float32(self._last))
         if used > 0 and not np.isclose(current, used, rtol=1e-5):  # a plateau reduction
             self.rate *= current / used
@@ -214,7 +283,17 @@ class _LinearWarmup(keras.callbacks.Callback):
         self._last = None
 
 
-def _early_stopping(spec: ExperimentSpec) -> keras.callbacks.EarlyStopping:
-    """A phase's `EarlyStopping` on `spec.early_stopping_monitor` (`monitor_of`: its key and mode)."""
+def early_stopping_callback(spec: ExperimentSpec) -> keras.callbacks.EarlyStopping:
+    """A phase's `EarlyStopping` on `spec.early_stopping_monitor`.
+
+    Args:
+        spec: the run's parameters; reads `early_stopping_monitor` and
+            `early_stopping_patience` (epochs without improvement).
+
+    Returns:
+        A `keras.callbacks.EarlyStopping` on the monitor's log key and mode
+        (`monitor_of`), e.g. `("val_accuracy", "max")` for
+        `val_weighted_recall`, with `patience=spec.early_stopping_patience`.
+    """
     key, mode = monitor_of(spec.early_stopping_monitor)
     return keras.callbacks.EarlyStopping(monitor=key, mode=mode, patience=spec.early_stopping_patience)

@@ -9,7 +9,17 @@ from ..errors import ModelConfigError
 from ..spec import ExperimentSpec, FineTuneFrom
 
 
-def _base_of(model_or_base: keras.Model) -> keras.Model:
+def base_of(model_or_base: keras.Model) -> keras.Model:
+    """The base of a model from `build_model`, or the base itself.
+
+    Args:
+        model_or_base: a model from `build_model` (its layer named `"base"`)
+            or a base (a model without a layer named `"base"`).
+
+    Returns:
+        The layer `"base"` of `model_or_base`, or `model_or_base` itself when
+        it has none.
+    """
     try:
         return model_or_base.get_layer("base")
     except ValueError:  # the base itself
@@ -40,7 +50,7 @@ def resolve_fine_tune_layers(model_or_base: keras.Model, spec: ExperimentSpec) -
         ModelConfigError: `from_layer` names no layer of the base; the
             message lists the closest names (`difflib`).
     """
-    base = _base_of(model_or_base)
+    base = base_of(model_or_base)
     layers = [layer for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
     value = spec.fine_tune_layers
     if isinstance(value, FineTuneFrom):

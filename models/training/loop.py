@@ -14,6 +14,30 @@ an optional linear warm-up (`warmup_epochs`; Goyal et al. 2017, "Accurate,
 Large Minibatch SGD: Training ImageNet in 1 Hour"); `label_smoothing` smooths
 the cross-entropy targets (Szegedy et al. 2016, "Rethinking the Inception
 Architecture for Computer Vision").
+
+Weight averaging (`models.training.averaging`): with `ema` the optimizers
+keep an exponential moving average of the weights, and the averaged weights
+are what every epoch validates, the best-weights tracker keeps, the
+checkpoints hold and the run's weights file saves. With `swa_epochs` = k the
+model ends with the mean of the last k fine-tuning epochs' weights (not the
+best epoch's; `best_epoch` is then the last epoch), BatchNormalization
+statistics recomputed on the phase's training batches for the layers that
+trained in training mode.
+
+With `train_on_val` (the validation split is empty) nothing is validated:
+every epoch runs and the last epoch's weights (averaged, with `ema` /
+`swa_epochs`) are kept; `best_epoch` is the last epoch.
+
+With `activation_cache`, each phase whose lower layers are frozen (head
+phase: the whole base; fine-tuning: all but the resolved last
+`fine_tune_layers`) trains only the layers above the freeze boundary, on
+that boundary's outputs from `models.cache` (computed once per input and
+stored). The layers are the full model's own, so the checkpoints and the
+run's weights file are the full model's either way;
+`TrainingResult.activation_cache` says per phase what happened. When a
+stored chunk fails its CRC-32 while read (`models.cache.CacheDamaged`, the
+entry deleted), `train_model` puts back the model's variables and
+`trainable` flags and trains once more from the start, on a rebuilt entry.
 """
 
 from __future__ import annotations
@@ -21,21 +45,22 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import keras
 import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 from .. import cache
-from ..pruning import pruning_callback
+from ..pruning import PruningCallback, pruning_callback
 from ..data import DataSplit, batch_arrays, make_dataset
 from ..spec import ExperimentSpec
 from ..names import FINE_TUNE, HEAD, TENSORBOARD_DIR
 from ..saving import save_run_weights
-from .callbacks import _BestWeights, _EpochTimer, _best_index, _checkpoint_callbacks, _checkpoint_keeper, _early_stopping, _learning_rate, monitor_of
+from .callbacks import (BestWeights, EpochTimer, KeepCheckpoints, best_index, checkpoint_callbacks,
+                        checkpoint_keeper, early_stopping_callback, learning_rate_of, monitor_of)
 from .fine_tuning import resolve_fine_tune_layers, unfreeze_base
 from . import averaging
-from .schedules import _check_precision, _optimizer, _phase_schedule
+from .schedules import check_precision, make_optimizer, phase_schedule
 
 
 @dataclass
@@ -104,42 +129,45 @@ def _one_hot_labels(spec: ExperimentSpec) -> bool:
     return _mixes_batches(spec) or spec.label_smoothing > 0
 
 
-def _compile(model: keras.Model, spec: ExperimentSpec, learning_rate) -> None:
+def compile_model(model: keras.Model, spec: ExperimentSpec, learning_rate) -> None:
+    """Compiles a phase's model: `make_optimizer(spec, learning_rate)`, a cross-entropy loss, `accuracy`.
+
+    The loss is sparse categorical cross-entropy on integer labels, or
+    categorical cross-entropy on one-hot labels when `mixup` / `cutmix`
+    mixes batches or `spec.label_smoothing` > 0 (with that smoothing,
+    Szegedy et al. 2016); `phase_inputs` gives labels of the matching form.
+    The model is compiled with `jit_compile=spec.jit_compile`.
+
+    Args:
+        model: the model a phase fits (the full model, or the top part of a
+            cut model, `models.cache`).
+        spec: the run's parameters; reads `label_smoothing`, `augmentation`,
+            `jit_compile` and what `make_optimizer` reads.
+        learning_rate: a float, or a `LearningRateSchedule`
+            (`phase_schedule`).
+    """
     # mixup / cutmix give soft one-hot labels (and the val split one-hot ones): categorical loss
     if spec.label_smoothing > 0:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.label_smoothing)
     else:
         loss = "categorical_crossentropy" if _mixes_batches(spec) else "sparse_categorical_crossentropy"
-    model.compile(optimizer=_optimizer(spec, learning_rate), loss=loss, metrics=["accuracy"],
+    model.compile(optimizer=make_optimizer(spec, learning_rate), loss=loss, metrics=["accuracy"],
                   jit_compile=spec.jit_compile)
 
 
-def train_model(
-    model: keras.Model,
-    data: DataSplit,
-    spec: ExperimentSpec,
-    output_dir,
-    *,
-    verbose=2,
-    pruning=None,
-) -> TrainingResult:
+def train_model(model: keras.Model, data: DataSplit, spec: ExperimentSpec, output_dir, *, verbose=2,
+                pruning=None) -> TrainingResult:
     """Trains a model from `build_model`: head phase, then optional fine-tuning.
 
     Head phase (skipped when `spec.epochs` is 0): `spec.epochs` epochs of
-    `spec.optimizer` at `spec.learning_rate` with `spec.lr_schedule` (`step`:
-    `LearningRateScheduler` multiplying by `lr_step_gamma` at each milestone
-    epoch; `plateau`: `ReduceLROnPlateau`; `cosine`: `CosineDecay` over the
-    phase's steps) after a linear warm-up over `spec.warmup_epochs` epochs
-    (Goyal et al. 2017), sparse categorical cross-entropy (categorical, on
-    one-hot labels of the training and validation splits, when `mixup` or
-    `cutmix` gives soft labels or `spec.label_smoothing` > 0 smooths them,
-    Szegedy et al. 2016), training batches shuffled and augmented with
-    `spec.augmentation`, `class_weight="balanced"` from scikit-learn's
-    `compute_class_weight` when asked, `EarlyStopping` on
-    `spec.early_stopping_monitor` (mode `min` for `val_loss`, `max` for
-    `val_accuracy` / `val_weighted_recall`) when
-    `spec.early_stopping_patience` is set. The model is compiled with
-    `jit_compile=spec.jit_compile`.
+    `spec.optimizer` at `spec.learning_rate` with `spec.lr_schedule` after a
+    linear warm-up over `spec.warmup_epochs` epochs (`phase_schedule`), the
+    cross-entropy of `compile_model` (one-hot labels with `mixup` / `cutmix`
+    or `spec.label_smoothing`; `jit_compile=spec.jit_compile`), training
+    batches shuffled and augmented with `spec.augmentation`,
+    `class_weight="balanced"` from scikit-learn's `compute_class_weight` when
+    asked, `early_stopping_callback(spec)` on `spec.early_stopping_monitor`
+    when `spec.early_stopping_patience` is set.
 
     Fine-tuning phase (when `spec.fine_tune_layers` is not 0): `unfreeze_base`
     of the last `resolve_fine_tune_layers(model, spec)` layers of the base
@@ -167,26 +195,8 @@ def train_model(
     identity) when the base is frozen, in whole or part, as `build_model`
     built it, else the full model to `<output_dir>/model.keras`.
 
-    Weight averaging (`models.training.averaging`): with `spec.ema` the
-    optimizers keep an exponential moving average of the weights, and the
-    averaged weights are what every epoch validates, the best-weights
-    tracker keeps, the checkpoints hold and the run's weights file saves. With
-    `spec.swa_epochs` = k the model ends with the mean of the last k
-    fine-tuning epochs' weights (not the best epoch's; `best_epoch` is then
-    the last epoch), BatchNormalization statistics recomputed on the
-    phase's training batches for the layers that trained in training mode.
-
-    With `spec.train_on_val` (`data.val` is empty) nothing is validated:
-    every epoch runs and the last epoch's weights (averaged, with
-    `ema` / `swa_epochs`) are kept; `best_epoch` is the last epoch.
-
-    With `spec.activation_cache`, each phase whose lower layers are frozen
-    (head phase: the whole base; fine-tuning: all but the resolved last
-    `fine_tune_layers`) trains only the layers above the freeze boundary, on
-    that boundary's outputs from `models.cache` (computed once per input and
-    stored). The layers are the full model's own, so the checkpoints and
-    the run's weights file are the full model's either way; `TrainingResult.activation_cache`
-    says per phase what happened.
+    Weight averaging (`ema`, `swa_epochs`), `train_on_val` and `activation_cache` (with its retry on a
+    damaged entry) work as the docstring of `models.training.loop` describes.
 
     Args:
         model: a model from `build_model(spec, len(data.class_names))`.
@@ -249,91 +259,157 @@ def _all_layers(layer) -> list:
 def _train(model: keras.Model, data: DataSplit, spec: ExperimentSpec, output_dir, *, verbose,
            pruning) -> TrainingResult:
     """`train_model`'s one attempt (see there)."""
-    _check_precision(model, spec)
+    check_precision(model, spec)
     fine_tune_layers = resolve_fine_tune_layers(model, spec) if spec.fine_tunes else None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    best_weights = _BestWeights(model, spec.checkpoint_monitor)
-    keeper = _checkpoint_keeper(output_dir, spec)
-    pruner = pruning_callback(pruning)
-    class_weight = None
-    if spec.class_weight == "balanced":
-        classes = np.arange(len(data.class_names))
-        class_weight = dict(enumerate(compute_class_weight(
-            "balanced", classes=classes, y=data.train.labels).tolist()))
-    cache_use: dict[str, dict] = {}
-    steps_per_epoch = math.ceil(len(data.train) / spec.batch_size)
-    validates = len(data.val) > 0  # no validation split with train_on_val
-    swa = averaging.LastEpochs(model, spec.swa_epochs) if spec.swa_epochs else None
-    fitted: dict[str, tuple] = {}  # phase -> (model fitted, its training batches), for the BatchNorm pass
-
-    def fit(phase: str, trainable_base_layers: int, rate: float, schedule, epochs: int,
-            initial_epoch: int) -> dict[str, list[float]]:
-        fit_model, train_ds, val_ds, cache_use[phase] = _phase_inputs(
-            model, data, spec, trainable_base_layers)
-        learning_rate, schedule_callbacks = _phase_schedule(
-            spec, schedule, rate, epochs, steps_per_epoch, initial_epoch)
-        _compile(fit_model, spec, learning_rate)
-        fitted[phase] = (fit_model, train_ds)
-        callbacks = [
-            *([averaging.EmaInModel()] if spec.ema is not None else []),  # first: the others see the average
-            _EpochTimer(),
-            keras.callbacks.TensorBoard(output_dir / TENSORBOARD_DIR, write_graph=False, profile_batch=0),
-            best_weights,
-            *schedule_callbacks,
-            *_checkpoint_callbacks(model, output_dir, spec, keeper),
-            *([pruner] if pruner else []),
-            *([swa] if swa is not None and phase == FINE_TUNE else []),
-            keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.setdefault(
-                "learning_rate", _learning_rate(fit_model))),
-        ]
-        if spec.early_stopping_patience and validates:
-            callbacks.append(_early_stopping(spec))
-        history = fit_model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs,
-                                initial_epoch=initial_epoch, class_weight=class_weight,
-                                callbacks=callbacks, verbose=verbose,
-                                shuffle=False)  # train_ds reshuffles itself every epoch
-        return {key: [float(v) for v in values] for key, values in history.history.items()}
-
+    run = _prepare_run(model, data, spec, output_dir, verbose=verbose, pruning=pruning)
     start = time.perf_counter()
-    history = {}
-    if spec.epochs:
-        history[HEAD] = fit(HEAD, 0, spec.learning_rate, spec.lr_schedule, spec.epochs, 0)
-    head_epochs = len(history[HEAD]["loss"]) if HEAD in history else 0
-    batchnorm_before = None
-    if fine_tune_layers is not None and not (pruner and pruner.pruned_epoch):
-        unfreeze_base(model, fine_tune_layers, unfreeze_batchnorm=spec.unfreeze_batchnorm)
-        batchnorm_before = averaging.moving_statistics(averaging.batchnorm_layers(model))
-        history[FINE_TUNE] = fit(FINE_TUNE, fine_tune_layers, spec.fine_tune_learning_rate,
-                                 spec.fine_tune_lr_schedule, spec.fine_tune_epochs, head_epochs)
+    history, batchnorm_before = _fit_phases(run, fine_tune_layers)
     epochs_run = sum(len(phase["loss"]) for phase in history.values())
-    weight_averaging = None
-    if spec.ema is not None:
-        weight_averaging = {"method": averaging.EMA, "applied": True, "momentum": spec.ema, "phases": list(history)}
-    if swa is not None:
-        weight_averaging = _apply_swa(model, swa, batchnorm_before, fitted.get(FINE_TUNE))
+    weight_averaging = _apply_weight_averaging(run, history, batchnorm_before)
     train_s = time.perf_counter() - start
-
-    best_key, best_mode = monitor_of(spec.checkpoint_monitor)
-    monitored = [v for phase in history.values() for v in phase.get(best_key, [])]
-    best = _best_index(monitored, best_mode)
-    averaged_epochs = bool(weight_averaging and weight_averaging["method"] == averaging.SWA
-                           and weight_averaging["applied"])
-    if not validates or averaged_epochs:
-        best = max(epochs_run - 1, 0)  # the last epoch's weights (averaged) are the model's: nothing selected them
-    elif best_weights.weights is not None:  # None only if the monitored value was never finite
-        model.set_weights(best_weights.weights)
-    if getattr(model, "optimizer", None) is None:  # only the top part was fitted: save the full model compiled alike
-        _compile(model, spec, spec.fine_tune_learning_rate if spec.fine_tunes else spec.learning_rate)
-        model.optimizer.build(model.trainable_variables)  # so loading it does not warn of a missing state
-    save_run_weights(model, spec, output_dir)  # trained_weights.h5 (base frozen as built) or model.keras
+    best = _restore_best_weights(run, history, epochs_run, weight_averaging)
+    _save_weights(model, spec, output_dir)
+    head_epochs = len(history[HEAD]["loss"]) if HEAD in history else 0
     return TrainingResult(
         history=history, best_epoch=best + 1,
         best_phase=HEAD if best < head_epochs else FINE_TUNE,
         epochs_run=epochs_run, train_s=train_s,
-        activation_cache=cache_use, pruned_epoch=pruner.pruned_epoch if pruner else None,
+        activation_cache=run.cache_use, pruned_epoch=run.pruner.pruned_epoch if run.pruner else None,
         fine_tune_layers_resolved=fine_tune_layers, weight_averaging=weight_averaging,
         train_on_val=spec.train_on_val)
+
+
+@dataclass
+class _Run:
+    """What the phases of one attempt share (`_prepare_run`).
+
+    Attributes:
+        model: the full model from `build_model`.
+        data: the split.
+        spec: the run's parameters.
+        output_dir: the run folder.
+        verbose: `model.fit` verbosity.
+        best_weights: the one best-weights tracker of both phases.
+        keeper: the one checkpoint keeper of both phases, or `None`.
+        pruner: a search's pruning callback (`models.pruning`), or `None`.
+        class_weight: `fit`'s `{class index: weight}`, or `None`.
+        steps_per_epoch: training steps (batches) an epoch.
+        validates: whether there is a validation split (none with `train_on_val`).
+        swa: the keeper of the last fine-tuning epochs' weights (`swa_epochs`), or `None`.
+        cache_use: per phase, its `TrainingResult.activation_cache` entry.
+        fitted: per phase, `(model fitted, its training batches)`, for the BatchNorm pass.
+    """
+
+    model: keras.Model
+    data: DataSplit
+    spec: ExperimentSpec
+    output_dir: Path
+    verbose: int | str
+    best_weights: BestWeights
+    keeper: KeepCheckpoints | None
+    pruner: PruningCallback | None
+    class_weight: dict[int, float] | None
+    steps_per_epoch: int
+    validates: bool
+    swa: averaging.LastEpochs | None
+    cache_use: dict[str, dict] = field(default_factory=dict)
+    fitted: dict[str, tuple] = field(default_factory=dict)
+
+
+def _prepare_run(model: keras.Model, data: DataSplit, spec: ExperimentSpec, output_dir: Path, *, verbose,
+                 pruning) -> _Run:
+    """The callbacks and figures both phases share, in a `_Run`."""
+    best_weights = BestWeights(model, spec.checkpoint_monitor)
+    keeper = checkpoint_keeper(output_dir, spec)
+    pruner = pruning_callback(pruning)
+    class_weight = _make_class_weight(data, spec)
+    return _Run(model=model, data=data, spec=spec, output_dir=output_dir, verbose=verbose,
+                best_weights=best_weights, keeper=keeper, pruner=pruner, class_weight=class_weight,
+                steps_per_epoch=math.ceil(len(data.train) / spec.batch_size),
+                validates=len(data.val) > 0,  # no validation split with train_on_val
+                swa=averaging.LastEpochs(model, spec.swa_epochs) if spec.swa_epochs else None)
+
+
+def _make_class_weight(data: DataSplit, spec: ExperimentSpec) -> dict[int, float] | None:
+    """`fit`'s `class_weight`: scikit-learn's `"balanced"` weights by class index with `class_weight: balanced`,
+    else `None`."""
+    if spec.class_weight != "balanced":
+        return None
+    classes = np.arange(len(data.class_names))
+    return dict(enumerate(compute_class_weight("balanced", classes=classes, y=data.train.labels).tolist()))
+
+
+def _fit_phases(run: _Run, fine_tune_layers: int | None) -> tuple[dict[str, dict[str, list[float]]], dict | None]:
+    """Fits the head phase (unless `epochs` is 0), then unfreezes the base's top and fine-tunes, unless pruned.
+
+    Returns:
+        `(history, batchnorm_before)`: `TrainingResult.history`, and the
+        BatchNormalization moving statistics as fine-tuning began (`None`
+        without it).
+    """
+    spec = run.spec
+    history = {}
+    if spec.epochs:
+        history[HEAD] = _fit_phase(run, HEAD, 0, spec.learning_rate, spec.lr_schedule, spec.epochs, 0)
+    head_epochs = len(history[HEAD]["loss"]) if HEAD in history else 0
+    batchnorm_before = None
+    if fine_tune_layers is not None and not (run.pruner and run.pruner.pruned_epoch):
+        unfreeze_base(run.model, fine_tune_layers, unfreeze_batchnorm=spec.unfreeze_batchnorm)
+        batchnorm_before = averaging.moving_statistics(averaging.batchnorm_layers(run.model))
+        history[FINE_TUNE] = _fit_phase(run, FINE_TUNE, fine_tune_layers, spec.fine_tune_learning_rate,
+                                        spec.fine_tune_lr_schedule, spec.fine_tune_epochs, head_epochs)
+    return history, batchnorm_before
+
+
+def _fit_phase(run: _Run, phase: str, trainable_base_layers: int, rate: float, schedule, epochs: int,
+               initial_epoch: int) -> dict[str, list[float]]:
+    """Fits one phase's `epochs` from `initial_epoch` (0-based across phases) and returns its history."""
+    fit_model, train_ds, val_ds, run.cache_use[phase] = phase_inputs(
+        run.model, run.data, run.spec, trainable_base_layers)
+    learning_rate, schedule_callbacks = phase_schedule(
+        run.spec, schedule, rate, epochs, run.steps_per_epoch, initial_epoch)
+    compile_model(fit_model, run.spec, learning_rate)
+    run.fitted[phase] = (fit_model, train_ds)
+    callbacks = _make_callbacks(run, phase, fit_model, schedule_callbacks)
+    history = fit_model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs,
+                            initial_epoch=initial_epoch, class_weight=run.class_weight,
+                            callbacks=callbacks, verbose=run.verbose,
+                            shuffle=False)  # train_ds reshuffles itself every epoch
+    return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+
+def _make_callbacks(run: _Run, phase: str, fit_model: keras.Model,
+                    schedule_callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
+    """A phase's callbacks, in the order they run at each epoch's end."""
+    spec = run.spec
+    callbacks = [
+        *([averaging.EmaInModel()] if spec.ema is not None else []),  # first: the others see the average
+        EpochTimer(),
+        keras.callbacks.TensorBoard(run.output_dir / TENSORBOARD_DIR, write_graph=False, profile_batch=0),
+        run.best_weights,
+        *schedule_callbacks,
+        *checkpoint_callbacks(run.model, run.output_dir, spec, run.keeper),
+        *([run.pruner] if run.pruner else []),
+        *([run.swa] if run.swa is not None and phase == FINE_TUNE else []),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.setdefault(
+            "learning_rate", learning_rate_of(fit_model))),
+    ]
+    if spec.early_stopping_patience and run.validates:
+        callbacks.append(early_stopping_callback(spec))
+    return callbacks
+
+
+def _apply_weight_averaging(run: _Run, history: dict, batchnorm_before: dict | None) -> dict | None:
+    """Puts the `swa_epochs` mean into the model (`_apply_swa`) and returns `TrainingResult.weight_averaging`."""
+    weight_averaging = None
+    if run.spec.ema is not None:
+        weight_averaging = {"method": averaging.EMA, "applied": True, "momentum": run.spec.ema,
+                            "phases": list(history)}
+    if run.swa is not None:
+        weight_averaging = _apply_swa(run.model, run.swa, batchnorm_before, run.fitted.get(FINE_TUNE))
+    return weight_averaging
 
 
 def _apply_swa(model: keras.Model, swa: averaging.LastEpochs, batchnorm_before, fitted) -> dict:
@@ -355,12 +431,62 @@ def _apply_swa(model: keras.Model, swa: averaging.LastEpochs, batchnorm_before, 
             "batchnorm_recomputed": [layer.path for layer in moved], "batchnorm_rows": rows}
 
 
-def _phase_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, trainable_base_layers: int):
-    """What a phase fits: `(model to fit, train dataset, val dataset, cache description)`.
+def _restore_best_weights(run: _Run, history: dict, epochs_run: int, weight_averaging: dict | None) -> int:
+    """Puts the best-weights tracker's weights into the model, unless nothing selected the epoch.
 
-    From the activation cache (the top part of the cut model on stored
-    features) when it applies, else the full model on images. Labels are
-    one-hot on both paths when `_one_hot_labels(spec)`.
+    Returns:
+        The 0-based index, across both phases, of the epoch whose weights
+        the model holds: the best by `checkpoint_monitor`, or the last one
+        without a validation split or after `swa_epochs` averaging.
+    """
+    best_key, best_mode = monitor_of(run.spec.checkpoint_monitor)
+    monitored = [v for phase in history.values() for v in phase.get(best_key, [])]
+    best = best_index(monitored, best_mode)
+    averaged_epochs = bool(weight_averaging and weight_averaging["method"] == averaging.SWA
+                           and weight_averaging["applied"])
+    if not run.validates or averaged_epochs:
+        best = max(epochs_run - 1, 0)  # the last epoch's weights (averaged) are the model's: nothing selected them
+    elif run.best_weights.weights is not None:  # None only if the monitored value was never finite
+        run.model.set_weights(run.best_weights.weights)
+    return best
+
+
+def _save_weights(model: keras.Model, spec: ExperimentSpec, output_dir: Path) -> None:
+    """Saves the run's weights (`models.saving.save_run_weights`), compiling the full model first if only
+    its top part was fitted."""
+    if getattr(model, "optimizer", None) is None:  # only the top part was fitted: save the full model compiled alike
+        compile_model(model, spec, spec.fine_tune_learning_rate if spec.fine_tunes else spec.learning_rate)
+        model.optimizer.build(model.trainable_variables)  # so loading it does not warn of a missing state
+    save_run_weights(model, spec, output_dir)  # trained_weights.h5 (base frozen as built) or model.keras
+
+
+def phase_inputs(model: keras.Model, data: DataSplit, spec: ExperimentSpec, trainable_base_layers: int):
+    """What a phase fits: the model and its training and validation batches.
+
+    From the activation cache (`models.cache.cached_inputs`: the top part of
+    the cut model on stored features) when it applies, else the full model on
+    images (`models.data.make_dataset`, training batches shuffled with
+    `spec.seed` and augmented with `spec.augmentation`). Labels are int32
+    class indices `(batch,)`, or float32 `(batch, classes)` rows summing to 1
+    (one-hot, mixed by `mixup` / `cutmix`) when batches are mixed or
+    `spec.label_smoothing` > 0, on both paths, as `compile_model`'s loss
+    expects.
+
+    Args:
+        model: the full model from `build_model`.
+        data: the split.
+        spec: the run's parameters.
+        trainable_base_layers: how many of the base's last layers the phase
+            trains (0 for the head phase; `resolve_fine_tune_layers` for
+            fine-tuning); the cache cuts the model below them.
+
+    Returns:
+        `(fit_model, train_ds, val_ds, cache_use)`: the model to fit (`model`
+        or the top part of the cut model, sharing its layers), the training
+        and validation `tf.data.Dataset`s of `(inputs, labels)` batches of
+        `spec.batch_size` (`val_ds` is `None` when `data.val` is empty,
+        `train_on_val`), and the phase's `TrainingResult.activation_cache`
+        entry.
     """
     num_classes = len(data.class_names) if _one_hot_labels(spec) else None
     try:

@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 from ..errors import ModelConfigError
 from ..spec import ExperimentSpec
-from .callbacks import _LinearWarmup
-from .fine_tuning import _base_of
+from .callbacks import LinearWarmup
+from .fine_tuning import base_of
 
 
 def set_precision_policy(spec: ExperimentSpec) -> None:
@@ -33,18 +33,47 @@ def set_precision_policy(spec: ExperimentSpec) -> None:
     keras.mixed_precision.set_global_policy(spec.precision)
 
 
-def _check_precision(model: keras.Model, spec: ExperimentSpec) -> None:
-    """Refuses a model whose base was built under another dtype policy than `spec.precision`."""
+def check_precision(model: keras.Model, spec: ExperimentSpec) -> None:
+    """Sets the dtype policy to `spec.precision` and refuses a model whose base was built under another.
+
+    Called before training: the parts `train_model` builds itself (the top
+    part of a cut model, `models.cache`) follow the policy set here.
+
+    Args:
+        model: a model from `build_model` (its layer `"base"` is read) or
+            the base itself.
+        spec: the run's parameters; reads `precision`.
+
+    Raises:
+        ModelConfigError: mixed precision is asked and TensorFlow sees no GPU
+            (`set_precision_policy`), or the base's `dtype_policy.name`
+            differs from `spec.precision`.
+    """
     set_precision_policy(spec)  # the parts train_model builds (models.cache's top part) follow it too
-    built = _base_of(model).dtype_policy.name
+    built = base_of(model).dtype_policy.name
     if built != spec.precision:
         raise ModelConfigError(
             f"precision: the model was built with dtype policy {built!r}, the spec asks {spec.precision!r}; "
             f"build it with models.build_model(spec), which sets the policy first")
 
 
-def _optimizer(spec: ExperimentSpec, learning_rate) -> keras.optimizers.Optimizer:
-    """The phase's optimizer; with `spec.ema`, keeping the moving average of the weights (`use_ema`)."""
+def make_optimizer(spec: ExperimentSpec, learning_rate) -> keras.optimizers.Optimizer:
+    """A phase's optimizer, `spec.optimizer` at `learning_rate`.
+
+    `"sgd"`: `SGD` with `momentum=spec.momentum`; `"adamw"`: `AdamW` with
+    `weight_decay=spec.weight_decay`; else `Adam`. With `spec.ema`, the
+    optimizer keeps the exponential moving average of the weights
+    (`use_ema=True`, `ema_momentum=spec.ema`; `models.training.averaging`).
+
+    Args:
+        spec: the run's parameters; reads `optimizer`, `momentum`,
+            `weight_decay` and `ema`.
+        learning_rate: a float, or a `keras.optimizers.schedules.LearningRateSchedule`
+            (`phase_schedule`).
+
+    Returns:
+        A new, unbuilt `keras.optimizers.Optimizer`.
+    """
     ema = {"use_ema": True, "ema_momentum": spec.ema} if spec.ema is not None else {}
     if spec.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=spec.momentum, **ema)
@@ -53,8 +82,8 @@ def _optimizer(spec: ExperimentSpec, learning_rate) -> keras.optimizers.Optimize
     return keras.optimizers.Adam(learning_rate, **ema)
 
 
-def _phase_schedule(spec: ExperimentSpec, schedule, rate: float, epochs: int, steps_per_epoch: int,
-                    first_epoch: int):
+def phase_schedule(spec: ExperimentSpec, schedule, rate: float, epochs: int, steps_per_epoch: int,
+                   first_epoch: int):
     """A phase's learning rate (a float or a `LearningRateSchedule`) and schedule callbacks.
 
     `step`: `LearningRateScheduler` multiplying by `lr_step_gamma` at each
@@ -63,10 +92,23 @@ def _phase_schedule(spec: ExperimentSpec, schedule, rate: float, epochs: int, st
     validation split); `cosine`: `CosineDecay` over the
     phase's steps. With `warmup_epochs`, `cosine` uses `CosineDecay`'s own
     linear warm-up from 0 (`warmup_target`, `warmup_steps`) and decays over
-    the steps left; the others get `_LinearWarmup` after their callback.
+    the steps left; the others get `LinearWarmup` after their callback.
+
+    Args:
+        spec: the run's parameters; reads `warmup_epochs`, `lr_step_milestones`,
+            `lr_step_gamma`, `lr_plateau_factor`, `lr_plateau_patience` and
+            `train_on_val`.
+        schedule: the phase's schedule, `None`, `"step"`, `"plateau"` or
+            `"cosine"` (`spec.lr_schedule` or `spec.fine_tune_lr_schedule`).
+        rate: the phase's learning rate (after the warm-up).
+        epochs: the phase's epochs.
+        steps_per_epoch: training steps (batches) an epoch.
+        first_epoch: the phase's first epoch, 0-based across both phases
+            (`fit`'s `initial_epoch`).
 
     Returns:
-        `(learning_rate, callbacks)` for `_compile` and `fit`.
+        `(learning_rate, callbacks)`: the rate to give `make_optimizer` and
+        the callbacks to give `fit`.
     """
     warmup_steps = spec.warmup_epochs * steps_per_epoch
     if schedule == "cosine":
@@ -84,5 +126,5 @@ def _phase_schedule(spec: ExperimentSpec, schedule, rate: float, epochs: int, st
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=spec.lr_plateau_factor, patience=spec.lr_plateau_patience))
     if warmup_steps:
-        callbacks.append(_LinearWarmup(warmup_steps))
+        callbacks.append(LinearWarmup(warmup_steps))
     return rate, callbacks

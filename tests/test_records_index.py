@@ -164,6 +164,31 @@ def test_a_read_only_logs_folder_gives_the_summaries_without_an_index(logs):
     assert not (logs / INDEX_FILE).exists()
 
 
+def test_an_index_that_cannot_be_written_gives_the_summaries_and_is_left_as_it_was(logs, reads, monkeypatch):
+    """A write refused half-way (a read-only database, a full disk: here its first insert) changes nothing in
+    the index (one transaction), and the files read are read again next time. Runs as root too, unlike the
+    read-only folder above."""
+    read_summaries(logs)
+    (logs / "20261121-120000-aaaaaaaa.json").unlink()
+    write_record(record("20261121-140000-gggggggg", 0.6, params={"base": "resnet50", "seed": 2}), logs)
+
+    def refuse(self, params):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    reads.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(index_module._ParamTable, "encode", refuse)
+        found = read_summaries(logs)
+    assert reads == ["20261121-140000-gggggggg.json"]
+    assert_same(found.records, read_all(logs).records)
+    with sqlite3.connect(logs / INDEX_FILE) as db:
+        indexed = {name for (name,) in db.execute("SELECT file FROM records")}
+    assert "20261121-120000-aaaaaaaa.json" in indexed and "20261121-140000-gggggggg.json" not in indexed
+    reads.clear()
+    assert_same(read_summaries(logs).records, found.records)
+    assert reads == ["20261121-140000-gggggggg.json"]
+
+
 def test_many_files_are_read_by_a_process_pool_with_the_same_result(tmp_path, monkeypatch):
     monkeypatch.setattr(index_module, "PARALLEL_MIN_FILES", 10)
     monkeypatch.setattr(index_module, "_CHUNK", 7)

@@ -219,6 +219,56 @@ def test_unranked_completed_runs_and_long_lists_are_counted_not_embedded(tmp_pat
     assert f"Unreadable records ({MAX_LISTED + 1})" in page and page.count("not valid JSON") == MAX_LISTED
 
 
+def page_section_runs(page: str, heading: str) -> set[str]:
+    """The run ids with a row (`id="run-<id>"`) in the page's section whose `<h2>` starts with `heading`."""
+    start = page.find(heading)
+    if start < 0:
+        return set()
+    section = page[start:page.index("</table>", start)]
+    return set(re.findall(r'<tr id="run-([^"]+)"', section))
+
+
+@pytest.mark.parametrize("metric", ["weighted_recall", "test_weighted_recall"])
+def test_a_run_unranked_on_the_page_is_unranked_in_the_csv_and_vice_versa(tmp_path, metric):
+    """One rule (`unranked_runs`) for the page's "Completed runs without <metric>" section and the csv's rows with
+    an empty `rank` and `refit_of`: a refit is never unranked (it has its own section, and its `refit_of` in the
+    csv), even under a test ranking where it has the figure; an ensemble is unranked only under a validation one."""
+    from runner.reports.leaderboard import refit_runs, unranked_runs
+
+    logs = tmp_path / "logs"
+    ensemble = make_record("20261121-130000-eeeeeeee", None).model_copy(update={
+        "status": COMPLETED, "kind": ENSEMBLE, "error": None, "params": {"members": ["x", "y"]},
+        "metrics": split_metrics(0.95)})  # test figures only
+    refit = make_record("20261121-140000-ffffffff", 0.99).model_copy(update={
+        "refit_of": "20261121-120000-aaaaaaaa", "val_metrics": None})  # test figures only, never ranked
+    no_figures = make_record("20261121-150000-gggggggg", 0.5).model_copy(update={"metrics": None, "val_metrics": None})
+    for rec in (make_record("20261121-120000-aaaaaaaa", 0.8), make_record("20261121-120100-bbbbbbbb", 0.7),
+                make_record("20261121-120200-cccccccc", None), make_record("20261121-120300-dddddddd", None,
+                                                                           status=PRUNED),
+                ensemble, refit, no_figures):
+        write_record(rec, logs)
+    shutil.copy(ASSETS / "v1_run" / "logs" / f"{V1_RUN_ID}.json", logs)  # schema 1: ranks by its test figure
+    board = write_leaderboard(logs, tmp_path / "leaderboard.html", metric)
+    page = (tmp_path / "leaderboard.html").read_text(encoding="utf-8")
+    header, *rows = read_csv(tmp_path / "leaderboard.csv")
+    rows = [dict(zip(header, row)) for row in rows]
+
+    expected = {no_figures.run_id} | ({ensemble.run_id} if metric == "weighted_recall" else set())
+    assert {rec.run_id for rec in board.unranked} == expected
+    assert {rec.run_id for rec in unranked_runs(read_all(logs).records, board.ranked)} == expected
+    page_unranked = page_section_runs(page, "<h2>Completed runs without ")
+    csv_unranked = {row["run_id"] for row in rows if not row["rank"] and not row["refit_of"]}
+    assert page_unranked == csv_unranked == expected
+    page_refits = page_section_runs(page, '<h2 id="refits">')
+    csv_refits = {row["run_id"] for row in rows if row["refit_of"]}
+    assert page_refits == csv_refits == {rec.run_id for rec in refit_runs(read_all(logs).records)} == {refit.run_id}
+    assert all(not row["rank"] for row in rows if row["refit_of"])
+    csv_ranked = [row["run_id"] for row in rows if row["rank"]]
+    assert csv_ranked == [rec.run_id for rec in board.ranked] and refit.run_id not in csv_ranked
+    assert board_rows(page) == csv_ranked  # all of them within the top 10
+    assert len(rows) == len(csv_ranked) + len(expected) + 1  # every completed run, once
+
+
 def test_leaderboard_html_and_csv(tmp_path):
     logs = tmp_path / "logs"
     for rec in [make_record("20261121-120000-aaaaaaaa", 0.70, dropout=0.2),

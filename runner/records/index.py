@@ -328,6 +328,33 @@ def read_summaries(logs_dir: str | os.PathLike, *, use_index: bool = True) -> Re
     if not folder.is_dir():
         return found
     scan_ns = time.time_ns()
+    stats, problems = _scan_folder(folder)
+    db = _connect(folder / INDEX_FILE) if use_index else None
+    current = _read_index(db, stats, problems) if db is not None else None
+    if current is None and db is not None:  # SQLite cannot read it: every file is read, nothing is kept
+        db.close()
+        db = None
+    table, cached, gone = current if current is not None else (None, [], [])
+    known = {row[0] for row in cached}
+    stale = sorted(name for name in stats if name not in known and name not in problems)
+    fresh: dict[str, tuple[Any, ...]] = {}
+    for name, (row, problem) in zip(stale, _read_files(str(folder), stale)):
+        if row is None:
+            problems[name] = problem
+        else:
+            fresh[name] = row
+    if db is not None:
+        _update_index(db, table, gone, [(name, stats[name], fresh.get(name), problems.get(name)) for name in stale],
+                      scan_ns)
+    rows = _decode_cached(cached, table)
+    rows.update(fresh)
+    found.records = [summary_from_row(rows[name]) for name in sorted(rows)]
+    found.unreadable = {name: problems[name] for name in sorted(problems)}
+    return found
+
+
+def _scan_folder(folder: Path) -> tuple[dict[str, tuple[int, int, int]], dict[str, str]]:
+    """The `*.json` files of `folder`: `({name: (size, mtime_ns, inode)}, {name: why it cannot be stat'ed})`."""
     stats: dict[str, tuple[int, int, int]] = {}
     problems: dict[str, str] = {}
     with os.scandir(folder) as entries:
@@ -340,59 +367,75 @@ def read_summaries(logs_dir: str | os.PathLike, *, use_index: bool = True) -> Re
                     continue
                 if entry.is_file():
                     stats[entry.name] = (st.st_size, st.st_mtime_ns, st.st_ino)
-    db = _connect(folder / INDEX_FILE) if use_index else None
-    cached: list[tuple[Any, ...]] = []  # summary_row tuples, params still as JSON lists of ids
+    return stats, problems
+
+
+def _read_index(db: sqlite3.Connection, stats: dict[str, tuple[int, int, int]],
+                problems: dict[str, str]) -> Optional[tuple[_ParamTable, list[tuple[Any, ...]], list[str]]]:
+    """The index's current entries: `(params table, cached rows, names of files gone)`, or `None` when SQLite
+    cannot read it.
+
+    A row is current when its file's key (`stats`) is unchanged and the file was modified more than
+    `RACY_WINDOW_NS` before it was indexed; a current unreadable file's reason is added to `problems`.
+    Cached rows are `_KEY` then `_COLUMNS` values, `params` still a JSON list of `params` ids.
+    """
+    cached: list[tuple[Any, ...]] = []
     gone: list[str] = []
-    table = None
-    if db is not None:
-        try:
-            table = _ParamTable(db)
-            for row in db.execute(f"SELECT {', '.join(_KEY)}, {', '.join(_COLUMNS)} FROM records"):
-                name, size, mtime_ns, ino, indexed_ns, problem = row[:6]
-                if name not in stats:
-                    gone.append(name)
-                elif stats[name] == (size, mtime_ns, ino) and mtime_ns < indexed_ns - RACY_WINDOW_NS:
-                    if problem is not None:
-                        problems[name] = problem
-                    else:
-                        cached.append(row)
-        except sqlite3.Error:
-            db.close()
-            db, table, cached, gone = None, None, [], []
-            problems = {name: why for name, why in problems.items() if name not in stats}
-    known = {row[0] for row in cached}
-    stale = sorted(name for name in stats if name not in known and name not in problems)
-    fresh: dict[str, tuple[Any, ...]] = {}
-    for name, (row, problem) in zip(stale, _read_files(str(folder), stale)):
-        if row is None:
-            problems[name] = problem
-        else:
-            fresh[name] = row
-    if db is not None:
-        try:
-            with db:
-                db.executemany("DELETE FROM records WHERE file = ?", [(name,) for name in gone])
-                blank = (None,) * len(_COLUMNS)
-                entries = []
-                for name in stale:
-                    row = fresh.get(name)
-                    if row is None:
-                        entries.append((name, *stats[name], scan_ns, problems[name], *blank))
-                    else:
-                        ids = json.dumps(table.encode(row[_PARAMS]), separators=(",", ":"))
-                        entries.append((name, *stats[name], scan_ns, None, *row[:_PARAMS], ids, *row[_PARAMS + 1:]))
-                marks = ", ".join("?" * (len(_KEY) + len(_COLUMNS)))
-                db.executemany(f"INSERT OR REPLACE INTO records VALUES ({marks})", entries)
-        except sqlite3.Error:
-            pass  # not kept (read-only folder, locked, disk full): these summaries came from the files anyway
-        finally:
-            db.close()
-    # the parameter ids of all cached rows in one parse: far faster than one call per row
+    found_problems: dict[str, str] = {}
+    try:
+        table = _ParamTable(db)
+        for row in db.execute(f"SELECT {', '.join(_KEY)}, {', '.join(_COLUMNS)} FROM records"):
+            name, size, mtime_ns, ino, indexed_ns, problem = row[:6]
+            if name not in stats:
+                gone.append(name)
+            elif stats[name] == (size, mtime_ns, ino) and mtime_ns < indexed_ns - RACY_WINDOW_NS:
+                if problem is not None:
+                    found_problems[name] = problem
+                else:
+                    cached.append(row)
+    except sqlite3.Error:
+        return None
+    problems.update(found_problems)
+    return table, cached, gone
+
+
+def _make_index_row(name: str, stat: tuple[int, int, int], row: Optional[tuple[Any, ...]], problem: Optional[str],
+               scan_ns: int, table: _ParamTable) -> tuple[Any, ...]:
+    """The `records` row of a file read in this scan: its key, then its `summary_row` (`params` as ids) or,
+    for an unreadable file (`row` `None`), why and empty columns."""
+    if row is None:
+        return (name, *stat, scan_ns, problem, *(None,) * len(_COLUMNS))
+    ids = json.dumps(table.encode(row[_PARAMS]), separators=(",", ":"))
+    return (name, *stat, scan_ns, None, *row[:_PARAMS], ids, *row[_PARAMS + 1:])
+
+
+def _update_index(db: sqlite3.Connection, table: _ParamTable, gone: list[str],
+                  read: list[tuple[str, tuple[int, int, int], Optional[tuple[Any, ...]], Optional[str]]],
+                  scan_ns: int) -> None:
+    """Drop the entries of the files `gone`, write those of the files `read` in this scan (`_make_index_row` of
+    each `(name, stat, summary_row or None, problem or None)`), in one transaction, and close `db`.
+
+    An index that cannot be written (read-only folder, locked, disk full) is left as it was: the summaries
+    came from the files anyway.
+    """
+    try:
+        with db:
+            db.executemany("DELETE FROM records WHERE file = ?", [(name,) for name in gone])
+            entries = [_make_index_row(*each, scan_ns, table) for each in read]
+            marks = ", ".join("?" * (len(_KEY) + len(_COLUMNS)))
+            db.executemany(f"INSERT OR REPLACE INTO records VALUES ({marks})", entries)
+    except sqlite3.Error:
+        pass
+    finally:
+        db.close()
+
+
+def _decode_cached(cached: list[tuple[Any, ...]], table: Optional[_ParamTable]) -> dict[str, tuple[Any, ...]]:
+    """File name -> `summary_row` of each cached row (`_read_index`), its parameters decoded.
+
+    The parameter ids of all rows are parsed in one `json.loads`: far faster than one call per row.
+    """
     skip = len(_KEY)
     ids = json.loads("[" + ",".join(row[skip + _PARAMS] for row in cached) + "]")
-    rows = {row[0]: (*row[skip:skip + _PARAMS], table.decode(pids), *row[skip + _PARAMS + 1:])
+    return {row[0]: (*row[skip:skip + _PARAMS], table.decode(pids), *row[skip + _PARAMS + 1:])
             for row, pids in zip(cached, ids)}
-    rows.update(fresh)
-    found.records = [summary_from_row(rows[name]) for name in sorted(rows)]
-    found.unreadable = {name: problems[name] for name in sorted(problems)}
-    return found

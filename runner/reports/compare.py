@@ -39,11 +39,10 @@ from runner.errors import ConfigError
 from runner.records import COMPLETED, RANKING_METRICS, RunLoadError, RunRecord, write_page
 from runner.records.query import find_path
 from runner.reports.compare_data import COLOURS, CURVE_METRICS, curves, differing_params
-from runner.reports.leaderboard import _href, confusion_matrix_table
+from runner.reports.leaderboard import confusion_matrix_table
+from runner.reports.links import href
 from runner.reports.stats import P_VALUE_MEANING, format_p, mcnemar_runs
 from runner.reports.templates import render
-
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 
 def chart_svg(metric: str, runs: Sequence[dict[str, Any]]) -> Markup:
@@ -183,7 +182,7 @@ def render_compare(records: Sequence[RunRecord], logs_dirs: Sequence[Path], page
         if parent and rec.warm_start is not None:
             parent += f" (checkpoint {rec.warm_start.checkpoint})"
         runs.append({"run_id": rec.run_id, "name": rec.name, "colour": COLOURS[i % len(COLOURS)],
-                     "href": _href(rec.path_of("html", logs), page_dir), "status": rec.status, "kind": rec.kind,
+                     "href": href(rec.path_of("html", logs), page_dir), "status": rec.status, "kind": rec.kind,
                      "parent": parent, "rerun_of": rec.rerun_of, "members": rec.members,
                      "epochs_run": rec.epochs_run,
                      "best": f"{rec.best_epoch} ({rec.best_phase})" if rec.best_epoch else None,
@@ -195,8 +194,7 @@ def render_compare(records: Sequence[RunRecord], logs_dirs: Sequence[Path], page
         missing = [rec.run_id for rec, h in zip(records, histories) if not h["curves"].get(metric)]
         charts.append({"metric": metric, "svg": chart_svg(metric, histories), "missing": missing})
     params = differing_params(records)
-    return render("compare.html", css=Markup((ASSETS_DIR / "compare.css").read_text(encoding="utf-8")),
-                  runs=runs, params=params, n_differing=sum(not p["same"] for p in params),
+    return render("compare.html", runs=runs, params=params, n_differing=sum(not p["same"] for p in params),
                   figures=_figure_rows(records), per_class=_per_class(records), charts=charts,
                   tests=_tests(records, logs_dirs), p_meaning=P_VALUE_MEANING, format_p=format_p)
 

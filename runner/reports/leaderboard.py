@@ -45,7 +45,6 @@ import csv
 import gc
 import io
 import json
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
@@ -56,14 +55,13 @@ from urllib.parse import quote
 
 
 import numpy as np
-from markupsafe import Markup
 
-from models.bases.registry import canonical_base
 from models.names import DEFAULT_METRIC
 from runner.reports import plots as metric_plot
 from runner.reports.compare_data import compare_payload, inline_json
 from runner.reports.stats import P_VALUE_MEANING, format_p, top_two
 from runner.reports.lineage import node_id, render_lineage
+from runner.reports.links import fragment, href
 from runner.records.groups import GROUP_FREE_PARAMS, Group, format_spread, group_ranked, has_repeats
 from runner.records.index import read_summaries
 from runner.records.query import Ranking, RecordSet, parse_metric, rank
@@ -73,8 +71,6 @@ from runner.records import (
 from runner.reports.templates import render
 
 LINEAGE_FILE = "lineage.html"
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-"""`leaderboard.css` and `leaderboard.js`, inlined into every page (no file beside the page, no network)."""
 MAX_LISTED = 50
 """Rows listed per section of runs that are not ranked (pruned, not completed, ...); the rest are counted."""
 REPORTED_TEST_METRICS = tuple(dict.fromkeys(("accuracy", DEFAULT_METRIC)))
@@ -99,8 +95,8 @@ class Leaderboard:
             (`runner.records.index.RunSummary`s from `write_leaderboard`; a
             summary has every field ranking reads, `RecordSet.load` gives the record).
         page_path, csv_path, lineage_path: the files written (absolute).
-        unranked: completed runs without a figure for `ranking` (e.g.
-            ensembles under a validation ranking), in run-id order.
+        unranked: the completed runs that do not rank (`unranked_runs`: not
+            refits; e.g. ensembles under a validation ranking), in run-id order.
         groups: `ranked` by configuration (`runner.records.groups.group_ranked`),
             best mean first.
     """
@@ -229,21 +225,6 @@ def figure_columns(ranking: Ranking) -> list[str]:
     return list(dict.fromkeys(columns))
 
 
-def _href(path: Optional[Path], page_dir: Path) -> Optional[str]:
-    """A relative, URL-quoted href from the page to `path`, or `None`."""
-    return None if path is None else quote(Path(os.path.relpath(path, page_dir)).as_posix(), safe="/~")
-
-
-def _fragment(run_id: str) -> str:
-    """`#run-<run_id>`, quoted for a URL (the template escapes it for the attribute)."""
-    return "#" + quote(node_id(run_id), safe="")
-
-
-def _asset(name: str) -> Markup:
-    """One of `ASSETS_DIR`'s files, inlined as it is (the project's own CSS or script)."""
-    return Markup((ASSETS_DIR / name).read_text(encoding="utf-8"))
-
-
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -257,11 +238,9 @@ def base_head_group(record: RunRecord) -> str:
     Returns:
         The group's label.
     """
-    base = record.params.get("base")
+    base = record.params.get("base")  # in its one spelling: `RunRecord` reads `VGG16` as `vgg16`
     if base is None:
         base = record.kind
-    elif isinstance(base, str):  # `VGG16` and `vgg16` are one group
-        base = canonical_base(base)
     head = record.params.get("head")
     return f"{base} + {head}" if head else str(base)
 
@@ -407,6 +386,32 @@ def listed_runs(group: Group) -> list[RunRecord]:
     return runs
 
 
+def unranked_runs(records: Iterable[RunRecord], ranked: Iterable[RunRecord]) -> list[RunRecord]:
+    """The completed runs that do not rank: what the page's "Completed runs without <metric>" section and
+    `leaderboard.csv`'s rows with an empty `rank` and `refit_of` both list (the one definition of unranked).
+
+    A completed run is ranked (in `ranked`), a refit (`refit_runs`: never ranked, shown apart beside its
+    original), or unranked: with `rank`'s defaults, a run without a figure for the ranking (e.g. an ensemble,
+    test figures only, under a validation ranking).
+
+    Args:
+        records: every record (`RunRecord`s or `RunSummary`s).
+        ranked: `runner.records.query.rank(records, ranking)`.
+
+    Returns:
+        The completed records neither in `ranked` nor refits, in the order of `records`.
+    """
+    ranked_ids = {rec.run_id for rec in ranked}
+    return [rec for rec in records if rec.status == COMPLETED and rec.run_id not in ranked_ids
+            and rec.refit_of is None]
+
+
+def refit_runs(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """The completed refits (`RunRecord.refit_of`: a configuration trained again on train + validation, never
+    ranked), in the order of `records`: the page's refits section and `leaderboard.csv`'s last rows."""
+    return [rec for rec in records if rec.refit_of is not None and rec.status == COMPLETED]
+
+
 def _loaded(found: RecordSet, records: Iterable[RunRecord]) -> dict[str, RunRecord]:
     """Run id -> full record (`RecordSet.load`) of each of `records` that can still be read."""
     full = {}
@@ -459,121 +464,24 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
         A complete html document (`runner/reports/templates/leaderboard.html`); every
         value from a record is escaped and nothing is loaded from another host.
     """
-    logs_dir = found.logs_dir
-    by_id = found.by_id()
     groups = group_ranked(ranked, ranking) if groups is None else groups
-    repeats = has_repeats(groups)
     shown_groups = groups[:top_n]
     listed = {group.key: listed_runs(group) for group in shown_groups}
     shown = [rec for group in shown_groups for rec in listed[group.key]]  # every run listed on the board
-    on_page = {rec.run_id for rec in shown}
     full = _loaded(found, [*shown, *ranked[:1]])
-
-    def run_link(rec: RunRecord) -> _Link:
-        return _Link(rec.run_id, _href(rec.path_of("html", logs_dir), page_dir))
-
-    def parent_link(parent_id: Optional[str]) -> _Link:
-        if not parent_id:
-            return _Link("")
-        if parent_id in on_page:
-            return _Link(parent_id, _fragment(parent_id))
-        parent = by_id.get(parent_id)
-        return run_link(parent) if parent is not None else _Link(parent_id)
-
-    def ranked_figure(rec: RunRecord) -> _Figure:
-        return _Figure(_number(ranking.value(rec)), mark=ranking.split_of(rec) != ranking.split)
-
-    def group_figure(group: Group, column: Optional[str] = None) -> _Figure:
-        """A row's figure: the run's own, or for repeats mean ± std (sorted by the mean)."""
-        if group.n == 1:
-            rec = group.runs[0]
-            return ranked_figure(rec) if column is None else _Figure(_number(split_figure(rec, column)))
-        if column is None:
-            return _Figure(format_spread(group), sort=_number(group.mean),
-                           mark=any(ranking.split_of(rec) != ranking.split for rec in group.runs))
-        pairs = [(rec, value) for rec in group.runs if (value := split_figure(rec, column)) is not None]
-        if not pairs:
-            return _Figure("")
-        runs, figures = zip(*pairs)
-        spread = Group(group.key, runs, figures, group.best)
-        return _Figure(format_spread(spread), sort=_number(spread.mean))
-
-    def group_param(group: Group, name: str) -> str:
-        """A row's parameter: its best run's, or for `seed` and `name` every listed repeat's, comma-separated
-        (`+k more` for the runs not listed)."""
-        if group.n > 1 and name in GROUP_FREE_PARAMS:
-            given = [rec.params[name] for rec in listed[group.key] if rec.params.get(name) is not None]
-            if all(type(value) is int for value in given):  # seeds in order
-                given = sorted(given)
-            text = ", ".join(dict.fromkeys(_param_value(value) for value in given))
-            return text + (f" (+{group.n - len(listed[group.key])} more)" if group.n > len(listed[group.key]) else "")
-        return _param_value(group.best.params[name]) if name in group.best.params else ""
-
+    cells = _Cells(ranking, found.logs_dir, page_dir, found.by_id(), {rec.run_id for rec in shown}, listed)
     columns = figure_columns(ranking)
-    param_names = list(dict.fromkeys(name for rec in shown for name in rec.params))
-    values = {name: {_param_value(rec.params[name]) for rec in shown if name in rec.params} for name in param_names}
-    differing = [name for name in param_names if len(values[name]) > 1] if len(shown) > 1 else []
-    params = differing + [name for name in param_names if name not in differing]
-    board = _Section(total=len(shown_groups), figure_columns=columns, n_same=len(params) - len(differing),
-                     params=[{"name": name, "same": name not in differing} for name in params])
-    board.repeats = repeats
-    for position, group in enumerate(shown_groups, start=1):
-        rec = group.best  # the row's run: the group's best on the validation split
-        board.rows.append({
-            "anchor": node_id(rec.run_id), "rank": position, "run": run_link(rec),
-            "ensemble": rec.kind == ENSEMBLE, "tree_href": LINEAGE_FILE + _fragment(rec.run_id),
-            "figures": [group_figure(group), *(group_figure(group, c) for c in columns[1:])],
-            "n": group.n, "range": f"{group.min:.4f}–{group.max:.4f}" if group.n > 1 else "",
-            "repeats": [{"anchor": node_id(each.run_id) if each is not rec else None, "run": run_link(each),
-                         "seed": _param_value(each.params.get("seed")), "figure": ranked_figure(each)}
-                        for each in listed[group.key]] if group.n > 1 else [],
-            "repeats_more": group.n - len(listed[group.key]),
-            "epochs_run": rec.epochs_run, "train_s": _number(rec.timings.train_s, 1),
-            "parent": parent_link(rec.parent_run_id), "rerun_of": parent_link(rec.rerun_of),
-            "params": [(group_param(group, name), name not in differing) for name in params],
-        })
-    board.schema1 = any(row["figures"][0].mark for row in board.rows)
-
-    pruned_records = [rec for rec in found.records if rec.status == PRUNED]
-    pruned = _Section(total=len(pruned_records))
-    pruned.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "epochs_run": rec.epochs_run,
-                    "figure": ranked_figure(rec), "note": _note(rec)} for rec in _most_recent(pruned_records)]
-    failed_records = [rec for rec in found.records if rec.status not in (COMPLETED, PRUNED)]
-    failed = _Section(total=len(failed_records))
-    failed.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "status": rec.status, "note": _note(rec)}
-                   for rec in _most_recent(failed_records)]
-    refit_records = [rec for rec in found.records if rec.refit_of is not None and rec.status == COMPLETED]
-    test_columns = [column for column in columns if column.startswith("test_")]
-    refits = _Section(total=len(refit_records), figure_columns=test_columns)
-    listed_refits = _most_recent(refit_records)
-    refit_full = _loaded(found, listed_refits)
-    refits.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "refit_of": parent_link(rec.refit_of),
-                    "epochs_run": rec.epochs_run, "train_images": _train_images(refit_full.get(rec.run_id)),
-                    "figures": [_Figure(_number(split_figure(rec, c))) for c in test_columns],
-                    "original": [_Figure(_number(split_figure(by_id[rec.refit_of], c))) if rec.refit_of in by_id
-                                 else _Figure("") for c in test_columns]}
-                   for rec in listed_refits]
-    ranked_ids = {rec.run_id for rec in ranked}
-    unranked_records = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids
-                        and rec.refit_of is None]  # refits have a section of their own
-    unranked = _Section(total=len(unranked_records), figure_columns=columns[1:])
-    unranked.rows = [{"anchor": node_id(rec.run_id), "run": run_link(rec), "kind": rec.kind,
-                      "figures": [_Figure(_number(split_figure(rec, c))) for c in columns[1:]]}
-                     for rec in _most_recent(unranked_records)]
+    board = _make_board(shown_groups, shown, columns, cells)
+    board.repeats = has_repeats(groups)
+    pruned, failed = _list_pruned(found, cells), _list_failed(found, cells)
+    refits = _list_refits(found, columns, cells)
+    unranked = _list_unranked(found, ranked, columns, cells)
     unreadable = _Section(rows=list(found.unreadable.items())[:MAX_LISTED], total=len(found.unreadable))
-
     # the first two rows' test (it may import scipy) before the plot is awaited: while a child process draws it
-    significance = top_two(*([full.get(g.best.run_id, g.best), *(r for r in g.runs if r is not g.best)]
-                             for g in shown_groups[:2]), ranking.metric, logs_dir) if len(shown_groups) > 1 else None
-    plot = plot_png() if callable(plot_png) else plot_png
-    plot = plot if plot is not None else metric_plot_png(ranked, ranking)
-    best_full = full.get(ranked[0].run_id) if ranked else None
-    figures = {"metric_plot": _data_uri(plot) if plot else None,
-               "confusion": _data_uri(confusion_png) if confusion_png and ranked else None,
-               "confusion_table": confusion_matrix_table(best_full) if best_full and not confusion_png else None}
-    best = {"run_id": ranked[0].run_id, "fragment": _fragment(ranked[0].run_id)} if ranked else None
+    significance = _test_top_two(shown_groups, full, ranking, found.logs_dir)
+    figures = _draw_figures(ranked, ranking, full.get(ranked[0].run_id) if ranked else None, confusion_png, plot_png)
+    best = {"run_id": ranked[0].run_id, "fragment": fragment(node_id(ranked[0].run_id))} if ranked else None
     return render("leaderboard.html", ranking=ranking, split_words=SPLIT_WORDS[ranking.split],
-                  css=_asset("leaderboard.css"), js=_asset("leaderboard.js"),
                   generated=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", lineage_href=LINEAGE_FILE,
                   n_ranked=len(ranked), n_groups=len(groups), max_spread=MAX_SPREAD_GROUPS, figures=figures, best=best,
                   csv_href=quote(csv_name),
@@ -584,18 +492,173 @@ def render_leaderboard(found: RecordSet, ranking: Ranking, ranked: Sequence[RunR
                   p_meaning=P_VALUE_MEANING, format_p=format_p, top_two=significance)
 
 
+@dataclass(frozen=True)
+class _Cells:
+    """What one page's cells are made of: links relative to the page, figures by the ranking, parameters."""
+
+    ranking: Ranking
+    logs_dir: Path
+    page_dir: Path
+    by_id: dict[str, RunRecord]  # every record (`RecordSet.by_id`): a parent not on the board links to its html
+    on_page: set[str]  # the runs listed on the board: a parent among them links to its row
+    listed: dict[Any, list[RunRecord]]  # group key -> the runs listed under its row (`listed_runs`)
+
+    def run_link(self, rec: RunRecord) -> _Link:
+        return _Link(rec.run_id, href(rec.path_of("html", self.logs_dir), self.page_dir))
+
+    def parent_link(self, parent_id: Optional[str]) -> _Link:
+        if not parent_id:
+            return _Link("")
+        if parent_id in self.on_page:
+            return _Link(parent_id, fragment(node_id(parent_id)))
+        parent = self.by_id.get(parent_id)
+        return self.run_link(parent) if parent is not None else _Link(parent_id)
+
+    def ranked_figure(self, rec: RunRecord) -> _Figure:
+        return _Figure(_number(self.ranking.value(rec)), mark=self.ranking.split_of(rec) != self.ranking.split)
+
+    def column_figure(self, rec: RunRecord, column: str) -> _Figure:
+        return _Figure(_number(split_figure(rec, column)))
+
+    def group_figure(self, group: Group, column: Optional[str] = None) -> _Figure:
+        """A row's figure: the run's own, or for repeats mean ± std (sorted by the mean)."""
+        if group.n == 1:
+            rec = group.runs[0]
+            return self.ranked_figure(rec) if column is None else self.column_figure(rec, column)
+        if column is None:
+            return _Figure(format_spread(group), sort=_number(group.mean),
+                           mark=any(self.ranking.split_of(rec) != self.ranking.split for rec in group.runs))
+        pairs = [(rec, value) for rec in group.runs if (value := split_figure(rec, column)) is not None]
+        if not pairs:
+            return _Figure("")
+        runs, figures = zip(*pairs)
+        spread = Group(group.key, runs, figures, group.best)
+        return _Figure(format_spread(spread), sort=_number(spread.mean))
+
+    def group_param(self, group: Group, name: str) -> str:
+        """A row's parameter: its best run's, or for `seed` and `name` every listed repeat's, comma-separated
+        (`+k more` for the runs not listed)."""
+        listed = self.listed[group.key]
+        if group.n > 1 and name in GROUP_FREE_PARAMS:
+            given = [rec.params[name] for rec in listed if rec.params.get(name) is not None]
+            if all(type(value) is int for value in given):  # seeds in order
+                given = sorted(given)
+            text = ", ".join(dict.fromkeys(_param_value(value) for value in given))
+            return text + (f" (+{group.n - len(listed)} more)" if group.n > len(listed) else "")
+        return _param_value(group.best.params[name]) if name in group.best.params else ""
+
+
+def _make_board(shown_groups: Sequence[Group], shown: Sequence[RunRecord], columns: list[str],
+                cells: _Cells) -> _Section:
+    """The board: a row per configuration shown; the parameters that differ between the runs listed first."""
+    param_names = list(dict.fromkeys(name for rec in shown for name in rec.params))
+    values = {name: {_param_value(rec.params[name]) for rec in shown if name in rec.params} for name in param_names}
+    differing = [name for name in param_names if len(values[name]) > 1] if len(shown) > 1 else []
+    params = differing + [name for name in param_names if name not in differing]
+    board = _Section(total=len(shown_groups), figure_columns=columns, n_same=len(params) - len(differing),
+                     params=[{"name": name, "same": name not in differing} for name in params])
+    board.rows = [_make_board_row(position, group, columns, [(name, name not in differing) for name in params],
+                                  cells) for position, group in enumerate(shown_groups, start=1)]
+    board.schema1 = any(row["figures"][0].mark for row in board.rows)
+    return board
+
+
+def _make_board_row(position: int, group: Group, columns: list[str], params: list[tuple[str, bool]],
+                    cells: _Cells) -> dict[str, Any]:
+    """The board's row of `group` at rank `position`; `params`: (name, the same on every row) in column order."""
+    rec = group.best  # the row's run: the group's best on the validation split
+    listed = cells.listed[group.key]
+    return {
+        "anchor": node_id(rec.run_id), "rank": position, "run": cells.run_link(rec),
+        "ensemble": rec.kind == ENSEMBLE, "tree_href": LINEAGE_FILE + fragment(node_id(rec.run_id)),
+        "figures": [cells.group_figure(group), *(cells.group_figure(group, c) for c in columns[1:])],
+        "n": group.n, "range": f"{group.min:.4f}–{group.max:.4f}" if group.n > 1 else "",
+        "repeats": [{"anchor": node_id(each.run_id) if each is not rec else None, "run": cells.run_link(each),
+                     "seed": _param_value(each.params.get("seed")), "figure": cells.ranked_figure(each)}
+                    for each in listed] if group.n > 1 else [],
+        "repeats_more": group.n - len(listed),
+        "epochs_run": rec.epochs_run, "train_s": _number(rec.timings.train_s, 1),
+        "parent": cells.parent_link(rec.parent_run_id), "rerun_of": cells.parent_link(rec.rerun_of),
+        "params": [(cells.group_param(group, name), same) for name, same in params],
+    }
+
+
+def _list_pruned(found: RecordSet, cells: _Cells) -> _Section:
+    """The pruned runs' section: the `MAX_LISTED` most recent, with the epoch they reached."""
+    records = [rec for rec in found.records if rec.status == PRUNED]
+    return _Section(total=len(records),
+                    rows=[{"anchor": node_id(rec.run_id), "run": cells.run_link(rec), "epochs_run": rec.epochs_run,
+                           "figure": cells.ranked_figure(rec), "note": _note(rec)} for rec in _most_recent(records)])
+
+
+def _list_failed(found: RecordSet, cells: _Cells) -> _Section:
+    """The section of runs that did not complete (nor were pruned): the `MAX_LISTED` most recent, with the error."""
+    records = [rec for rec in found.records if rec.status not in (COMPLETED, PRUNED)]
+    return _Section(total=len(records),
+                    rows=[{"anchor": node_id(rec.run_id), "run": cells.run_link(rec), "status": rec.status,
+                           "note": _note(rec)} for rec in _most_recent(records)])
+
+
+def _list_refits(found: RecordSet, columns: list[str], cells: _Cells) -> _Section:
+    """The refits' section (`refit_runs`): the `MAX_LISTED` most recent, their test figures beside their originals'."""
+    records = refit_runs(found.records)
+    test_columns = [column for column in columns if column.startswith("test_")]
+    listed = _most_recent(records)
+    full = _loaded(found, listed)
+    original = cells.by_id
+    rows = [{"anchor": node_id(rec.run_id), "run": cells.run_link(rec), "refit_of": cells.parent_link(rec.refit_of),
+             "epochs_run": rec.epochs_run, "train_images": _train_images(full.get(rec.run_id)),
+             "figures": [cells.column_figure(rec, c) for c in test_columns],
+             "original": [cells.column_figure(original[rec.refit_of], c) if rec.refit_of in original
+                          else _Figure("") for c in test_columns]}
+            for rec in listed]
+    return _Section(rows=rows, total=len(records), figure_columns=test_columns)
+
+
+def _list_unranked(found: RecordSet, ranked: Sequence[RunRecord], columns: list[str], cells: _Cells) -> _Section:
+    """The section of completed runs that do not rank (`unranked_runs`): the `MAX_LISTED` most recent."""
+    records = unranked_runs(found.records, ranked)
+    return _Section(total=len(records), figure_columns=columns[1:],
+                    rows=[{"anchor": node_id(rec.run_id), "run": cells.run_link(rec), "kind": rec.kind,
+                           "figures": [cells.column_figure(rec, c) for c in columns[1:]]}
+                          for rec in _most_recent(records)])
+
+
+def _test_top_two(shown_groups: Sequence[Group], full: dict[str, RunRecord], ranking: Ranking,
+                  logs_dir: Path) -> Any:
+    """`runner.reports.stats.top_two` of the board's first two rows (each row's runs, its best first, read in
+    full where it could be), or `None` with fewer than two rows."""
+    if len(shown_groups) < 2:
+        return None
+    return top_two(*([full.get(g.best.run_id, g.best), *(r for r in g.runs if r is not g.best)]
+                     for g in shown_groups[:2]), ranking.metric, logs_dir)
+
+
+def _draw_figures(ranked: Sequence[RunRecord], ranking: Ranking, best_full: Optional[RunRecord],
+                  confusion_png: Optional[bytes],
+                  plot_png: Optional[bytes | Callable[[], Optional[bytes]]]) -> dict[str, Any]:
+    """The page's figures: the metric plot (`plot_png`, its result, else drawn here) and the best run's confusion
+    matrix (`confusion_png`, else `confusion_matrix_table` of `best_full`, the best run read in full)."""
+    plot = plot_png() if callable(plot_png) else plot_png
+    plot = plot if plot is not None else metric_plot_png(ranked, ranking)
+    return {"metric_plot": _data_uri(plot) if plot else None,
+            "confusion": _data_uri(confusion_png) if confusion_png and ranked else None,
+            "confusion_table": confusion_matrix_table(best_full) if best_full and not confusion_png else None}
+
+
 CSV_COLUMNS = ("rank", "run_id", "name", "status", "kind", "ranked_by", "ranked_split",
                *(f"val_{m}" for m in RANKING_METRICS), *(f"test_{m}" for m in RANKING_METRICS),
                "epochs_run", "best_epoch", "best_phase", "train_s", "eval_s", "total_s",
-               "parent_run_id", "started_at", "finished_at",
+               "parent_run_id", "refit_of", "started_at", "finished_at",
                "group_hash", "group_rank", "group_n", "group_mean", "group_std", "group_min", "group_max")
-"""The columns of `leaderboard.csv` before the `param.<name>` columns. `group_*`: the run's configuration
+"""The columns of `leaderboard.csv` before the `param.<name>` columns. `refit_of`: the run a refit trained
+again (`refit_runs`), empty for any other run. `group_*`: the run's configuration
 (`runner.records.groups`): its rank by mean, its number of repeats, and the mean, sample standard deviation
 (empty for one run), minimum and maximum of their ranking figures."""
 
 
 def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Sequence[RunRecord] = (), *,
-                    groups: Optional[Sequence[Group]] = None) -> str:
+                    groups: Optional[Sequence[Group]] = None, refits: Sequence[RunRecord] = ()) -> str:
     """`leaderboard.csv`: every completed run, ranked, with its validation and test figures and all parameters.
 
     The runs are listed by configuration, as the page's rows: configurations
@@ -610,10 +673,12 @@ def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Seq
         ranking: what they were ranked by (`ranked_by` is its column,
             `ranked_split` the split each figure came from: `val`, `test`
             or `test (schema 1)`).
-        unranked: completed runs without a figure for `ranking`, listed
-            after the ranked ones with an empty `rank`. Defaults to none.
+        unranked: `unranked_runs(records, ranked)`, listed after the ranked
+            ones with an empty `rank` (and `refit_of`). Defaults to none.
         groups: `group_ranked(ranked, ranking)`, when the caller has it (each
             group's statistics are computed once, there). Defaults to `None`: grouped here.
+        refits: `refit_runs(records)`, listed last with an empty `rank` and
+            their `refit_of`. Defaults to none.
 
     Returns:
         The CSV text: `CSV_COLUMNS`, then `param.<name>` for every parameter
@@ -624,7 +689,7 @@ def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Seq
     columns_of = {group.key: _group_columns(position, group) for position, group in enumerate(groups, start=1)}
     ranked = [rec for group in groups for rec in group.runs]
     group_columns = [columns_of[group.key] for group in groups for _ in group.runs]
-    rows = [*ranked, *unranked]
+    rows = [*ranked, *unranked, *refits]
     params = list(dict.fromkeys(chain.from_iterable(rec.params for rec in rows)))
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow([*CSV_COLUMNS, *(f"param.{name}" for name in params)])
@@ -646,7 +711,7 @@ def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Seq
             ranking.column, ranking.split_of(rec) if is_ranked else None, *val, *test,
             rec.epochs_run, rec.best_epoch, rec.best_phase,
             rec.timings.train_s, rec.timings.eval_s, rec.timings.total_s,
-            rec.parent_run_id, rec.started_at, rec.finished_at, rec.group_hash,
+            rec.parent_run_id, rec.refit_of, rec.started_at, rec.finished_at, rec.group_hash,
             *(group_columns[position - 1] if is_ranked else [None] * 6)])
         if params:  # the fixed columns, without their line end, then the parameters' cells
             out.write(line.getvalue()[:-1])
@@ -729,7 +794,7 @@ def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = 
     `<logs_dir>/.records-index.sqlite`); the runs the page lists and the best
     run are read in full. The html (`render_leaderboard`, with the best run's
     `confusion_matrix_png`) goes to `out_path`, the csv (`leaderboard_csv`:
-    every completed run ranked) beside it with the suffix `.csv`, and the
+    every completed run: ranked, then unranked (`unranked_runs`), then refits) beside it with the suffix `.csv`, and the
     lineage tree of warm starts to `lineage.html` in the same folder; each
     written atomically (`runner.records.write_text_atomic`).
 
@@ -758,13 +823,12 @@ def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = 
         groups = group_ranked(ranked, ranking)  # each group's statistics, once
         if ranked:
             plotter.submit(metric_plot_data(ranked, ranking, groups))  # drawn on the other core from here on
-        ranked_ids = {rec.run_id for rec in ranked}
-        unranked = [rec for rec in found.records if rec.status == COMPLETED and rec.run_id not in ranked_ids]
+        unranked = unranked_runs(found.records, ranked)
         best = _loaded(found, ranked[:1]).get(ranked[0].run_id) if ranked else None
         confusion = confusion_matrix_png(best, logs_dir) if best is not None else None
         board = Leaderboard(ranking, ranked, out_path, out_path.with_suffix(".csv"),
                             out_path.parent / LINEAGE_FILE, unranked, groups)
-        table = leaderboard_csv(ranked, ranking, unranked, groups=groups)
+        table = leaderboard_csv(ranked, ranking, unranked, groups=groups, refits=refit_runs(found.records))
         lineage = render_lineage(found.records, ranking, logs_dir, out_path.parent, out_path.name)
         page = render_leaderboard(found, ranking, ranked, top_n, out_path.parent, confusion, plotter.result,
                                   groups=groups, csv_name=board.csv_path.name)

@@ -14,6 +14,7 @@ from urllib.parse import quote
 from models.names import DEFAULT_METRIC
 from runner.records.query import Ranking, parse_metric
 from runner.records import RUN, RunRecord
+from runner.reports.links import fragment
 from runner.reports.templates import render
 
 def _as_ranking(metric: str | Ranking) -> Ranking:
@@ -140,6 +141,6 @@ def render_lineage(records: Sequence[RunRecord], metric: str | Ranking, logs_dir
         href = quote(posixpath.normpath(posixpath.join(logs_from_page, rel)), safe="/~") if rel else None
         nodes.append({"prefix": prefix, "run_id": rec.run_id, "anchor": node_id(rec.run_id), "href": href,
                       "label": _label(rec, ranking), "rerun_of": rec.rerun_of,
-                      "rerun_href": "#" + quote(node_id(rec.rerun_of), safe="") if rec.rerun_of else None})
+                      "rerun_href": fragment(node_id(rec.rerun_of)) if rec.rerun_of else None})
     return render("lineage.html", ranking=ranking, nodes=nodes, leaderboard_href=quote(leaderboard_name),
                   split_words="validation split" if ranking.split == "val" else "test split")

@@ -1,14 +1,19 @@
-"""Jinja2 templates of the html pages: the leaderboard, the lineage tree, an ensemble's report.
+"""Jinja2 templates of the html pages, rendered by name: `render("<page>.html", ...)`.
 
 Every page is rendered through `render`: one `jinja2.Environment` with
 `autoescape=True`, so every value a template prints (`{{ value }}`) is
 html-escaped, attribute values included; only `markupsafe.Markup` values pass
-as they are (the pages' own CSS and script, which `runner` inlines). A value
+as they are (the pages' own CSS and script, which `render` inlines). A value
 is escaped as `html.escape(str(value), quote=True)` does (`'` becomes
 `&#x27;`, `"` `&quot;`), and `None` prints as nothing.
 
-`base.html` holds the document shell (charset, viewport, title, inline
-style); `leaderboard.html`, `lineage.html` and `ensemble.html` extend it.
+Nothing here lists the pages: a template is found by its file name in this
+folder, and a page's own CSS and script by the same name in `ASSETS_DIR`
+(`page_assets`). `base.html` holds the document shell (charset, viewport,
+title, inline style: the page's `css` unless its template fills the `style`
+block itself); every page template extends it. A new page is its module
+(which calls `render`), its template, and optionally `assets/<page>.css` and
+`assets/<page>.js`, registered nowhere.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from markupsafe import Markup
 
 TEMPLATES_DIR = Path(__file__).resolve().parent
 """This folder: the `*.html` templates."""
+ASSETS_DIR = TEMPLATES_DIR.parent / "assets"
+"""`runner/reports/assets/`: a page's own CSS and script, `<page>.css` and `<page>.js`, inlined into it by
+`render` (one offline file: nothing beside the page, no network)."""
+ASSET_SUFFIXES = {"css": ".css", "js": ".js"}
+"""The template variables `render` fills from `ASSETS_DIR`, and the suffix of the file each is read from."""
 
 
 def _finalize(value: Any) -> Any:
@@ -58,18 +68,37 @@ def environment() -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
+def page_assets(name: str) -> dict[str, Markup]:
+    """The CSS and script of the template `name`, found by its name in `ASSETS_DIR`.
+
+    Args:
+        name: a template's file name, e.g. `"leaderboard.html"`: its assets are
+            `leaderboard.css` and `leaderboard.js`.
+
+    Returns:
+        `{"css": ..., "js": ...}` (`ASSET_SUFFIXES`), each the file's text as
+        `Markup` (the project's own, inlined as it is), or empty where the page has no such file.
+    """
+    stem = Path(name).stem
+    assets = {}
+    for variable, suffix in ASSET_SUFFIXES.items():
+        path = ASSETS_DIR / f"{stem}{suffix}"
+        assets[variable] = Markup(path.read_text(encoding="utf-8") if path.is_file() else "")
+    return assets
+
+
 def render(name: str, **context: Any) -> str:
-    """Render the template `name` with `context`.
+    """Render the template `name` with its assets (`page_assets`) and `context`.
 
     Args:
         name: a file of `TEMPLATES_DIR`, e.g. `"leaderboard.html"`.
-        **context: the template's variables.
+        **context: the template's variables (a `css` or `js` given here replaces the page's asset).
 
     Returns:
         The html document.
 
     Raises:
         jinja2.TemplateNotFound: no template `name`.
-        jinja2.UndefinedError: the template uses a variable not in `context`.
+        jinja2.UndefinedError: the template uses a variable not in `context` nor `ASSET_SUFFIXES`.
     """
-    return environment().get_template(name).render(**context)
+    return environment().get_template(name).render({**page_assets(name), **context})

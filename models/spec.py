@@ -5,13 +5,16 @@ notebook (`notebooks/base_experiment.ipynb`): the notebook's `parameters` cell
 holds the same names with the same defaults, the sweep runner validates every
 expanded grid configuration against this model before anything runs, and the
 predict path rebuilds a model from the `params` stored in a run record with it.
+Each parameter is described beside its field (`Field(description=...)`), in a
+grid file's spelling (`null`, `true`); `runner.grid.docs_tables` writes the
+parameter tables of `docs/grid.md` from those descriptions.
 
 This module imports neither TensorFlow nor Keras, so validating a grid is fast.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, ClassVar, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -20,28 +23,55 @@ from .hashing import sha256_json
 from .bases.registry import canonical_base
 from .names import EPOCH_LOG_KEYS, TTA_VIEWS
 
-HEADS = ("flatten", "gap")
-OPTIMIZERS = ("adam", "sgd", "adamw")
-LR_SCHEDULES = ("step", "plateau", "cosine")
-FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 DETERMINISTIC_DEFAULT = True
 """Default of the `deterministic` parameter. The notebook's parameters cell repeats it as a literal
 (papermill reads literals only); `tests/test_grid.py` fails when the two disagree."""
 
 
-def _refuse_unknown_keys(model: type[BaseModel], data, what: str):
-    """Refuses a mapping with keys that are not fields of `model`, naming the allowed ones.
+class SpecModel(BaseModel):
+    """Base of this module's models: immutable, strictly typed, finite, unknown keys refused by name.
 
-    Pydantic's own `extra="forbid"` message ("Extra inputs are not
-    permitted") does not list them.
+    Its configuration: `extra="forbid"` (a key that is not a field is refused),
+    `frozen=True` (an instance cannot be changed), `strict=True` (pydantic's
+    strict mode: `True` is not an int, `"32"` not an int, `"yes"` not a bool;
+    an int is accepted for a float field and a mapping for a nested model) and
+    `allow_inf_nan=False` (`.inf` and `.nan` are refused, as JSON cannot record
+    them). `model_dump(mode="json")` validates again unchanged.
+
+    A subclass that sets `param_path` refuses a mapping with unknown keys
+    naming every allowed key ("unknown key augmentation.flipp; allowed keys of
+    augmentation: random_resized_crop, flip, ..."), where pydantic's own
+    message ("Extra inputs are not permitted") does not list them. Then
+    `_input_form` may rewrite the input before its fields are validated (one
+    number into a mapping, say): a subclass overrides that hook rather than
+    adding a `mode="before"` validator, which pydantic would run before this
+    class's, so unknown keys are refused first and echoed as received.
+
+    Attributes:
+        param_path: where the mapping sits in a run's parameters, as messages
+            name it (`"augmentation.shear"`); `None` leaves unknown keys to
+            `extra="forbid"`. Defaults to `None`.
     """
-    if isinstance(data, dict):
-        unknown = [str(key) for key in data if key not in model.model_fields]
-        if unknown:
-            raise ValueError(f"unknown key{'s' * (len(unknown) > 1)} "
-                             f"{', '.join(f'{what}.{key}' for key in unknown)}; "
-                             f"allowed keys of {what}: {', '.join(model.model_fields)}")
-    return data
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    param_path: ClassVar[Optional[str]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        if cls.param_path is not None and isinstance(data, dict):
+            unknown = [str(key) for key in data if key not in cls.model_fields]
+            if unknown:
+                raise ValueError(f"unknown key{'s' * (len(unknown) > 1)} "
+                                 f"{', '.join(f'{cls.param_path}.{key}' for key in unknown)}; "
+                                 f"allowed keys of {cls.param_path}: {', '.join(cls.model_fields)}")
+        return cls._input_form(data)
+
+    @classmethod
+    def _input_form(cls, data: Any) -> Any:
+        """The input as the fields are validated from, once unknown keys are refused; `data` itself here."""
+        return data
 
 
 def _check_range(name: str, value: list[float], low: float, high: Optional[float], what: str) -> None:
@@ -52,26 +82,19 @@ def _check_range(name: str, value: list[float], low: float, high: Optional[float
         raise ValueError(f"{name}: got {value}, expected [min, max] with {bound} ({what})")
 
 
-class RandomResizedCropFactors(BaseModel):
-    """`random_resized_crop`: torchvision's `RandomResizedCrop` ranges.
+class RandomResizedCropFactors(SpecModel):
+    """The ranges of torchvision's `RandomResizedCrop` (this project's Keras layer follows it)."""
 
-    Attributes:
-        scale: `[min, max]` fraction of the image area kept, with
-            0 < min <= max <= 1. Defaults to torchvision's `[0.08, 1.0]`.
-        ratio: `[min, max]` width / height aspect ratio of the crop (drawn
-            log-uniformly), with 0 < min <= max. Defaults to torchvision's
-            `[0.75, 1.3333]` (3/4, 4/3).
-    """
+    param_path = "augmentation.random_resized_crop"
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    scale: list[float] = Field(default_factory=lambda: [0.08, 1.0], min_length=2, max_length=2)
-    ratio: list[float] = Field(default_factory=lambda: [3 / 4, 4 / 3], min_length=2, max_length=2)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data):
-        return _refuse_unknown_keys(cls, data, "augmentation.random_resized_crop")
+    scale: list[float] = Field(
+        default_factory=lambda: [0.08, 1.0], min_length=2, max_length=2,
+        description="`[min, max]` fraction of the image area kept, with 0 < min <= max <= 1; the default is "
+                    "torchvision's.")
+    ratio: list[float] = Field(
+        default_factory=lambda: [3 / 4, 4 / 3], min_length=2, max_length=2,
+        description="`[min, max]` width / height aspect ratio of the crop (drawn log-uniformly), with "
+                    "0 < min <= max; the default is torchvision's (3/4, 4/3).")
 
     @model_validator(mode="after")
     def _ranges(self) -> "RandomResizedCropFactors":
@@ -80,151 +103,115 @@ class RandomResizedCropFactors(BaseModel):
         return self
 
 
-class ShearFactors(BaseModel):
-    """`shear`: `keras.layers.RandomShear` factors; a single number sets both.
+class ShearFactors(SpecModel):
+    """The factors of `keras.layers.RandomShear`; a single number sets both."""
 
-    Attributes:
-        x: horizontal shear, up to this fraction of the width either way,
-            in [0, 1]. Defaults to `0`.
-        y: vertical shear, up to this fraction of the height either way,
-            in [0, 1]. Defaults to `0`.
-    """
+    param_path = "augmentation.shear"
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    x: float = Field(0.0, ge=0.0, le=1.0,
+                     description="Horizontal shear, up to this fraction of the width either way.")
+    y: float = Field(0.0, ge=0.0, le=1.0,
+                     description="Vertical shear, up to this fraction of the height either way.")
 
-    x: float = Field(0.0, ge=0.0, le=1.0)
-    y: float = Field(0.0, ge=0.0, le=1.0)
-
-    @model_validator(mode="before")
     @classmethod
-    def _known_keys(cls, data):
+    def _input_form(cls, data: Any) -> Any:
+        """A number sets both axes: `{x: n, y: n}`."""
         if isinstance(data, (int, float)) and not isinstance(data, bool):
             return {"x": data, "y": data}
-        return _refuse_unknown_keys(cls, data, "augmentation.shear")
+        return data
 
 
-class ColorJitterFactors(BaseModel):
-    """`color_jitter`: random brightness, contrast, saturation and hue, in that order.
+class ColorJitterFactors(SpecModel):
+    """Random brightness, contrast, saturation and hue, in that order.
 
     Ranges follow torchvision's `ColorJitter` except brightness, which is
     Keras's additive `RandomBrightness`. `0` turns one off.
-
-    Attributes:
-        brightness: add a random offset in [-b, b] x 255 (Keras
-            `RandomBrightness`), b in [0, 1]. Defaults to `0`.
-        contrast: scale the distance to each channel's mean by a random
-            factor in [1 - c, 1 + c] (Keras `RandomContrast`), c in [0, 1].
-            Defaults to `0`.
-        saturation: multiply the HSV saturation by a random factor in
-            [max(0, 1 - s), 1 + s] (Keras `RandomSaturation`), s >= 0.
-            Defaults to `0`.
-        hue: rotate the hue by a random fraction of the colour circle in
-            [-h, h] (Keras `RandomHue`), h in [0, 0.5]. Defaults to `0`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    param_path = "augmentation.color_jitter"
 
-    brightness: float = Field(0.0, ge=0.0, le=1.0)
-    contrast: float = Field(0.0, ge=0.0, le=1.0)
-    saturation: float = Field(0.0, ge=0.0)
-    hue: float = Field(0.0, ge=0.0, le=0.5)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data):
-        return _refuse_unknown_keys(cls, data, "augmentation.color_jitter")
-
-
-class RandAugmentFactors(BaseModel):
-    """`rand_augment`: `keras.layers.RandAugment` (Cubuk et al. 2020).
-
-    Attributes:
-        num_ops: operations applied one after the other (the paper's N),
-            >= 1. Defaults to `2`.
-        magnitude: strength of every operation (the paper's M, normalised by
-            Keras to [0, 1]). Defaults to `0.5`.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    num_ops: int = Field(2, ge=1)
-    magnitude: float = Field(0.5, ge=0.0, le=1.0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data):
-        return _refuse_unknown_keys(cls, data, "augmentation.rand_augment")
+    brightness: float = Field(0.0, ge=0.0, le=1.0,
+                              description="Add a random offset in [-b, b] x 255 (Keras `RandomBrightness`).")
+    contrast: float = Field(0.0, ge=0.0, le=1.0,
+                            description="Scale the distance to each channel's mean by a random factor in "
+                                        "[1 - c, 1 + c] (Keras `RandomContrast`).")
+    saturation: float = Field(0.0, ge=0.0,
+                              description="Multiply the HSV saturation by a random factor in "
+                                          "[max(0, 1 - s), 1 + s] (Keras `RandomSaturation`).")
+    hue: float = Field(0.0, ge=0.0, le=0.5,
+                       description="Rotate the hue by a random fraction of the colour circle in [-h, h] "
+                                   "(Keras `RandomHue`).")
 
 
-class Augmentation(BaseModel):
+class RandAugmentFactors(SpecModel):
+    """The factors of `keras.layers.RandAugment` (Cubuk et al. 2020)."""
+
+    param_path = "augmentation.rand_augment"
+
+    num_ops: int = Field(2, ge=1, description="Operations applied one after the other (the paper's N).")
+    magnitude: float = Field(0.5, ge=0.0, le=1.0,
+                             description="Strength of every operation (the paper's M, normalised by Keras to "
+                                         "[0, 1]).")
+
+
+class Augmentation(SpecModel):
     """Random augmentation of training batches (Keras preprocessing layers).
 
     Each key turns on one transform; the transforms run in the order of the
-    attributes below (`models.augment.build_augmentation`), per image with
+    fields below (`models.augment.build_augmentation`), per image with
     per-image random parameters, and keep images float32 in [0, 255]. `0`
-    (or `None`) turns a transform off. Unknown keys are refused with the list
-    of allowed ones. Types are strict, as in `ExperimentSpec`.
-
-    Attributes:
-        random_resized_crop: `None`, or a `RandomResizedCropFactors` mapping
-            (`{}` for torchvision's defaults): crop a random area fraction
-            and aspect ratio, resized back to `image_size`.
-        flip: `keras.layers.RandomFlip` mode: one of `"horizontal"`,
-            `"vertical"`, `"horizontal_and_vertical"`, or `None`.
-        rotation: `keras.layers.RandomRotation` factor, a fraction of a full
-            turn (0.1 = up to +/-36 degrees), in [0, 0.5].
-        shear: `None`, a number (both axes) or a `ShearFactors` mapping
-            `{x, y}`: `keras.layers.RandomShear`.
-        zoom: `keras.layers.RandomZoom` factor, the same for height and width,
-            in [0, 1).
-        stretch: extra independent width zoom (aspect-ratio change), in [0, 1).
-        translation: `keras.layers.RandomTranslation` factor, a fraction of
-            height and width, in [0, 1).
-        perspective: `keras.layers.RandomPerspective` distortion `scale`,
-            applied to every image, in [0, 1].
-        crop: random crop of up to this fraction of each side, resized back
-            to `image_size`, in [0, 1).
-        rand_augment: `None`, or a `RandAugmentFactors` mapping
-            `{num_ops, magnitude}`: `keras.layers.RandAugment`.
-        color_jitter: `None`, or a `ColorJitterFactors` mapping
-            `{brightness, contrast, saturation, hue}`.
-        grayscale: probability of turning an image grey
-            (`keras.layers.RandomGrayscale`), in [0, 1].
-        erasing: probability of erasing a random rectangle of 2-33 % of the
-            image with noise (`keras.layers.RandomErasing`, Zhong et al.
-            2020), in [0, 1].
-        mixup: mixup's Beta(alpha, alpha) parameter (`keras.layers.MixUp`,
-            Zhang et al. 2018), >= 0; mixes image pairs and their labels.
-        cutmix: CutMix's Beta(alpha, alpha) parameter (`keras.layers.CutMix`,
-            Yun et al. 2019), in [0, 1] (Keras's bound); pastes a patch of
-            another image and mixes the labels by area. At most one of
-            `mixup` and `cutmix`; either makes the training labels one-hot
-            and the loss `categorical_crossentropy`.
+    (or `null`) turns a transform off. Unknown keys are refused with the list
+    of allowed ones.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    param_path = "augmentation"
 
-    random_resized_crop: Optional[RandomResizedCropFactors] = None
-    flip: Optional[Literal["horizontal", "vertical", "horizontal_and_vertical"]] = None
-    rotation: float = Field(0.0, ge=0.0, le=0.5)
-    shear: Optional[ShearFactors] = None
-    zoom: float = Field(0.0, ge=0.0, lt=1.0)
-    stretch: float = Field(0.0, ge=0.0, lt=1.0)
-    translation: float = Field(0.0, ge=0.0, lt=1.0)
-    perspective: float = Field(0.0, ge=0.0, le=1.0)
-    crop: float = Field(0.0, ge=0.0, lt=1.0)
-    rand_augment: Optional[RandAugmentFactors] = None
-    color_jitter: Optional[ColorJitterFactors] = None
-    grayscale: float = Field(0.0, ge=0.0, le=1.0)
-    erasing: float = Field(0.0, ge=0.0, le=1.0)
-    mixup: float = Field(0.0, ge=0.0)
-    cutmix: float = Field(0.0, ge=0.0, le=1.0)
+    random_resized_crop: Optional[RandomResizedCropFactors] = Field(
+        None, description="Crop a random area fraction and aspect ratio, resized back to `image_size` "
+                          "(this project's torchvision-style layer); `{}` for torchvision's defaults.")
+    flip: Optional[Literal["horizontal", "vertical", "horizontal_and_vertical"]] = Field(
+        None, description="`keras.layers.RandomFlip` mode.")
+    rotation: float = Field(0.0, ge=0.0, le=0.5,
+                            description="`keras.layers.RandomRotation` factor, a fraction of a full turn "
+                                        "(0.1 = up to +/-36 degrees).")
+    shear: Optional[ShearFactors] = Field(
+        None, description="`keras.layers.RandomShear`: a number (both axes) or a mapping `{x, y}`.")
+    zoom: float = Field(0.0, ge=0.0, lt=1.0,
+                        description="`keras.layers.RandomZoom` factor, the same for height and width.")
+    stretch: float = Field(0.0, ge=0.0, lt=1.0, description="Extra independent width zoom (aspect-ratio change).")
+    translation: float = Field(0.0, ge=0.0, lt=1.0,
+                               description="`keras.layers.RandomTranslation` factor, a fraction of height and "
+                                           "width.")
+    perspective: float = Field(0.0, ge=0.0, le=1.0,
+                               description="`keras.layers.RandomPerspective` distortion `scale`, applied to "
+                                           "every image.")
+    crop: float = Field(0.0, ge=0.0, lt=1.0,
+                        description="Random crop of up to this fraction of each side, resized back to "
+                                    "`image_size`.")
+    rand_augment: Optional[RandAugmentFactors] = Field(
+        None, description="`keras.layers.RandAugment`: a mapping `{num_ops, magnitude}`.")
+    color_jitter: Optional[ColorJitterFactors] = Field(
+        None, description="A mapping `{brightness, contrast, saturation, hue}`.")
+    grayscale: float = Field(0.0, ge=0.0, le=1.0,
+                             description="Probability of turning an image grey (`keras.layers.RandomGrayscale`).")
+    erasing: float = Field(0.0, ge=0.0, le=1.0,
+                           description="Probability of erasing a random rectangle of 2-33 % of the image with "
+                                       "noise (`keras.layers.RandomErasing`, Zhong et al. 2020).")
+    mixup: float = Field(0.0, ge=0.0,
+                         description="mixup's Beta(alpha, alpha) parameter (`keras.layers.MixUp`, Zhang et al. "
+                                     "2018); mixes image pairs and their labels. At most one of `mixup` and "
+                                     "`cutmix`; either makes the training labels one-hot and the loss "
+                                     "`categorical_crossentropy`, and bypasses the activation cache.")
+    cutmix: float = Field(0.0, ge=0.0, le=1.0,
+                          description="CutMix's Beta(alpha, alpha) parameter (`keras.layers.CutMix`, Yun et al. "
+                                      "2019; the upper bound is Keras's); pastes a patch of another image and "
+                                      "mixes the labels by area. At most one of `mixup` and `cutmix`.")
 
-    @model_validator(mode="before")
     @classmethod
-    def _known_keys(cls, data):
-        data = _refuse_unknown_keys(cls, data, "augmentation")
-        if isinstance(data, dict):  # `shear: 0`, `color_jitter: {hue: 0}`: off, as `None` (no cache bypass)
+    def _input_form(cls, data: Any) -> Any:
+        """`shear: 0` and `color_jitter: {hue: 0}` (every factor 0) become `null`: off, without bypassing the
+        activation cache (`augmenting`)."""
+        if isinstance(data, dict):
             for key in ("shear", "color_jitter"):
                 value = data.get(key)
                 values = value.values() if isinstance(value, dict) else [value]
@@ -245,298 +232,258 @@ class Augmentation(BaseModel):
         return bool(self.mixup or self.cutmix)
 
 
-class FineTuneFrom(BaseModel):
-    """`fine_tune_layers: {from_layer: <name>}`: unfreeze the base from this layer up.
+class FineTuneFrom(SpecModel):
+    """`fine_tune_layers: {from_layer: <name>}`: unfreeze the base from a named layer up."""
 
-    Attributes:
-        from_layer: name of a layer of the base (e.g. VGG16's
-            `"block5_conv1"`); it and every layer after it in `base.layers`
-            are unfrozen. Checked against the base when training starts
-            (`models.training.resolve_fine_tune_layers`).
-    """
+    param_path = "fine_tune_layers"
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    from_layer: str = Field(min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data):
-        return _refuse_unknown_keys(cls, data, "fine_tune_layers")
+    from_layer: str = Field(
+        min_length=1,
+        description="Name of a layer of the base (e.g. VGG16's `block5_conv1`); it and every layer after it in "
+                    "`base.layers` are unfrozen. Checked against the base when training starts "
+                    "(`models.training.resolve_fine_tune_layers`).")
 
 
-class ExperimentSpec(BaseModel):
+class ExperimentSpec(SpecModel):
     """All parameters of one run, after defaults.
 
-    Field names and defaults match the notebook's `parameters` cell. Unknown
-    names are refused (`extra="forbid"`), and types are strict (pydantic's
-    strict mode): `True` is not an int, `"32"` not an int, `"yes"` not a
-    bool; an int is accepted for a float field and a mapping for
-    `augmentation`. Every float is finite (`allow_inf_nan=False`: `.inf`
-    and `.nan` are refused, as JSON cannot record them).
-    `model_dump(mode="json")` validates again unchanged.
-
-    Attributes:
-        data_dir: ImageFolder-style folder (one sub-folder of images per
-            class), or `"builtin:digits"` for scikit-learn's bundled digits,
-            exported once to `data/digits/` on first use.
-        max_images_per_class: keep at most this many images per class (seeded
-            random subset), or `None` for all.
-        val_fraction: fraction of each class held out for validation, in (0, 1).
-        test_fraction: fraction of each class held out for the test split,
-            in (0, 1); `val_fraction + test_fraction < 1`.
-        seed: seed of weight initialisation, shuffling and augmentation, and
-            of the split and the subset unless `split_seed` is set.
-        split_seed: `None` (the split follows `seed`), or the seed of the
-            split and the subset alone (`data_seed`): repeats with one
-            `split_seed` differ in initialisation, shuffling and augmentation
-            only, share their validation and test images, and can be
-            compared image by image (McNemar's test) and ensembled.
-        deterministic: make the run bit-reproducible: seed Python, NumPy,
-            TensorFlow and Keras with `seed` and enable TensorFlow's op
-            determinism (`models.reproducibility.set_determinism`, called
-            first thing by the notebook), so that the same parameters on the
-            same machine type and versions give the same weights, histories
-            and probabilities. Defaults to `DETERMINISTIC_DEFAULT`.
-        base: a `keras.applications` model name, case-insensitive and
-            ignoring `_` and `-` (`vgg16`, `VGG16`, `resnet50`,
-            `inception_resnet_v2`, `MobileNetV2`, ...), or a from-scratch CNN
-            (`simple_cnn_small`, `simple_cnn_medium`); stored in its one
-            canonical spelling (`models.bases.canonical_base`: `vgg16`,
-            `mobilenet_v2`), so config hashes, warm starts, cache keys and
-            the search's cost model see one name per base.
-        base_kwargs: extra keyword arguments of the base constructor
-            (e.g. `{"alpha": 0.35}`).
-        weights: `"imagenet"`, `None` (random initialisation) or a path to a
-            Keras weights file for the base (`include_top=False`).
-        weights_dir: folder of offline ImageNet weights files used instead of
-            the download when `weights == "imagenet"`; `None` reads the
-            `NBSWEEP_WEIGHTS_DIR` environment variable.
-        image_size: side of the square model input, pixels.
-        head: `"flatten"` or `"gap"` (global average pooling).
-        dense_units: widths of the dense layers of the head, e.g. `[512, 256]`.
-        dropout: dropout rate before each dense layer and the classifier.
-        l2: L2 regularisation factor on the head's dense kernels.
-        augmentation: `None` (off) or an `Augmentation` mapping.
-        optimizer: `"adam"`, `"sgd"` (with `momentum`) or `"adamw"` (with
-            `weight_decay`).
-        momentum: SGD momentum.
-        weight_decay: AdamW decoupled weight decay.
-        learning_rate: initial learning rate of the head phase.
-        lr_schedule: schedule of the head phase: `None`, `"step"`,
-            `"plateau"` or `"cosine"`.
-        lr_step_milestones: epochs (0-based, counted from the phase's first
-            epoch) at which `step` multiplies the learning rate by
-            `lr_step_gamma`.
-        lr_step_gamma: factor of the `step` schedule.
-        lr_plateau_patience: epochs without `val_loss` improvement before
-            `plateau` multiplies the learning rate by `lr_plateau_factor`.
-        lr_plateau_factor: factor of the `plateau` schedule.
-        warmup_epochs: linear learning-rate warm-up from 0 to the phase's
-            rate over the first `warmup_epochs` epochs of each phase, step by
-            step (Goyal et al. 2017, "Accurate, Large Minibatch SGD"); 0 = off.
-            Must be below each phase's epochs.
-        label_smoothing: label smoothing of the cross-entropy, in [0, 1)
-            (Szegedy et al. 2016, "Rethinking the Inception Architecture"):
-            targets `(1 - e) * one_hot + e / num_classes`; > 0 makes the
-            labels one-hot and the loss `CategoricalCrossentropy`.
-        epochs: epochs of the head phase (>= 0); 0 skips it and fine-tunes
-            from the first epoch (needs `fine_tune_layers`).
-        batch_size: images per batch.
-        early_stopping_patience: epochs without improvement of
-            `early_stopping_monitor` before stopping, or `None` for no early
-            stopping.
-        early_stopping_monitor: `"val_loss"` (lower is better),
-            `"val_accuracy"` or `"val_weighted_recall"` (higher is better;
-            for single-label classification weighted recall equals accuracy,
-            so it follows Keras's `val_accuracy`).
-        class_weight: `None` or `"balanced"` (scikit-learn's
-            `compute_class_weight`).
-        batch_sampler: `None`, or `"balanced"`: every training batch is drawn
-            evenly from the classes (`tf.data.Dataset.sample_from_datasets`
-            over per-class repeated, shuffled streams with equal weights;
-            `models.data.index_batches`), `ceil(n_train / batch_size)`
-            batches an epoch; works on images and on cached activations.
-            Another correction for class imbalance than `class_weight`: at
-            most one of the two. (Named `sampler` before; that name is
-            refused now, as a search's `search: {sampler: ...}` is Optuna's.)
-        jit_compile: XLA compilation of the train step
-            (`model.compile(jit_compile=...)`): `False`, `True` or `"auto"`
-            (Keras's choice: XLA where a GPU is visible).
-        precision: `"float32"`, `"mixed_float16"` or `"mixed_bfloat16"`:
-            Keras's global dtype policy while the model is built (mixed
-            precision needs a GPU; refused at build time without one).
-        fine_tune_layers: after the head phase, unfreeze the top of the base:
-            an int N (its last N layers), a float in [0, 1] (that fraction of
-            its layers, rounded; a fraction > 0 unfreezes at least one), or
-            `{from_layer: <layer name>}` (that layer and all after it); 0 = no
-            fine-tuning phase. Resolved to a layer count once, when training
-            starts (`models.training.resolve_fine_tune_layers`). Refused with
-            `weights=None`, whose base is trained whole anyway.
-        fine_tune_epochs: epochs of the fine-tuning phase.
-        fine_tune_learning_rate: learning rate of the fine-tuning phase.
-        fine_tune_lr_schedule: schedule of the fine-tuning phase, as
-            `lr_schedule` (same `lr_step_*` / `lr_plateau_*` parameters).
-        unfreeze_batchnorm: also unfreeze the BatchNormalization layers among
-            the fine-tuned ones: their scale and offset train and their
-            moving statistics follow the training batches (Keras 3 runs an
-            unfrozen BatchNormalization layer in training mode during `fit`).
-            Defaults to frozen (inference mode, ImageNet's statistics), as in
-            Keras's transfer-learning guide.
-        ema: `None` (off), or the momentum m in (0, 1) of an exponential
-            moving average of the trainable weights (Polyak averaging; Keras
-            optimizers' `use_ema=True, ema_momentum=m`): after each step
-            `average = m * average + (1 - m) * weights`, the first step's
-            weights starting it, anew in each phase (e.g. `0.999`: about the
-            last 1000 steps). The averaged weights are what is validated
-            every epoch, kept as best, checkpointed, saved as the run's weights
-            and evaluated; the raw weights only train
-            (`models.training.averaging`). Non-trainable weights
-            (BatchNormalization's moving statistics) are not averaged.
-        swa_epochs: `None` (off), or k in [1, `fine_tune_epochs`]: stochastic
-            weight averaging (Izmailov et al. 2018) of the last k epochs of
-            the fine-tuning phase (the last k run, early stopping
-            included): the saved, evaluated model holds the mean of those
-            epochs' weights instead of the best epoch's, and the
-            BatchNormalization layers that trained in training mode get
-            their moving statistics recomputed on the training images for
-            the averaged weights. Needs a fine-tuning phase; exclusive with
-            `ema`.
-        train_on_val: train on the training and validation splits together
-            (set by a grid's `refit: true` for its refit run): nothing is
-            left to validate on, so every epoch runs (no early stopping,
-            no `plateau` schedule, the last epoch's weights are kept) and
-            only the test split is evaluated; the split (and its
-            manifest) stays the same, so the test images are those of the
-            runs it is compared with.
-        name: a name for the run (letters, digits, `_`, `-`, `.`), unique
-            in the logs folder, shown on the leaderboard and in the lineage
-            tree, and usable as a `warm_start` reference (`exp_002`);
-            `None` for none.
-        warm_start: start from the trained weights of an earlier run: a run
-            id, a run `name`, a unique prefix of a run id, or `"best"` (the
-            best completed run by the grid's metric on the validation split,
-            when this run starts, among runs with the same base, base_kwargs,
-            head, dense_units and image_size, restricted by `best_of`; with
-            repeats, the configuration with the best mean over its seeds, and
-            of it the run best on the validation split);
-            `None` for a fresh start. The earlier run must have the same base,
-            base_kwargs, head, dense_units, image_size and classes. Values
-            with `/`, `\\` or `..` are refused (records are looked up in the
-            logs folder only).
-        warm_start_checkpoint: which weights of that run: `"best"` (its
-            kept weights, `trained_weights.h5` or `model.keras`) or an epoch
-            number k >= 1 (its `checkpoints/epoch_<k>.trained_weights.h5`,
-            which must have been kept: see `keep_checkpoints`).
-        best_of: restricts `warm_start: best`: `"roots"` (runs that were not
-            warm-started themselves) or a name prefix (runs whose `name`
-            starts with it); `None` for every fitting run.
-        keep_checkpoints: per-epoch checkpoints kept in
-            `<run>/checkpoints/`: 0 none (the default), k the last k, `None`
-            all. A checkpoint holds only what the run trained, as the run's
-            weights file does (`models.saving`). None kept by default: the
-            best epoch's weights are the run's weights file already, which is
-            also what `warm_start_checkpoint: best` loads: a warm start from
-            another epoch (`warm_start_checkpoint: k`, e.g. the last, to go
-            on training) needs this (or `keep_best_checkpoints`) set in the
-            parent. Disk per checkpoint: the trained variables (the head, and
-            the unfrozen base layers when fine-tuning; ~0.5 MB for a `gap`
-            head of 256 units on VGG16), or the full model for a run from
-            scratch or warm-started (59 MB for VGG16).
-        keep_best_checkpoints: `None`, or k >= 1: also keep the k best
-            checkpoints by `checkpoint_monitor` (a file kept by either rule
-            stays); needs `keep_checkpoints` set (0 keeps only the best).
-        checkpoint_monitor: which epoch's weights are the run's best
-            (its weights file, `best_epoch`) and rank `keep_best_checkpoints`:
-            `"val_loss"`, `"val_accuracy"` or `"val_weighted_recall"` (as
-            `early_stopping_monitor`).
-        activation_cache: compute the frozen layers' outputs once and train
-            the layers above them on the stored outputs (`models.cache`);
-            bypassed, and the reason recorded, when nothing is frozen or
-            augmentation is on without `augmented_copies`.
-        activation_cache_dtype: `"float32"` or `"float16"` (half the disk
-            and memory, outputs rounded to ~3 significant digits).
-        augmented_copies: with augmentation on, cache this many augmented
-            copies of each training image (an epoch draws from them); 0
-            bypasses the cache for augmented runs.
-        cache_dir: the cache folder; `None` reads `NBSWEEP_CACHE_DIR`, else
-            `<project>/.cache/activations`.
-        tta: test-time augmentation of the evaluation (val and test) and of
-            `runner.core.predict`: `None` (off) or a non-empty list of distinct
-            `"flip"` (horizontal mirror), `"vflip"` (vertical mirror) and
-            `"crop"` (the 4 corner and the centre crops of 87.5 % of each
-            side, resized back); the prediction is the mean of the softmax
-            outputs over the original and every copy
-            (`models.evaluate.predict_with_tta`). The full model runs on
-            the copies, so evaluation does not read the activation cache.
+    Field names and defaults match the notebook's `parameters` cell; each
+    field's `description` says what it does. Unknown names are refused
+    (`extra="forbid"`, pydantic's message), types are strict and floats finite
+    (`SpecModel`).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
     # Data
-    data_dir: str = "builtin:digits"
-    max_images_per_class: Optional[int] = Field(None, ge=1)
-    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    seed: int = 42
-    split_seed: Optional[int] = None
-    deterministic: bool = DETERMINISTIC_DEFAULT
+    data_dir: str = Field(
+        "builtin:digits",
+        description="ImageFolder-style folder (one sub-folder of images per class), or `builtin:digits` for "
+                    "scikit-learn's bundled digits, exported once to `data/digits/` on first use. Corrupt or "
+                    "truncated images and non-image files in class folders are skipped with a warning and "
+                    "listed in the record; a sub-folder whose name starts with `.` (`.ipynb_checkpoints`) is "
+                    "never a class, and is listed as skipped with the number of images it holds.")
+    max_images_per_class: Optional[int] = Field(
+        None, ge=1, description="Keep at most this many images per class (a seeded random subset), or `null` "
+                                "for all.")
+    val_fraction: float = Field(
+        0.15, gt=0.0, lt=1.0,
+        description="Fraction of each class held out for validation (a deterministic stratified split).")
+    test_fraction: float = Field(
+        0.15, gt=0.0, lt=1.0,
+        description="Fraction of each class held out for the test split; `val_fraction + test_fraction < 1`.")
+    seed: int = Field(
+        42, description="Seed of weight initialisation, shuffling and augmentation, and of the split and the "
+                        "subset unless `split_seed` is set.")
+    split_seed: Optional[int] = Field(
+        None, description="`null` (the split follows `seed`), or the seed of the split and the subset alone "
+                          "(`data_seed`): repeats with one `split_seed` differ in initialisation, shuffling "
+                          "and augmentation only, share their validation and test images, and can be compared "
+                          "image by image (McNemar's test) and ensembled.")
+    deterministic: bool = Field(
+        DETERMINISTIC_DEFAULT,
+        description="Make the run bit-reproducible: seed Python, NumPy, TensorFlow and Keras with `seed` and "
+                    "enable TensorFlow's op determinism (`models.reproducibility.set_determinism`, called first "
+                    "thing by the notebook), so that the same parameters on the same machine type and versions "
+                    "give the same weights, histories and probabilities; `false`: seeded but not "
+                    "op-deterministic. The default is `DETERMINISTIC_DEFAULT`.")
     # Model
-    base: str = "vgg16"
-    base_kwargs: dict = Field(default_factory=dict)
-    weights: Optional[str] = "imagenet"
-    weights_dir: Optional[str] = None
-    image_size: int = Field(128, ge=8, le=1024)
-    head: Literal["flatten", "gap"] = "gap"
-    dense_units: list[int] = Field(default_factory=lambda: [256])
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    l2: float = Field(0.0, ge=0.0)
-    augmentation: Optional[Augmentation] = None
+    base: str = Field(
+        "vgg16",
+        description="A `keras.applications` model name, case-insensitive and ignoring `_` and `-` (`vgg16`, "
+                    "`VGG16`, `resnet50`, `inception_resnet_v2`, `MobileNetV2`, `efficientnet_b0`, ...), or a "
+                    "from-scratch CNN (`simple_cnn_small`, `simple_cnn_medium`); stored in its one canonical "
+                    "spelling (`models.bases.canonical_base`: `vgg16`, `mobilenet_v2`), so config hashes, warm "
+                    "starts, cache keys and the search's cost model see one name per base.")
+    base_kwargs: dict = Field(
+        default_factory=dict, description="Extra keyword arguments of the base constructor (e.g. "
+                                          "`{alpha: 0.35}`).")
+    weights: Optional[str] = Field(
+        "imagenet", description="`imagenet`, `null` (random initialisation) or a path to a Keras weights file "
+                                "for the base (`include_top=False`).")
+    weights_dir: Optional[str] = Field(
+        None, description="Folder of offline ImageNet weights files used instead of the download when "
+                          "`weights` is `imagenet`; `null` reads the `NBSWEEP_WEIGHTS_DIR` environment "
+                          "variable.")
+    image_size: int = Field(128, ge=8, le=1024, description="Side of the square model input, pixels.")
+    head: Literal["flatten", "gap"] = Field(
+        "gap", description="`flatten`, or `gap` (global average pooling).")
+    dense_units: list[int] = Field(
+        default_factory=lambda: [256],
+        description="Widths of the dense layers of the head, e.g. `[512, 256]`; each >= 1.")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0,
+                           description="Dropout rate before each dense layer and the classifier.")
+    l2: float = Field(0.0, ge=0.0, description="L2 regularisation factor on the head's dense kernels.")
+    augmentation: Optional[Augmentation] = Field(
+        None, description="`null` (off), or random augmentation of the training batches (`Augmentation`).")
     # Optimisation
-    optimizer: Literal["adam", "sgd", "adamw"] = "adam"
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    learning_rate: float = Field(1e-3, gt=0.0)
-    lr_schedule: Optional[Literal["step", "plateau", "cosine"]] = None
-    lr_step_milestones: list[int] = Field(default_factory=list)
-    lr_step_gamma: float = Field(0.1, gt=0.0)
-    lr_plateau_patience: int = Field(2, ge=1)
-    lr_plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
-    warmup_epochs: int = Field(0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(32, ge=1)
-    early_stopping_patience: Optional[int] = Field(3, ge=1)
-    early_stopping_monitor: Literal[tuple(EPOCH_LOG_KEYS)] = "val_loss"
-    class_weight: Optional[Literal["balanced"]] = None
-    batch_sampler: Optional[Literal["balanced"]] = None
-    jit_compile: Union[bool, Literal["auto"]] = "auto"
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    optimizer: Literal["adam", "sgd", "adamw"] = Field(
+        "adam", description="`adam`, `sgd` (with `momentum`) or `adamw` (with `weight_decay`).")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW decoupled weight decay.")
+    gradient_clip_norm: Optional[float] = Field(
+        None, gt=0.0,
+        description="Clip the gradients of each step to this global L2 norm, over all trained variables at once "
+                    "(Keras's `global_clipnorm`; PyTorch's `clip_grad_norm_`), in both phases; `null`: no clipping. "
+                    "Bounds the first fine-tuning steps, whose gradients through a just-unfrozen base can be large.")
+    learning_rate: float = Field(1e-3, gt=0.0, description="Initial learning rate of the head phase.")
+    lr_schedule: Optional[Literal["step", "plateau", "cosine"]] = Field(
+        None, description="Schedule of the head phase: `null`, `step` (`lr_step_milestones`, `lr_step_gamma`), "
+                          "`plateau` (`lr_plateau_patience`, `lr_plateau_factor`) or `cosine`.")
+    lr_step_milestones: list[int] = Field(
+        default_factory=list,
+        description="Epochs (0-based, counted from the phase's first epoch) at which `step` multiplies the "
+                    "learning rate by `lr_step_gamma`.")
+    lr_step_gamma: float = Field(0.1, gt=0.0, description="Factor of the `step` schedule.")
+    lr_plateau_patience: int = Field(
+        2, ge=1, description="Epochs without `val_loss` improvement before `plateau` multiplies the learning "
+                             "rate by `lr_plateau_factor`.")
+    lr_plateau_factor: float = Field(0.5, gt=0.0, lt=1.0, description="Factor of the `plateau` schedule.")
+    warmup_epochs: int = Field(
+        0, ge=0, description="Linear learning-rate warm-up from 0 to the phase's rate over the first "
+                             "`warmup_epochs` epochs of each phase, step by step (Goyal et al. 2017, \"Accurate, "
+                             "Large Minibatch SGD\"); 0 = off. Must be below each phase's epochs.")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Label smoothing of the cross-entropy (Szegedy et al. 2016, \"Rethinking the Inception "
+                    "Architecture\"): targets `(1 - e) * one_hot + e / num_classes`; > 0 makes the labels "
+                    "one-hot and the loss `CategoricalCrossentropy`. The activation cache still applies.")
+    epochs: int = Field(
+        10, ge=0, description="Epochs of the head phase; 0 skips it and fine-tunes from the first epoch (needs "
+                              "`fine_tune_layers`).")
+    batch_size: int = Field(32, ge=1, description="Images per batch.")
+    early_stopping_patience: Optional[int] = Field(
+        3, ge=1, description="Epochs without improvement of `early_stopping_monitor` before stopping, or `null` "
+                             "for no early stopping.")
+    early_stopping_monitor: Literal[tuple(EPOCH_LOG_KEYS)] = Field(
+        "val_loss", description="`val_loss` (lower is better), `val_accuracy` or `val_weighted_recall` (higher "
+                                "is better; for single-label classification weighted recall equals accuracy, "
+                                "so it follows Keras's `val_accuracy`).")
+    class_weight: Optional[Literal["balanced"]] = Field(
+        None, description="`null`, or `balanced` (scikit-learn's `compute_class_weight`).")
+    batch_sampler: Optional[Literal["balanced"]] = Field(
+        None, description="`null`, or `balanced`: every training batch is drawn evenly from the classes "
+                          "(`tf.data.Dataset.sample_from_datasets` over per-class repeated, shuffled streams "
+                          "with equal weights; `models.data.index_batches`), `ceil(n_train / batch_size)` "
+                          "batches an epoch; works on images and on cached activations. Another correction "
+                          "for class imbalance than `class_weight`: at most one of the two. A grid's "
+                          "`sampler` key is refused with a message naming this one (`search: {sampler: ...}` "
+                          "is the search's Optuna sampler).")
+    jit_compile: Union[bool, Literal["auto"]] = Field(
+        "auto", description="XLA compilation of the train step (`model.compile(jit_compile=...)`): `false`, "
+                            "`true` or `auto` (Keras's choice: XLA where a GPU is visible).")
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        "float32", description="Keras's global dtype policy while the model is built (mixed precision needs a "
+                               "GPU; refused at build time where TensorFlow sees none).")
     # Fine-tuning
-    fine_tune_layers: Union[int, float, FineTuneFrom] = 0
-    fine_tune_epochs: int = Field(0, ge=0)
-    fine_tune_learning_rate: float = Field(1e-5, gt=0.0)
-    fine_tune_lr_schedule: Optional[Literal["step", "plateau", "cosine"]] = None
-    unfreeze_batchnorm: bool = False
+    fine_tune_layers: Union[int, float, FineTuneFrom] = Field(
+        0, description="After the head phase, unfreeze the top of the base: an int N (its last N layers), a "
+                       "float in [0, 1] (that fraction of its layers, rounded; a fraction > 0 unfreezes at "
+                       "least one), or `{from_layer: <layer name>}` (that layer and all after it; in a `grid:` "
+                       "write it inside a list: `[{from_layer: block5_conv1}]`); 0 = no fine-tuning phase. "
+                       "Resolved to a layer count once, when training starts "
+                       "(`models.training.resolve_fine_tune_layers`), and recorded as "
+                       "`fine_tune_layers_resolved`. Refused with `weights: null`, whose base is trained whole "
+                       "anyway.")
+    fine_tune_epochs: int = Field(0, ge=0, description="Epochs of the fine-tuning phase.")
+    fine_tune_learning_rate: float = Field(1e-5, gt=0.0, description="Learning rate of the fine-tuning phase.")
+    fine_tune_lr_schedule: Optional[Literal["step", "plateau", "cosine"]] = Field(
+        None, description="Schedule of the fine-tuning phase, as `lr_schedule` (same `lr_step_*` / "
+                          "`lr_plateau_*` parameters).")
+    unfreeze_batchnorm: bool = Field(
+        False, description="Also unfreeze the BatchNormalization layers among the fine-tuned ones: their scale "
+                           "and offset train and their moving statistics follow the training batches (Keras 3 "
+                           "runs an unfrozen BatchNormalization layer in training mode during `fit`). By default "
+                           "they stay frozen (inference mode, ImageNet's statistics), as in Keras's "
+                           "transfer-learning guide.")
     # Weight averaging and refit
-    ema: Optional[float] = None
-    swa_epochs: Optional[int] = None
-    train_on_val: bool = False
+    ema: Optional[float] = Field(
+        None, description="`null` (off), or the momentum m in (0, 1) of an exponential moving average of the "
+                          "trainable weights (Polyak averaging; Keras optimizers' `use_ema=True, "
+                          "ema_momentum=m`): after each step `average = m * average + (1 - m) * weights`, the "
+                          "first step's weights starting it, anew in each phase (e.g. `0.999`: about the last "
+                          "1000 steps). The averaged weights are what is validated every epoch, kept as best, "
+                          "checkpointed, saved as the run's weights and evaluated; the raw weights only train "
+                          "(`models.training.averaging`). Non-trainable weights (BatchNormalization's moving "
+                          "statistics) are not averaged.")
+    swa_epochs: Optional[int] = Field(
+        None, description="`null` (off), or k in [1, `fine_tune_epochs`]: stochastic weight averaging "
+                          "(Izmailov et al. 2018) of the last k epochs of the fine-tuning phase (the last k "
+                          "run, early stopping included): the saved, evaluated model holds the mean of those "
+                          "epochs' weights instead of the best epoch's, and the BatchNormalization layers that "
+                          "trained in training mode get their moving statistics recomputed on the training "
+                          "images for the averaged weights; the record's `weight_averaging` lists the epochs "
+                          "averaged. Needs a fine-tuning phase; exclusive with `ema`.")
+    train_on_val: bool = Field(
+        False, description="Train on the training and validation splits together (set by a grid's "
+                           "`refit: true` for its refit run): nothing is left to validate on, so every epoch "
+                           "runs (no early stopping, no `plateau` schedule, the last epoch's weights are kept) "
+                           "and only the test split is evaluated; the split (and its manifest) stays the same, "
+                           "so the test images are those of the runs it is compared with.")
     # Warm start and checkpoints
-    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
-    warm_start: Optional[str] = None
-    warm_start_checkpoint: Union[Literal["best"], int] = "best"
-    best_of: Optional[str] = None
-    keep_checkpoints: Optional[int] = Field(0, ge=0)
-    keep_best_checkpoints: Optional[int] = Field(None, ge=1)
-    checkpoint_monitor: Literal[tuple(EPOCH_LOG_KEYS)] = "val_loss"
+    name: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80,
+        description="A name for the run (letters, digits, `_`, `-`, `.`), unique in the logs folder (a name "
+                    "taken by another configuration is refused before anything runs), shown on the leaderboard "
+                    "and in the lineage tree, and usable as a `warm_start` reference (`exp_002`); `null` for "
+                    "none.")
+    warm_start: Optional[str] = Field(
+        None, description="Start from the trained weights of an earlier run: a run id, a run `name`, a unique "
+                          "prefix of a run id, or `best` (the best completed run by the grid's metric on the "
+                          "validation split, when this run starts, among runs with the same base, base_kwargs, "
+                          "head, dense_units and image_size, restricted by `best_of`; with repeats, the "
+                          "configuration with the best mean over its seeds, and of it the run best on the "
+                          "validation split); `null` for a fresh start. The earlier run must have the same "
+                          "base, base_kwargs, head, dense_units, image_size and classes. Values with `/`, `\\` "
+                          "or `..` are refused (records are looked up in the logs folder only).")
+    warm_start_checkpoint: Union[Literal["best"], int] = Field(
+        "best", description="Which weights of the `warm_start` run: `best` (its kept weights, "
+                            "`trained_weights.h5` or `model.keras`) or an epoch number k >= 1 (its "
+                            "`checkpoints/epoch_<k>.trained_weights.h5`, which must have been kept: see "
+                            "`keep_checkpoints`).")
+    best_of: Optional[str] = Field(
+        None, description="Restricts `warm_start: best`: `roots` (runs that were not warm-started themselves) "
+                          "or a name prefix (runs whose `name` starts with it, e.g. `exp_`); `null` for every "
+                          "fitting run.")
+    keep_checkpoints: Optional[int] = Field(
+        0, ge=0,
+        description="Per-epoch checkpoints kept in `<run>/checkpoints/`: 0 none, k the last k, `null` all. A "
+                    "checkpoint holds only what the run trained, as the run's weights file does "
+                    "(`models.saving`). None kept by default: the best epoch's weights are the run's weights "
+                    "file already, which is also what `warm_start_checkpoint: best` loads: a warm start from "
+                    "another epoch (`warm_start_checkpoint: k`, e.g. the last, to go on training) needs this "
+                    "(or `keep_best_checkpoints`) set in the parent. Disk per checkpoint: the trained variables "
+                    "(the head, and the unfrozen base layers when fine-tuning; ~0.5 MB for a `gap` head of 256 "
+                    "units on VGG16), or the full model for a run from scratch or warm-started (59 MB for "
+                    "VGG16).")
+    keep_best_checkpoints: Optional[int] = Field(
+        None, ge=1, description="`null`, or k: also keep the k best checkpoints by `checkpoint_monitor` (a file "
+                                "kept by either rule stays); needs `keep_checkpoints` set (0 keeps only the "
+                                "best).")
+    checkpoint_monitor: Literal[tuple(EPOCH_LOG_KEYS)] = Field(
+        "val_loss", description="Which epoch's weights are the run's best (its weights file, `best_epoch`) and "
+                                "rank `keep_best_checkpoints`, as `early_stopping_monitor`.")
     # Activation cache
-    activation_cache: bool = True
-    activation_cache_dtype: Literal["float32", "float16"] = "float32"
-    augmented_copies: int = Field(0, ge=0)
-    cache_dir: Optional[str] = None
+    activation_cache: bool = Field(
+        True, description="Compute the frozen layers' outputs once and train the layers above them on the "
+                          "stored outputs (`models.cache`); bypassed, and the reason recorded, when nothing is "
+                          "frozen or augmentation is on without `augmented_copies`.")
+    activation_cache_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="`float16` halves the disk and memory; outputs are rounded to ~3 significant "
+                               "digits.")
+    augmented_copies: int = Field(
+        0, ge=0, description="With augmentation on, cache this many augmented copies of each training image (an "
+                             "epoch draws from them); 0 bypasses the cache for augmented runs.")
+    cache_dir: Optional[str] = Field(
+        None, description="The cache folder; `null` reads `NBSWEEP_CACHE_DIR`, else "
+                          "`<project>/.cache/activations`.")
     # Evaluation
-    tta: Optional[list[Literal[TTA_VIEWS]]] = None
+    tta: Optional[list[Literal[TTA_VIEWS]]] = Field(
+        None, description="Test-time augmentation of the evaluation (val and test) and of "
+                          "`runner.core.predict`: `null` (off) or a non-empty list of distinct `flip` "
+                          "(horizontal mirror), `vflip` (vertical mirror) and `crop` (the 4 corner and the "
+                          "centre crops of 87.5 % of each side, resized back); the prediction is the mean of the "
+                          "softmax outputs over the original and every copy (`models.evaluate.predict_with_tta`). "
+                          "The full model runs on the copies, so evaluation does not read the activation cache "
+                          "(recorded).")
 
     @field_validator("fine_tune_layers", mode="before")
     @classmethod
@@ -687,6 +634,11 @@ class ExperimentSpec(BaseModel):
         return isinstance(self.fine_tune_layers, FineTuneFrom) or self.fine_tune_layers != 0
 
     @property
+    def max_epochs(self) -> int:
+        """Epochs a run trains at most: `epochs`, plus `fine_tune_epochs` when it fine-tunes."""
+        return self.epochs + (self.fine_tune_epochs if self.fine_tunes else 0)
+
+    @property
     def from_scratch(self) -> bool:
         """True when the base starts from random weights and is trained whole."""
         return self.weights is None
@@ -747,7 +699,7 @@ def cache_entry_inputs(spec: ExperimentSpec) -> dict:
         change.
     """
     copies = spec.augmented_copies if augmenting(spec) else 0
-    inputs = {"base": canonical_base(spec.base), "base_kwargs": spec.base_kwargs, "image_size": spec.image_size,
+    inputs = {"base": spec.base, "base_kwargs": spec.base_kwargs, "image_size": spec.image_size,
               "dtype": spec.activation_cache_dtype,
               "augmentation": spec.augmentation.model_dump(mode="json") if copies else None,
               "augmented_copies": copies, "augmentation_seed": spec.seed if copies else None}
@@ -787,3 +739,21 @@ def cache_build_key(spec: ExperimentSpec) -> Optional[str]:
     if spec.warm_start is None:  # the checkpoint of no parent
         decided_by["warm_start_checkpoint"] = None
     return sha256_json({**cache_entry_inputs(spec), **decided_by})[:32]
+
+
+def experiment_spec(params: Mapping[str, Any]) -> ExperimentSpec:
+    """The `ExperimentSpec` of a run's parameters as a run or a record holds them.
+
+    Args:
+        params: a run's parameters (`RunSpec.params`, `RunRecord.params`): JSON values; names that are
+            not `ExperimentSpec` fields (the runner's `output_dir`, `pruning`, a custom notebook's own
+            parameters) are left out, and a field missing takes its default.
+
+    Returns:
+        The validated, immutable spec.
+
+    Raises:
+        pydantic.ValidationError: a value breaks `ExperimentSpec` (e.g. a record of a version whose
+            fields differed).
+    """
+    return ExperimentSpec.model_validate({k: v for k, v in params.items() if k in ExperimentSpec.model_fields})

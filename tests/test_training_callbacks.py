@@ -214,6 +214,30 @@ def test_make_optimizer_follows_the_spec(optimizer, ema, expected):
         assert made.momentum == 0.5
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_gradient_clip_norm_bounds_each_steps_gradients_by_their_global_norm(optimizer):
+    """One step on two variables whose gradients are (3, 4) and (12,): global norm 13. SGD at rate 1 without
+    momentum moves them by the gradients, clipped to norm 1: by (3, 4, 12) / 13. Adam normalises each step, so
+    a clip shows only as the same step; unclipped SGD moves by the whole gradients."""
+    def step(**overrides):
+        spec = ExperimentSpec(optimizer=optimizer, momentum=0.0, **overrides)
+        made = schedules.make_optimizer(spec, 1.0)
+        a, b = keras.Variable([0.0, 0.0]), keras.Variable([0.0])
+        made.apply([tf.constant([3.0, 4.0]), tf.constant([12.0])], [a, b])
+        return np.concatenate([a.numpy(), b.numpy()])
+
+    clipped = step(gradient_clip_norm=1.0)
+    assert schedules.make_optimizer(ExperimentSpec(gradient_clip_norm=1.0), 0.1).global_clipnorm == 1.0
+    assert schedules.make_optimizer(ExperimentSpec(), 0.1).global_clipnorm is None
+    if optimizer == "sgd":
+        np.testing.assert_allclose(clipped, -np.array([3.0, 4.0, 12.0]) / 13.0, rtol=1e-6)
+        np.testing.assert_allclose(step(), -np.array([3.0, 4.0, 12.0]), rtol=1e-6)
+    else:  # Adam's first step is -rate * g / (|g| + eps) per element, whatever the scale of g
+        np.testing.assert_allclose(clipped, step(), rtol=1e-4)
+    with pytest.raises(pydantic.ValidationError, match="greater than 0"):
+        ExperimentSpec(gradient_clip_norm=0.0)
+
+
 @pytest.mark.parametrize("schedule, warmup_epochs, rate_type, callbacks", [
     (None, 0, float, []),
     (None, 1, float, ["LinearWarmup"]),

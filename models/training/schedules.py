@@ -64,22 +64,26 @@ def make_optimizer(spec: ExperimentSpec, learning_rate) -> keras.optimizers.Opti
     `weight_decay=spec.weight_decay`; else `Adam`. With `spec.ema`, the
     optimizer keeps the exponential moving average of the weights
     (`use_ema=True`, `ema_momentum=spec.ema`; `models.training.averaging`).
+    With `spec.gradient_clip_norm`, each step's gradients are scaled down to
+    that global L2 norm (`global_clipnorm`).
 
     Args:
         spec: the run's parameters; reads `optimizer`, `momentum`,
-            `weight_decay` and `ema`.
+            `weight_decay`, `gradient_clip_norm` and `ema`.
         learning_rate: a float, or a `keras.optimizers.schedules.LearningRateSchedule`
             (`phase_schedule`).
 
     Returns:
         A new, unbuilt `keras.optimizers.Optimizer`.
     """
-    ema = {"use_ema": True, "ema_momentum": spec.ema} if spec.ema is not None else {}
+    common = {"use_ema": True, "ema_momentum": spec.ema} if spec.ema is not None else {}
+    if spec.gradient_clip_norm is not None:
+        common["global_clipnorm"] = spec.gradient_clip_norm
     if spec.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=spec.momentum, **ema)
+        return keras.optimizers.SGD(learning_rate, momentum=spec.momentum, **common)
     if spec.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=spec.weight_decay, **ema)
-    return keras.optimizers.Adam(learning_rate, **ema)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=spec.weight_decay, **common)
+    return keras.optimizers.Adam(learning_rate, **common)
 
 
 def phase_schedule(spec: ExperimentSpec, schedule, rate: float, epochs: int, steps_per_epoch: int,

@@ -1,6 +1,7 @@
 """Search: an Optuna study proposes a sweep's runs and decides which to prune.
 
-- `runner.search.space`: the `search:` block (`SearchSpec`) and the search space (`parse_space`).
+- `runner.search.space`: the `search:` block (`SearchSpec`), the samplers and pruners it may name
+  (`SAMPLERS`, `PRUNERS`) and the search space (`parse_space`).
 - `runner.search.study`: the study's journal file, its sampler and its pruner (`open_study`).
 - `runner.search.duration`: a run's expected seconds (`predict_duration_s`), for the budget.
 - `runner.search.source`: `SearchSource`, the ask-and-tell loop that feeds the sweep one run at a time.
@@ -8,8 +9,11 @@
 
 from runner.search.duration import predict_duration_s
 from runner.search.source import SearchSource
-from runner.search.space import Dimension, SearchSpec, decode, parse_duration, parse_space
+from runner.search.space import (
+    PRUNERS, SAMPLERS, Dimension, PrunerKind, SamplerKind, SearchSpec, decode, encode, parse_duration, parse_space,
+)
 from runner.search.study import PRUNABLE_METRICS, open_study, pruner_config, pruning_metric, study_path
 
-__all__ = ["PRUNABLE_METRICS", "Dimension", "SearchSource", "SearchSpec", "decode", "open_study", "parse_duration",
-           "parse_space", "predict_duration_s", "pruner_config", "pruning_metric", "study_path"]
+__all__ = ["PRUNABLE_METRICS", "PRUNERS", "SAMPLERS", "Dimension", "PrunerKind", "SamplerKind", "SearchSource",
+           "SearchSpec", "decode", "encode", "open_study", "parse_duration", "parse_space", "predict_duration_s",
+           "pruner_config", "pruning_metric", "study_path"]

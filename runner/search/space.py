@@ -1,4 +1,12 @@
-"""The search space: the `search:` block of a grid file (`SearchSpec`) and its dimensions (`parse_space`)."""
+"""The search space: the `search:` block of a grid file (`SearchSpec`) and its dimensions (`parse_space`).
+
+`SAMPLERS` and `PRUNERS` are the one table of the samplers and pruners a
+`search:` block may name: `SearchSpec` takes its allowed values from them, the
+study builds Optuna's objects from their rows (`runner.search.study`), the
+search loop reads their properties (`SamplerKind.enumerates_grid`), and
+`runner.grid.docs_tables` writes their table in `docs/search.md`. A new
+sampler or pruner is one row here (and a test).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +15,12 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runner.errors import ConfigError, shorten
 
-
-SAMPLERS = ("grid", "random", "tpe")
-PRUNERS = ("none", "median", "successive_halving", "hyperband")
 
 
 def parse_duration(text: Union[str, int, float]) -> float:
@@ -45,17 +50,116 @@ def parse_duration(text: Union[str, int, float]) -> float:
     return seconds
 
 
+@dataclass(frozen=True)
+class SamplerKind:
+    """One value of `search.sampler`: the Optuna sampler that proposes the runs, and how it is built.
+
+    Attributes:
+        optuna_class: the sampler's class name in `optuna.samplers`.
+        kwargs: `(search, dims) -> keyword arguments of that class`, from the
+            `search:` block (`SearchSpec`) and the space (`Dimension`s).
+        summary: its arguments and what it does, in Markdown (the table in
+            `docs/search.md`).
+        enumerates_grid: the sampler walks a finite grid of every dimension's
+            values (`Dimension.grid_values`) instead of drawing from their
+            distributions: each float range needs a `step` (`parse_space`),
+            `n_runs` defaults to the number of grid points
+            (`SearchSource.n_runs`), and no random point is run in place of
+            proposals over the budget (`SearchSource.peek`: it would be off
+            the grid). Defaults to `False`.
+    """
+
+    optuna_class: str
+    kwargs: Callable[["SearchSpec", Sequence["Dimension"]], dict[str, Any]]
+    summary: str
+    enumerates_grid: bool = False
+
+    def build(self, search: "SearchSpec", dims: Sequence["Dimension"]):
+        """The sampler for `search` over `dims`: `optuna.samplers.<optuna_class>(**kwargs(search, dims))`."""
+        import optuna
+
+        return getattr(optuna.samplers, self.optuna_class)(**self.kwargs(search, dims))
+
+
+@dataclass(frozen=True)
+class PrunerKind:
+    """One value of `search.pruner`: the Optuna pruner that stops weak runs, and how it is built.
+
+    The sweep and each run's kernel build the pruner from `config`'s
+    description (`models.pruning.build_pruner`), because Optuna keeps a
+    pruner with the study object, not in its storage.
+
+    Attributes:
+        optuna_class: the pruner's class name in `optuna.pruners`, or `None`:
+            no pruning.
+        kwargs: `(search, max_epochs) -> keyword arguments of that class`;
+            `max_epochs` is the most epochs a run of the grid trains.
+        summary: its arguments and what it does, in Markdown (the table in
+            `docs/search.md`).
+    """
+
+    optuna_class: Optional[str]
+    kwargs: Callable[["SearchSpec", int], dict[str, Any]]
+    summary: str
+
+    @property
+    def prunes(self) -> bool:
+        """True unless this is `none`: runs report each epoch to the study and may be stopped."""
+        return self.optuna_class is not None
+
+    def config(self, search: "SearchSpec", max_epochs: int) -> Optional[dict[str, Any]]:
+        """`{"class": optuna_class, "kwargs": kwargs(search, max_epochs)}`, or `None` when it does not prune."""
+        return {"class": self.optuna_class, "kwargs": self.kwargs(search, max_epochs)} if self.prunes else None
+
+
+SAMPLERS: Mapping[str, SamplerKind] = {
+    "grid": SamplerKind(
+        "GridSampler", lambda search, dims: {"search_space": {d.name: d.grid_values() for d in dims},
+                                             "seed": search.seed},
+        "Every point of the grid once, in a seeded random order; a float range needs a `step`, and `n_runs` "
+        "defaults to the number of points.", enumerates_grid=True),
+    "random": SamplerKind(
+        "RandomSampler", lambda search, dims: {"seed": search.seed},
+        "Independent draws from each distribution (uniform, or log-uniform with `log: true`)."),
+    "tpe": SamplerKind(
+        "TPESampler", lambda search, dims: {"seed": search.seed, "constant_liar": True, "multivariate": True},
+        "Tree-structured Parzen estimator (Bergstra et al. 2011), `multivariate=True`, "
+        "`constant_liar=True`: runs in parallel sample different points."),
+}
+"""`search.sampler` value -> its sampler, in the order messages list them. `n_runs` defaults to 20 where
+the sampler does not enumerate the grid."""
+
+PRUNERS: Mapping[str, PrunerKind] = {
+    "none": PrunerKind(None, lambda search, max_epochs: {}, "No pruning: every run trains all its epochs."),
+    "median": PrunerKind(
+        "MedianPruner", lambda search, max_epochs: {"n_startup_trials": 2, "n_warmup_steps": search.min_epochs - 1},
+        "`n_startup_trials=2`, `n_warmup_steps=min_epochs - 1`: stops a run whose best value so far is below "
+        "the median of earlier runs' values at the same epoch."),
+    "successive_halving": PrunerKind(
+        "SuccessiveHalvingPruner", lambda search, max_epochs: {"min_resource": search.min_epochs,
+                                                               "reduction_factor": 3},
+        "`min_resource=min_epochs`, `reduction_factor=3` (asynchronous successive halving, Li et al. 2020): "
+        "at epochs `min_epochs` x 3^k, only the best third of the runs that reached that epoch go on."),
+    "hyperband": PrunerKind(
+        "HyperbandPruner", lambda search, max_epochs: {"min_resource": search.min_epochs, "reduction_factor": 3,
+                                                       "max_resource": max(max_epochs, search.min_epochs)},
+        "`min_resource=min_epochs`, `max_resource` the most epochs a run trains, `reduction_factor=3` (Li "
+        "et al. 2018, as Optuna implements it): successive halving in several brackets of different "
+        "aggressiveness."),
+}
+"""`search.pruner` value -> its pruner, in the order messages list them."""
+
+
 class SearchSpec(BaseModel):
     """The `search:` block of a grid file.
 
     Attributes:
-        sampler: `grid`, `random` or `tpe` (Optuna's `GridSampler`,
-            `RandomSampler`, `TPESampler` with `constant_liar`).
+        sampler: a name in `SAMPLERS`, the Optuna sampler that proposes the runs.
         n_runs: runs to finish (completed + pruned), counted over every
             sweep of this grid file (the study is continued).
         budget: optional wall-clock budget (`45m`, `2h`, seconds): no run
             starts that is predicted not to finish in it. `None`: no budget.
-        pruner: `none`, `median`, `successive_halving` or `hyperband`.
+        pruner: a name in `PRUNERS`, the Optuna pruner that stops weak runs.
         max_run_share: with a budget, no run starts that is predicted to take more than this share of the
             budget's time left (`0.25`: a quarter), so the search spends a short budget on many affordable
             runs rather than a few expensive ones (cost-aware search, as in Snoek et al. 2012's expected
@@ -71,11 +175,11 @@ class SearchSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    sampler: Literal["grid", "random", "tpe"] = "tpe"
+    sampler: Literal[tuple(SAMPLERS)] = "tpe"
     n_runs: Optional[int] = Field(None, ge=1)
     budget: Optional[Union[str, int, float]] = None
     max_run_share: Optional[float] = Field(None, gt=0.0, le=1.0)
-    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    pruner: Literal[tuple(PRUNERS)] = "none"
     min_epochs: int = Field(1, ge=1)
     seed: int = 0
     repeats: int = Field(1, ge=1)
@@ -89,7 +193,7 @@ class SearchSpec(BaseModel):
 
     @model_validator(mode="after")
     def _repeats_without_pruner(self):
-        if self.repeats > 1 and self.pruner != "none":
+        if self.repeats > 1 and self.pruner_kind.prunes:
             raise ValueError(f"repeats: {self.repeats} with pruner: {self.pruner}: a pruner stops one run by its "
                              f"curve, a proposal of {self.repeats} repeats has {self.repeats} curves; set "
                              f"pruner: none, or repeats: 1")
@@ -105,6 +209,16 @@ class SearchSpec(BaseModel):
     def budget_s(self) -> Optional[float]:
         """The budget in seconds, or `None`."""
         return None if self.budget is None else parse_duration(self.budget)
+
+    @property
+    def sampler_kind(self) -> SamplerKind:
+        """`SAMPLERS[sampler]`."""
+        return SAMPLERS[self.sampler]
+
+    @property
+    def pruner_kind(self) -> PrunerKind:
+        """`PRUNERS[pruner]`."""
+        return PRUNERS[self.pruner]
 
 
 @dataclass(frozen=True)
@@ -133,7 +247,7 @@ class Dimension:
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         if self.kind == "categorical":
-            return CategoricalDistribution([_encode(c) for c in self.choices])
+            return CategoricalDistribution([encode(c) for c in self.choices])
         if self.kind == "int":
             return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
@@ -145,7 +259,7 @@ class Dimension:
             ValueError: a float range without a step (a grid needs a finite list).
         """
         if self.kind == "categorical":
-            return [_encode(c) for c in self.choices]
+            return [encode(c) for c in self.choices]
         if self.kind == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if not self.step:
@@ -159,12 +273,26 @@ class Dimension:
             int(self.low) if self.kind == "int" else self.low, int(self.high) if self.kind == "int" else self.high]
 
 
-def _encode(value: Any):
+def encode(value: Any) -> Any:
+    """A parameter value as an Optuna trial holds it: `decode` gives it back.
+
+    Optuna's categorical choices must be `None`, bool, int, float or str, so
+    any other JSON value (a list such as `dense_units: [512, 256]`, a mapping
+    such as `{from_layer: block5_conv1}`) becomes the text `"json:"` +
+    `json.dumps(value)`. A study's file name hashes its space in this form
+    (`runner.search.study.study_path`).
+
+    Args:
+        value: a JSON value, as a grid gives it.
+
+    Returns:
+        `value` itself when it is `None`, a bool, an int, a float or a str; else its `"json:..."` text.
+    """
     return value if value is None or isinstance(value, (bool, int, float, str)) else "json:" + json.dumps(value)
 
 
 def decode(value: Any) -> Any:
-    """A trial's parameter value back as the grid wrote it (lists and mappings were JSON text)."""
+    """A trial's parameter value back as the grid wrote it: the inverse of `encode` (`"json:..."` text is parsed)."""
     return json.loads(value[5:]) if isinstance(value, str) and value.startswith("json:") else value
 
 
@@ -231,7 +359,8 @@ def parse_space(spec, grid_path: Path, builder) -> list[Dimension]:
     Raises:
         ConfigError: sub-grids or `runs`/`sample` with `search`, a malformed
             distribution, a bound or choice that is not a valid value, or a
-            float range without a step for `sampler: grid`; every problem listed.
+            float range without a step for a sampler that enumerates the grid
+            (`SamplerKind.enumerates_grid`); every problem listed.
     """
     if not isinstance(spec.grid, dict):
         raise ConfigError(f"{grid_path}: grid: with search:, give one mapping of parameter -> values or "
@@ -243,7 +372,7 @@ def parse_space(spec, grid_path: Path, builder) -> list[Dimension]:
     for name in sorted(spec.grid):
         try:
             dim = _dimension(name, spec.grid[name], f"{grid_path}: grid.{name}")
-            if spec.search.sampler == "grid":
+            if spec.search.sampler_kind.enumerates_grid:
                 dim.grid_values()
         except ConfigError as exc:
             errors.append(str(exc))

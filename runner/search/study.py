@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-
-
 from models.names import EPOCH_LOG_KEYS
 from runner.errors import ConfigError
 from runner.records import RANKING_METRICS
 from runner.records.query import Ranking, parse_metric
-from runner.search.space import SearchSpec, Dimension
+from runner.search.space import Dimension, SearchSpec, encode
 
 STUDY_SUFFIX = ".optuna.journal"
 MAX_DUPLICATE_PROPOSALS = 50
@@ -54,21 +52,40 @@ def study_path(logs_dir: Path, grid_path: Path, dims: Sequence[Dimension]) -> Pa
     """
     from models.hashing import sha256_json
 
-    space = [[d.name, d.kind, [_encode_choice(c) for c in d.choices], d.low, d.high, d.log, d.step] for d in dims]
+    space = [[d.name, d.kind, [encode(c) for c in d.choices], d.low, d.high, d.log, d.step] for d in dims]
     digest = sha256_json({"grid": str(Path(grid_path).resolve()), "space": space})[:8]
     return Path(logs_dir) / f"{Path(grid_path).stem}-{digest}{STUDY_SUFFIX}"
 
 
-def legacy_study_path(logs_dir: Path, grid_path: Path) -> Path:
-    """`<logs_dir>/<grid file stem>.optuna.journal`: where a study lived before `study_path` named it after
-    the grid's path and space (shared by grid files of the same name, broken by an edited space)."""
+def stem_study_path(logs_dir: Path, grid_path: Path) -> Path:
+    """`<logs_dir>/<grid file stem>.optuna.journal`: a journal named after the grid file's stem alone.
+
+    No sweep reads such a file: a study's file is `study_path`, whose name adds
+    the hash of the grid file's path and search space. `unread_study_note`
+    tells a user who has one that its finished runs come from the run records.
+    """
     return Path(logs_dir) / f"{Path(grid_path).stem}{STUDY_SUFFIX}"
 
 
-def _encode_choice(value: Any) -> Any:
-    from runner.search.space import _encode
 
-    return _encode(value)
+def unread_study_note(logs_dir: Path, grid_path: Path, journal: Path, study) -> Optional[str]:
+    """A note for the sweep's output when a journal at `stem_study_path` is there but not read.
+
+    Args:
+        logs_dir: the grid's `logs_dir`.
+        grid_path: the grid file.
+        journal: the study's file (`study_path`).
+        study: the study opened from `journal` (`open_study`).
+
+    Returns:
+        The note, when `stem_study_path` is a file and `study` holds no trial
+        yet (the first sweep of this grid file's path and space); else `None`.
+    """
+    unread = stem_study_path(logs_dir, grid_path)
+    if not unread.is_file() or study.get_trials(deepcopy=False):
+        return None
+    return (f"{unread.name} is not read: the study of {grid_path} is {Path(journal).name} (named after the grid "
+            f"file's path and search space); the finished runs come from the run records")
 
 
 DAMAGED_SUFFIX = ".damaged-"
@@ -156,17 +173,7 @@ def repair_journal(path: Path) -> list[str]:
 def reseed_sampler(study, search: SearchSpec, dims: Sequence[Dimension]) -> None:
     """Give `study` a fresh sampler seeded past the trials it holds, so it does not replay their points."""
     seeded = search.model_copy(update={"seed": search.seed + len(study.get_trials(deepcopy=False))})
-    study.sampler = _sampler(seeded, dims)
-
-
-def _sampler(search: SearchSpec, dims: Sequence[Dimension]):
-    import optuna
-
-    if search.sampler == "grid":
-        return optuna.samplers.GridSampler({d.name: d.grid_values() for d in dims}, seed=search.seed)
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
-    return optuna.samplers.TPESampler(seed=search.seed, constant_liar=True, multivariate=True)
+    study.sampler = seeded.sampler_kind.build(seeded, dims)
 
 
 PRUNABLE_METRICS = tuple(m for m in RANKING_METRICS if parse_metric(m).column in EPOCH_LOG_KEYS)
@@ -199,7 +206,8 @@ def pruning_metric(ranking: Ranking, pruner: str = "median") -> str:
 
 
 def pruner_config(search: SearchSpec, max_epochs: int) -> Optional[dict[str, Any]]:
-    """The pruner as `{"class": name in optuna.pruners, "kwargs": {...}}`, or `None` for `pruner: none`.
+    """The pruner as `{"class": name in optuna.pruners, "kwargs": {...}}`, or `None` when `search.pruner` does
+    not prune: `PrunerKind.config` of its row of `runner.search.space.PRUNERS`.
 
     Built the same way in the sweep (`open_study`) and in each run's kernel
     (`models.pruning`), because Optuna keeps the pruner with the study
@@ -210,19 +218,9 @@ def pruner_config(search: SearchSpec, max_epochs: int) -> Optional[dict[str, Any
         max_epochs: the most epochs a run trains (Hyperband's `max_resource`).
 
     Returns:
-        `median`: `MedianPruner(n_startup_trials=2, n_warmup_steps=min_epochs - 1)`;
-        `successive_halving`: `SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=3)`;
-        `hyperband`: `HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs, reduction_factor=3)`
-        (Li et al. 2018, as Optuna implements it); `none`: `None`.
+        The description `models.pruning.build_pruner` builds the pruner from, or `None`.
     """
-    if search.pruner == "median":
-        return {"class": "MedianPruner", "kwargs": {"n_startup_trials": 2, "n_warmup_steps": search.min_epochs - 1}}
-    if search.pruner == "successive_halving":
-        return {"class": "SuccessiveHalvingPruner", "kwargs": {"min_resource": search.min_epochs, "reduction_factor": 3}}
-    if search.pruner == "hyperband":
-        return {"class": "HyperbandPruner", "kwargs": {"min_resource": search.min_epochs, "reduction_factor": 3,
-                                                       "max_resource": max(max_epochs, search.min_epochs)}}
-    return None
+    return search.pruner_kind.config(search, max_epochs)
 
 
 def open_study(search: SearchSpec, dims: Sequence[Dimension], path: Path, name: str, max_epochs: int,
@@ -256,13 +254,14 @@ def open_study(search: SearchSpec, dims: Sequence[Dimension], path: Path, name: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path.parent.mkdir(parents=True, exist_ok=True)
     repairs = repair_journal(path)
-    storage = JournalStorage(JournalFileBackend(str(path)))
     from models.pruning import build_pruner
 
-    try:  # a continued study: seed its sampler past the trials it has, so it does not replay them
-        earlier = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
-    except KeyError:
-        earlier = 0
+    try:
+        storage = JournalStorage(JournalFileBackend(str(path)))  # replays every line of the journal
+        try:  # a continued study: seed its sampler past the trials it has, so it does not replay them
+            earlier = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+        except KeyError:  # no study of this name yet
+            earlier = 0
     except Exception as exc:  # well-formed lines Optuna cannot replay: the same as an unreadable file
         try:
             aside = move_aside(path)
@@ -276,7 +275,7 @@ def open_study(search: SearchSpec, dims: Sequence[Dimension], path: Path, name: 
         notes += repairs
     seeded = search.model_copy(update={"seed": search.seed + earlier})
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=_sampler(seeded, dims),
+                                sampler=seeded.sampler_kind.build(seeded, dims),
                                 pruner=build_pruner(pruner_config(search, max_epochs)))
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

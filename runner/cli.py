@@ -24,7 +24,8 @@ export-mlflow: any `RunnerError`). A `FatalError` that is not one of those
 (a file that cannot be written) is printed the same way and exits 1. click's
 own usage errors (unknown option, bad value, missing argument) also exit 2.
 Other exit codes (1 a run failed, 130 interrupted) are what the command
-returns.
+returns. While a command runs, Python warnings are printed as
+`warning: <message>` on stderr (`_show_warning`), without a source line.
 
 Nothing heavy is imported here: each command imports its library module when
 it runs, and each help text sits beside its command, so `--help` never imports
@@ -34,14 +35,25 @@ TensorFlow or Keras.
 from __future__ import annotations
 
 import sys
+import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import click
 
 from models.errors import ModelConfigError
 from models.names import DEFAULT_METRIC
 from runner.errors import ConfigError, FatalError, RunnerError, shorten
+from runner.records.store import EXPERIMENTS_DIR, LEADERBOARD_PATH, LOGS_DIR, TOP_N
+
+if TYPE_CHECKING:
+    from runner.core.loop import SweepOptions
+    from runner.grid import GridSpec, RunBuilder, RunSpec
+    from runner.search import SearchSource
+
+MAX_RUNS = 1000
+"""Default of `--max-runs`: a grid of more runs is refused unless `--yes`."""
 
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ModelConfigError)
 """Errors every command prints as `error: <message>` and exits 2 for."""
@@ -96,7 +108,9 @@ class _Command(click.Command):
         standalone mode too (e.g. under `click.testing.CliRunner`).
         """
         try:
-            code = super().invoke(ctx)
+            with warnings.catch_warnings():  # restores the hook (and the filters) when the command ends
+                warnings.showwarning = _show_warning
+                code = super().invoke(ctx)
         except self.input_errors as exc:
             click.echo(f"error: {exc}", err=True)
             code = BAD_INPUT_EXIT
@@ -139,19 +153,10 @@ def _usage_error(message: str) -> None:
     raise click.UsageError(message, click.get_current_context())
 
 
-class _PositiveInt(click.ParamType):
-    """An integer >= 1."""
-
-    name = "integer"
-
-    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            number = 0
-        if number < 1:
-            self.fail(f"expected an integer >= 1, got {value}", param, ctx)
-        return number
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: Optional[str] = None) -> None:
+    """`warnings.showwarning` while a command runs: `warning: <message>` on stderr, without the source line."""
+    print(f"warning: {message}", file=file or sys.stderr)
 
 
 class _Seconds(click.ParamType):
@@ -235,7 +240,7 @@ RERUN_ONLY_WITH = ("dry_run", "verbose", "timeout", "cell_timeout", "expect_iden
               help="wall-clock limit of each run; a run over it is stopped and recorded as 'timeout'")
 @click.option("--cell-timeout", type=_Seconds(), metavar="SECONDS",
               help="limit of each notebook cell (papermill's execution timeout)")
-@click.option("--workers", type=_PositiveInt(), default=1, metavar="N",
+@click.option("--workers", type=click.IntRange(min=1), default=1, metavar="N",
               help="run N notebooks at once, each in its own worker process and kernel, with "
               "TensorFlow threads = cores / N (default: 1, in this process)")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local",
@@ -248,8 +253,8 @@ RERUN_ONLY_WITH = ("dry_run", "verbose", "timeout", "cell_timeout", "expect_iden
               "(0.5: two workers per GPU); default with --workers N and GPUs: one each, or in turn")
 @click.option("--prestart/--no-prestart", default=True, show_default=True,
               help="start each run's kernel, with its imports, while the run before it executes")
-@click.option("--max-runs", type=int, default=1000, metavar="N",
-              help="refuse a grid of more runs than this unless --yes (default: 1000)")
+@click.option("--max-runs", type=int, default=MAX_RUNS, metavar="N",
+              help=f"refuse a grid of more runs than this unless --yes (default: {MAX_RUNS})")
 @click.option("--yes", is_flag=True, help="run a grid larger than --max-runs")
 @click.option("--retry-pruned", is_flag=True,
               help="also run again the runs a search's pruner stopped (they count as done otherwise)")
@@ -263,8 +268,8 @@ def sweep(grid: Optional[Path], dry_run: bool, verbose: bool, data_dir: Optional
           workers: int, executor: str, scheduler: Optional[str], max_runs: int, yes: bool,
           retry_pruned: bool, clean_orphans: bool, rerun: Optional[str], expect_identical: bool,
           gpus_per_worker: Optional[float] = None, prestart: bool = True) -> int:
-    """`nbsweep sweep`: checks the options, then `runner.core.loop.sweep_command` (or, with
-    `--rerun`, `runner.core.rerun.rerun_command`).
+    """`nbsweep sweep`: checks the options, then `_sweep_file` (or, with `--rerun`,
+    `_rerun_command`).
 
     Returns:
         0 every run completed or was skipped (or a dry run), 1 a run failed
@@ -294,26 +299,252 @@ def sweep(grid: Optional[Path], dry_run: bool, verbose: bool, data_dir: Optional
         _usage_error("--scheduler needs --executor dask")
     if gpus_per_worker is not None and executor == "dask":
         _usage_error("--gpus-per-worker is for --executor local; give each Dask worker its GPUs when you start it")
-    from runner.core.loop import SweepOptions, sweep_command
+    from runner.core.loop import SweepOptions
 
     options = SweepOptions(verbose=verbose, force=force, retry_failed=retry_failed, timeout_s=timeout,
                            cell_timeout_s=cell_timeout, workers=workers, executor=executor, scheduler=scheduler,
                            retry_pruned=retry_pruned, clean_orphans=clean_orphans, prestart=prestart,
                            gpus_per_worker=gpus_per_worker)
-    return sweep_command(grid, options, dry_run=dry_run, data_dir=data_dir, weights_dir=weights_dir,
-                         max_runs=max_runs, yes=yes)
+    return _sweep_file(grid, options, dry_run=dry_run, data_dir=data_dir, weights_dir=weights_dir,
+                       max_runs=max_runs, yes=yes)
+
+
+def _sweep_file(grid: Path, options: SweepOptions, *, dry_run: bool, data_dir: Optional[str],
+                weights_dir: Optional[str], max_runs: int, yes: bool) -> int:
+    """Validate a grid file, then sweep its grid (`_sweep_grid`) or its search (`_sweep_search`).
+
+    Args:
+        grid: the grid file.
+        options: a `runner.core.loop.SweepOptions`; `options.verbose` also logs at INFO level.
+        dry_run: print the runs (or the search space) and run nothing.
+        data_dir, weights_dir: `data_dir` / `weights_dir` of every run, or `None` (the grid's).
+        max_runs, yes: refuse a grid of more runs than `max_runs` unless `yes`.
+
+    Returns:
+        The exit code (see `SWEEP_HELP`).
+
+    Raises:
+        ConfigError: invalid grid file, parameters or inputs, more runs than
+            `max_runs`, `--gpus-per-worker` that does not fit this machine's
+            GPUs, or another sweep holds the logs folder; nothing ran.
+    """
+    import logging
+
+    from runner.core.executors import worker_gpus
+    from runner.grid import load_grid
+
+    if options.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if options.gpus_per_worker is not None and options.executor != "dask":
+        worker_gpus(options.workers, options.gpus_per_worker)  # a share that does not fit: refused before anything
+    overrides = {k: v for k, v in {"data_dir": data_dir, "weights_dir": weights_dir}.items() if v}
+    spec = load_grid(grid)
+    if spec.search is not None:
+        return _sweep_search(spec, grid, options, overrides, dry_run)
+    return _sweep_grid(spec, grid, options, overrides, dry_run=dry_run, max_runs=max_runs, yes=yes)
+
+
+def _sweep_grid(spec: GridSpec, grid: Path, options: SweepOptions, overrides: dict, *, dry_run: bool,
+                max_runs: int, yes: bool) -> int:
+    """Expand and check the grid's runs (notes on stderr); print them for a dry run, else run those not done."""
+    from runner.core.loop import format_counts, plan_grid, run_sweep
+    from runner.core.preflight import check_runs
+    from runner.grid import expand_runs
+    from runner.records import COMPLETED, SKIPPED
+    from runner.records.query import read_all
+
+    runs, notes = expand_runs(spec, grid, overrides=overrides)
+    notes += check_runs(spec, runs, grid)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if dry_run:
+        print(_table_text(_runs_table(runs), max_colwidth=40))
+        print(f"{len(runs)} runs (dry run: nothing executed)")
+        return 0
+    if len(runs) > max_runs and not yes:
+        raise ConfigError(f"{grid}: the grid expands to {len(runs)} runs, more than --max-runs "
+                          f"{max_runs}; pass --yes to run them all, or narrow the grid / use sample:")
+
+    def sweep() -> dict:
+        source, skipped = plan_grid(runs, read_all(spec.logs_dir), options)
+        return run_sweep(spec, source, options, skipped=skipped)
+
+    outcome = _run_locked(spec, sweep)
+    if isinstance(outcome, int):
+        return outcome
+    print(f"{format_counts(outcome)}; leaderboard: {spec.leaderboard}")
+    return 0 if len(outcome[COMPLETED]) + len(outcome[SKIPPED]) == len(runs) else 1
+
+
+def _sweep_search(spec: GridSpec, grid: Path, options: SweepOptions, overrides: dict, dry_run: bool) -> int:
+    """Check the grid's search space at its bounds (notes on stderr); print it for a dry run, else run the study."""
+    from runner.core.loop import format_counts, run_sweep
+    from runner.core.preflight import check_runs
+    from runner.grid import RunBuilder
+    from runner.records import FAILED, TIMEOUT
+    from runner.search import parse_space
+
+    builder = RunBuilder(spec, grid, overrides=overrides)
+    dims = parse_space(spec, Path(grid), builder)
+    first = {d.name: d.bounds()[0] for d in dims}
+    corners = [builder.build("grid", {**first, d.name: value})[0] for d in dims for value in d.bounds()]
+    for note in check_runs(spec, corners, grid):  # every choice and bound, with the others' first value
+        print(f"note: {note}", file=sys.stderr)
+    max_epochs = max(r.spec.max_epochs if "epochs" in r.params else 0 for r in corners)  # 0: a notebook without epochs
+    if dry_run:
+        print(_table_text(_space_table(dims), max_colwidth=60))
+        print(f"search: {spec.search.sampler} sampler, {spec.search.n_runs or 'default'} runs, pruner "
+              f"{spec.search.pruner} (dry run: nothing executed)")
+        return 0
+    outcome = _run_locked(spec, lambda: run_sweep(spec, _open_search(spec, grid, dims, builder, max_epochs), options))
+    if isinstance(outcome, int):
+        return outcome
+    print(f"{format_counts(outcome)}; leaderboard: {spec.leaderboard}")
+    return 0 if not any(outcome[status] for status in (FAILED, TIMEOUT)) else 1
+
+
+def _open_search(spec: GridSpec, grid: Path, dims: list, builder: RunBuilder, max_epochs: int) -> SearchSource:
+    """The grid's study and the `runner.search.SearchSource` over it; what was repaired or restored on stderr."""
+    from runner.records.query import parse_metric, read_all
+    from runner.search import SearchSource, open_study, pruner_config, study_path
+    from runner.search.study import STUDY_SUFFIX, unread_study_note
+
+    journal = study_path(spec.logs_dir, Path(grid), dims)
+    repairs: list[str] = []
+    study = open_study(spec.search, dims, journal, journal.name.removesuffix(STUDY_SUFFIX), max_epochs, notes=repairs)
+    for line in repairs:
+        print(f"warning: {line}", file=sys.stderr)
+    unread = unread_study_note(spec.logs_dir, Path(grid), journal, study)
+    if unread:
+        print(f"note: {unread}", file=sys.stderr)
+    source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder, found=read_all(spec.logs_dir),
+                          ranking=parse_metric(spec.metric), journal=journal,
+                          pruner=pruner_config(spec.search, max_epochs))
+    for line in source.restore():  # the records are the truth: what the study lacks of them
+        print(f"note: {line}", file=sys.stderr)
+    return source
+
+
+def _run_locked(spec: GridSpec, sweep: Callable[[], dict]) -> dict | int:
+    """`sweep()` under `runner.core.lock.sweep_lock`: its outcome, or the exit code of a fatal error or an interrupt."""
+    from runner.core.lock import sweep_lock
+    from runner.records import INTERRUPTED
+
+    try:
+        with sweep_lock(spec.logs_dir):
+            return sweep()
+    except FatalError as exc:
+        print(f"error: {exc}; the sweep stopped, every record written so far is intact", file=sys.stderr)
+        return FATAL_EXIT
+    except KeyboardInterrupt:
+        print(f"interrupted: running runs are recorded as '{INTERRUPTED}' and {spec.leaderboard} is up to date; "
+              f"run the same command again to continue with the remaining runs", file=sys.stderr)
+        return INTERRUPTED_EXIT
+
+
+def _runs_table(runs: list[RunSpec]):
+    """The expanded runs as a `pandas.DataFrame`: index, origin, hash, and the parameters that vary.
+
+    Parameter columns only for parameters whose value differs between runs
+    (all parameters when there is one run).
+    """
+    import pandas as pd
+
+    params = pd.DataFrame([{k: v if isinstance(v, (str, int, float)) else str(v)
+                            for k, v in run.params.items()} for run in runs])
+    varying = [c for c in params.columns if params[c].astype(str).nunique() > 1] if len(runs) > 1 else list(params.columns)
+    meta = pd.DataFrame({"run": [r.index for r in runs], "origin": [r.origin for r in runs],
+                         "config_hash": [r.config_hash[:8] for r in runs]})
+    return pd.concat([meta, params[varying]], axis=1)
+
+
+def _space_table(dims):
+    """The search space as a `pandas.DataFrame`: parameter, kind, values or range."""
+    import pandas as pd
+
+    return pd.DataFrame([{"parameter": d.name, "kind": d.kind,
+                          "values": (", ".join(map(str, d.choices)) if d.kind == "categorical" else
+                                     f"[{d.low}, {d.high}]" + (" log" if d.log else "")
+                                     + (f" step {d.step}" if d.step else ""))} for d in dims])
+
+
+def _table_text(table, max_colwidth: int) -> str:
+    """`table` as text, 200 characters wide, every column shown, cells cut to `max_colwidth`."""
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", max_colwidth):
+        return table.to_string(index=False)
+
+
+def _rerun_command(ref: str, *, logs_dir: str | Path = LOGS_DIR, experiments_dir: Optional[str | Path] = None,
+                  leaderboard: Optional[str | Path] = LEADERBOARD_PATH, notebook: Optional[str | Path] = None,
+                  default_notebook: Optional[str | Path] = None,
+                  metric: str = DEFAULT_METRIC, top_n: int = TOP_N, verbose: bool = False,
+                  timeout_s: Optional[float] = None, cell_timeout_s: Optional[float] = None,
+                  expect_identical: bool = False, dry_run: bool = False) -> int:
+    """`nbsweep rerun` and `sweep --rerun`: plan, print what changed, execute, print the differences, regenerate the leaderboard.
+
+    Args:
+        ref: the run to repeat (id, prefix, name, `best` or record path).
+        logs_dir: folder of the records. Defaults to `runner.records.LOGS_DIR`.
+        experiments_dir: parent of the new run folder (see `execute_rerun`).
+        leaderboard: the leaderboard page to regenerate, or `None`. Defaults to `runner.records.LEADERBOARD_PATH`.
+        notebook, default_notebook: the notebook to execute (see `plan_rerun`).
+        metric, top_n: the leaderboard's ranking and rows.
+        verbose, timeout_s, cell_timeout_s: as for a sweep.
+        expect_identical: exit 1 unless every figure and probability is the same.
+        dry_run: print what changed and stop.
+
+    Returns:
+        0 the rerun completed (and, with `expect_identical`, is identical to
+        the original); 1 it did not complete, or differs with
+        `expect_identical`; 130 interrupted.
+
+    Raises:
+        ConfigError: see `plan_rerun`; another sweep holds the logs folder.
+    """
+    from runner.core.lock import sweep_lock
+    from runner.core.loop import StopSignals
+    from runner.core.rerun import compare_outcomes, execute_rerun, outcome_text, plan_rerun, plan_text
+    from runner.records import COMPLETED
+    from runner.records.query import parse_metric
+
+    parse_metric(metric)  # a bad --metric fails before anything runs
+    plan = plan_rerun(ref, logs_dir, None if notebook is None else Path(notebook),
+                      None if default_notebook is None else Path(default_notebook))
+    print(plan_text(plan), flush=True)
+    if dry_run:
+        print("dry run: nothing executed")
+        return 0
+    start = time.perf_counter()
+    with sweep_lock(plan.logs_dir), StopSignals(lambda line: print(line, file=sys.stderr)) as stop:
+        record = execute_rerun(plan, None if experiments_dir is None else Path(experiments_dir), verbose=verbose,
+                               timeout_s=timeout_s, cell_timeout_s=cell_timeout_s, metric=metric,
+                               should_stop=stop.event.is_set)
+    outcome = compare_outcomes(plan.original, record, plan.logs_dir)
+    print(f"executed in {time.perf_counter() - start:.1f} s")
+    print(outcome_text(plan.original, record, outcome))
+    if leaderboard is not None:
+        from runner.reports.leaderboard import write_leaderboard
+
+        print(write_leaderboard(plan.logs_dir, leaderboard, metric, top_n).summary())
+    if stop.event.is_set():
+        return 130
+    if expect_identical and not outcome.identical:
+        print("error: --expect-identical: the rerun differs from the original", file=sys.stderr)
+        return 1
+    return 0 if record.status == COMPLETED else 1
 
 
 def _rerun_from_sweep(run: str, grid: Optional[Path], **options: Any) -> int:
-    """`sweep --rerun RUN [GRID]`: `rerun_command` in the grid's folders (or the defaults)."""
-    from runner.core.rerun import rerun_command
-
+    """`sweep --rerun RUN [GRID]`: `_rerun_command` in the grid's folders (or the defaults)."""
+    
     if grid is None:
-        return rerun_command(run, **options)
+        return _rerun_command(run, **options)
     from runner.grid import load_grid
 
     spec = load_grid(grid)
-    return rerun_command(run, logs_dir=spec.logs_dir, experiments_dir=spec.experiments_dir,
+    return _rerun_command(run, logs_dir=spec.logs_dir, experiments_dir=spec.experiments_dir,
                          leaderboard=spec.leaderboard, default_notebook=spec.notebook, metric=spec.metric,
                          top_n=spec.top_n, **options)
 
@@ -343,12 +574,12 @@ input (unknown run, a notebook that no longer takes its parameters); 130 interru
 @click.option("--expect-identical", is_flag=True,
               help="exit 1 unless the rerun's figures and test probabilities equal the original's")
 @click.option("--dry-run", is_flag=True, help="only name what changed since the original ran; run nothing")
-@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
+@click.option("--logs-dir", default=str(LOGS_DIR), metavar="DIR", help=f"folder of run records (default: {LOGS_DIR})")
 @click.option("--experiments-dir", metavar="DIR",
               help="where the new run folder goes (default: beside the original's run folder)")
 @click.option("--notebook", type=click.Path(path_type=Path), metavar="FILE",
               help="execute this notebook (default: the one the original ran)")
-@click.option("--leaderboard", "leaderboard_path", default="leaderboard.html", metavar="FILE",
+@click.option("--leaderboard", "leaderboard_path", default=str(LEADERBOARD_PATH), metavar="FILE",
               help="leaderboard to regenerate (default: leaderboard.html)")
 @click.option("--metric", cls=_Option, default=DEFAULT_METRIC, metavar="NAME", help_factory=lambda: "what the "
               f"regenerated leaderboard ranks by, {_metric_choices()} (default: {DEFAULT_METRIC})")
@@ -358,10 +589,9 @@ input (unknown run, a notebook that no longer takes its parameters); 130 interru
 def rerun(run: str, expect_identical: bool, dry_run: bool, logs_dir: str, experiments_dir: Optional[str],
           notebook: Optional[Path], leaderboard_path: str, metric: str, verbose: bool, timeout: Optional[float],
           cell_timeout: Optional[float]) -> int:
-    """`nbsweep rerun`: `runner.core.rerun.rerun_command`."""
-    from runner.core.rerun import rerun_command
-
-    return rerun_command(run, logs_dir=logs_dir, experiments_dir=experiments_dir, leaderboard=leaderboard_path,
+    """`nbsweep rerun`: `_rerun_command`."""
+    
+    return _rerun_command(run, logs_dir=logs_dir, experiments_dir=experiments_dir, leaderboard=leaderboard_path,
                          notebook=notebook, metric=metric, verbose=verbose, timeout_s=timeout,
                          cell_timeout_s=cell_timeout, expect_identical=expect_identical, dry_run=dry_run)
 
@@ -383,7 +613,7 @@ is the reference. The page needs no server and no network (charts are inline SVG
 @click.argument("runs", cls=_Argument, nargs=-1, metavar="RUN RUN [RUN]...",
                 help="the runs (ids, unique prefixes, names or record paths); the first is the reference")
 @click.option("--out", default="compare.html", metavar="FILE", help="html page to write (default: compare.html)")
-@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
+@click.option("--logs-dir", default=str(LOGS_DIR), metavar="DIR", help=f"folder of run records (default: {LOGS_DIR})")
 def compare(runs: tuple[str, ...], out: str, logs_dir: str) -> int:
     """`nbsweep compare`: `runner.reports.compare.write_compare`."""
     if len(runs) < 2:
@@ -404,10 +634,10 @@ def _metric_choices() -> str:
 @nbsweep.command("leaderboard", short_help="Rank the run records into leaderboard.html and leaderboard.csv.",
                  help="Rank the run records into leaderboard.html, leaderboard.csv and lineage.html "
                       "(on the validation split; test figures beside it).")
-@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
-@click.option("--out", default="leaderboard.html", metavar="FILE", help="html page to write (default: leaderboard.html)")
+@click.option("--logs-dir", default=str(LOGS_DIR), metavar="DIR", help=f"folder of JSON run records (default: {LOGS_DIR})")
+@click.option("--out", default=str(LEADERBOARD_PATH), metavar="FILE", help=f"html page to write (default: {LEADERBOARD_PATH})")
 @click.option("--metric", cls=_Option, default=DEFAULT_METRIC, metavar="NAME", help_factory=_metric_choices)
-@click.option("--top-n", type=int, default=10, metavar="N", help="runs shown (default: 10)")
+@click.option("--top-n", type=int, default=TOP_N, metavar="N", help=f"runs shown (default: {TOP_N})")
 def leaderboard(logs_dir: str, out: str, metric: str, top_n: int) -> int:
     """`nbsweep leaderboard`: `runner.reports.leaderboard.write_leaderboard`, then its one-line summary."""
     from runner.reports.leaderboard import write_leaderboard
@@ -442,7 +672,7 @@ flip,crop, or --tta none for the plain model.
 @click.option("--evaluate", type=click.Path(path_type=Path), metavar="LABELLED_DIR",
               help="evaluate on an ImageFolder-style folder (one sub-folder per class)")
 @click.option("--name", metavar="NAME", help="evaluation name (default: the folder's name)")
-@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
+@click.option("--logs-dir", default=str(LOGS_DIR), metavar="DIR", help=f"folder of run records (default: {LOGS_DIR})")
 @click.option("--metric", default=DEFAULT_METRIC, metavar="NAME", help=f"what 'best' ranks by (default: {DEFAULT_METRIC})")
 @click.option("--tta", "tta_text", metavar="VIEWS",
               help="test-time augmentation instead of the run's own: flip, vflip, crop, comma-separated, or none")
@@ -505,7 +735,7 @@ probabilities, classes in the record's data.class_names order.
                 help="run id, unique run-id prefix, 'best', or a record path")
 @click.option("--out", type=click.Path(path_type=Path), metavar="FILE", required=True,
               help="the .keras file to write (its folder must exist; an existing file is replaced)")
-@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
+@click.option("--logs-dir", default=str(LOGS_DIR), metavar="DIR", help=f"folder of run records (default: {LOGS_DIR})")
 @click.option("--metric", default=DEFAULT_METRIC, metavar="NAME", help=f"what 'best' ranks by (default: {DEFAULT_METRIC})")
 def export(run: str, out: Path, logs_dir: str, metric: str) -> int:
     """`nbsweep export`: `runner.core.predict.export_run`."""
@@ -533,9 +763,9 @@ and averaging).
                 help="member runs (ids, unique prefixes or record paths)")
 @click.option("--top", type=int, metavar="N", help="use the N best completed runs instead")
 @click.option("--metric", default=DEFAULT_METRIC, metavar="NAME", help=f"what --top ranks by (default: {DEFAULT_METRIC})")
-@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of run records (default: logs)")
-@click.option("--experiments-dir", default="experiments", metavar="DIR", help="folder of run folders (default: experiments)")
-@click.option("--leaderboard", "leaderboard_path", default="leaderboard.html", metavar="FILE", help="leaderboard to regenerate")
+@click.option("--logs-dir", default=str(LOGS_DIR), metavar="DIR", help=f"folder of run records (default: {LOGS_DIR})")
+@click.option("--experiments-dir", default=str(EXPERIMENTS_DIR), metavar="DIR", help=f"folder of run folders (default: {EXPERIMENTS_DIR})")
+@click.option("--leaderboard", "leaderboard_path", default=str(LEADERBOARD_PATH), metavar="FILE", help="leaderboard to regenerate")
 def ensemble(runs: tuple[str, ...], top: Optional[int], metric: str, logs_dir: str, experiments_dir: str,
              leaderboard_path: str) -> int:
     """`nbsweep ensemble`: `runner.core.ensemble.build_ensemble`, then the leaderboard is regenerated."""
@@ -558,7 +788,7 @@ def ensemble(runs: tuple[str, ...], top: Optional[int], metric: str, logs_dir: s
                  help="Write lineage.html from the run records: the tree of runs, roots (ImageNet or random "
                       "weights) and the runs warm-started from them, each run id linking to its saved notebook "
                       "html. The sweep and `nbsweep leaderboard` write it too, beside the leaderboard.")
-@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
+@click.option("--logs-dir", default=str(LOGS_DIR), metavar="DIR", help=f"folder of JSON run records (default: {LOGS_DIR})")
 @click.option("--out", default="lineage.html", metavar="FILE", help="html page to write (default: lineage.html)")
 @click.option("--metric", cls=_Option, default=DEFAULT_METRIC, metavar="NAME", help_factory=lambda: "the metric shown at "
               f"each run, {_metric_choices()} (default: {DEFAULT_METRIC})")
@@ -585,21 +815,29 @@ def lineage(logs_dir: str, out: str, metric: str) -> int:
 @nbsweep.command("export-mlflow", short_help="Export the run records to MLflow, parents linked.",
                  help="Export the run records to MLflow: one MLflow run per record, parents linked.",
                  input_errors=(RunnerError, ModelConfigError))
-@click.option("--logs-dir", default="logs", metavar="DIR", help="folder of JSON run records (default: logs)")
+@click.option("--logs-dir", default=str(LOGS_DIR), metavar="DIR", help=f"folder of JSON run records (default: {LOGS_DIR})")
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking URI or file store folder (default: mlruns, a local file store)")
 @click.option("--experiment-name", default="nbsweep", metavar="NAME",
               help="MLflow experiment, created if missing (default: nbsweep)")
 def export_mlflow(logs_dir: str, tracking_uri: Optional[str], experiment_name: str) -> int:
-    """`nbsweep export-mlflow`: `runner.core.export_mlflow.export_records`, then its summary.
+    """`nbsweep export-mlflow`: `runner.records.export_mlflow.export_records`, then its summary.
 
     Returns:
         0 exported, 1 some run could not be exported.
     """
-    from runner.core.export_mlflow import _print_summary, export_records
+    from runner.records.export_mlflow import export_records
 
     summary = export_records(logs_dir, tracking_uri, experiment_name)
-    _print_summary(summary)
+    for name, reason in summary.unreadable.items():
+        print(f"unreadable record {name}: {reason}", file=sys.stderr)
+    for note in summary.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    for rid, reason in summary.failed.items():
+        print(f"error: {rid}: {reason}", file=sys.stderr)
+    print(f"{summary.counts_line()} -> {summary.tracking_uri} (experiment id {summary.experiment_id})")
+    if summary.relinked:
+        print(f"relinked {len(summary.relinked)} runs to replaced parents or members")
     return 1 if summary.failed else 0
 
 

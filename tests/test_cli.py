@@ -100,13 +100,13 @@ def test_config_error_exits_2_with_error_and_no_traceback(tmp_path, monkeypatch)
 
 
 def test_model_config_error_exits_2_too(tmp_path, monkeypatch):
-    import runner.core.loop
+    import runner.grid
     from models.errors import ModelConfigError
 
     def refuse(*args, **kwargs):
         raise ModelConfigError("base: got 'vgg17', expected one of ...")
 
-    monkeypatch.setattr(runner.core.loop, "sweep_command", refuse)
+    monkeypatch.setattr(runner.grid, "load_grid", refuse)
     result = invoke("sweep", str(tmp_path / "grid.yaml"))
     assert result.exit_code == 2
     assert result.output == "error: base: got 'vgg17', expected one of ...\n"
@@ -116,7 +116,7 @@ def test_model_config_error_exits_2_too(tmp_path, monkeypatch):
     (["sweep", "grid.yaml", "--force", "--retry-failed"], "--force and --retry-failed cannot be used together"),
     (["sweep", "grid.yaml", "--executor", "dask"], "--executor dask needs --scheduler"),
     (["sweep", "grid.yaml", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs --executor dask"),
-    (["sweep", "grid.yaml", "--workers", "0"], "expected an integer >= 1, got 0"),
+    (["sweep", "grid.yaml", "--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1."),
     (["sweep", "grid.yaml", "--no-such-option"], "unrecognized arguments: --no-such-option"),
     (["sweep"], "Missing argument 'GRID'"),
     (["predict", "best"], "give image paths to predict, or --evaluate LABELLED_DIR"),
@@ -134,6 +134,26 @@ def test_usage_errors_exit_2(args, message, tmp_path, monkeypatch, capsys):
         cli.run_command(args[0], args[1:])
     assert exit_info.value.code == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_warning_is_printed_as_one_line_while_a_command_runs(tmp_path, monkeypatch):
+    """A library's `warnings.warn` reads `warning: <message>` (no source line); the hook ends with the command."""
+    import types
+    import warnings
+
+    import runner.reports.leaderboard
+
+    def warn(*args, **kwargs):
+        warnings.warn("--top 3: only 2 configuration(s) have an eligible run", UserWarning, stacklevel=2)
+        return types.SimpleNamespace(summary=lambda: "ranked 0 runs")
+
+    monkeypatch.setattr(runner.reports.leaderboard, "write_leaderboard", warn)
+    before = warnings.showwarning
+    result = invoke("leaderboard", "--logs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "warning: --top 3: only 2 configuration(s) have an eligible run\n" in result.output, result.output
+    assert "UserWarning" not in result.output and "warnings.warn" not in result.output
+    assert warnings.showwarning is before
 
 
 def test_dry_run_of_the_repository_grid_prints_4_runs_and_runs_nothing(monkeypatch):

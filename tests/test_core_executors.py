@@ -48,7 +48,7 @@ def test_thread_limits_share_the_cores_between_the_workers():
 def test_workers_must_be_positive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep_main([str(write_faults_grid(tmp_path, "[{action: ok}]")), "--workers", "0"])
-    assert "expected an integer >= 1, got 0" in capsys.readouterr().err
+    assert "Invalid value for '--workers': 0 is not in the range x>=1." in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]
 
 

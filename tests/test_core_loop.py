@@ -1,5 +1,5 @@
 """The sweep (`runner.core.loop`): end to end through real papermill kernels and real Keras, resume by
-config hash, Ctrl-C / SIGTERM, the logs lock, and a record that cannot be written.
+config hash, Ctrl-C / SIGTERM, the logs lock held by a sweep, and a record that cannot be written.
 
 The end-to-end sweep (the `sweep` fixture of conftest.py) runs tiny generated
 images (3 classes), random weights, 32 px, 1 epoch: two runs that complete and
@@ -12,7 +12,6 @@ tests use `tests/assets/faults.ipynb` (no TensorFlow, about a second a run).
 import hashlib
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -20,11 +19,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner.errors import ConfigError
 from runner.grid import RunSpec
 from runner.records.query import RecordSet, read_all
 from runner.records import COMPLETED, FAILED, INTERRUPTED, PRUNED, RANKING_METRICS
-from runner.core.loop import StopSignals, SweepOptions, plan_runs, sweep_lock
+from runner.core.loop import ListSource, StopSignals, SweepOptions, plan_grid, plan_runs
 from helpers import sweep_main
 
 from helpers import SWEEP, check_split_metrics, kernels_running_in, write_faults_grid
@@ -65,6 +63,20 @@ def test_plan_runs_skips_done_hashes_and_honours_force_and_the_retry_options(mak
         "completed as 20260101-000000-00000001", None, None, "never run (--retry-failed only re-runs failed runs)"]
 
 
+def test_plan_grid_gives_one_source_of_the_runs_to_execute_and_the_skipped_ones_apart(make_record):
+    runs = [RunSpec(index=i, params={}, config_hash=h, origin=f"runs[{i}]") for i, h in enumerate(["done", "new", "x"])]
+    record = make_record("20260101-000000-00000001", 0.8)
+    record.config_hash = "done"
+    found = RecordSet(Path("logs"), records=[record])
+    source, skipped = plan_grid(runs, found, SweepOptions())
+    assert isinstance(source, ListSource) and source.found is found
+    assert [(run.index, reason) for run, reason in skipped] == [(0, "completed as 20260101-000000-00000001")]
+    assert source.runs_remaining() == 2 and source.proposed is None and source.predicted_s(runs[1]) is None
+    assert source.pop() is runs[1] and source.runs_remaining() == 1  # another run follows: a kernel starts ahead
+    assert source.peek() is runs[2] and source.pop() is runs[2]
+    assert source.runs_remaining() == 0 and source.peek() is None
+
+
 def test_stop_signals_set_the_event_never_raise_and_restore_the_handlers():
     lines = []
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
@@ -79,28 +91,6 @@ def test_stop_signals_set_the_event_never_raise_and_restore_the_handlers():
     assert lines[0] == ("SIGINT: stopping; running runs are killed, saved and recorded as 'interrupted' "
                         "(no new run starts)")
     assert lines[1].startswith("SIGTERM again (2): still stopping") and lines[2].startswith("SIGINT again (3)")
-
-
-def test_sweep_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
-    import os
-
-    with sweep_lock(tmp_path / "logs"):
-        assert (tmp_path / "logs" / ".sweep.lock").read_text() == str(os.getpid())
-        outcome = []
-
-        def second():  # flock locks belong to open files: another open in this process is refused too
-            try:
-                with sweep_lock(tmp_path / "logs"):
-                    outcome.append("got it")
-            except ConfigError as exc:
-                outcome.append(str(exc))
-
-        thread = threading.Thread(target=second)
-        thread.start()
-        thread.join()
-        assert outcome[0].startswith(f"another sweep is running (pid {os.getpid()}) on {tmp_path / 'logs'}")
-    with sweep_lock(tmp_path / "logs"):  # released with the first
-        pass
 
 
 # End to end: the `sweep` fixture ------------------------------------------------------------------

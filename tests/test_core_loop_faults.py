@@ -168,11 +168,12 @@ def test_leftovers_connection_files_orphans_and_file_modes(tmp_path):
     assert len(run_folders(tmp_path)) == 2  # the recorded runs are kept
 
 
-def test_a_notebook_that_prints_50_mb_is_capped(tmp_path):
+def test_a_notebook_that_prints_50_mb_is_capped(tmp_path, monkeypatch):
     """Case 10: stream output over the cap is cut from the saved notebook and page, with a warning."""
     from runner.core.execute import execute_run
     from runner.grid import expand_runs, load_grid
 
+    monkeypatch.chdir(tmp_path)  # the grid's logs and experiments folders are relative to it
     path = grid(tmp_path, "fixed: {action: spam, seconds: 3}\n")  # 3 MB of output
     spec = load_grid(path)
     (run,), _ = expand_runs(spec, path, base_dir=tmp_path)

@@ -1,4 +1,4 @@
-"""A grid's `refit: true` (`runner.core.loop.refit_best`, `run_refit`): the best configuration trained again on
+"""A grid's `refit: true` (`runner.core.refit`: `refit_best`, `run_refit`): the best configuration trained again on
 train + validation for the epochs of its selected weights, recorded as a run of its own (`refit_of`), evaluated
 on the test split only, kept out of the ranking and shown apart on the leaderboard."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner import PROJECT_ROOT
-from runner.core.loop import refit_best, refit_params
+from runner.core.refit import REFIT_NAME_SUFFIX, refit_best, refit_params, run_refit
 from runner.grid import load_grid
 from runner.records import DataSection, WarmStartSection
 from runner.records.query import parse_metric, rank, read_all
@@ -31,7 +31,7 @@ def test_refit_params_train_on_val_for_the_epochs_of_the_best_head_epoch(make_re
     assert params["train_on_val"] is True and params["early_stopping_patience"] is None
     assert (params["epochs"], params["fine_tune_layers"], params["fine_tune_epochs"]) == (4, 0, 0)
     assert params["keep_best_checkpoints"] is None and params["keep_checkpoints"] == 2
-    assert params["name"] == "best-one-refit" and params["base"] == "simple_cnn_small"
+    assert params["name"] == "best-one" + REFIT_NAME_SUFFIX == "best-one-refit" and params["base"] == "simple_cnn_small"
 
 
 def test_refit_params_split_a_fine_tuning_best_epoch_and_pin_the_warm_start(make_record):
@@ -76,6 +76,34 @@ def test_refit_best_without_a_ranked_run_says_so(tmp_path, make_record):
     found.records.append(make_record("failed", None))
     run, line = refit_best(_grid(tmp_path), found)
     assert run is None and line == "refit: not run: no completed run has val_weighted_recall"
+
+
+def test_run_refit_asks_the_sweep_whether_to_run_executes_and_says_how_it_went(tmp_path, monkeypatch, make_record):
+    """`run_refit` knows nothing of executors: the sweep's planning and execution are handed in."""
+    from runner.records import write_record
+
+    monkeypatch.chdir(tmp_path)  # the grid's logs folder: tmp_path/logs
+    spec = _grid(tmp_path)
+    assert spec.logs_dir == tmp_path / "logs"
+    best = make_record("20260101-000000-aaaaaaaa", 0.9, base="simple_cnn_small", weights=None, epochs=3)
+    write_record(best, spec.logs_dir)
+    lines, asked, executed = [], [], []
+    assert run_refit(spec, lambda run, found: asked.append(found) or "completed as x", executed.append,
+                     lines.append) is None
+    assert executed == [] and [rec.run_id for rec in asked[0].records] == [best.run_id]
+    assert lines[0].startswith(f"refit of {best.run_id} (val_weighted_recall 0.9000)")
+    assert lines[1] == "refit: not run again: completed as x"
+
+    lines.clear()
+    done = make_record("20260101-000100-bbbbbbbb", 0.95)
+
+    def execute(run):
+        executed.append(run)
+        return done
+
+    assert run_refit(spec, lambda run, found: None, execute, lines.append) is done
+    assert executed[0].refit_of == best.run_id and executed[0].params["train_on_val"] is True
+    assert lines[1].startswith(f"refit {done.run_id}: test_weighted_recall 0.9500 (trained on ")
 
 
 def test_refit_is_a_grid_key_and_refused_when_not_a_bool(tmp_path):

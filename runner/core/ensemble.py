@@ -1,36 +1,37 @@
-"""Ensembles: average the softmax outputs of the top runs (or chosen runs).
-
-    python runner/ensemble.py --top 5 [--metric weighted_recall]
-    python runner/ensemble.py RUN RUN [RUN ...]
+"""Ensembles: average the softmax outputs of the top runs (or chosen runs), and record the result.
 
 The members must share the test split (same data manifest hash) and the
 class list. Their saved test-split probabilities (`predictions.csv`) are
 averaged, evaluated with the notebook's metrics, and recorded as a record of
 kind `ensemble` listing its members: it is ranked on the leaderboard like any
 run, and `runner.core.predict.load_run` loads it (predicting with every member and
-averaging).
+averaging). A grid's `ensembles:` are built at the end of its sweep
+(`build_grid_ensembles`).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 
 import numpy as np
 import pandas as pd
 
-from runner.errors import ConfigError
+from runner.errors import ConfigError, RunnerError
 from models.hashing import sha256_json
 from models.names import DEFAULT_METRIC
 from runner.core.execute import prepare_run
 from runner.records.groups import by_validation
 from runner.records.query import find, parse_metric, rank_groups, read_all
 from runner.records import (
-    COMPLETED, ENSEMBLE, RANKING_METRICS, RUN, RunLoadError, RunRecord, SplitMetrics, build_record,
+    COMPLETED, ENSEMBLE, EXPERIMENTS_DIR, LOGS_DIR, RANKING_METRICS, RUN, RunLoadError, RunRecord, SplitMetrics, build_record,
     write_record, write_text_atomic,
 )
+
+if TYPE_CHECKING:
+    from runner.grid import GridSpec
 
 
 def choose_members(runs: Sequence[str], top: Optional[int], logs_dir: Path, metric: str) -> list[tuple[Path, RunRecord]]:
@@ -70,60 +71,100 @@ def choose_members(runs: Sequence[str], top: Optional[int], logs_dir: Path, metr
             files fail the check (the message names the run and each file);
             or members with different test splits or classes.
     """
-    import warnings
-
-    from runner.core.predict import check_run_files
-
     ranking = parse_metric(metric, "--metric")
     found = read_all(logs_dir)
     unloadable: dict[str, str] = {}
     if runs:
-        try:
-            named = [find(str(ref), found) for ref in runs]
-        except RunLoadError as exc:
-            raise ConfigError(str(exc)) from exc
-        members = [(found.path_of(rec), rec) for rec in {rec.run_id: rec for rec in named}.values()]
+        members = _find_named_members(runs, found)
     else:
-        members = []
-        other_split: list[str] = []
-        for group in rank_groups(found.records, ranking, kinds=(RUN,)):
-            if top is not None and len(members) >= top:
-                break
-            if members and all(_test_split(rec) != _test_split(members[0][1]) for rec in group.runs):
-                other_split.append(group.best.run_id)
-                continue
-            for rec in by_validation(group.runs, ranking):
-                if members and _test_split(rec) != _test_split(members[0][1]):
-                    continue  # another seed's split
-                path = found.path_of(rec)
-                problems = check_run_files(rec, path, predictions=True)
-                if problems:
-                    unloadable[rec.run_id] = "; ".join(problems)
-                    continue
-                members.append((path, rec))
-                break
-        if unloadable:
-            warnings.warn(f"--top {top}: skipped {len(unloadable)} run(s) whose files cannot be loaded, took the "
-                          f"next best instead: " + "; ".join(f"run {run_id}: {problems}"
-                                                             for run_id, problems in unloadable.items()),
-                          UserWarning, stacklevel=2)
-        if other_split:
-            warnings.warn(f"--top {top}: skipped {len(other_split)} configuration(s) with no run on the test split "
-                          f"of {members[0][1].run_id} (another seed or data): {', '.join(other_split)}",
-                          UserWarning, stacklevel=2)
-        if top is not None and 2 <= len(members) < top:  # fewer than asked for: say so, never silently
-            warnings.warn(f"--top {top}: only {len(members)} configuration(s) have an eligible run (completed, "
-                          f"files loadable, on the test split and classes of the best, {members[0][1].run_id}); "
-                          f"the ensemble has {len(members)} members: {', '.join(rec.run_id for _, rec in members)}",
-                          UserWarning, stacklevel=2)
+        members = _pick_top_members(found, ranking, top, unloadable)
     if len(members) < 2:
         skipped = f" ({len(unloadable)} skipped: {', '.join(unloadable)})" if unloadable else ""
         raise ConfigError(f"an ensemble needs at least 2 completed runs, got {len(members)}{skipped}")
+    _check_members(members, check_files=bool(runs))
+    return members
+
+
+def _find_named_members(runs: Sequence[str], found) -> list[tuple[Path, RunRecord]]:
+    """The records of the runs named (each once, in order).
+
+    Raises:
+        ConfigError: a reference names no run, or more than one.
+    """
+    try:
+        named = [find(str(ref), found) for ref in runs]
+    except RunLoadError as exc:
+        raise ConfigError(str(exc)) from exc
+    return [(found.path_of(rec), rec) for rec in {rec.run_id: rec for rec in named}.values()]
+
+
+def _pick_top_members(found, ranking, top: Optional[int], unloadable: dict[str, str]) -> list[tuple[Path, RunRecord]]:
+    """The best run of each of the `top` best configurations that fits the first (see `choose_members`).
+
+    Args:
+        found: the records of the logs folder.
+        ranking: the parsed `--metric`.
+        top: configurations to take, or `None` for all.
+        unloadable: filled with run id -> the problems of each run skipped
+            because its files cannot be loaded.
+
+    Returns:
+        `(record path, record)` per member, best first; the `UserWarning`s of
+        `choose_members` are issued (pointing at its caller).
+    """
+    import warnings
+
+    from runner.core.predict import check_run_files
+
+    members: list[tuple[Path, RunRecord]] = []
+    other_split: list[str] = []
+    for group in rank_groups(found.records, ranking, kinds=(RUN,)):
+        if top is not None and len(members) >= top:
+            break
+        if members and all(_test_split(rec) != _test_split(members[0][1]) for rec in group.runs):
+            other_split.append(group.best.run_id)
+            continue
+        for rec in by_validation(group.runs, ranking):
+            if members and _test_split(rec) != _test_split(members[0][1]):
+                continue  # another seed's split
+            path = found.path_of(rec)
+            problems = check_run_files(rec, path, predictions=True)
+            if problems:
+                unloadable[rec.run_id] = "; ".join(problems)
+                continue
+            members.append((path, rec))
+            break
+    if unloadable:
+        warnings.warn(f"--top {top}: skipped {len(unloadable)} run(s) whose files cannot be loaded, took the "
+                      f"next best instead: " + "; ".join(f"run {run_id}: {problems}"
+                                                         for run_id, problems in unloadable.items()),
+                      UserWarning, stacklevel=3)
+    if other_split:
+        warnings.warn(f"--top {top}: skipped {len(other_split)} configuration(s) with no run on the test split "
+                      f"of {members[0][1].run_id} (another seed or data): {', '.join(other_split)}",
+                      UserWarning, stacklevel=3)
+    if top is not None and 2 <= len(members) < top:  # fewer than asked for: say so, never silently
+        warnings.warn(f"--top {top}: only {len(members)} configuration(s) have an eligible run (completed, "
+                      f"files loadable, on the test split and classes of the best, {members[0][1].run_id}); "
+                      f"the ensemble has {len(members)} members: {', '.join(rec.run_id for _, rec in members)}",
+                      UserWarning, stacklevel=3)
+    return members
+
+
+def _check_members(members: Sequence[tuple[Path, RunRecord]], check_files: bool) -> None:
+    """Refuse members that are not completed notebook runs, or (`check_files`) whose files cannot be loaded,
+    or that differ from the first in test split or classes.
+
+    Raises:
+        ConfigError: as `choose_members` says.
+    """
+    from runner.core.predict import check_run_files
+
     for path, rec in members:
         if rec.status != COMPLETED or rec.kind != RUN:
             raise ConfigError(f"run {rec.run_id}: a member must be a completed notebook run "
                               f"(status {rec.status!r}, kind {rec.kind!r})")
-        problems = check_run_files(rec, path, predictions=True) if runs else []
+        problems = check_run_files(rec, path, predictions=True) if check_files else []
         if problems:
             raise ConfigError(f"run {rec.run_id}: cannot be an ensemble member, its files cannot be loaded: "
                               f"{'; '.join(problems)}")
@@ -134,7 +175,6 @@ def choose_members(runs: Sequence[str], top: Optional[int], logs_dir: Path, metr
             if mine != theirs:
                 raise ConfigError(f"runs {first.run_id} and {rec.run_id} have different {key} "
                                   f"({mine!r} vs {theirs!r}): an ensemble needs the same test split and classes")
-    return members
 
 
 def _test_split(record: RunRecord) -> tuple:
@@ -178,8 +218,8 @@ def average_predictions(members: Sequence[tuple[Path, RunRecord]], key: str = "p
                       pd.DataFrame(mean, columns=columns)], axis=1)
 
 
-def build_ensemble(runs: Sequence[str] = (), top: Optional[int] = None, *, logs_dir: str | Path = "logs",
-                   experiments_dir: str | Path = "experiments", metric: str = DEFAULT_METRIC) -> RunRecord:
+def build_ensemble(runs: Sequence[str] = (), top: Optional[int] = None, *, logs_dir: str | Path = LOGS_DIR,
+                   experiments_dir: str | Path = EXPERIMENTS_DIR, metric: str = DEFAULT_METRIC) -> RunRecord:
     """Average the members' probabilities on the test and validation splits, evaluate, and record an ensemble.
 
     Writes `experiments/<run_id>/` (`predictions.csv`, `val_predictions.csv`
@@ -190,8 +230,8 @@ def build_ensemble(runs: Sequence[str] = (), top: Optional[int] = None, *, logs_
     Args:
         runs: member run ids / prefixes / record paths; empty to use `top`.
         top: number of best completed runs by `metric` when `runs` is empty.
-        logs_dir: folder of the records. Defaults to `"logs"`.
-        experiments_dir: folder of the run folders. Defaults to `"experiments"`.
+        logs_dir: folder of the records. Defaults to `runner.records.LOGS_DIR`.
+        experiments_dir: folder of the run folders. Defaults to `runner.records.EXPERIMENTS_DIR`.
         metric: what `top` ranks by. Defaults to `models.names.DEFAULT_METRIC`.
 
     Returns:
@@ -235,6 +275,40 @@ def build_ensemble(runs: Sequence[str] = (), top: Optional[int] = None, *, logs_
     )
     write_record(record, logs_dir)
     return record
+
+
+def build_grid_ensembles(spec: "GridSpec") -> list[str]:
+    """Build the grid's `ensembles:` (`build_ensemble`), each once per set of members.
+
+    Args:
+        spec: the grid (`ensembles`, `metric`, output folders).
+
+    Returns:
+        One line per ensemble: built (with its figures), already recorded,
+        or why it could not be built (fewer than 2 fitting runs...); a
+        problem never fails the sweep.
+    """
+    lines = []
+    for i, entry in enumerate(spec.ensembles):
+        where = f"ensembles[{i}]"
+        try:
+            members = [rec.run_id for _, rec in choose_members(entry.runs, entry.top, spec.logs_dir, spec.metric)]
+            existing = {rec.config_hash: rec.run_id for rec in read_all(spec.logs_dir).records if rec.kind == ENSEMBLE}
+            digest = sha256_json({"ensemble": sorted(members)})
+            if digest in existing:
+                lines.append(f"{where}: the ensemble of {', '.join(members)} is recorded already ({existing[digest]})")
+                continue
+            record = build_ensemble(entry.runs, entry.top, logs_dir=spec.logs_dir,
+                                    experiments_dir=spec.experiments_dir, metric=spec.metric)
+        except (RunnerError, ValueError) as exc:
+            lines.append(f"{where}: not built: {exc}")
+            continue
+        ranking = parse_metric(spec.metric)
+        value = ranking.value(record)
+        lines.append(f"{where}: ensemble {record.run_id} of {', '.join(record.members)}: "
+                     f"{ranking.column} {value if value is None else round(value, 4)}, "
+                     f"test_{ranking.metric} {getattr(record.metrics, ranking.metric):.4f}")
+    return lines
 
 
 def _report(run_id: str, member_ids: Sequence[str], metrics, metric: str) -> str:

@@ -1,73 +1,36 @@
-"""Run a sweep: expand a grid file into papermill runs of one notebook.
+"""The sweep loop: plan the runs, feed them to an executor, stop in order on a signal.
 
-    python runner/sweep.py grid.yaml [--dry-run] [--verbose] [--force | --retry-failed]
-                                     [--data-dir DIR] [--weights-dir DIR]
-                                     [--timeout S] [--cell-timeout S]
-                                     [--workers N [--gpus-per-worker G] | --executor dask --scheduler tcp://HOST:8786]
-                                     [--no-prestart] [--max-runs N --yes]
-
-Every configuration of the grid is validated against the notebook's
-parameters before anything runs. Each run is executed with papermill into
-`experiments/<run_id>/<run_id>.ipynb`, exported to `.html` beside it, and
-recorded in `logs/<run_id>.json`; a failed run is recorded as failed and the
-sweep goes on. At the end `leaderboard.html` ranks every recorded run.
-
-A run whose completed record has the same config_hash (parameters, notebook
-code, data manifest, weights, project code) is skipped, so re-running the
-same command after an interruption continues where it stopped.
-
-Exit codes: 0 every run completed (or was skipped); 1 at least one run failed
-or timed out; 2 invalid grid file or option, or another sweep holds the logs
-folder (nothing ran); 130 interrupted (Ctrl-C / SIGTERM).
+`run_sweep` takes one source of runs, a grid's (`ListSource`, planned by
+`plan_runs`) or a search's (`runner.search.SearchSource`), feeds them to the
+executor `make_executor` chooses, counts each run on a progress bar as it
+finishes, then runs the grid's refit (`runner.core.refit`) and ensembles
+(`runner.core.ensemble`) and writes the leaderboard. `StopSignals` turns
+SIGINT and SIGTERM into an orderly stop.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import logging
 import os
 import shutil
 import signal
 import sys
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional, Protocol, Sequence
 
-
-import pandas as pd
 from tqdm import tqdm
 
-from runner.errors import ConfigError, FatalError, shorten
+from runner.errors import FatalError, shorten
+from runner.core.ensemble import build_grid_ensembles
 from runner.core.executors import (DaskExecutor, InlineExecutor, LocalExecutor, RunTask, gpu_environment,
                                    worker_gpus)
-from runner.grid import GridSpec, RunBuilder, RunSpec, expand_runs, load_grid
-from runner.reports.leaderboard import write_leaderboard
-from runner.core.preflight import check_runs
 from runner.core.execute import DATA_CHANGED, orphan_run_folders
-from models.hashing import sha256_json
-from models.names import FINE_TUNE, HEAD
-from runner.records.query import RecordSet, parse_metric, rank_groups, read_all
-from runner.records import COMPLETED, DONE_STATUSES, FAILED, INTERRUPTED, PRUNED, RUN, TIMEOUT, SKIPPED, STATUSES, RunRecord
-
-
-def runs_table(runs: list[RunSpec]) -> pd.DataFrame:
-    """The expanded runs as a table: index, origin, hash, and the parameters that vary.
-
-    Args:
-        runs: expanded run specs.
-
-    Returns:
-        One row per run; parameter columns only for parameters whose value
-        differs between runs (all parameters when there is one run).
-    """
-    params = pd.DataFrame([{k: v if isinstance(v, (str, int, float)) else str(v)
-                            for k, v in run.params.items()} for run in runs])
-    varying = [c for c in params.columns if params[c].astype(str).nunique() > 1] if len(runs) > 1 else list(params.columns)
-    meta = pd.DataFrame({"run": [r.index for r in runs], "origin": [r.origin for r in runs],
-                         "config_hash": [r.config_hash[:8] for r in runs]})
-    return pd.concat([meta, params[varying]], axis=1)
+from runner.core.refit import run_refit
+from runner.grid import GridSpec, RunSpec
+from runner.reports.leaderboard import write_leaderboard
+from runner.records.query import RecordSet
+from runner.records import COMPLETED, DONE_STATUSES, INTERRUPTED, PRUNED, RUN, SKIPPED, STATUSES, RunRecord
 
 
 @dataclass
@@ -193,16 +156,65 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-class ListSource:
-    """The runs of a grid, in order, for `_execute` (a `runner.search.SearchSource` has the same methods).
+class RunSource(Protocol):
+    """What `run_sweep` pulls runs from: a grid's `ListSource`, or a `runner.search.SearchSource`.
 
-    Args:
-        runs: the runs to execute.
+    Attributes:
+        found: the records of the logs folder the runs were planned against.
+        notes: lines for the user, written once the source is closed.
+        proposed: the run to show an ETA for (`predicted_s`), or `None` for no ETA.
     """
 
-    def __init__(self, runs: list[RunSpec]):
+    found: RecordSet
+    notes: list[str]
+
+    @property
+    def proposed(self) -> Optional[RunSpec]: ...
+
+    def runs_remaining(self) -> int:
+        """Runs still to start; after `pop`, more than 0 when another run may follow."""
+
+    def predicted_s(self, run: RunSpec) -> Optional[float]:
+        """The predicted seconds of `run`, or `None`."""
+
+    def peek(self) -> Optional[RunSpec]:
+        """The next run, or `None` when none is left."""
+
+    def pop(self) -> RunSpec:
+        """Takes the run `peek` returned."""
+
+    def finished(self, record: RunRecord) -> None:
+        """Told how each run ended."""
+
+    def close(self) -> None:
+        """Releases what the source holds; runs before `notes` are written."""
+
+
+class ListSource:
+    """The runs of a grid, in order: a `RunSource` whose runs are known in advance.
+
+    Args:
+        runs: the runs to execute (`plan_runs` chose them).
+        found: the records they were planned against.
+    """
+
+    def __init__(self, runs: Sequence[RunSpec], found: RecordSet):
         self._queue = list(runs)
+        self.found = found
         self.notes: list[str] = []
+
+    @property
+    def proposed(self) -> None:
+        """No ETA of its own: the progress bar's, for runs of the same grid, fits."""
+        return None
+
+    def runs_remaining(self) -> int:
+        """The runs not taken yet."""
+        return len(self._queue)
+
+    def predicted_s(self, run: RunSpec) -> None:
+        """No prediction."""
+        return None
 
     def peek(self) -> Optional[RunSpec]:
         """The next run, or `None` when none is left."""
@@ -219,14 +231,32 @@ class ListSource:
         """Nothing to release."""
 
 
-def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOptions] = None,
-              search=None) -> dict[str, list]:
-    """Execute the runs not done yet on the chosen executor; then write the leaderboard.
+def plan_grid(runs: list[RunSpec], found: RecordSet,
+              options: SweepOptions) -> tuple[ListSource, list[tuple[RunSpec, str]]]:
+    """A grid's runs as `run_sweep` takes them: the source of those to execute, and the skipped ones.
 
-    Runs start in grid order, up to the executor's number of slots at once
+    Args:
+        runs: the grid's expanded runs.
+        found: the records of its logs folder (`runner.records.query.read_all`).
+        options: see `plan_runs`.
+
+    Returns:
+        `(source, skipped)`: a `ListSource` of the runs `plan_runs` executes,
+        in order, and `(run, reason)` for each of the others.
+    """
+    plan = plan_runs(runs, found, options)
+    return (ListSource([run for run, reason in plan if reason is None], found),
+            [(run, reason) for run, reason in plan if reason is not None])
+
+
+def run_sweep(spec: GridSpec, source: RunSource, options: Optional[SweepOptions] = None,
+              skipped: Sequence[tuple[RunSpec, str]] = ()) -> dict[str, list]:
+    """Execute the runs of `source` on the chosen executor; then the refit, the ensembles and the leaderboard.
+
+    Runs start in order, up to the executor's number of slots at once
     (`--workers`); a run with a `warm_start` starts only once every run
     before it has finished, so `warm_start: best` sees them. The progress bar
-    advances as runs finish.
+    advances as runs finish (and once for each of `skipped`).
 
     SIGINT and SIGTERM (`StopSignals`) end the same way: runs not started
     are dropped, running notebooks are stopped (their kernels killed, also
@@ -236,11 +266,13 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
     no completed record.
 
     Args:
-        spec: the validated grid (notebook, output folders, metric, top_n).
-        runs: the expanded runs (ignored with `search`).
+        spec: the validated grid (notebook, output folders, metric, top_n,
+            refit, ensembles).
+        source: the runs to execute: `ListSource` for a grid's planned runs,
+            a `runner.search.SearchSource` for a search's proposals.
         options: see `SweepOptions`. Defaults to `SweepOptions()`.
-        search: a `runner.search.SearchSource` proposing the runs instead,
-            or `None` (the grid's `runs`). Defaults to `None`.
+        skipped: `(run, reason)` for each run `plan_runs` chose not to
+            execute; each is written and counted as skipped. Defaults to `()`.
 
     Returns:
         `{status: [record or run spec]}`: records by status, and the skipped
@@ -252,238 +284,121 @@ def run_sweep(spec: GridSpec, runs: list[RunSpec], options: Optional[SweepOption
             died; the leaderboard is still regenerated from what was recorded.
     """
     options = options or SweepOptions()
-    outcome: dict[str, list] = {status: [] for status in (*STATUSES, SKIPPED)}
-    found = search.found if search is not None else read_all(spec.logs_dir)
-    plan = [] if search is not None else plan_runs(runs, found, options)
     task = RunTask(spec.notebook, spec.experiments_dir, spec.logs_dir, verbose=options.verbose,
                    timeout_s=options.timeout_s, cell_timeout_s=options.cell_timeout_s, metric=spec.metric,
                    prestart=options.prestart)
+    bar_file = _open_bar_file()
     try:
-        # The bar writes to a copy of stderr: fd 2 itself goes to each run's kernel.log.
-        bar_file = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
-    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
-        bar_file = sys.stderr
-    try:
-        total = search.runs_remaining() if search is not None else len(plan)
-        with tqdm(total=total, desc="search" if search else "sweep", unit="run", file=bar_file,
-                  dynamic_ncols=True) as bar, \
+        with tqdm(total=len(skipped) + source.runs_remaining(), desc="sweep" if spec.search is None else "search",
+                  unit="run", file=bar_file, dynamic_ncols=True) as bar, \
                 StopSignals(lambda line: bar.write(line, file=bar_file)) as stop:
-            orphans = orphan_run_folders(spec.experiments_dir, {rec.run_id for rec in found.records}
-                                         | set(found.unreadable_ids()))
-            if orphans:
-                bar.write(_orphans_line(orphans, options.clean_orphans), file=bar_file)
-                if options.clean_orphans:
-                    for folder in orphans:
-                        shutil.rmtree(folder, ignore_errors=True)
-            if found.unreadable:  # their runs cannot be recognised as done: say so before running any again
-                bar.write(_unreadable_line(found), file=bar_file)
-
-            def finished(record: RunRecord) -> None:
-                source.finished(record)
-                outcome[record.status].append(record)
-                if record.error is not None and record.status != INTERRUPTED:
-                    bar.write(f"run {record.run_id} {record.status}: {record.error.ename}: "
-                              f"{record.error.evalue[:200]}", file=bar_file)
-                for warning in record.warnings:
-                    if warning.startswith(DATA_CHANGED):
-                        bar.write(f"warning: run {record.run_id}: {warning}", file=bar_file)
-                bar.update()
-                bar.set_postfix_str(_counts(outcome) + _eta(search, bar))
-
-            pending: list[RunSpec] = []
-            for run, skip in plan:
-                if skip:
-                    outcome[SKIPPED].append(run)
-                    bar.write(f"skip run {run.index + 1} ({run.origin}): {skip}", file=bar_file)
-                    bar.update()
-                else:
-                    pending.append(run)
-            source = search if search is not None else ListSource(pending)
+            progress = _Progress(bar, bar_file, source)
+            _report_leftovers(spec.experiments_dir, source.found, options.clean_orphans, progress.write)
+            for run, reason in skipped:
+                progress.skip(run, reason)
             try:
                 if source.peek() is not None:
-                    _execute(make_executor(options, stop.event), task, source, finished, stop.event)
+                    _feed(make_executor(options, stop.event), task, source, progress.finished, stop.event)
             finally:
                 source.close()
                 for note in source.notes:
-                    bar.write(f"note: {note}", file=bar_file)
+                    progress.write(f"note: {note}")
             if spec.refit:  # before the ensembles: an ensemble may name the refit
-                run_refit(spec, options, task, stop.event, lambda line: bar.write(line, file=bar_file))
+                run_refit(spec, lambda run, found: plan_runs([run], found, options)[0][1],
+                          lambda run: _execute_one(run, source.found, options, task, stop.event), progress.write)
             for line in build_grid_ensembles(spec):
-                bar.write(line, file=bar_file)
+                progress.write(line)
     finally:
         if bar_file is not sys.stderr:
             bar_file.close()
         write_leaderboard(spec.logs_dir, spec.leaderboard, spec.metric, spec.top_n)
-    return outcome
+    return progress.outcome
 
 
-def build_grid_ensembles(spec: GridSpec) -> list[str]:
-    """Build the grid's `ensembles:` (`runner.core.ensemble.build_ensemble`), each once per set of members.
-
-    Args:
-        spec: the grid (`ensembles`, `metric`, output folders).
-
-    Returns:
-        One line per ensemble: built (with its figures), already recorded,
-        or why it could not be built (fewer than 2 fitting runs...); a
-        problem never fails the sweep.
-    """
-    from runner.core.ensemble import build_ensemble, choose_members
-    from runner.errors import RunnerError
-
-    lines = []
-    for i, entry in enumerate(spec.ensembles):
-        where = f"ensembles[{i}]"
-        try:
-            members = [rec.run_id for _, rec in choose_members(entry.runs, entry.top, spec.logs_dir, spec.metric)]
-            existing = {rec.config_hash: rec.run_id for rec in read_all(spec.logs_dir).records if rec.kind == "ensemble"}
-            digest = sha256_json({"ensemble": sorted(members)})
-            if digest in existing:
-                lines.append(f"{where}: the ensemble of {', '.join(members)} is recorded already ({existing[digest]})")
-                continue
-            record = build_ensemble(entry.runs, entry.top, logs_dir=spec.logs_dir,
-                                    experiments_dir=spec.experiments_dir, metric=spec.metric)
-        except (RunnerError, ValueError) as exc:
-            lines.append(f"{where}: not built: {exc}")
-            continue
-        ranking = parse_metric(spec.metric)
-        value = ranking.value(record)
-        lines.append(f"{where}: ensemble {record.run_id} of {', '.join(record.members)}: "
-                     f"{ranking.column} {value if value is None else round(value, 4)}, "
-                     f"test_{ranking.metric} {getattr(record.metrics, ranking.metric):.4f}")
-    return lines
+def _open_bar_file():
+    """Where the progress bar writes: a copy of stderr, since fd 2 itself goes to each run's kernel.log."""
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
+        return sys.stderr
 
 
-REFIT_NAME_SUFFIX = "-refit"
-"""A refit of a named run is named `<name>-refit` (so `nbsweep predict <name>-refit` finds it)."""
-
-
-def refit_params(record: RunRecord) -> dict[str, Any]:
-    """The parameters of the refit of `record`: its own, trained on train + validation for its selected epochs.
-
-    The epochs are those its kept weights had trained (`best_epoch`, the last
-    epoch for a run that averaged with `swa_epochs`), split as they were: a
-    best epoch in the head phase gives `epochs = best_epoch` and no
-    fine-tuning (`fine_tune_layers: 0`, `fine_tune_epochs: 0`, `swa_epochs:
-    null`); one in the fine-tuning phase gives the head epochs the run ran
-    (early stopping included) and `fine_tune_epochs = best_epoch - head
-    epochs` (`swa_epochs` at most that many). With nothing left to validate
-    on, `train_on_val: true`, `early_stopping_patience: null` and
-    `keep_best_checkpoints: null`. A warm start is pinned to the parent and
-    checkpoint the run loaded (a `warm_start: best` would be resolved anew),
-    and a name gets `REFIT_NAME_SUFFIX`.
+class _Progress:
+    """The sweep's progress bar and outcome: each run skipped or finished is counted, its problems written.
 
     Args:
-        record: a completed notebook run.
+        bar: the `tqdm` bar.
+        file: where the bar writes.
+        source: told of every finished run.
 
-    Returns:
-        Every parameter of the refit (the notebook's parameter names).
+    Attributes:
+        outcome: `{status: [record or run spec]}`, `run_sweep`'s result.
     """
-    params = dict(record.params)
-    head_run = len((record.history.get(HEAD) or {}).get("loss", []))
-    best = record.best_epoch or record.epochs_run or 1
-    if record.best_phase == FINE_TUNE or best > head_run:
-        epochs, fine_tune_epochs = head_run, best - head_run
-    else:
-        epochs, fine_tune_epochs = best, 0
-    params.update(train_on_val=True, early_stopping_patience=None, keep_best_checkpoints=None, epochs=epochs,
-                  fine_tune_epochs=fine_tune_epochs)
-    if not fine_tune_epochs:
-        params.update(fine_tune_layers=0, swa_epochs=None)
-    elif params.get("swa_epochs"):
-        params["swa_epochs"] = min(params["swa_epochs"], fine_tune_epochs)
-    if record.parent_run_id is not None:
-        params.update(warm_start=record.parent_run_id, best_of=None,
-                      warm_start_checkpoint=record.warm_start.checkpoint if record.warm_start else "best")
-    if params.get("name"):
-        params["name"] = params["name"][:80 - len(REFIT_NAME_SUFFIX)] + REFIT_NAME_SUFFIX
-    return params
+
+    def __init__(self, bar: tqdm, file, source: RunSource):
+        self._bar, self._file, self._source = bar, file, source
+        self.outcome: dict[str, list] = {status: [] for status in (*STATUSES, SKIPPED)}
+
+    def write(self, line: str) -> None:
+        """Prints `line` above the bar."""
+        self._bar.write(line, file=self._file)
+
+    def skip(self, run: RunSpec, reason: str) -> None:
+        """Counts `run` as skipped, and says why."""
+        self.outcome[SKIPPED].append(run)
+        self.write(f"skip run {run.index + 1} ({run.origin}): {reason}")
+        self._bar.update()
+
+    def finished(self, record: RunRecord) -> None:
+        """Tells the source, counts the record, and writes its error and any data-changed warning."""
+        self._source.finished(record)
+        self.outcome[record.status].append(record)
+        if record.error is not None and record.status != INTERRUPTED:
+            self.write(f"run {record.run_id} {record.status}: {record.error.ename}: {record.error.evalue[:200]}")
+        for warning in record.warnings:
+            if warning.startswith(DATA_CHANGED):
+                self.write(f"warning: run {record.run_id}: {warning}")
+        self._bar.update()
+        self._bar.set_postfix_str(format_counts(self.outcome) + _eta(self._source, self._bar))
 
 
-def refit_best(spec: GridSpec, found: RecordSet) -> tuple[Optional[RunSpec], str]:
-    """The refit run of a grid with `refit: true`: its best configuration again, on train + validation.
-
-    The configuration is the first by the grid's metric on the validation
-    split (a `test_` metric ranks by its validation figure here: the refit is
-    evaluated on the test split), with repeats the best by mean
-    (`runner.records.query.rank_groups`); of it, its best run on the
-    validation split gives the parameters and the epochs (`refit_params`).
-    Notebook runs only: ensembles and earlier refits never rank.
-
-    Args:
-        spec: the grid.
-        found: the records of its logs folder.
-
-    Returns:
-        `(run, line)`: the refit's `RunSpec` (`refit_of` set) and a line
-        saying which run it refits, or `(None, why not)`.
-    """
-    ranking = parse_metric(parse_metric(spec.metric).metric)  # the validation split's figure
-    groups = rank_groups(found.records, ranking, kinds=(RUN,))
-    if not groups:
-        return None, f"refit: not run: no completed run has {ranking.column}"
-    group = groups[0]
-    best = group.best
-    run, errors = RunBuilder(spec, Path("refit")).build(f"refit of {best.run_id}", refit_params(best))
-    if run is None:
-        return None, f"refit: not run: the refit of {best.run_id} is not a valid run: {'; '.join(errors)}"
-    mean = f" (mean of {group.n} seeds {group.mean:.4f})" if group.n > 1 else ""
-    epochs = run.params["epochs"] + (run.params["fine_tune_epochs"] if run.params["fine_tune_layers"] else 0)
-    return (replace(run, refit_of=best.run_id),
-            f"refit of {best.run_id} ({ranking.column} {ranking.value(best):.4f}{mean}): {epochs} epoch(s) "
-            f"on train + validation, the epochs of its best weights (best_epoch {best.best_epoch})")
+def _report_leftovers(experiments_dir: Path, found: RecordSet, clean: bool, write: Callable[[str], None]) -> None:
+    """Write what earlier sweeps left: run folders without a record (removed with `clean`), unreadable records."""
+    orphans = orphan_run_folders(experiments_dir, {rec.run_id for rec in found.records} | set(found.unreadable_ids()))
+    if orphans:
+        write(_orphans_line(orphans, clean))
+        if clean:
+            for folder in orphans:
+                shutil.rmtree(folder, ignore_errors=True)
+    if found.unreadable:  # their runs cannot be recognised as done: say so before running any again
+        write(_unreadable_line(found))
 
 
-def run_refit(spec: GridSpec, options: SweepOptions, task: RunTask, stop: threading.Event,
-              write: Callable[[str], None]) -> Optional[RunRecord]:
-    """Execute the refit of a grid with `refit: true` (`refit_best`), unless recorded already (`plan_runs`).
-
-    Args:
-        spec, options, task: the sweep's.
-        stop: set on Ctrl-C / SIGTERM.
-        write: prints a line for the user: which run is refit and how (before it
-            runs), then its test figure or why it did not run or complete. A
-            refit that fails never fails the sweep.
-
-    Returns:
-        The refit's record, or `None` when it did not run.
-
-    Raises:
-        KeyboardInterrupt: the sweep was stopped (the refit is recorded interrupted).
-    """
-    found = read_all(spec.logs_dir)
-    run, line = refit_best(spec, found)
-    write(line)
-    if run is None:
-        return None
-    [(_, skip)] = plan_runs([run], found, options)
-    if skip:
-        write(f"refit: not run again: {skip}")
-        return None
+def _execute_one(run: RunSpec, found: RecordSet, options: SweepOptions, task: RunTask,
+                 stop: threading.Event) -> Optional[RunRecord]:
+    """Execute one run (the refit) as the sweep's runs are executed; its record, or `None` if it has none."""
     records: list[RunRecord] = []
-    _execute(make_executor(options, stop), task, ListSource([run]), records.append, stop)
-    if not records:
-        return None
-    record = records[0]
-    if record.status != COMPLETED or record.metrics is None:
-        why = f": {record.error.ename}: {record.error.evalue[:200]}" if record.error else ""
-        write(f"refit {record.run_id}: {record.status}{why}")
-    else:
-        metric = parse_metric(spec.metric).metric
-        write(f"refit {record.run_id}: test_{metric} {getattr(record.metrics, metric):.4f} (trained on "
-              f"{_count(record, 'train')} images; not ranked: no validation split)")
-    return record
+    _feed(make_executor(options, stop), task, ListSource([run], found), records.append, stop)
+    return records[0] if records else None
 
 
-def _count(record: RunRecord, split: str) -> int:
-    return sum((record.data.counts.get(split) or {}).values()) if record.data else 0
+def format_counts(outcome: dict[str, list]) -> str:
+    """`2 completed, 1 failed, 3 skipped`: the count of each status in `outcome` (completed always shown).
+
+    Args:
+        outcome: `run_sweep`'s result.
+
+    Returns:
+        The counts, in the order of `outcome`, joined by commas.
+    """
+    return ", ".join(f"{len(items)} {status}" for status, items in outcome.items() if items or status == COMPLETED)
 
 
-def _eta(search, bar) -> str:
-    """`, eta 12m` for a search: the predicted seconds of the runs left (the bar's own ETA assumes equal runs)."""
-    if search is None or search.proposed is None:  # never ask the study for a run just to show the ETA
+def _eta(source: RunSource, bar: tqdm) -> str:
+    """`, eta 12m` for a source that predicts its runs (the bar's own ETA assumes equal runs)."""
+    if source.proposed is None:  # never ask a study for a run just to show the ETA
         return ""
-    predicted = search.predicted_s(search.proposed)
+    predicted = source.predicted_s(source.proposed)
     return f", eta {predicted * max(1, bar.total - bar.n) / 60:.0f}m" if predicted else ""
 
 
@@ -521,13 +436,14 @@ def make_executor(options: SweepOptions, stop: Optional[threading.Event] = None)
     return LocalExecutor(options.workers, gpus)
 
 
-def _execute(executor, task: RunTask, source, finished, stop: threading.Event) -> None:
+def _feed(executor, task: RunTask, source: RunSource, finished: Callable[[RunRecord], None],
+          stop: threading.Event) -> None:
     """Feeds the runs of `source` to `executor` in order, calling `finished(record)` as each run ends.
 
-    `source` is a `ListSource` (a grid) or a `runner.search.SearchSource`
-    (`peek`, `pop`). Polls `stop` (set by `StopSignals`) every 0.2 s: once it
-    is set nothing more starts, the executor is told to stop its running
-    runs, and their records are collected.
+    Polls `stop` (set by `StopSignals`) every 0.2 s: once it is set nothing
+    more starts, the executor is told to stop its running runs, and their
+    records are collected. A run is submitted with `more` (start the next
+    kernel ahead) while the source has runs remaining after it.
 
     Raises:
         KeyboardInterrupt: `stop` was set; every run that ran is recorded.
@@ -541,9 +457,7 @@ def _execute(executor, task: RunTask, source, finished, stop: threading.Event) -
             while (not stop.is_set() and len(running) < executor.slots and (nxt := source.peek()) is not None
                    and not (running and nxt.params.get("warm_start"))):
                 run = source.pop()
-                # a grid knows whether a run follows; a search may propose one (a spare kernel is discarded)
-                more = not isinstance(source, ListSource) or source.peek() is not None
-                running[executor.submit(task, run, more=more)] = run
+                running[executor.submit(task, run, more=source.runs_remaining() > 0)] = run
             if stop.is_set() and not stopping:
                 stopping = True
                 executor.stop()
@@ -565,160 +479,3 @@ def _result(future, run: RunSpec) -> Optional[RunRecord]:
     except Exception as exc:  # the worker process or machine died: the run has no record
         raise FatalError(f"run {run.index + 1} ({run.origin}): its worker died "
                          f"({type(exc).__name__}: {exc}); it has no record and runs again next time") from exc
-
-
-def _counts(outcome: dict[str, list]) -> str:
-    return ", ".join(f"{len(items)} {status}" for status, items in outcome.items() if items or status == COMPLETED)
-
-
-@contextlib.contextmanager
-def sweep_lock(logs_dir: Path):
-    """Hold an exclusive lock on `<logs_dir>/.sweep.lock` for one sweep at a time.
-
-    The lock is an `fcntl.flock`, released by the kernel when the process
-    ends, so a crashed sweep never leaves a stale lock; the file records the
-    holder's pid for the message.
-
-    Raises:
-        ConfigError: another process holds the lock ("another sweep is
-            running (pid N)").
-    """
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    with open(logs_dir / ".sweep.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            raise ConfigError(f"another sweep is running (pid {handle.read().strip() or '?'}) on "
-                              f"{logs_dir}; wait for it or use other logs_dir/experiments_dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-
-
-def space_table(dims) -> pd.DataFrame:
-    """The search space as a table: parameter, kind, values or range."""
-    return pd.DataFrame([{"parameter": d.name, "kind": d.kind,
-                          "values": (", ".join(map(str, d.choices)) if d.kind == "categorical" else
-                                     f"[{d.low}, {d.high}]" + (" log" if d.log else "")
-                                     + (f" step {d.step}" if d.step else ""))} for d in dims])
-
-
-def sweep_command(grid: Path, options: SweepOptions, *, dry_run: bool = False, data_dir: Optional[str] = None,
-                  weights_dir: Optional[str] = None, max_runs: int = 1000, yes: bool = False) -> int:
-    """Validate, expand and check a grid file, then run its sweep: `nbsweep sweep` once its options are parsed.
-
-    Notes of the expansion and the checks go to stderr. A dry run prints the
-    runs as a table; otherwise the runs execute (`run_sweep`) under
-    `sweep_lock`, and the outcome is summed up on stdout.
-
-    Args:
-        grid: the grid file.
-        options: how runs are treated and where they execute (`SweepOptions`);
-            `options.verbose` also logs at INFO level.
-        dry_run: print the expanded runs and return without running anything.
-            Defaults to `False`.
-        data_dir: `data_dir` of every run. Defaults to `None` (the grid's).
-        weights_dir: `weights_dir` of every run. Defaults to `None` (the grid's).
-        max_runs: refuse a grid of more runs than this unless `yes`. Defaults
-            to `1000`.
-        yes: run a grid larger than `max_runs`. Defaults to `False`.
-
-    Returns:
-        The exit code: 0 every run completed or was skipped (or a dry run), 1
-        a run failed or timed out, or the sweep stopped on a `FatalError`; 130
-        interrupted (Ctrl-C / SIGTERM).
-
-    Raises:
-        ConfigError: invalid grid file, parameters or inputs, more runs than
-            `max_runs`, `--gpus-per-worker` that does not fit this machine's
-            GPUs, or another sweep holds the logs folder; nothing ran.
-            The CLI prints it without a traceback and exits 2.
-    """
-    if options.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if options.gpus_per_worker is not None and options.executor != "dask":
-        worker_gpus(options.workers, options.gpus_per_worker)  # a share that does not fit: refused before anything
-    overrides = {k: v for k, v in {"data_dir": data_dir, "weights_dir": weights_dir}.items() if v}
-    spec = load_grid(grid)
-    if spec.search is not None:
-        return _search_command(spec, grid, options, overrides, dry_run)
-    runs, notes = expand_runs(spec, grid, overrides=overrides)
-    notes += check_runs(spec, runs, grid)
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    if dry_run:
-        with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", 40):
-            print(runs_table(runs).to_string(index=False))
-        print(f"{len(runs)} runs (dry run: nothing executed)")
-        return 0
-    if len(runs) > max_runs and not yes:
-        raise ConfigError(f"{grid}: the grid expands to {len(runs)} runs, more than --max-runs "
-                          f"{max_runs}; pass --yes to run them all, or narrow the grid / use sample:")
-    outcome = _run_locked(spec, lambda: run_sweep(spec, runs, options))
-    if isinstance(outcome, int):
-        return outcome
-    print(f"{_counts(outcome)}; leaderboard: {spec.leaderboard}")
-    return 0 if len(outcome[COMPLETED]) + len(outcome[SKIPPED]) == len(runs) else 1
-
-
-def _run_locked(spec: GridSpec, sweep: Callable[[], dict]) -> dict | int:
-    """`sweep()` under `sweep_lock`: its outcome, or the exit code of a fatal error (1) or an interrupt (130)."""
-    try:
-        with sweep_lock(spec.logs_dir):
-            return sweep()
-    except FatalError as exc:
-        print(f"error: {exc}; the sweep stopped, every record written so far is intact", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"interrupted: running runs are recorded as '{INTERRUPTED}' and {spec.leaderboard} is up to date; "
-              f"run the same command again to continue with the remaining runs", file=sys.stderr)
-        return 130
-
-
-def _search_command(spec: GridSpec, grid: Path, options: SweepOptions, overrides: dict, dry_run: bool) -> int:
-    """`sweep_command` for a grid with a `search:` block: print the space, or run the study's proposals."""
-    from runner.search import SearchSource, open_study, parse_space, pruner_config, study_path
-    from runner.search.study import STUDY_SUFFIX, legacy_study_path
-
-    builder = RunBuilder(spec, grid, overrides=overrides)
-    dims = parse_space(spec, Path(grid), builder)
-    first = {d.name: d.bounds()[0] for d in dims}
-    corners = [builder.build("grid", {**first, d.name: value})[0] for d in dims for value in d.bounds()]
-    for note in check_runs(spec, corners, grid):  # every choice and bound, with the others' first value
-        print(f"note: {note}", file=sys.stderr)
-    max_epochs = max(r.params.get("epochs", 0) + (r.params.get("fine_tune_epochs", 0) if r.params.get("fine_tune_layers")
-                                                  else 0) for r in corners)
-    if dry_run:
-        with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-            print(space_table(dims).to_string(index=False))
-        print(f"search: {spec.search.sampler} sampler, {spec.search.n_runs or 'default'} runs, pruner "
-              f"{spec.search.pruner} (dry run: nothing executed)")
-        return 0
-
-    def search() -> dict:
-        journal = study_path(spec.logs_dir, Path(grid), dims)
-        repairs: list[str] = []
-        study = open_study(spec.search, dims, journal, journal.name.removesuffix(STUDY_SUFFIX), max_epochs,
-                           notes=repairs)
-        for line in repairs:
-            print(f"warning: {line}", file=sys.stderr)
-        legacy = legacy_study_path(spec.logs_dir, Path(grid))
-        if legacy.is_file() and not study.get_trials(deepcopy=False):
-            print(f"note: the study of {grid} is now {journal.name} (named after the grid file's path and search "
-                  f"space); {legacy.name} is no longer read: its finished runs come from the run records",
-                  file=sys.stderr)
-        source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder,
-                              found=read_all(spec.logs_dir), ranking=parse_metric(spec.metric), journal=journal,
-                              pruner=pruner_config(spec.search, max_epochs))
-        for line in source.restore():  # the records are the truth: what the study lacks of them
-            print(f"note: {line}", file=sys.stderr)
-        return run_sweep(spec, [], options, search=source)
-
-    outcome = _run_locked(spec, search)
-    if isinstance(outcome, int):
-        return outcome
-    print(f"{_counts(outcome)}; leaderboard: {spec.leaderboard}")
-    return 0 if not any(outcome[status] for status in (FAILED, TIMEOUT)) else 1

@@ -1,8 +1,5 @@
 """Rerun a recorded run: the same parameters again, as a new run linked to the original.
 
-    nbsweep rerun RUN [--expect-identical] [--dry-run]
-    python runner/sweep.py --rerun RUN [GRID] [--expect-identical]
-
 `plan_rerun` finds the record, rebuilds its run with `runner.grid.RunBuilder` (the
 notebook's parameters checked, `config_hash` from `runner.grid.Fingerprinter`) and
 names what changed since the original ran (`changes_since`): the notebook's code,
@@ -12,8 +9,8 @@ listed afresh) and the weights files. `execute_rerun` then executes it with
 `runner.core.execute.execute_run`, always (a rerun is never skipped as done), with
 `rerun_of` in its record; `compare_outcomes` gives the difference of every
 validation and test metric and the largest absolute difference of the predicted
-probabilities on the test split. `rerun_command` is the command line around them:
-with `--expect-identical` it exits 1 when anything differs.
+probabilities on the test split. The command line around them (`nbsweep rerun`) is in
+`runner.cli`.
 
 A warm-started run is rerun from the same parent's weights: its `warm_start`
 (`best`, a name or a prefix) is pinned to the parent the original resolved.
@@ -21,8 +18,6 @@ A warm-started run is rerun from the same parent's weights: its `warm_start`
 
 from __future__ import annotations
 
-import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +26,7 @@ from typing import Any, Optional
 from models.hashing import sha256_file
 from models.names import DEFAULT_METRIC
 from runner.errors import ConfigError
-from runner.records import COMPLETED, RANKING_METRICS, RUN, RunLoadError, RunRecord, package_version
+from runner.records import EXPERIMENTS_DIR, LOGS_DIR, RANKING_METRICS, RUN, RunLoadError, RunRecord, package_version
 from runner.records.query import find_path, parse_metric
 
 UNKNOWN_CODE = ("unknown: the original record has no code hashes (it was recorded before they were), "
@@ -138,11 +133,10 @@ def _data_change(original: RunRecord, unknown: list[str]) -> list[str]:
         return []
     from models import load_data
     from models.errors import ModelConfigError
-    from models.spec import ExperimentSpec
+    from models.spec import experiment_spec
 
     try:
-        spec = ExperimentSpec.model_validate({k: v for k, v in original.params.items()
-                                              if k in ExperimentSpec.model_fields})
+        spec = experiment_spec(original.params)
         with warnings.catch_warnings():  # skipped files are the record's business, not a rerun's
             warnings.simplefilter("ignore")
             manifest = load_data(spec).manifest_hash
@@ -175,13 +169,13 @@ def _weights_changes(original: RunRecord, logs_dir: Path) -> list[str]:
     return out
 
 
-def plan_rerun(ref: str, logs_dir: str | Path = "logs", notebook: Optional[Path] = None,
+def plan_rerun(ref: str, logs_dir: str | Path = LOGS_DIR, notebook: Optional[Path] = None,
                default_notebook: Optional[Path] = None) -> RerunPlan:
     """Find the run `ref` names and prepare its rerun: the run spec and what changed since.
 
     Args:
         ref: a run id, a unique prefix, a run name, `best`, or a record path.
-        logs_dir: folder of the records. Defaults to `"logs"`.
+        logs_dir: folder of the records. Defaults to `runner.records.LOGS_DIR`.
         notebook: the notebook to execute. Defaults to the one the record names.
         default_notebook: the notebook for a record that names none (older
             records). Defaults to the project's base notebook.
@@ -334,12 +328,14 @@ def execute_rerun(plan: RerunPlan, experiments_dir: Optional[Path] = None, *, ve
         The rerun's record (written to the original's logs folder).
     """
     from runner.core.execute import execute_run
+    from runner.core.warm_start import warm_start_for
 
     if experiments_dir is None:
         folder = plan.original.path_of("notebook", plan.logs_dir)
-        experiments_dir = folder.parent.parent if folder is not None else Path("experiments")
-    return execute_run(plan.run, plan.notebook, Path(experiments_dir), plan.logs_dir, ranking=parse_metric(metric),
-                       verbose=verbose, timeout_s=timeout_s, cell_timeout_s=cell_timeout_s,
+        experiments_dir = folder.parent.parent if folder is not None else EXPERIMENTS_DIR
+    warm_start, refusal = warm_start_for(plan.run.params, plan.logs_dir, ranking=parse_metric(metric))
+    return execute_run(plan.run, plan.notebook, Path(experiments_dir), plan.logs_dir, warm_start=warm_start,
+                       refusal=refusal, verbose=verbose, timeout_s=timeout_s, cell_timeout_s=cell_timeout_s,
                        should_stop=should_stop, rerun_of=plan.original.run_id)
 
 
@@ -382,59 +378,3 @@ def outcome_text(original: RunRecord, rerun: RunRecord, outcome: RerunOutcome) -
         lines.append(f"status: {original.status} -> {rerun.status}")
     lines.append("identical: " + ("yes" if outcome.identical else "no"))
     return "\n".join(lines)
-
-
-def rerun_command(ref: str, *, logs_dir: str | Path = "logs", experiments_dir: Optional[str | Path] = None,
-                  leaderboard: Optional[str | Path] = "leaderboard.html", notebook: Optional[str | Path] = None,
-                  default_notebook: Optional[str | Path] = None,
-                  metric: str = DEFAULT_METRIC, top_n: int = 10, verbose: bool = False,
-                  timeout_s: Optional[float] = None, cell_timeout_s: Optional[float] = None,
-                  expect_identical: bool = False, dry_run: bool = False) -> int:
-    """`nbsweep rerun`: plan, print what changed, execute, print the differences, regenerate the leaderboard.
-
-    Args:
-        ref: the run to repeat (id, prefix, name, `best` or record path).
-        logs_dir: folder of the records. Defaults to `"logs"`.
-        experiments_dir: parent of the new run folder (see `execute_rerun`).
-        leaderboard: the leaderboard page to regenerate, or `None`. Defaults to `"leaderboard.html"`.
-        notebook, default_notebook: the notebook to execute (see `plan_rerun`).
-        metric, top_n: the leaderboard's ranking and rows.
-        verbose, timeout_s, cell_timeout_s: as for a sweep.
-        expect_identical: exit 1 unless every figure and probability is the same.
-        dry_run: print what changed and stop.
-
-    Returns:
-        0 the rerun completed (and, with `expect_identical`, is identical to
-        the original); 1 it did not complete, or differs with
-        `expect_identical`; 130 interrupted.
-
-    Raises:
-        ConfigError: see `plan_rerun`; another sweep holds the logs folder.
-    """
-    from runner.core.loop import StopSignals, sweep_lock
-
-    parse_metric(metric)  # a bad --metric fails before anything runs
-    plan = plan_rerun(ref, logs_dir, None if notebook is None else Path(notebook),
-                      None if default_notebook is None else Path(default_notebook))
-    print(plan_text(plan), flush=True)
-    if dry_run:
-        print("dry run: nothing executed")
-        return 0
-    start = time.perf_counter()
-    with sweep_lock(plan.logs_dir), StopSignals(lambda line: print(line, file=sys.stderr)) as stop:
-        record = execute_rerun(plan, None if experiments_dir is None else Path(experiments_dir), verbose=verbose,
-                               timeout_s=timeout_s, cell_timeout_s=cell_timeout_s, metric=metric,
-                               should_stop=stop.event.is_set)
-    outcome = compare_outcomes(plan.original, record, plan.logs_dir)
-    print(f"executed in {time.perf_counter() - start:.1f} s")
-    print(outcome_text(plan.original, record, outcome))
-    if leaderboard is not None:
-        from runner.reports.leaderboard import write_leaderboard
-
-        print(write_leaderboard(plan.logs_dir, leaderboard, metric, top_n).summary())
-    if stop.event.is_set():
-        return 130
-    if expect_identical and not outcome.identical:
-        print("error: --expect-identical: the rerun differs from the original", file=sys.stderr)
-        return 1
-    return 0 if record.status == COMPLETED else 1

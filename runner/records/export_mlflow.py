@@ -1,10 +1,8 @@
 """Export the run records to MLflow: one MLflow run per record, parents linked.
 
-    python runner/export_mlflow.py [--logs-dir logs] [--tracking-uri mlruns] [--experiment-name nbsweep]
-
-Every record in `--logs-dir` (every status: completed, failed, interrupted,
+Every record of a logs folder (every status: completed, failed, interrupted,
 timeout; both kinds: run and ensemble) becomes an MLflow run named after its
-`run_id`, in the experiment `--experiment-name`:
+`run_id`, in one MLflow experiment (`export_records`):
 
 - params: the record's `params`, nested mappings flattened with dotted keys
   (`augmentation.flip`), values as text (strings as they are, anything else
@@ -47,23 +45,19 @@ bytes have changed since (`nbsweep.record_sha256`), is deleted and exported
 anew ("replaced"; MLflow params cannot be overwritten).
 
 The default tracking URI is the local file store `mlruns/` (relative to the
-current folder, like `--logs-dir`; git-ignored). MLflow 3 refuses its file
+current folder, like the logs folder; git-ignored). MLflow 3 refuses its file
 store ("maintenance mode") unless `MLFLOW_ALLOW_FILE_STORE=true`: this module
 sets that variable (`os.environ.setdefault`, so an explicit value wins) only
 when the tracking URI is a file store. Any other URI MLflow accepts
 (`http://...`, `sqlite:///...` with the full `mlflow` package) is used as is.
-
-Exit codes: 0 exported (unreadable records are reported and skipped), 1 some
-run could not be exported (the others were), 2 bad input: no such logs
-folder, an unusable tracking URI or experiment, mlflow not installed.
 """
 
 from __future__ import annotations
 
+import graphlib
 import json
 import os
 import re
-import sys
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -74,7 +68,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from runner.errors import ConfigError
 from runner.records.query import read_all
-from runner.records import COMPLETED, FAILED, INTERRUPTED, PRUNED, RANKING_METRICS, TIMEOUT, RunRecord, sha256_file
+from runner.records import COMPLETED, FAILED, INTERRUPTED, LOGS_DIR, PRUNED, RANKING_METRICS, TIMEOUT, RunRecord, sha256_file
 
 DEFAULT_TRACKING_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "nbsweep"
@@ -384,6 +378,11 @@ def link_tags(record: RunRecord, mlflow_ids: Mapping[str, str]) -> dict[str, str
 def export_order(records: Sequence[RunRecord]) -> list[RunRecord]:
     """`records` ordered so that a run comes after its parent and an ensemble after its members.
 
+    A topological order (`graphlib.TopologicalSorter`), taken in rounds: each
+    round is every record whose parent and members are all exported, in
+    run-id order. A cycle (only possible in hand-edited records) is broken at
+    one of its links, so every record is still exported once.
+
     Args:
         records: run records (dependencies outside `records` are ignored).
 
@@ -393,15 +392,20 @@ def export_order(records: Sequence[RunRecord]) -> list[RunRecord]:
     by_id = {r.run_id: r for r in records}
     deps = {r.run_id: {d for d in [r.parent_run_id, *r.members] if d in by_id and d != r.run_id}
             for r in records}
-    done: set[str] = set()
+    while True:
+        sorter = graphlib.TopologicalSorter(deps)
+        try:
+            sorter.prepare()
+        except graphlib.CycleError as exc:
+            cycle = exc.args[1]  # each node is a dependency of the next one
+            deps[cycle[1]].discard(cycle[0])
+            continue
+        break
     order: list[RunRecord] = []
-    pending = sorted(by_id)
-    while pending:
-        ready = [rid for rid in pending if deps[rid] <= done] or pending[:1]  # a cycle cannot happen; never loop
-        for rid in ready:
-            order.append(by_id[rid])
-            done.add(rid)
-        pending = [rid for rid in pending if rid not in done]
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        order.extend(by_id[rid] for rid in ready)
+        sorter.done(*ready)
     return order
 
 
@@ -487,12 +491,12 @@ def _export_one(client, experiment_id: str, record: RunRecord, record_path: Path
     return mlflow_id
 
 
-def export_records(logs_dir: str | os.PathLike = "logs", tracking_uri: Optional[str] = None,
+def export_records(logs_dir: str | os.PathLike = LOGS_DIR, tracking_uri: Optional[str] = None,
                    experiment_name: str = DEFAULT_EXPERIMENT) -> ExportSummary:
     """Log every run record of `logs_dir` as an MLflow run (idempotent; see the module docstring).
 
     Args:
-        logs_dir: folder of the JSON records. Defaults to `"logs"`.
+        logs_dir: folder of the JSON records. Defaults to `runner.records.LOGS_DIR`.
         tracking_uri: a folder (file store), a `file:` URI or another MLflow
             tracking URI. Defaults to `None`: the file store `mlruns` in the
             current folder. For a file store, `MLFLOW_ALLOW_FILE_STORE` is
@@ -556,15 +560,3 @@ def export_records(logs_dir: str | os.PathLike = "logs", tracking_uri: Optional[
         except (MlflowException, OSError) as exc:
             summary.failed[rid] = f"{type(exc).__name__}: {exc}"
     return summary
-
-
-def _print_summary(summary: ExportSummary) -> None:
-    for name, reason in summary.unreadable.items():
-        print(f"unreadable record {name}: {reason}", file=sys.stderr)
-    for note in summary.warnings:
-        print(f"warning: {note}", file=sys.stderr)
-    for rid, reason in summary.failed.items():
-        print(f"error: {rid}: {reason}", file=sys.stderr)
-    print(f"{summary.counts_line()} -> {summary.tracking_uri} (experiment id {summary.experiment_id})")
-    if summary.relinked:
-        print(f"relinked {len(summary.relinked)} runs to replaced parents or members")

@@ -1,4 +1,5 @@
-"""Export of run records to a real MLflow file store, read back with `MlflowClient`."""
+"""Export of run records to a real MLflow file store (`runner.records.export_mlflow`), read back with
+`MlflowClient`."""
 
 import os
 import subprocess
@@ -14,7 +15,7 @@ from mlflow import MlflowClient  # noqa: E402
 
 from runner import PROJECT_ROOT  # noqa: E402
 from runner.errors import ConfigError  # noqa: E402
-from runner.core.export_mlflow import (  # noqa: E402
+from runner.records.export_mlflow import (  # noqa: E402
     ALLOW_FILE_STORE_ENV, MAX_PARAM_VALUE, export_order, export_records, flatten_params,
 )
 from helpers import export_mlflow_main as main  # noqa: E402
@@ -207,6 +208,14 @@ def test_export_order_parents_and_members_first(make_record):
     root = make_record("2026-c", 0.5)
     order = [r.run_id for r in export_order([child, grandchild, ensemble, root])]
     assert order == ["2026-c", "2026-a", "2026-0", "2026-b"]
+
+
+def test_export_order_breaks_a_cycle_of_hand_edited_records_and_exports_each_once(make_record):
+    first = make_record("2026-a", 0.5).model_copy(update={"parent_run_id": "2026-b"})
+    second = make_record("2026-b", 0.5).model_copy(update={"parent_run_id": "2026-a"})
+    child = make_record("2026-0", 0.5).model_copy(update={"parent_run_id": "2026-a"})
+    order = [r.run_id for r in export_order([child, first, second])]
+    assert sorted(order) == ["2026-0", "2026-a", "2026-b"] and order.index("2026-a") < order.index("2026-0")
 
 
 def test_flatten_params_nested_and_unsafe_keys():

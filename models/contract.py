@@ -34,11 +34,14 @@ RANKING_METRICS = (
 """The scalar metrics of a split (`SplitMetrics`), each a float in [0, 1]."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """Base of every section of a run's result and record: a key it does not define is refused
+    (`extra="forbid"`), so a misspelt or unknown key fails validation instead of being dropped."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class SplitMetrics(_Section):
+class SplitMetrics(Section):
     """Classification metrics of one split, from scikit-learn (`models.evaluate.classification_metrics`).
 
     Attributes:
@@ -61,7 +64,7 @@ class SplitMetrics(_Section):
     confusion_matrix: list[list[int]] = []
 
 
-class DataSection(_Section):
+class DataSection(Section):
     """The data a run used (`models.data.DataSplit.describe`).
 
     Attributes:
@@ -81,7 +84,7 @@ class DataSection(_Section):
     skipped_files: dict[str, str] = {}
 
 
-class ModelSection(_Section):
+class ModelSection(Section):
     """The model a run built (`models.build.describe_model`), plus the saved file's sha256.
 
     Attributes:
@@ -126,7 +129,7 @@ History = dict[str, dict[str, list[float]]]
 """Per phase (`"head"`, `"fine_tune"`), per Keras metric (`loss`, `val_loss`, ..., `epoch_s`), one float per epoch."""
 
 
-class TrainingSection(_Section):
+class TrainingSection(Section):
     """What training did (`models.training.TrainingResult.to_dict`).
 
     Attributes:
@@ -159,7 +162,7 @@ class TrainingSection(_Section):
     train_on_val: bool = False
 
 
-class EvaluationSection(_Section):
+class EvaluationSection(Section):
     """Evaluation of the kept weights (`models.evaluate.EvaluationResult.to_dict`).
 
     Attributes:
@@ -181,7 +184,7 @@ class EvaluationSection(_Section):
     cache_bypass_reason: Optional[str] = None
 
 
-class WarmStartSection(_Section):
+class WarmStartSection(Section):
     """The weights a warm-started run loaded.
 
     Attributes:
@@ -199,7 +202,7 @@ class WarmStartSection(_Section):
     weights_sha256: str
 
 
-class DeviceInfo(_Section):
+class DeviceInfo(Section):
     """One device TensorFlow saw: `name` (`/physical_device:GPU:0`), `type` (`CPU`, `GPU`), `model` (`NVIDIA H200`)."""
 
     name: str
@@ -207,7 +210,7 @@ class DeviceInfo(_Section):
     model: Optional[str] = None
 
 
-class RuntimeSection(_Section):
+class RuntimeSection(Section):
     """How the kernel computed (`models.reproducibility.set_determinism`); the runner copies it into the
     record's `environment`.
 
@@ -224,7 +227,7 @@ class RuntimeSection(_Section):
     devices: list[DeviceInfo] = []
 
 
-class NotebookResult(_Section):
+class NotebookResult(Section):
     """`result.json`: what only the kernel knows, written by the notebook's last cell (`write_result`).
 
     `runtime` is `None` for notebooks that do not report it (written before it existed, or other notebooks).

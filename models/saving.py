@@ -138,11 +138,9 @@ def base_identity(model: keras.Model, spec, indices: Sequence[int]) -> Optional[
     """The `BaseIdentity` of `model`'s frozen variables `indices` (`frozen_indices`), or `None` when empty."""
     if not indices:
         return None
-    from .bases.registry import canonical_base
-
     weights = model.weights
     choice = model.weights_choice
-    return BaseIdentity(name=canonical_base(spec.base), weights_path=str(Path(choice.path).resolve()),
+    return BaseIdentity(name=spec.base, weights_path=str(Path(choice.path).resolve()),
                         weights_sha256=choice.sha256,
                         frozen_weights_sha256=frozen_weights_digest([weights[i] for i in indices]),
                         frozen_variables=len(indices))

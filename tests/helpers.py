@@ -260,3 +260,28 @@ def start_chromium(profile_dir: Path):
     driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     return driver
+
+
+METRICS = {"accuracy": 0.9, "weighted_precision": 0.91, "weighted_recall": 0.9, "weighted_f1": 0.905,
+           "macro_precision": 0.89, "macro_recall": 0.88, "macro_f1": 0.885,
+           "per_class": {"a": {"precision": 1.0, "recall": 0.8, "f1": 0.89, "support": 5}},
+           "confusion_matrix": [[4, 1], [0, 5]]}
+
+
+def result_sections(**changes) -> dict:
+    """The sections of a valid `result.json` (`models.contract.write_result`), with `changes` on top."""
+    sections = {
+        "data": {"dir": "/d", "class_names": ["a", "b"], "counts": {"test": {"a": 5, "b": 5}},
+                 "manifest_hash": "0" * 64, "skipped_files": {}},
+        "model": {"base": "simple_cnn_small", "weights": None, "trainable_params": 10, "total_params": 12},
+        "training": {"history": {"head": {"loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.6, 0.7]},
+                                 "fine_tune": {"loss": [0.3], "val_loss": [0.65]}},
+                     "best_epoch": 2, "best_phase": "head", "epochs_run": 4, "train_s": 3.5,
+                     "activation_cache": {"head": {"status": "built", "build_s": 1.25, "key": "k"},
+                                          "fine_tune": {"status": "hit", "build_s": 0.0}}},
+        "evaluation": {"metrics": METRICS, "val_metrics": {**METRICS, "weighted_recall": 0.7}, "eval_s": 0.5,
+                       "from_cache": True},
+        "warm_start": None,
+    }
+    sections.update(changes)
+    return sections

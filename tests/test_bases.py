@@ -1,22 +1,15 @@
-"""The base registry and weights (`models.bases`): every registry base builds, names resolve, weights
-are resolved, loaded and hashed (real Keras)."""
+"""The base registry (`models.bases`): every registry base builds, names resolve (real Keras). Weights
+(resolved, loaded and hashed): test_bases_weights.py."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import urllib.request
-from pathlib import Path
-
 import keras
-import numpy as np
 import pytest
 
 from models import ModelConfigError
-from models.bases import BASES, build_base, offline_weights_file, resolve_base, resolve_weights
-from models.build import build_model, describe_model
+from models.bases import BASES, build_base, offline_weights_file, resolve_base
 
-from helpers import SHARED, make_spec
+from helpers import make_spec
 
 
 QUICK_TO_BUILD = {"simple_cnn_small", "simple_cnn_medium", "vgg16", "vgg19", "mobilenet"}
@@ -101,85 +94,3 @@ def test_generic_keras_base_gets_defaults():
 def test_unknown_base_lists_close_matches(name, match):
     with pytest.raises(ModelConfigError, match=match):
         resolve_base(name)
-
-
-def test_weights_resolution(tmp_path, monkeypatch):
-    monkeypatch.delenv("NBSWEEP_WEIGHTS_DIR", raising=False)
-    vgg16 = resolve_base("vgg16")
-    assert resolve_weights(make_spec("x", base="vgg16"), vgg16).source == "random"
-    with pytest.raises(ModelConfigError, match=r"weights: file .*nope\.weights\.h5 does not exist"):
-        resolve_weights(make_spec("x", weights=str(tmp_path / "nope.weights.h5")), vgg16)
-    with pytest.raises(ModelConfigError, match="got 'imagenet' for simple_cnn_small"):
-        resolve_weights(make_spec("x", weights="imagenet"), resolve_base("simple_cnn_small"))
-    with pytest.raises(ModelConfigError, match=r"weights_dir: folder .*absent does not exist"):
-        resolve_weights(make_spec("x", base="vgg16", weights="imagenet",
-                                  weights_dir=str(tmp_path / "absent")), vgg16)
-    # A folder without the file: Keras's download (cache) is the fallback.
-    imagenet = make_spec("x", base="vgg16", weights="imagenet", weights_dir=str(tmp_path))
-    assert resolve_weights(imagenet, vgg16).keras_arg == "imagenet"
-    assert resolve_weights(imagenet, vgg16).source == "keras"
-    offline = tmp_path / "vgg16_imagenet_notop.weights.h5"
-    offline.write_bytes(b"weights")
-    for spec in (imagenet, make_spec("x", base="vgg16", weights="imagenet")):
-        monkeypatch.setenv("NBSWEEP_WEIGHTS_DIR", str(tmp_path))  # used when weights_dir is None
-        choice = resolve_weights(spec, vgg16)
-        assert (choice.keras_arg, choice.source, choice.path) == (str(offline), "weights_dir",
-                                                                  str(offline))
-        assert choice.sha256 == hashlib.sha256(b"weights").hexdigest()
-
-
-def test_imagenet_download_failure_explains_the_fix(tmp_path, monkeypatch):
-    """No network (forced: every proxy is a closed local port), no offline file."""
-    cached = (Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models"
-              / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
-    if cached.exists():
-        pytest.skip(f"{cached} is cached, so Keras would not try to download it")
-    for variable in ("no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(variable, raising=False)
-    for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(variable, "http://127.0.0.1:9")
-    monkeypatch.setattr(urllib.request, "_opener", None)  # re-read the proxies
-    spec = make_spec("x", base="mobilenet_v2", base_kwargs={"alpha": 0.35}, weights="imagenet",
-                     weights_dir=str(tmp_path))
-    with pytest.raises(ModelConfigError, match="--weights-dir") as error:
-        build_base(spec)
-    message = str(error.value)
-    assert "no network and no offline file" in message
-    assert "mobilenet_v2_0.35_imagenet_notop.weights.h5" in message
-    assert "NBSWEEP_WEIGHTS_DIR" in message and "weights: null" in message
-
-
-def test_weights_file_is_loaded_and_hashed(base_weights_file):
-    base, choice = build_base(make_spec("x", weights=base_weights_file))
-    assert (choice.source, choice.path) == ("file", base_weights_file)
-    assert choice.sha256 == hashlib.sha256(Path(base_weights_file).read_bytes()).hexdigest()
-    reference = keras.models.clone_model(base)
-    reference.load_weights(base_weights_file)
-    for ours, theirs in zip(base.get_weights(), reference.get_weights()):
-        np.testing.assert_array_equal(ours, theirs)
-
-
-def test_wrong_architecture_weights_file_raises(base_weights_file):
-    with pytest.raises(ModelConfigError, match=r"weights: .*simple_cnn_small\.weights\.h5 does "
-                                               r"not fit base simple_cnn_medium"):
-        build_base(make_spec("x", base="simple_cnn_medium", weights=base_weights_file))
-
-
-@pytest.mark.slow
-@pytest.mark.shared
-@pytest.mark.skipif(not (SHARED / "weights").is_dir(), reason=f"{SHARED / 'weights'} is absent")
-def test_real_mobilenet_v2_weights_from_weights_dir():
-    spec = make_spec("x", base="mobilenet_v2", base_kwargs={"alpha": 0.35}, image_size=96,
-                     weights="imagenet", weights_dir=str(SHARED / "weights"))
-    base, choice = build_base(spec)
-    assert choice.source == "weights_dir"
-    assert choice.sha256 == "04af0032331eca800a501cbd14b1861ef1d07bfa5728325084bbe295e7ffaecb"
-    reference = keras.applications.MobileNetV2(
-        include_top=False, input_shape=(96, 96, 3), alpha=0.35, weights=choice.path)
-    for ours, theirs in zip(base.get_weights(), reference.get_weights()):
-        np.testing.assert_array_equal(ours, theirs)
-    model = build_model(spec, 3)
-    assert not model.get_layer("base").trainable
-    assert describe_model(model, spec)["weights_sha256"] == choice.sha256
-
-

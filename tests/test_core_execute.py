@@ -15,10 +15,11 @@ import nbformat
 import pytest
 
 from runner.core.execute import (
-    MAX_OUTPUT_BYTES, RunFolder, cap_outputs, check_outputs, execute_run, export_html, make_run_id,
+    MAX_OUTPUT_BYTES, RunFolder, cap_outputs, check_outputs, execute_run, export_html, is_run_id, make_run_id,
     orphan_run_folders, prepare_run,
 )
 from runner.grid import RunSpec
+from runner.core.warm_start import warm_start_for
 from runner.records.query import read_all
 from runner.records import (
     COMPLETED, FAILED, RANKING_METRICS, REQUIRED_FILES, RUN_FILES, TIMEOUT, RunError, SplitMetrics,
@@ -62,6 +63,17 @@ def test_orphan_run_folders_are_the_run_folders_without_a_record(tmp_path):
     assert orphan_run_folders(tmp_path, {"20261121-120306-aaaaaaaa"}) == [
         tmp_path / "20261121-120304-01234567", tmp_path / "20261121-120305-89abcdef-2"]
     assert orphan_run_folders(tmp_path / "missing", set()) == []
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("20261121-120304-01234567", True), ("20261121-120304-01234567-12", True),
+    ("20261321-120304-01234567", False),  # month 13
+    ("20261121-120304-0123456", False), ("20261121-120304-0123456G", False), ("20261121-120304-01234567-x", False),
+    ("20261121-120304-01234567-", False), ("x20261121-120304-01234567", False), ("", False)])
+def test_a_run_id_is_recognised_by_the_format_that_writes_it(name, expected):
+    assert is_run_id(name) is expected
+    now = datetime(2026, 11, 21, 12, 3, 4, tzinfo=timezone.utc)
+    assert is_run_id(make_run_id("ab" * 32, Path("/nonexistent"), now))
 
 
 def _notebook_with_outputs(path: Path, texts: list[str]) -> Path:
@@ -123,7 +135,9 @@ def test_check_outputs_fails_a_finished_run_that_misses_a_required_file(tmp_path
 
 def test_a_warm_start_that_cannot_be_resolved_fails_the_run_before_any_kernel(tmp_path):
     run = RunSpec(index=0, params={"action": "ok", "warm_start": "nope"}, config_hash="ab" * 32, origin="runs[0]")
-    record = execute_run(run, FAULTS_NOTEBOOK, tmp_path / "experiments", tmp_path / "logs")
+    warm_start, refusal = warm_start_for(run.params, tmp_path / "logs")
+    assert warm_start is None and refusal.startswith("warm_start: got 'nope'")
+    record = execute_run(run, FAULTS_NOTEBOOK, tmp_path / "experiments", tmp_path / "logs", refusal=refusal)
     assert record.status == FAILED and record.error.ename == "ConfigError"
     assert record.error.evalue.startswith("warm_start: got 'nope': warm_start: no record for 'nope'")
     assert record.params == run.params and record.parent_run_id is None and record.warm_start is None

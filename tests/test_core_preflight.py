@@ -12,7 +12,7 @@ lines say what it needs and expects:
 
 `{tiny}` (a 3-class image folder), `{tmp}` (the case's working folder) and
 `{assets}` (`tests/assets`) are replaced by absolute paths in the grid and in
-the expectations. `test_bad_input` runs `runner.core.loop.main` in-process in
+the expectations. `test_bad_input` runs the command line (`runner.cli.main`) in-process in
 `{tmp}`. The tests below it cover what a grid file cannot express (a missing
 grid file, CLI usage, what the pre-flight check must not pay for, and one
 real papermill run with markup, quotes and unicode in its folder and class

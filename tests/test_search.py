@@ -268,6 +268,7 @@ def test_predicted_duration_adds_the_cache_build_only_for_a_new_entry(make_recor
     """One earlier run: 100 s, 60 s of it building its cache, 4 epochs at 128 px. The same entry again costs
     its 40 s of training; 256 px costs 4x the pixels for both parts; augmentation with 2 copies triples the
     build; another base falls back on seconds per epoch, its build scaled by multiply-adds where they are known."""
+    from models.spec import experiment_spec
     from runner.search import predict_duration_s
 
     params = {"base": "mobilenet", "image_size": 128, "epochs": 4, "fine_tune_layers": 0,
@@ -275,20 +276,20 @@ def test_predicted_duration_adds_the_cache_build_only_for_a_new_entry(make_recor
     rec = make_record("earlier", 0.8, **params)
     rec = rec.model_copy(update={"epochs_run": 4, "timings": rec.timings.model_copy(
         update={"total_s": 100.0, "cache_build_s": 60.0})})
-    assert predict_duration_s(params, []) is None
-    assert predict_duration_s(params, [rec]) == pytest.approx(40.0)
-    assert predict_duration_s({**params, "image_size": 256}, [rec]) == pytest.approx(4 * 40.0 + 4 * 60.0)
+    assert predict_duration_s(experiment_spec(params), []) is None
+    assert predict_duration_s(experiment_spec(params), [rec]) == pytest.approx(40.0)
+    assert predict_duration_s(experiment_spec({**params, "image_size": 256}), [rec]) == pytest.approx(4 * 40.0 + 4 * 60.0)
     flip = {**params, "augmentation": {"flip": "horizontal"}}
-    assert predict_duration_s(flip, [rec]) == pytest.approx(40.0 + 3 * 60.0)
-    assert predict_duration_s({**flip, "augmented_copies": 0}, [rec]) == pytest.approx(40.0)  # bypasses the cache
-    assert predict_duration_s({**params, "augmentation": {"mixup": 0.2}}, [rec]) == pytest.approx(40.0)  # so does mixup
-    assert predict_duration_s({**params, "image_size": 256, "activation_cache": False}, [rec]) == pytest.approx(160.0)
+    assert predict_duration_s(experiment_spec(flip), [rec]) == pytest.approx(40.0 + 3 * 60.0)
+    assert predict_duration_s(experiment_spec({**flip, "augmented_copies": 0}), [rec]) == pytest.approx(40.0)  # bypasses the cache
+    assert predict_duration_s(experiment_spec({**params, "augmentation": {"mixup": 0.2}}), [rec]) == pytest.approx(40.0)  # so does mixup
+    assert predict_duration_s(experiment_spec({**params, "image_size": 256, "activation_cache": False}), [rec]) == pytest.approx(160.0)
     # VGG16: seconds per epoch of the other runs (10 s x 8), and a build of 15.47 / 0.569 GMACs times MobileNet's
-    assert predict_duration_s({**params, "base": "vgg16", "epochs": 8}, [rec]) == pytest.approx(
+    assert predict_duration_s(experiment_spec({**params, "base": "vgg16", "epochs": 8}), [rec]) == pytest.approx(
         80.0 + 60.0 * 15.47 / 0.569)
     half = {**params, "base_kwargs": {"alpha": 0.5}}  # another base: a quarter of the multiply-adds
-    assert predict_duration_s(half, [rec]) == pytest.approx(40.0 + 60.0 / 4)
-    assert predict_duration_s({**params, "base": "simple_cnn_small"}, [rec]) == pytest.approx(40.0)  # unknown cost
+    assert predict_duration_s(experiment_spec(half), [rec]) == pytest.approx(40.0 + 60.0 / 4)
+    assert predict_duration_s(experiment_spec({**params, "base": "simple_cnn_small"}), [rec]) == pytest.approx(40.0)  # unknown cost
 
 
 def test_max_run_share_skips_a_run_that_fits_the_budget_but_would_take_most_of_it(tmp_path):

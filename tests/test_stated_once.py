@@ -1,6 +1,6 @@
-"""Each fact stated once: the default metric, a base's one name, the activation-cache rule of the search's
-cost model, the metric a pruner follows, and the batch sampler's own name (`batch_sampler`, apart from a
-search's Optuna `sampler`)."""
+"""Each fact stated once: the default metric, the default output locations and page size, the run files'
+names, a base's one name, the activation-cache rule of the search's cost model, the metric a pruner follows,
+and the batch sampler's own name (`batch_sampler`, apart from a search's Optuna `sampler`)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,56 @@ def test_the_default_metric_is_written_only_in_models_names():
              for package in ("runner", "models") for path in sorted((PROJECT_ROOT / package).rglob("*.py"))
              if path not in allowed and (lines := _string_constants(path, DEFAULT_METRIC))}
     assert found == {}, f"{DEFAULT_METRIC!r} written out instead of models.names.DEFAULT_METRIC: {found}"
+
+
+def _written_in(value, allowed: set[Path]) -> dict[str, list[int]]:
+    """Where the code of `runner/` and `models/` (outside `allowed`) has `value` as a constant."""
+    return {str(path.relative_to(PROJECT_ROOT)): lines
+            for package in ("runner", "models") for path in sorted((PROJECT_ROOT / package).rglob("*.py"))
+            if path not in allowed and (lines := _string_constants(path, value))}
+
+
+@pytest.mark.parametrize("value, home", [
+    ("logs", "runner/records/store.py"), ("experiments", "runner/records/store.py"),
+    ("leaderboard.html", "runner/records/store.py"), ("builtin:", "models/data/folders.py"),
+    ("training_curves.png", "models/names.py"), ("confusion_matrix.png", "models/names.py")])
+def test_default_locations_and_file_names_are_written_once(value, home):
+    """Each default folder, page and file name is a constant of one module, imported everywhere else (the
+    template `leaderboard.html` is a template's name, not the default page, so the reports' templates may
+    say it)."""
+    allowed = {PROJECT_ROOT / home} | ({PROJECT_ROOT / "runner" / "reports" / "leaderboard.py"}
+                                       if value == "leaderboard.html" else set())
+    assert _written_in(value, allowed) == {}
+
+
+def test_the_notebook_takes_its_file_names_from_models_names():
+    import nbformat
+
+    from models.names import CONFUSION_MATRIX_FILE, TRAINING_CURVES_FILE
+
+    cells = nbformat.read(PROJECT_ROOT / "notebooks" / "base_experiment.ipynb", as_version=4).cells
+    code = "\n".join(cell.source for cell in cells if cell.cell_type == "code")
+    assert TRAINING_CURVES_FILE not in code and CONFUSION_MATRIX_FILE not in code
+    assert "TRAINING_CURVES_FILE" in code and "CONFUSION_MATRIX_FILE" in code
+
+
+def test_the_default_page_size_and_run_limit_are_stated_once():
+    """`runner.records.TOP_N` is the default of the grid, the leaderboard, `--top-n` and a rerun's page; the
+    `--max-runs` default is `runner.cli.MAX_RUNS`, its help text included."""
+    import click
+
+    from runner import cli
+    from runner.grid import GridSpec
+    from runner.records import TOP_N
+    from runner.reports.leaderboard import write_leaderboard
+
+    assert GridSpec.model_fields["top_n"].default == TOP_N
+    assert inspect.signature(write_leaderboard).parameters["top_n"].default == TOP_N
+    options = {param.name: param for param in cli.leaderboard.params if isinstance(param, click.Option)}
+    assert options["top_n"].default == TOP_N and f"default: {TOP_N}" in options["top_n"].help
+    sweep_options = {param.name: param for param in cli.sweep.params if isinstance(param, click.Option)}
+    assert sweep_options["max_runs"].default == cli.MAX_RUNS and f"default: {cli.MAX_RUNS}" in sweep_options[
+        "max_runs"].help
 
 
 def test_every_metric_default_is_the_default_metric():
@@ -127,7 +177,8 @@ def test_a_warm_start_matches_any_spelling_of_its_parents_base(vgg_parent, ref):
     logs, parent = vgg_parent
     params = dict(base="vgg16", base_kwargs={}, head="gap", dense_units=[16], image_size=32, warm_start=ref)
     assert resolve_warm_start(params, read_all(logs)).parent_run_id == parent.run_id
-    with pytest.raises(ConfigError, match="has base='VGG16', this run has base='vgg19'"):
+    assert {r.params["base"] for r in read_all(logs).records} == {"vgg16"}  # the record reads in the one spelling
+    with pytest.raises(ConfigError, match="has base='vgg16', this run has base='vgg19'"):
         resolve_warm_start({**params, "base": "vgg19", "warm_start": parent.run_id}, read_all(logs))
 
 
@@ -142,17 +193,18 @@ CHEAP = {"base": "mobilenet", "image_size": 128, "epochs": 4, "fine_tune_layers"
 
 
 def test_the_cost_model_knows_every_spelling_of_a_base(make_record):
+    from models.spec import experiment_spec
     from runner.search import predict_duration_s
     from runner.search.duration import BASE_GMACS_224
 
     assert set(BASE_GMACS_224) <= set(BASES)
     rec = _timed(make_record, 100.0, 60.0, **CHEAP)
     # MobileNetV2: another base; its build is MobileNet's scaled by multiply-adds (0.300 / 0.569 GMACs)
-    assert predict_duration_s({**CHEAP, "base": "MobileNetV2"}, [rec]) == pytest.approx(40.0 + 60.0 * 0.300 / 0.569)
-    assert predict_duration_s({**CHEAP, "base": "MobileNetV2"}, [rec]) == \
-        predict_duration_s({**CHEAP, "base": "mobilenet_v2"}, [rec])
+    assert predict_duration_s(experiment_spec({**CHEAP, "base": "MobileNetV2"}), [rec]) == pytest.approx(40.0 + 60.0 * 0.300 / 0.569)
+    assert predict_duration_s(experiment_spec({**CHEAP, "base": "MobileNetV2"}), [rec]) == \
+        predict_duration_s(experiment_spec({**CHEAP, "base": "mobilenet_v2"}), [rec])
     # a record that spelled the base MobileNet is the same base, the same entries: no build
-    assert predict_duration_s(CHEAP, [_timed(make_record, 100.0, 60.0, **{**CHEAP, "base": "MobileNet"})]) == \
+    assert predict_duration_s(experiment_spec(CHEAP), [_timed(make_record, 100.0, 60.0, **{**CHEAP, "base": "MobileNet"})]) == \
         pytest.approx(40.0)
 
 
@@ -188,13 +240,14 @@ def test_a_run_that_builds_no_entry_has_no_cache_build_key(update):
 
 def test_the_cost_model_applies_the_cache_rule(make_record):
     """An all-off augmentation mapping builds nothing new; a warm start builds its own entries."""
+    from models.spec import experiment_spec
     from runner.search import predict_duration_s
 
     rec = _timed(make_record, 100.0, 60.0, **CHEAP)
-    assert predict_duration_s({**CHEAP, "augmentation": {"rotation": 0.0, "flip": None}}, [rec]) == pytest.approx(40.0)
-    assert predict_duration_s({**CHEAP, "learning_rate": 0.1, "head": "flatten"}, [rec]) == pytest.approx(40.0)
-    assert predict_duration_s({**CHEAP, "warm_start": "earlier"}, [rec]) == pytest.approx(100.0)
-    assert predict_duration_s({**CHEAP, "weights": None}, [rec]) == pytest.approx(40.0)  # nothing frozen
+    assert predict_duration_s(experiment_spec({**CHEAP, "augmentation": {"rotation": 0.0, "flip": None}}), [rec]) == pytest.approx(40.0)
+    assert predict_duration_s(experiment_spec({**CHEAP, "learning_rate": 0.1, "head": "flatten"}), [rec]) == pytest.approx(40.0)
+    assert predict_duration_s(experiment_spec({**CHEAP, "warm_start": "earlier"}), [rec]) == pytest.approx(100.0)
+    assert predict_duration_s(experiment_spec({**CHEAP, "weights": None}), [rec]) == pytest.approx(40.0)  # nothing frozen
 
 
 # The metric a pruner follows ---------------------------------------------------------------------------------------

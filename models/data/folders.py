@@ -458,7 +458,8 @@ def load_data(spec: ExperimentSpec) -> DataSplit:
 
     Args:
         spec: the run's parameters; reads `data_dir`, `max_images_per_class`,
-            `val_fraction`, `test_fraction`, `seed` and `train_on_val`.
+            `val_fraction`, `test_fraction`, `data_seed` (`split_seed`, else
+            `seed`) and `train_on_val`.
 
     Returns:
         A `DataSplit`; each part is sorted by path.

@@ -3,14 +3,14 @@
 `execute_run` is the list of them:
 
 1. `prepare_run`: the run id and its folder `experiments/<run_id>/`;
-2. `resolve_warm_start` (`runner.reports.lineage`), once, when the run starts;
-3. `execute_notebook`: papermill in a fresh kernel (started ahead: `runner.core.kernels`),
-   parameters injected;
-4. `cap_outputs`: stream outputs over the cap are trimmed (with a warning);
-5. `export_html`: the executed notebook as a standalone page;
-6. `read_result` (`runner.records`): the notebook's typed `result.json`;
-7. `check_outputs`: a run missing a file the sweep depends on is failed;
-8. `build_record` + `write_record` (`runner.records`).
+2. `execute_notebook`: papermill in a fresh kernel (started ahead: `runner.core.kernels`),
+   parameters injected, the warm start among them (resolved by the caller when the run
+   starts: `runner.core.warm_start.warm_start_for`);
+3. `cap_outputs`: stream outputs over the cap are trimmed (with a warning);
+4. `export_html`: the executed notebook as a standalone page;
+5. `read_result` (`runner.records`): the notebook's typed `result.json`;
+6. `check_outputs`: a run missing a file the sweep depends on is failed;
+7. `build_record` + `write_record` (`runner.records`).
 
 A notebook that raises still gets its executed `.ipynb` (with papermill's
 error banner at the failing cell), its `.html` and a `failed` record; nothing
@@ -26,24 +26,24 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from models.names import DEFAULT_METRIC
-from runner.errors import ConfigError
 from runner.grid import RunSpec, code_hashes
+from runner.grid.schema import RunnerParams
 from runner.core.kernels import (
     KERNEL_ARGUMENTS, KERNEL_NAME, WARM_UP_TIMEOUT_S, Kernel, KernelNotReady, KernelSetup, discard_next_kernel,
     kernel_environment, start_next_kernel, take_next_kernel,
 )
-from runner.core.warm_start import resolve_warm_start
-from runner.records.query import Ranking, parse_metric, read_all
 from runner.records import (
     COMPLETED, FAILED, INTERRUPTED, KERNEL_LOG_FILE, PRUNED, REQUIRED_FILES, RESULT_FILE, RUN_FILES, TIMEOUT,
     NotebookResult, RunError, RunRecord, build_record, read_result, write_record, write_text_atomic,
 )
+
+if TYPE_CHECKING:
+    from runner.core.warm_start import WarmStart
 
 MAX_OUTPUT_BYTES = 10 * 2**20
 """Default cap on a saved notebook's stream output (stdout/stderr text), bytes: 10 MiB."""
@@ -76,6 +76,24 @@ class RunFolder:
         return {key: self.run_dir / name.format(run_id=self.run_id) for key, name in RUN_FILES.items()}
 
 
+RUN_ID_TIME = "%Y%m%d-%H%M%S"
+"""The start time (UTC) in a run id, a `strftime` format: the id's first part (`make_run_id`)."""
+RUN_ID_HASH_DIGITS = 8
+"""Hex digits of the `config_hash` that follow the time in a run id."""
+_RUN_ID_TIME_CHARS = len(datetime(2000, 1, 1).strftime(RUN_ID_TIME))
+_RUN_ID_REST = re.compile(rf"-[0-9a-f]{{{RUN_ID_HASH_DIGITS}}}(-\d+)?")
+
+
+def is_run_id(name: str) -> bool:
+    """Whether `name` is a run id as `make_run_id` writes them: the time (`RUN_ID_TIME`), `-`, the hash's
+    first `RUN_ID_HASH_DIGITS` hex digits, and `-<n>` when the id was taken."""
+    try:
+        datetime.strptime(name[:_RUN_ID_TIME_CHARS], RUN_ID_TIME)
+    except ValueError:
+        return False
+    return _RUN_ID_REST.fullmatch(name[_RUN_ID_TIME_CHARS:]) is not None
+
+
 def make_run_id(config_hash: str, experiments_dir: Path, now: Optional[datetime] = None) -> str:
     """A unique, sortable, readable run id: `YYYYmmdd-HHMMSS-<hash8>` (UTC).
 
@@ -88,7 +106,7 @@ def make_run_id(config_hash: str, experiments_dir: Path, now: Optional[datetime]
         The run id, whose folder `experiments_dir/<run_id>` does not exist yet.
     """
     now = now or datetime.now(timezone.utc)
-    run_id = f"{now:%Y%m%d-%H%M%S}-{config_hash[:8]}"
+    run_id = f"{now:{RUN_ID_TIME}}-{config_hash[:RUN_ID_HASH_DIGITS]}"
     candidate, n = run_id, 1
     while (experiments_dir / candidate).exists():
         n += 1
@@ -402,23 +420,12 @@ def check_outputs(files: dict[str, Path], status: str, error: Optional[RunError]
     return FAILED, _error("MissingOutput", f"the run finished but these files are missing: {', '.join(missing)}")
 
 
-def execute_run(
-    run: RunSpec,
-    notebook: Path,
-    experiments_dir: Path,
-    logs_dir: Path,
-    *,
-    ranking: Optional[Ranking] = None,
-    verbose: bool = False,
-    start_timeout_s: float = 120,
-    timeout_s: Optional[float] = None,
-    cell_timeout_s: Optional[float] = None,
-    max_output_bytes: int = MAX_OUTPUT_BYTES,
-    should_stop: Optional[Callable[[], bool]] = None,
-    rerun_of: Optional[str] = None,
-    prestart: bool = False,
-    prepare_next: bool = False,
-) -> RunRecord:
+def execute_run(run: RunSpec, notebook: Path, experiments_dir: Path, logs_dir: Path, *,
+                warm_start: Optional[WarmStart] = None, refusal: Optional[str] = None, verbose: bool = False,
+                start_timeout_s: float = 120, timeout_s: Optional[float] = None,
+                cell_timeout_s: Optional[float] = None, max_output_bytes: int = MAX_OUTPUT_BYTES,
+                should_stop: Optional[Callable[[], bool]] = None, rerun_of: Optional[str] = None,
+                prestart: bool = False, prepare_next: bool = False) -> RunRecord:
     """Execute one run of the notebook and record it: the steps of the module docstring.
 
     Args:
@@ -426,8 +433,11 @@ def execute_run(
         notebook: the base notebook.
         experiments_dir: parent of the run folder `experiments_dir/<run_id>/`.
         logs_dir: folder of the record `logs_dir/<run_id>.json`.
-        ranking: what `warm_start: best` ranks by. Defaults to weighted
-            recall on the validation split.
+        warm_start: the weights the run starts from, resolved when it starts
+            (`runner.core.warm_start.warm_start_for`). Defaults to `None`.
+        refusal: why the run cannot start (its warm start could not be
+            resolved): the run is recorded as failed (`ConfigError`) without
+            a kernel. Defaults to `None`.
         verbose: stream the notebook's cell output to the log. Defaults to `False`.
         start_timeout_s: seconds to wait for the kernel to start. Defaults to `120`.
         timeout_s: wall-clock limit of the whole run in seconds, or `None`. Defaults to `None`.
@@ -457,25 +467,48 @@ def execute_run(
     t0 = time.perf_counter()
     experiments_dir, logs_dir = Path(experiments_dir).resolve(), Path(logs_dir).resolve()
     folder = prepare_run(run.config_hash, experiments_dir)
-    files = folder.files()
     warnings: list[str] = []
-    try:  # the code as the kernel is about to import it, per file, for `nbsweep rerun` to compare
-        code = code_hashes(notebook)
-    except Exception as exc:  # an unreadable notebook fails in papermill, with its own message
-        code = None
-        warnings.append(f"code hashes not recorded: {type(exc).__name__}: {exc}")
-    status, error, warm = COMPLETED, None, None
-    try:
-        warm = resolve_warm_start(run.params, read_all(logs_dir), ranking=ranking or parse_metric(DEFAULT_METRIC))
-    except ConfigError as exc:
-        status, error = FAILED, _error("ConfigError", str(exc))
-    if status == COMPLETED:
-        parameters = {**run.params, "output_dir": str(folder.run_dir),
-                      "resolved_warm_start": warm.to_dict() if warm else None, "pruning": run.trial}
+    code = _code_of(notebook, warnings)
+    status, error, warm = COMPLETED, None, warm_start
+    if refusal is not None:
+        status, error = FAILED, _error("ConfigError", refusal)
+    else:
+        injected = RunnerParams(output_dir=str(folder.run_dir), resolved_warm_start=warm.to_dict() if warm else None,
+                                pruning=run.trial)
+        parameters = {**run.params, **asdict(injected)}
         status, error = execute_notebook(notebook, folder, parameters, verbose=verbose,
                                          start_timeout_s=start_timeout_s, timeout_s=timeout_s,
                                          cell_timeout_s=cell_timeout_s, should_stop=should_stop,
                                          prestart=prestart, prepare_next=prepare_next)
+    status, error, result = _read_outputs(folder, status, error, max_output_bytes, warnings)
+    if result is not None and not run.data_matches(result):
+        warnings.append(data_changed_warning(run, result.data.manifest_hash))
+    record = build_record(
+        run_id=folder.run_id, config_hash=run.config_hash, status=status, started_at=folder.started,
+        params=run.params, result=result, files=folder.files(), logs_dir=logs_dir, total_s=time.perf_counter() - t0,
+        error=error, warnings=warnings, warm_start=warm.section() if warm else None,
+        name=run.params.get("name"), code=code, rerun_of=rerun_of, group_hash=run.group_hash,
+        refit_of=run.refit_of,
+    )
+    write_record(record, logs_dir)
+    return record
+
+
+def _code_of(notebook: Path, warnings: list[str]) -> Optional[dict[str, Any]]:
+    """The code as the kernel is about to import it, per file (`code_hashes`), for `nbsweep rerun` to compare;
+    `None`, with a line added to `warnings`, when it cannot be read (papermill then fails with its own message)."""
+    try:
+        return code_hashes(notebook)
+    except Exception as exc:
+        warnings.append(f"code hashes not recorded: {type(exc).__name__}: {exc}")
+        return None
+
+
+def _read_outputs(folder: RunFolder, status: str, error: Optional[RunError], max_output_bytes: int,
+                  warnings: list[str]) -> tuple[str, Optional[RunError], Optional[NotebookResult]]:
+    """Steps 3 to 6 after the notebook ran: cap its outputs, export its html, read its `result.json` and check the
+    run's files. Returns the run's status and error after them (`PRUNED` for a completed run the pruner stopped),
+    and its result (`None` when the notebook wrote none); problems with the first two are added to `warnings`."""
     result: Optional[NotebookResult] = None
     if folder.notebook_path.exists():
         warnings += _attempt(cap_outputs, folder.notebook_path, max_output_bytes, what="output cap")
@@ -483,20 +516,10 @@ def execute_run(
         result = read_result(folder.run_dir)
         if status == COMPLETED and result is None:
             status, error = FAILED, _error("MissingResult", f"the notebook finished without writing a valid {RESULT_FILE}")
-    status, error = check_outputs(files, status, error)
+    status, error = check_outputs(folder.files(), status, error)
     if status == COMPLETED and result is not None and result.training.pruned_epoch:
         status = PRUNED
-    if result is not None and not run.data_matches(result):
-        warnings.append(data_changed_warning(run, result.data.manifest_hash))
-    record = build_record(
-        run_id=folder.run_id, config_hash=run.config_hash, status=status, started_at=folder.started,
-        params=run.params, result=result, files=files, logs_dir=logs_dir, total_s=time.perf_counter() - t0,
-        error=error, warnings=warnings, warm_start=warm.section() if warm else None,
-        name=run.params.get("name"), code=code, rerun_of=rerun_of, group_hash=run.group_hash,
-        refit_of=run.refit_of,
-    )
-    write_record(record, logs_dir)
-    return record
+    return status, error, result
 
 
 DATA_CHANGED = "data changed under the run"
@@ -541,8 +564,7 @@ def orphan_run_folders(experiments_dir: Path, recorded_ids: set[str]) -> list[Pa
         The folders named like run ids (`YYYYmmdd-HHMMSS-<hash8>[-n]`) with no
         record, sorted.
     """
-    pattern = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}(-\d+)?$")
     if not experiments_dir.is_dir():
         return []
     return sorted(p for p in experiments_dir.iterdir()
-                  if p.is_dir() and pattern.match(p.name) and p.name not in recorded_ids)
+                  if p.is_dir() and is_run_id(p.name) and p.name not in recorded_ids)

@@ -51,6 +51,7 @@ from typing import Callable, Optional, Sequence
 
 from models.names import DEFAULT_METRIC
 from runner.core.execute import MAX_OUTPUT_BYTES, execute_run
+from runner.core.warm_start import warm_start_for
 from runner.core.kernels import discard_next_kernel
 from runner.errors import ConfigError
 from runner.grid import RunSpec
@@ -89,12 +90,14 @@ class RunTask:
 
 def run_task(task: RunTask, run: RunSpec, should_stop: Optional[Callable[[], bool]] = None,
              more: bool = False) -> RunRecord:
-    """Executes one run (`execute_run`) and returns its record, interrupted ones included.
+    """Executes one run and returns its record, interrupted ones included: its warm start resolved as it
+    starts (`runner.core.warm_start.warm_start_for`), then `execute_run`.
 
     `more`: runs may follow, so with `task.prestart` the next kernel starts ahead while this one runs.
     """
-    return execute_run(run, task.notebook, task.experiments_dir, task.logs_dir,
-                       ranking=parse_metric(task.metric), verbose=task.verbose, timeout_s=task.timeout_s,
+    warm_start, refusal = warm_start_for(run.params, task.logs_dir, ranking=parse_metric(task.metric))
+    return execute_run(run, task.notebook, task.experiments_dir, task.logs_dir, warm_start=warm_start,
+                       refusal=refusal, verbose=task.verbose, timeout_s=task.timeout_s,
                        cell_timeout_s=task.cell_timeout_s, max_output_bytes=task.max_output_bytes,
                        should_stop=should_stop, prestart=task.prestart, prepare_next=task.prestart and more)
 

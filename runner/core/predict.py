@@ -27,13 +27,13 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pandas as pd
 
-from models.spec import ExperimentSpec
+from models.spec import ExperimentSpec, experiment_spec
 from runner.errors import ConfigError
 from runner.records.query import find_path, parse_metric
 from runner.records import COMPLETED, ENSEMBLE, RunLoadError, RunRecord, sha256_file, write_json_atomic
-from runner.records import write_text_atomic
+from runner.records import LOGS_DIR, write_text_atomic
 
-from models.names import DEFAULT_METRIC, IMAGE_SUFFIXES, TTA_VIEWS as TTA_CHOICES
+from models.names import CONFUSION_MATRIX_FILE, DEFAULT_METRIC, IMAGE_SUFFIXES, TTA_VIEWS as TTA_CHOICES
 
 
 def parse_tta(text: str) -> list[str]:
@@ -364,7 +364,7 @@ def write_predictions_csv(frame: pd.DataFrame, out_path: str | Path) -> Path:
         raise ConfigError(f"--out {out_path}: cannot write it ({exc.strerror or exc})") from exc
 
 
-def load_run(run: str | Path, logs_dir: str | Path = "logs",
+def load_run(run: str | Path, logs_dir: str | Path = LOGS_DIR,
              metric: str = DEFAULT_METRIC) -> LoadedRun | LoadedEnsemble:
     """Rebuild a recorded run's model from its spec and load its trained weights.
 
@@ -375,7 +375,7 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs",
 
     Args:
         run: a run id, a unique run-id prefix, `"best"`, or a record path.
-        logs_dir: folder of the records. Defaults to `"logs"`.
+        logs_dir: folder of the records. Defaults to `runner.records.LOGS_DIR`.
         metric: what `"best"` ranks by. Defaults to `models.names.DEFAULT_METRIC`.
 
     Returns:
@@ -404,9 +404,8 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs",
     from models.build import load_run_model
     from models.saving import RunWeightsError
 
-    fields = ExperimentSpec.model_fields
     try:
-        spec = ExperimentSpec(**{k: v for k, v in record.params.items() if k in fields})
+        spec = experiment_spec(record.params)
         model = load_run_model(spec, len(record.data.class_names), model_path)
     except RunWeightsError as exc:
         raise RunLoadError(f"run {record.run_id}: {exc}") from exc
@@ -415,7 +414,7 @@ def load_run(run: str | Path, logs_dir: str | Path = "logs",
     return LoadedRun(record=record, record_path=record_path, model=model, spec=spec)
 
 
-def export_run(run: str | Path, out_path: str | Path, logs_dir: str | Path = "logs",
+def export_run(run: str | Path, out_path: str | Path, logs_dir: str | Path = LOGS_DIR,
                metric: str = DEFAULT_METRIC) -> Path:
     """Write a recorded run's model as one standalone Keras file, base included (`nbsweep export`).
 
@@ -433,7 +432,7 @@ def export_run(run: str | Path, out_path: str | Path, logs_dir: str | Path = "lo
         run: a run id, a unique run-id prefix, `"best"`, or a record path.
         out_path: the `.keras` file to write; its folder must exist; an
             existing file is replaced.
-        logs_dir: folder of the records. Defaults to `"logs"`.
+        logs_dir: folder of the records. Defaults to `runner.records.LOGS_DIR`.
         metric: what `"best"` ranks by. Defaults to `models.names.DEFAULT_METRIC`.
 
     Returns:
@@ -552,7 +551,7 @@ def evaluate_run(loaded: LoadedRun, labelled_dir: str | Path, name: Optional[str
                                    target_names=loaded.class_names, zero_division=0, digits=4)
     out_dir = loaded.run_dir / "evaluations"
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_confusion_matrix(metrics["confusion_matrix"], loaded.class_names, out_dir / f"{name}_confusion_matrix.png")
+    save_confusion_matrix(metrics["confusion_matrix"], loaded.class_names, out_dir / f"{name}_{CONFUSION_MATRIX_FILE}")
     evaluation = {"run_id": loaded.record.run_id, "name": name, "data_dir": str(labelled_dir.resolve()),
                   "n_images": len(predictions), "tta": loaded.tta_used(tta), "metrics": metrics,
                   "report": report, "skipped": skipped}

@@ -90,16 +90,12 @@ def _split_key(message: str, default: str) -> tuple[str, str]:
     return default, message
 
 
-def _group(runs: Iterable[RunSpec], key: Callable[[dict[str, Any]], Any]) -> dict[Hashable, list[RunSpec]]:
-    """Runs grouped by `key(params)` (made hashable as canonical JSON), in run order."""
+def _group(runs: Iterable[RunSpec], key: Callable[[RunSpec], Any]) -> dict[Hashable, list[RunSpec]]:
+    """Runs grouped by `key(run)` (made hashable as canonical JSON), in run order."""
     groups: dict[Hashable, list[RunSpec]] = {}
     for run in runs:
-        groups.setdefault(canonical_json(key(run.params)), []).append(run)
+        groups.setdefault(canonical_json(key(run)), []).append(run)
     return groups
-
-
-def _spec(params: dict[str, Any]) -> ExperimentSpec:
-    return ExperimentSpec.model_validate({k: v for k, v in params.items() if k in ExperimentSpec.model_fields})
 
 
 def check_runs(spec: GridSpec, runs: list[RunSpec], grid_path: Path) -> list[str]:
@@ -183,8 +179,8 @@ def _check_data_dirs(runs: list[RunSpec], report: _Report) -> dict[str, Any]:
 
     folders: dict[str, Any] = {}
     runs = [run for run in runs if isinstance(run.params.get("data_dir"), str)]
-    for group in _group(runs, lambda p: p["data_dir"]).values():
-        data_dir = group[0].params["data_dir"]
+    for group in _group(runs, lambda r: r.spec.data_dir).values():
+        data_dir = group[0].spec.data_dir
         folders[data_dir] = None
         try:
             root = resolve_data_dir(data_dir, export=False)
@@ -200,11 +196,11 @@ def _check_data_dirs(runs: list[RunSpec], report: _Report) -> dict[str, Any]:
             report.warning(group, "data_dir", f"{root}: {len(folder.skipped_files)} file(s) in class folders "
                            f"will be skipped: {shown}{f'; and {more} more' if more > 0 else ''} (each run "
                            f"record lists them in data.skipped_files)")
-    for group in _group(runs, lambda p: list(split_key(p))).values():
-        folder = folders.get(group[0].params["data_dir"])
+    for group in _group(runs, lambda r: list(split_key(r.params))).values():
+        folder = folders.get(group[0].spec.data_dir)
         if folder is not None:
             try:
-                split_image_folder(folder, _spec(group[0].params))
+                split_image_folder(folder, group[0].spec)
             except ModelConfigError as error:
                 report.error(group, "data_dir", str(error))
     return folders
@@ -213,18 +209,17 @@ def _check_data_dirs(runs: list[RunSpec], report: _Report) -> dict[str, Any]:
 def _check_models(runs: list[RunSpec], report: _Report) -> None:
     """Base names, input sizes, `base_kwargs` and initial weights of every run."""
     from models.bases import check_base_kwargs, check_image_size, resolve_base, resolve_weights
-    from models.bases.registry import canonical_base
 
-    infos, usable = {}, []  # keyed by canonical name, as ExperimentSpec.base holds it
-    runs = [run for run in runs if isinstance(run.params.get("base"), str)]
-    for group in _group(runs, lambda p: canonical_base(p["base"])).values():
+    infos, usable = {}, []  # keyed by ExperimentSpec.base, the canonical name
+    runs = [run for run in runs if "base" in run.params]
+    for group in _group(runs, lambda r: r.spec.base).values():
         try:
-            infos[canonical_base(group[0].params["base"])] = resolve_base(group[0].params["base"])
+            infos[group[0].spec.base] = resolve_base(group[0].spec.base)
         except ModelConfigError as error:
             report.error(group, "base", str(error))
-    for group in _group([r for r in runs if canonical_base(r.params["base"]) in infos],
-                        lambda p: [canonical_base(p["base"]), p.get("image_size"), p.get("base_kwargs")]).values():
-        spec = _spec(group[0].params)
+    for group in _group([r for r in runs if r.spec.base in infos],
+                        lambda r: [r.spec.base, r.spec.image_size, r.spec.base_kwargs]).values():
+        spec = group[0].spec
         try:
             check_image_size(infos[spec.base], spec.image_size)
             check_base_kwargs(infos[spec.base], spec.base_kwargs)
@@ -236,8 +231,8 @@ def _check_models(runs: list[RunSpec], report: _Report) -> None:
     weight_keys = ("base", "base_kwargs", "image_size", "weights", "weights_dir")
     fitted: dict[str, Optional[str]] = {}
     imagenet: list[list[RunSpec]] = []
-    for group in _group(usable, lambda p: [p.get(k) for k in weight_keys]).values():
-        spec = _spec(group[0].params)
+    for group in _group(usable, lambda r: [getattr(r.spec, k) for k in weight_keys]).values():
+        spec = group[0].spec
         info = infos[spec.base]
         try:
             choice = resolve_weights(spec, info)
@@ -279,7 +274,7 @@ def _check_imagenet_downloads(groups: list[list[RunSpec]], infos: dict, report: 
 
     probes: dict[str, Optional[str]] = {}
     for group in groups:
-        spec = _spec(group[0].params)
+        spec = group[0].spec
         info = infos[spec.base]
         try:
             wanted = keras_imagenet_file(spec, info)
@@ -340,7 +335,7 @@ def _check_warm_starts(runs: list[RunSpec], logs_dir: Path, folders: dict[str, A
     """A `warm_start` run id, name or prefix must name a completed run with the same architecture and classes.
 
     `best`, and the `name` of an earlier run of this sweep, are left to the
-    run's start; both go through the one resolution, `runner.reports.lineage.resolve_warm_start`.
+    run's start; both go through the one resolution, `runner.core.warm_start.resolve_warm_start`.
     """
     from runner.core.warm_start import ARCHITECTURE_PARAMS, resolve_warm_start
     from runner.records.query import read_all
@@ -353,7 +348,7 @@ def _check_warm_starts(runs: list[RunSpec], logs_dir: Path, folders: dict[str, A
         return
     found = read_all(logs_dir)
     keys = ("warm_start", "warm_start_checkpoint", "data_dir", *ARCHITECTURE_PARAMS)
-    for group in _group(explicit, lambda p: [p.get(k) for k in keys]).values():
+    for group in _group(explicit, lambda r: [r.params.get(k) for k in keys]).values():
         params = group[0].params
         folder = folders.get(params.get("data_dir"))
         try:
@@ -370,7 +365,7 @@ def _check_run_names(runs: list[RunSpec], logs_dir: Path, report: _Report) -> No
     from runner.records.query import read_all
 
     taken = {rec.name: rec for rec in read_all(logs_dir).records if rec.name}
-    for group in _group(named, lambda p: p.get("name")).values():
+    for group in _group(named, lambda r: r.params.get("name")).values():
         name = group[0].params["name"]
         hashes = {r.config_hash for r in group}
         if len(hashes) > 1:

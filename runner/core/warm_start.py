@@ -9,27 +9,24 @@ checkpoint and the sha256 of the weights loaded.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from models.bases.registry import canonical_base
 from models.names import (CHECKPOINT_DIR, MODEL_FILE, TRAINED_WEIGHTS_FILE, checkpoint_path, existing_checkpoint,
                           run_weights_path)
 from runner.errors import ConfigError
 from runner.records import COMPLETED, RUN, RunLoadError, RunRecord, WarmStartSection, sha256_file
-from runner.records.query import Ranking, RecordSet, find
+from runner.records.query import Ranking, RecordSet, find, read_all
 
 ARCHITECTURE_PARAMS = ("base", "base_kwargs", "head", "dense_units", "image_size")
 """Parameters that must match between a run and the run it warm-starts from (compared by `architecture`)."""
 
 
 def architecture(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The `ARCHITECTURE_PARAMS` of a run's parameters, `base` in its canonical spelling
-    (`models.bases.canonical_base`), so that a record written with `VGG16` matches a run with `vgg16`."""
-    values = {name: params.get(name) for name in ARCHITECTURE_PARAMS}
-    if isinstance(values["base"], str):
-        values["base"] = canonical_base(values["base"])
-    return values
+    """The `ARCHITECTURE_PARAMS` of a run's parameters (`base` in its canonical spelling: validation and
+    `runner.records.RunRecord` give it so)."""
+    return {name: params.get(name) for name in ARCHITECTURE_PARAMS}
 
 
 @dataclass(frozen=True)
@@ -149,3 +146,28 @@ def resolve_warm_start(params: Mapping[str, Any], found: RecordSet, *, ranking: 
                               f"{', '.join(kept) or 'none'}; keep_checkpoints / keep_best_checkpoints of the "
                               f"parent decide which epochs are kept, its best weights are checkpoint 'best')")
     return WarmStart(parent.run_id, checkpoint, str(weights), sha256_file(weights), parent_classes)
+
+
+def warm_start_for(params: Mapping[str, Any], logs_dir: str | os.PathLike, *, ranking: Optional[Ranking] = None
+                   ) -> tuple[Optional[WarmStart], Optional[str]]:
+    """A run's warm start as it starts, or why it cannot start: what the executor is handed.
+
+    The records are read (`read_all`) only when the run has a `warm_start`, so
+    that `best` sees the runs of the same sweep that finished before this one.
+
+    Args:
+        params: the run's parameters (`resolve_warm_start`).
+        logs_dir: the folder of the records.
+        ranking: what `best` ranks by. Defaults to weighted recall on the validation split.
+
+    Returns:
+        `(warm_start, None)`, `warm_start` being `None` for a run without one; or
+        `(None, reason)` when `resolve_warm_start` refuses the reference (the
+        `ConfigError`'s message): the run is then recorded as failed without a kernel.
+    """
+    if params.get("warm_start") is None:
+        return None, None
+    try:
+        return resolve_warm_start(params, read_all(logs_dir), ranking=ranking), None
+    except ConfigError as exc:
+        return None, str(exc)

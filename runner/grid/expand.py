@@ -31,7 +31,7 @@ from models.hashing import sha256_json
 
 from runner.grid.schema import NON_PATH_VALUES, PATH_PARAMS, RENAMED_PARAMS, RESERVED_PARAMS, GridSpec, RunSpec
 from runner.grid.fingerprint import Fingerprinter, PathError
-from runner.grid.strict_yaml import _type_hint
+from runner.grid.strict_yaml import type_hint
 from runner.records.groups import GROUP_FREE_PARAMS
 
 def notebook_parameters(notebook: Path) -> dict[str, Any]:
@@ -150,7 +150,7 @@ class RunBuilder:
             return None, errors
         params = {name: value for name, value in {**self.defaults, **merged}.items() if name not in RESERVED_PARAMS}
         try:
-            params = _validate_values(_absolute_paths(params, self.base_dir))
+            run_spec, params = _validate_values(_absolute_paths(params, self.base_dir))
         except ValidationError as exc:
             for err in exc.errors():
                 key = str(err["loc"][0]) if err["loc"] else "(params)"
@@ -169,7 +169,7 @@ class RunBuilder:
         digest = sha256_json({"params": params, **fingerprint})
         group = sha256_json({"params": {k: v for k, v in params.items() if k not in GROUP_FREE_PARAMS}, **fingerprint})
         return RunSpec(index=index, params=params, config_hash=digest, origin=origin, group_hash=group,
-                       manifest_hash=self.fingerprint.manifest(params)), []
+                       manifest_hash=self.fingerprint.manifest(params), spec=run_spec), []
 
     def build_repeats(self, origin: str, point: dict[str, Any], index: int = 0, repeats: Optional[int] = None
                       ) -> tuple[list[RunSpec], list[str]]:
@@ -307,8 +307,8 @@ def _check_names(params: dict, sources: dict, allowed: list[str], grid_path: Pat
     return errors
 
 
-def _validate_values(params: dict[str, Any]) -> dict[str, Any]:
-    """Validate the `ExperimentSpec` fields of `params`, normalised to JSON values.
+def _validate_values(params: dict[str, Any]) -> tuple[ExperimentSpec, dict[str, Any]]:
+    """Validate the `ExperimentSpec` fields of `params`: the spec, and `params` normalised to its JSON values.
 
     Args:
         params: one run's parameters (notebook defaults, grid values and
@@ -316,14 +316,14 @@ def _validate_values(params: dict[str, Any]) -> dict[str, Any]:
             are passed through unchecked.
 
     Returns:
-        `params` with each `ExperimentSpec` field as `model_dump(mode="json")`
-        writes it (e.g. an int given for a float field becomes a float).
+        `(spec, params)`: the validated spec, and `params` with each `ExperimentSpec` field as
+        `model_dump(mode="json")` writes it (e.g. an int given for a float field becomes a float).
 
     Raises:
         ValidationError: a value breaks `ExperimentSpec` (strict types: no
             `true` for an int, no `"32"` for an int, no `"yes"` for a bool);
             a string refused where a number or boolean is expected has a
-            hint appended to its message (see `_type_hint`).
+            hint appended to its message (see `type_hint`).
     """
     fields = ExperimentSpec.model_fields
     known = {k: v for k, v in params.items() if k in fields}
@@ -331,7 +331,7 @@ def _validate_values(params: dict[str, Any]) -> dict[str, Any]:
         spec = ExperimentSpec.model_validate(known)
     except ValidationError as exc:
         errors = exc.errors()
-        hints = [_type_hint(err["type"], err.get("input")) for err in errors]
+        hints = [type_hint(err["type"], err.get("input")) for err in errors]
         if not any(hints):
             raise
         raise ValidationError.from_exception_data(exc.title, [
@@ -339,4 +339,4 @@ def _validate_values(params: dict[str, Any]) -> dict[str, Any]:
             for err, hint in zip(errors, hints)
         ]) from exc
     normalised = spec.model_dump(mode="json")
-    return {name: normalised.get(name, value) for name, value in params.items()}
+    return spec, {name: normalised.get(name, value) for name, value in params.items()}

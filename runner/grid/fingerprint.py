@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 
 from runner import PROJECT_ROOT
+from models.data.folders import BUILTIN_PREFIX
 from models.hashing import sha256_code, sha256_file, sha256_json
 from runner.errors import ConfigError, shorten
 from runner.records import package_version
@@ -156,7 +157,7 @@ class Fingerprinter:
                 (`OSError`, e.g. a name too long); the message names the value.
         """
         data_dir = params.get("data_dir")
-        if not isinstance(data_dir, str) or data_dir.startswith("builtin:"):
+        if not isinstance(data_dir, str) or data_dir.startswith(BUILTIN_PREFIX):
             data = str(data_dir)
         else:
             data = self._cached("data", data_dir, lambda: _tree_listing(Path(data_dir)), "data_dir")
@@ -191,7 +192,7 @@ class Fingerprinter:
         """
         from models.data.folders import list_image_folder, manifest_hash, resolve_data_dir, split_image_folder
         from models.errors import ModelConfigError
-        from models.spec import ExperimentSpec, split_key
+        from models.spec import experiment_spec, split_key
 
         data_dir = params.get("data_dir")
         if not isinstance(data_dir, str):
@@ -208,9 +209,7 @@ class Fingerprinter:
         split = split_key(params)
         if split not in self._manifests:
             try:
-                spec = ExperimentSpec.model_validate({k: v for k, v in params.items()
-                                                      if k in ExperimentSpec.model_fields})
-                self._manifests[split] = manifest_hash(folder.root, split_image_folder(folder, spec))
+                self._manifests[split] = manifest_hash(folder.root, split_image_folder(folder, experiment_spec(params)))
             except (ModelConfigError, OSError, ValueError):
                 self._manifests[split] = None
         return self._manifests[split]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.data.folders import BUILTIN_PREFIX
 from models.names import DEFAULT_METRIC
+from models.spec import ExperimentSpec, experiment_spec
 from runner import PROJECT_ROOT
 from runner.records.query import METRIC_NAMES, parse_metric
 from runner.search import SearchSpec, pruning_metric
-from runner.records import RANKING_METRICS
+from runner.records import EXPERIMENTS_DIR, LEADERBOARD_PATH, LOGS_DIR, RANKING_METRICS, TOP_N
 
 
 
@@ -25,8 +27,24 @@ def _default_notebook() -> Path:
 
 
 DEFAULT_NOTEBOOK = _default_notebook()
-RESERVED_PARAMS = ("output_dir", "resolved_warm_start", "pruning")
-"""Notebook parameters set by the runner, never by a grid."""
+@dataclass(frozen=True)
+class RunnerParams:
+    """The notebook parameters the runner sets for each run, never a grid: what `execute_run` injects
+    beside `RunSpec.params` (`asdict`).
+
+    Attributes:
+        output_dir: the run folder, absolute.
+        resolved_warm_start: `runner.core.warm_start.WarmStart.to_dict()`, or `None`.
+        pruning: the search trial's pruning settings (`RunSpec.trial`), or `None`.
+    """
+
+    output_dir: str
+    resolved_warm_start: Optional[dict[str, Any]]
+    pruning: Optional[dict[str, Any]]
+
+
+RESERVED_PARAMS = tuple(f.name for f in fields(RunnerParams))
+"""Notebook parameters set by the runner, never by a grid (`RunnerParams`)."""
 RENAMED_PARAMS = {"sampler": ("batch_sampler", "search: {sampler: ...} is the search's Optuna sampler")}
 """Former run parameter name -> (its new name, why); refused with that message (`expand._check_names`)
 unless the grid's notebook still declares the old name itself."""
@@ -34,7 +52,7 @@ unless the grid's notebook still declares the old name itself."""
 PATH_PARAMS = ("data_dir", "weights", "weights_dir")
 """Parameters holding paths: made absolute (from the working folder) before a
 run, because the kernel runs inside the run folder."""
-NON_PATH_VALUES = {"weights": ("imagenet",), "data_dir": ("builtin:",)}
+NON_PATH_VALUES = {"weights": ("imagenet",), "data_dir": (BUILTIN_PREFIX,)}
 
 
 class EnsembleSpec(BaseModel):
@@ -100,7 +118,7 @@ class GridSpec(BaseModel):
             its selected weights had trained (`best_epoch`, split into head
             and fine-tuning epochs as they were), and record it as a run of
             its own with `refit_of` (scikit-learn's `GridSearchCV(refit=True)`;
-            `runner.core.loop.refit_best`). Evaluated on the test split only,
+            `runner.core.refit.refit_best`). Evaluated on the test split only,
             never ranked, shown apart on the leaderboard. Defaults to `False`.
 
     Paths are made absolute from the working folder when the grid is loaded.
@@ -123,10 +141,10 @@ class GridSpec(BaseModel):
     sample: Optional[int] = Field(None, ge=1)
     seed: int = 0
     metric: str = DEFAULT_METRIC
-    top_n: int = Field(10, ge=1)
-    experiments_dir: Path = Field(Path("experiments"), strict=False)
-    logs_dir: Path = Field(Path("logs"), strict=False)
-    leaderboard: Path = Field(Path("leaderboard.html"), strict=False)
+    top_n: int = Field(TOP_N, ge=1)
+    experiments_dir: Path = Field(EXPERIMENTS_DIR, strict=False)
+    logs_dir: Path = Field(LOGS_DIR, strict=False)
+    leaderboard: Path = Field(LEADERBOARD_PATH, strict=False)
 
     @field_validator("notebook", "experiments_dir", "logs_dir", "leaderboard")
     @classmethod
@@ -161,7 +179,7 @@ class GridSpec(BaseModel):
 
     @model_validator(mode="after")
     def _prunable_metric(self):
-        if self.search is not None and self.search.pruner != "none" and self.metric in METRIC_NAMES:
+        if self.search is not None and self.search.pruner_kind.prunes and self.metric in METRIC_NAMES:
             pruning_metric(parse_metric(self.metric), self.search.pruner)  # a ConfigError names the allowed ones
         return self
 
@@ -183,7 +201,13 @@ class RunSpec:
     Attributes:
         index: position in the expanded sweep (0-based).
         params: every notebook parameter after defaults, JSON-safe, paths
-            absolute; the runner's own `RESERVED_PARAMS` excluded.
+            absolute; the runner's own `RESERVED_PARAMS` excluded: the JSON
+            form of `spec` (plus any parameter of a custom notebook that is no
+            `ExperimentSpec` field), which papermill injects, the record keeps
+            and `config_hash` covers.
+        spec: the validated, immutable `ExperimentSpec` of `params`, what the
+            runner reads typed values from. Given by `runner.grid.RunBuilder`,
+            which validated it; validated from `params` when not given.
         config_hash: sha256 hex of everything that changes the run's result:
             `params`, the notebook's code, the data manifest, the weights
             file and the project's code (see `Fingerprinter`).
@@ -200,11 +224,16 @@ class RunSpec:
     """The configuration without its seed: sha256 of `params` less `runner.records.groups.GROUP_FREE_PARAMS`
     and of the same fingerprint as `config_hash`; the repeats of one configuration share it."""
     refit_of: Optional[str] = None
-    """For the refit of a grid's best configuration (`refit: true`, `runner.core.loop.refit_best`): the run whose
+    """For the refit of a grid's best configuration (`refit: true`, `runner.core.refit.refit_best`): the run whose
     configuration it trains again on train + validation; recorded as `RunRecord.refit_of`. Not hashed."""
     manifest_hash: Optional[str] = None
     """The data manifest the run should train on, listed when it was built (`Fingerprinter.manifest`), or
     `None` when it cannot be told beforehand; not hashed. Its kernel's own is compared with it (`data_matches`)."""
+    spec: ExperimentSpec = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.spec is None:
+            object.__setattr__(self, "spec", experiment_spec(self.params))
 
     def with_trial(self, trial: Optional[dict[str, Any]]) -> "RunSpec":
         """This run with `trial` attached (see `runner.search`)."""

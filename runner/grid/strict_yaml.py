@@ -215,14 +215,14 @@ def _format_validation(path: Path, exc: ValidationError, prefix: str = "", allow
 
     Returns:
         The lines, joined with newlines; a string where a number or boolean
-        was expected gets a hint (see `_type_hint`).
+        was expected gets a hint (see `type_hint`).
     """
     lines = []
     for err in exc.errors():
         where = ".".join(str(part) for part in (prefix, *err["loc"]) if part != "")
         got = err.get("input")
         msg = err["msg"].replace("Input should be", "expected").replace("Value error, ", "")
-        msg += _type_hint(err["type"], got)
+        msg += type_hint(err["type"], got)
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
             keys = (sections or {}).get(err["loc"][0], allowed) if len(err["loc"]) > 1 else allowed
@@ -234,7 +234,7 @@ def _format_validation(path: Path, exc: ValidationError, prefix: str = "", allow
     return "\n".join(lines)
 
 
-def _type_hint(error_type: str, value: Any) -> str:
+def type_hint(error_type: str, value: Any) -> str:
     """Why a string was refused where a number or a boolean is expected, and the fix.
 
     PyYAML follows YAML 1.1, whose floats need a dot: `1e-3` is read as the

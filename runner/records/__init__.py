@@ -6,6 +6,9 @@
 - `runner.records.store`: atomic reads and writes of records and of the pages a sweep writes.
 - `runner.records.environment`: where a run executed (versions, host, git commit, thread caps).
 - `runner.records.query`: reading a logs folder, metric names (`parse_metric`), ranking, lookups.
+- `runner.records.index`: the derived SQLite index of a logs folder's summaries (`read_summaries`).
+- `runner.records.groups`: repeats grouped by configuration, their statistics computed once per group.
+- `runner.records.export_mlflow`: the records exported to an MLflow tracking store.
 
 The names most modules need are re-exported here.
 """
@@ -18,10 +21,11 @@ from runner.records.environment import THREAD_LIMIT_ENV, collect_environment, pa
 from runner.records.schema import (COMPLETED, DONE_STATUSES, ENSEMBLE, FAILED, INTERRUPTED, KINDS, PRUNED,
                                    REQUIRED_FILES, RUN, RUN_FILES, SCHEMA_VERSION, SKIPPED, STATUSES, TIMEOUT,
                                    CodeHashes, RunError, RunLoadError, RunRecord, Timings, build_record, upgrade_v1)
-from runner.records.store import read_record, write_page, write_record
+from runner.records.store import (EXPERIMENTS_DIR, LEADERBOARD_PATH, LOGS_DIR, TOP_N, read_record, write_page,
+                                  write_record)
 
 __all__ = [
-    "COMPLETED", "DONE_STATUSES", "ENSEMBLE", "FAILED", "INTERRUPTED", "KERNEL_LOG_FILE", "KINDS", "PRUNED",
+    "COMPLETED", "DONE_STATUSES", "ENSEMBLE", "EXPERIMENTS_DIR", "LEADERBOARD_PATH", "LOGS_DIR", "TOP_N", "FAILED", "INTERRUPTED", "KERNEL_LOG_FILE", "KINDS", "PRUNED",
     "RANKING_METRICS", "REQUIRED_FILES", "RESULT_FILE", "RUN", "RUN_FILES", "SCHEMA_VERSION", "SKIPPED",
     "STATUSES", "THREAD_LIMIT_ENV", "TIMEOUT", "CodeHashes", "DataSection", "ModelSection", "NotebookResult",
     "RunError", "RunLoadError", "RunRecord", "SplitMetrics", "Timings", "WarmStartSection", "build_record",

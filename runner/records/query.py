@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Literal, Optional, Sequence
 
 from models.names import DEFAULT_METRIC
 from runner.errors import ConfigError
+from runner.records.store import LOGS_DIR
 from runner.records import (
     COMPLETED, KINDS, RANKING_METRICS, RunLoadError, RunRecord, SplitMetrics, read_record,
 )
@@ -288,12 +289,12 @@ def find(ref: str, found: RecordSet, *, ranking: Optional[Ranking] = None, kinds
                        f"{', ...' if len(ids) > 5 else ''}); give more of the id")
 
 
-def find_path(ref: str | os.PathLike, logs_dir: str | os.PathLike = "logs", **options) -> tuple[Path, RunRecord]:
+def find_path(ref: str | os.PathLike, logs_dir: str | os.PathLike = LOGS_DIR, **options) -> tuple[Path, RunRecord]:
     """`find` for the command line and `load_run`: `ref` may also be a record file.
 
     Args:
         ref: a record path (`logs/<run_id>.json`), or a reference as for `find`.
-        logs_dir: folder of the records. Defaults to `"logs"`.
+        logs_dir: folder of the records. Defaults to `runner.records.LOGS_DIR`.
         **options: passed to `find`.
 
     Returns:

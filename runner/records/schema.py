@@ -24,11 +24,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from models import names
-from models.contract import (DataSection, ModelSection, NotebookResult, SplitMetrics, WarmStartSection, History,
-                             _Section)
+from models.bases.registry import canonical_base
+from models.contract import (DataSection, ModelSection, NotebookResult, Section, SplitMetrics, WarmStartSection,
+                             History)
 from models.hashing import sha256_file
 from models.names import FINE_TUNE, HEAD
 from runner.errors import RunnerError
@@ -61,7 +62,7 @@ class RunLoadError(RunnerError):
     """A recorded run cannot be found or rebuilt (unknown id, failed run, missing or altered files)."""
 
 
-class Timings(_Section):
+class Timings(Section):
     """Seconds: `train_s` (both phases), `eval_s`, `cache_build_s` (the part of
     `train_s` spent building cache entries), `total_s` (kernel start to record)."""
 
@@ -71,7 +72,7 @@ class Timings(_Section):
     total_s: Optional[float] = None
 
 
-class RunError(_Section):
+class RunError(Section):
     """Why a run did not complete: exception name and message, traceback, failing cell."""
 
     ename: str
@@ -80,7 +81,7 @@ class RunError(_Section):
     cell_index: Optional[int] = None
 
 
-class CodeHashes(_Section):
+class CodeHashes(Section):
     """The code a run executed, hashed per part when it started (`runner.grid.code_hashes`),
     so that `nbsweep rerun` can name what changed since: the notebook (its path and the
     sha256 of its code cells) and each project file its kernel imports
@@ -130,7 +131,7 @@ class RunRecord(BaseModel):
             before they were recorded).
         rerun_of: the run this one re-executed (`nbsweep rerun`), or `None`.
         weight_averaging: what `ema` / `swa_epochs` did (`models.contract.TrainingSection`), or `None`.
-        refit_of: for the refit of a grid with `refit: true` (`runner.core.loop.refit_best`), the run
+        refit_of: for the refit of a grid with `refit: true` (`runner.core.refit.refit_best`), the run
             whose configuration it trained again on the training and validation splits; `None`
             otherwise. A refit has no validation figures (`val_metrics` is `None`: it trained on the
             validation split) and never ranks (`runner.records.query.rank`).
@@ -175,6 +176,16 @@ class RunRecord(BaseModel):
     group_hash: Optional[str] = None
     weight_averaging: Optional[dict[str, Any]] = None
     refit_of: Optional[str] = None
+
+    @field_validator("params")
+    @classmethod
+    def _canonical_base(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """`base` in its one spelling (`models.bases.canonical_base`), as `ExperimentSpec` validates it: a
+        record written by a version that stored the spelling given (`VGG16`) reads as `vgg16`."""
+        base = params.get("base")
+        if isinstance(base, str) and canonical_base(base) != base:
+            return {**params, "base": canonical_base(base)}
+        return params
 
     def path_of(self, key: str, logs_dir: str | os.PathLike) -> Optional[Path]:
         """The absolute path of the run's file `key` (a `RUN_FILES` key), or `None` when not recorded.

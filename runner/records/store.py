@@ -12,6 +12,15 @@ from models.contract import write_json_atomic, write_text_atomic
 from runner.errors import FatalError
 from runner.records.schema import SCHEMA_VERSION, RunRecord, upgrade_v1
 
+LOGS_DIR = Path("logs")
+"""Default folder of the run records, relative to where a command runs (a grid's `logs_dir`, `--logs-dir`)."""
+EXPERIMENTS_DIR = Path("experiments")
+"""Default parent of the run folders (a grid's `experiments_dir`, `--experiments-dir`)."""
+LEADERBOARD_PATH = Path("leaderboard.html")
+"""Default leaderboard page (a grid's `leaderboard`, `--leaderboard`/`--out`)."""
+TOP_N = 10
+"""Default count of configurations (rows) the leaderboard page shows (a grid's `top_n`, `--top-n`)."""
+
 def write_page(path: str | os.PathLike, text: str) -> Path:
     """Write a page the sweep produces (leaderboard, csv, lineage) with `write_text_atomic`.
 
@@ -69,7 +78,7 @@ def read_record(path: str | os.PathLike) -> RunRecord:
         pass
     try:
         payload = json.loads(data)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     version = payload.get("schema_version") if isinstance(payload, dict) else None
     if version not in (1, SCHEMA_VERSION):

@@ -36,7 +36,7 @@ from typing import Any, Optional, Sequence
 from markupsafe import Markup
 
 from runner.errors import ConfigError
-from runner.records import COMPLETED, RANKING_METRICS, RunLoadError, RunRecord, write_page
+from runner.records import COMPLETED, LOGS_DIR, RANKING_METRICS, RunLoadError, RunRecord, write_page
 from runner.records.query import find_path
 from runner.reports.compare_data import COLOURS, CURVE_METRICS, curves, differing_params
 from runner.reports.leaderboard import confusion_matrix_table
@@ -199,7 +199,7 @@ def render_compare(records: Sequence[RunRecord], logs_dirs: Sequence[Path], page
                   tests=_tests(records, logs_dirs), p_meaning=P_VALUE_MEANING, format_p=format_p)
 
 
-def resolve_runs(refs: Sequence[str], logs_dir: str | os.PathLike = "logs") -> list[tuple[Path, RunRecord]]:
+def resolve_runs(refs: Sequence[str], logs_dir: str | os.PathLike = LOGS_DIR) -> list[tuple[Path, RunRecord]]:
     """The records `refs` name, in order.
 
     Raises:
@@ -219,13 +219,13 @@ def resolve_runs(refs: Sequence[str], logs_dir: str | os.PathLike = "logs") -> l
     return out
 
 
-def write_compare(refs: Sequence[str], logs_dir: str | os.PathLike = "logs",
+def write_compare(refs: Sequence[str], logs_dir: str | os.PathLike = LOGS_DIR,
                   out: str | os.PathLike = "compare.html") -> ComparePage:
     """Resolve the runs and write their comparison page atomically.
 
     Args:
         refs: run ids, unique prefixes, names, `best` or record paths; the first is the reference.
-        logs_dir: folder of the records. Defaults to `"logs"`.
+        logs_dir: folder of the records. Defaults to `runner.records.LOGS_DIR`.
         out: the page. Defaults to `"compare.html"`.
 
     Returns:

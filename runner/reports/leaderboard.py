@@ -66,7 +66,7 @@ from runner.records.groups import GROUP_FREE_PARAMS, Group, format_spread, group
 from runner.records.index import read_summaries
 from runner.records.query import Ranking, RecordSet, parse_metric, rank
 from runner.records import (
-    COMPLETED, ENSEMBLE, PRUNED, RANKING_METRICS, RunLoadError, RunRecord, SplitMetrics, write_page,
+    COMPLETED, ENSEMBLE, PRUNED, RANKING_METRICS, TOP_N, RunLoadError, RunRecord, SplitMetrics, write_page,
 )
 from runner.reports.templates import render
 
@@ -786,7 +786,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 def write_leaderboard(logs_dir: str | Path, out_path: str | Path, metric: str = DEFAULT_METRIC,
-                      top_n: int = 10) -> Leaderboard:
+                      top_n: int = TOP_N) -> Leaderboard:
     """Read every record in `logs_dir` once; write the leaderboard html, its csv and the lineage page.
 
     The records are read as summaries through the index

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from models.names import DEFAULT_METRIC
 from runner.records.query import Ranking, parse_metric
-from runner.records import RUN, RunRecord
+from runner.records import LEADERBOARD_PATH, RUN, RunRecord
 from runner.reports.links import fragment
 from runner.reports.templates import render
 
@@ -111,7 +111,7 @@ def node_id(run_id: str) -> str:
 
 
 def render_lineage(records: Sequence[RunRecord], metric: str | Ranking, logs_dir: Path, page_dir: Path,
-                   leaderboard_name: str = "leaderboard.html") -> str:
+                   leaderboard_name: str = LEADERBOARD_PATH.name) -> str:
     """`lineage.html`: the lineage tree with each run id linking to its saved notebook html.
 
     Each node carries the html id `node_id(run_id)`, so `lineage.html#run-<run_id>`
@@ -124,7 +124,7 @@ def render_lineage(records: Sequence[RunRecord], metric: str | Ranking, logs_dir
         logs_dir: folder of the records (their paths are relative to it).
         page_dir: folder of the page (links are relative to it).
         leaderboard_name: file name of the leaderboard beside it, linked.
-            Defaults to `"leaderboard.html"`.
+            Defaults to `runner.records.LEADERBOARD_PATH`'s name.
 
     Returns:
         A complete, self-contained html document.

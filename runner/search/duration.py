@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 
 from pydantic import ValidationError
 
-from models.spec import ExperimentSpec, augmenting, cache_build_key
+from models.spec import ExperimentSpec, augmenting, cache_build_key, experiment_spec
 from runner.records import COMPLETED, DONE_STATUSES, RUN
 
 
@@ -20,15 +20,10 @@ MobileNet: Howard et al. 2017, Table 8, 569 million). `mobilenet*` scale by `alp
 Used only to guess a cache build's seconds for a base no earlier run has built, from the others'."""
 
 
-def _spec(params: dict[str, Any]) -> ExperimentSpec:
-    """The `ExperimentSpec` of a run's parameters (names that are not its fields, e.g. `output_dir`, dropped)."""
-    return ExperimentSpec.model_validate({k: v for k, v in params.items() if k in ExperimentSpec.model_fields})
-
-
 def _record_spec(params: dict[str, Any]) -> Optional[ExperimentSpec]:
-    """`_spec` of an earlier record's parameters, or `None` when they no longer validate (an older record)."""
+    """The spec of an earlier record's parameters (`experiment_spec`), or `None` when they no longer validate."""
     try:
-        return _spec(params)
+        return experiment_spec(params)
     except ValidationError:
         return None
 
@@ -38,11 +33,6 @@ def _gmacs(spec: ExperimentSpec) -> Optional[float]:
     gmacs = BASE_GMACS_224.get(spec.base)
     alpha = spec.base_kwargs.get("alpha", 1.0)
     return None if gmacs is None else gmacs * float(alpha) ** 2
-
-
-def _phase_epochs(spec: ExperimentSpec) -> int:
-    """Epochs a run trains at most: the head phase plus, with fine-tuning, the fine-tuning phase."""
-    return max(1, spec.epochs + (spec.fine_tune_epochs if spec.fine_tunes else 0))
 
 
 def _pixels(spec: ExperimentSpec) -> float:
@@ -56,12 +46,12 @@ def _build_units(spec: ExperimentSpec) -> float:
     return _pixels(spec) * (1 + (spec.augmented_copies if augmenting(spec) else 0))
 
 
-def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[float]:
+def predict_duration_s(spec: ExperimentSpec, records: Sequence) -> Optional[float]:
     """The expected wall time of a run: its training and evaluation, plus building its activation cache if no
     earlier run has built it.
 
     Parameters are compared as `models.spec.ExperimentSpec` holds them, so every spelling of a base
-    (`MobileNetV2`, `mobilenet_v2`) is one base (`models.bases.canonical_base`). Training (`timings.total_s`
+    (`MobileNetV2`, `mobilenet_v2`) is one base (validation applies `models.bases.canonical_base`). Training (`timings.total_s`
     less `timings.cache_build_s`, seconds) comes from, in order: the median of the earlier completed runs
     with the same `base`, `base_kwargs`, `image_size`, `epochs`, `fine_tune_epochs` and fine-tuning or not;
     else the median seconds per epoch and pixel of earlier runs of the same base, times this run's epochs
@@ -76,7 +66,7 @@ def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[fl
     when neither is known.
 
     Args:
-        params: the run's parameters, after defaults.
+        spec: the run's parameters (`runner.grid.RunSpec.spec`).
         records: earlier records (`runner.records.RunRecord`; completed and pruned runs count).
 
     Returns:
@@ -86,13 +76,12 @@ def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[fl
             if r.kind == RUN and r.timings.total_s and r.status in DONE_STATUSES]
     if not done:
         return None
-    spec = _spec(params)
 
     def training_s(r) -> float:
         return max(0.0, r.timings.total_s - (r.timings.cache_build_s or 0.0))
 
     def per_epoch(r, s: Optional[ExperimentSpec]) -> float:
-        return training_s(r) / max(1, r.epochs_run or (_phase_epochs(s) if s else 1))
+        return training_s(r) / max(1, r.epochs_run or (s.max_epochs if s else 1))
 
     def schedule(s: ExperimentSpec) -> tuple:
         return s.image_size, s.epochs, s.fine_tune_epochs, s.fine_tunes
@@ -103,9 +92,9 @@ def predict_duration_s(params: dict[str, Any], records: Sequence) -> Optional[fl
         training = statistics.median(same)
     elif same_base:
         rate = statistics.median(per_epoch(r, s) / _pixels(s) for r, s in same_base)
-        training = rate * _pixels(spec) * _phase_epochs(spec)
+        training = rate * _pixels(spec) * max(1, spec.max_epochs)
     else:
-        training = statistics.median(per_epoch(r, s) for r, s in done) * _phase_epochs(spec)
+        training = statistics.median(per_epoch(r, s) for r, s in done) * max(1, spec.max_epochs)
     key = cache_build_key(spec)
     if key is None or any(s is not None and cache_build_key(s) == key for _, s in done):
         return training

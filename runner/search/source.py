@@ -4,10 +4,9 @@ A grid file with a `search:` block (`SearchSpec`) turns its `grid` mapping
 into a search space: a list is a categorical choice, `{low, high, log, step}`
 a float range, `{int: [low, high], step, log}` an integer range
 (`parse_space`). Optuna is the oracle and nothing else, as keras-tuner's
-`Oracle` is: it proposes parameters (`grid`: `GridSampler`, `random`:
-`RandomSampler`, `tpe`: `TPESampler` with `constant_liar`, so runs in
-parallel sample different points) and decides pruning (`median`,
-`successive_halving`, `hyperband`: Optuna's pruners). Each proposal becomes
+`Oracle` is: it proposes parameters (its sampler, a row of
+`runner.search.space.SAMPLERS`) and decides pruning (its pruner, a row of
+`runner.search.space.PRUNERS`). Each proposal becomes
 a `RunSpec` through the same `runner.grid.RunBuilder` as a grid point, so
 execution, records, resume and the leaderboard do not care where a run came
 from. The run's trial reaches its kernel as the notebook parameter
@@ -41,7 +40,7 @@ from typing import Any, Optional, Sequence
 from runner.errors import ConfigError
 from runner.records import COMPLETED, DONE_STATUSES, PRUNED, RUN
 from runner.search.duration import predict_duration_s
-from runner.search.space import Dimension, SearchSpec, _encode, decode
+from runner.search.space import Dimension, SearchSpec, decode, encode
 from runner.search.study import (
     AFFORDABLE_ATTR, AFFORDABLE_DRAWS, DUPLICATE_ATTR, MAX_DUPLICATE_PROPOSALS, MAX_OVER_BUDGET_PROPOSALS,
     OVER_BUDGET_ATTR, SAMPLER_TRIES_OVER_BUDGET, pruning_metric, reseed_sampler,
@@ -103,10 +102,11 @@ class SearchSource:
 
     @property
     def n_runs(self) -> int:
-        """The target of finished runs (`search.n_runs`, or the grid size for `sampler: grid`, else 20)."""
+        """The target of finished runs: `search.n_runs`, or the number of grid points for a sampler that
+        enumerates the grid (`SamplerKind.enumerates_grid`), else 20."""
         if self.search.n_runs:
             return self.search.n_runs
-        if self.search.sampler == "grid":
+        if self.search.sampler_kind.enumerates_grid:
             return math.prod(len(d.grid_values()) for d in self.dims)
         return 20
 
@@ -120,7 +120,7 @@ class SearchSource:
 
     def predicted_s(self, run) -> Optional[float]:
         """The predicted duration of `run` (`predict_duration_s` over the records read so far)."""
-        return predict_duration_s(run.params, self.found.records)
+        return predict_duration_s(run.spec, self.found.records)
 
     @property
     def proposed(self):
@@ -136,8 +136,9 @@ class SearchSource:
         learns nothing from it) and the study is asked for another point, so
         a cheaper configuration can still use the time. A model-based
         sampler (TPE) proposes again what its model prefers, fitting or not:
-        after `SAMPLER_TRIES_OVER_BUDGET` such proposals in a row (`random`
-        and `tpe` samplers), a uniformly drawn point predicted to fit
+        after `SAMPLER_TRIES_OVER_BUDGET` such proposals in a row (with a
+        sampler that does not enumerate the grid: `SamplerKind.enumerates_grid`),
+        a uniformly drawn point predicted to fit
         (`_affordable_point`) is enqueued and runs next, and the sampler
         learns from its result. No more runs start once the budget is spent,
         when no drawn point fits, or after `MAX_OVER_BUDGET_PROPOSALS`
@@ -171,7 +172,7 @@ class SearchSource:
                                   f"{predicted:.0f} s); no more runs start")
                 self._exhausted = True
                 break
-            if self.search.sampler != "grid" and over_budget % SAMPLER_TRIES_OVER_BUDGET == 0:
+            if not self.search.sampler_kind.enumerates_grid and over_budget % SAMPLER_TRIES_OVER_BUDGET == 0:
                 point = self._affordable_point(limit)
                 if point is None:
                     self.notes.append(f"budget: {left:.0f} s are left and none of {AFFORDABLE_DRAWS} random points "
@@ -399,7 +400,7 @@ class SearchSource:
                 continue
             try:
                 trial = optuna.trial.create_trial(
-                    params={d.name: _encode(point[d.name]) if d.kind == "categorical" else point[d.name]
+                    params={d.name: encode(point[d.name]) if d.kind == "categorical" else point[d.name]
                             for d in self.dims},
                     distributions=distributions, state=kwargs["state"],
                     value=args[0] if kwargs["state"] == TrialState.COMPLETE else None, user_attrs=dict(attrs))

@@ -63,8 +63,8 @@ class TrialReporter:
 
     Args:
         config: the notebook's `pruning` parameter: `storage` (the study's
-            journal file, absolute path), `study_name`, `trial_id` (Optuna's
-            id), `min_epochs` (no stop before this 1-based epoch), `pruner`
+            journal file, absolute path), `study_name`, `trial_number` (the
+            trial's number in the study), `min_epochs` (no stop before this 1-based epoch), `pruner`
             (see `build_pruner`) and `metric` (what is reported, one of
             `PRUNED_ON`).
 
@@ -86,7 +86,9 @@ class TrialReporter:
         storage = JournalStorage(JournalFileBackend(str(config["storage"])))
         study = optuna.load_study(study_name=config["study_name"], storage=storage,
                                   pruner=build_pruner(config.get("pruner")))
-        self.trial = optuna.trial.Trial(study, int(config["trial_id"]))
+        trial_id = storage.get_trial_id_from_study_id_trial_number(  # the storage's public API
+            storage.get_study_id_from_name(config["study_name"]), int(config["trial_number"]))
+        self.trial = optuna.trial.Trial(study, trial_id)
         self.min_epochs = int(config.get("min_epochs", 1))
 
     def should_stop(self, value: float, epoch: int) -> bool:

@@ -169,7 +169,7 @@ def test_a_run_pruned_before_fine_tuning_is_evaluated_from_the_head_phase_entry(
     study = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(journal))),
                                 direction="maximize")
     trial = study.ask()
-    pruning = {"storage": str(journal), "study_name": "s", "trial_id": trial._trial_id, "min_epochs": 1,
+    pruning = {"storage": str(journal), "study_name": "s", "trial_number": trial.number, "min_epochs": 1,
                # every value is below 2: the pruner stops the run after its first head epoch
                "pruner": {"class": "ThresholdPruner", "kwargs": {"lower": 2.0}}, "metric": "val_weighted_recall"}
     spec = make_spec(image_dir, weights=pretrained_base, activation_cache=True, fine_tune_layers=3,

@@ -292,7 +292,7 @@ def test_the_kernel_reports_the_metric_it_is_told(tmp_path):
     study = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(journal)),
                                 direction="maximize")
     trial = study.ask()
-    config = {"storage": journal, "study_name": "s", "trial_id": trial._trial_id, "min_epochs": 1,
+    config = {"storage": journal, "study_name": "s", "trial_number": trial.number, "min_epochs": 1,
               "pruner": None, "metric": "val_weighted_recall"}
     callback = PruningCallback(TrialReporter(config))
     assert callback.key == "val_accuracy"  # weighted recall = accuracy for single-label classification

@@ -256,8 +256,8 @@ class SearchSource:
             if self.search.repeats > 1:  # each repeat's record, as it finishes (those done before: now)
                 self._repeats[trial.number] = {run.config_hash: done.get(run.config_hash) for run in runs}
             trial_info = None if not self.pruner else {  # the notebook's `pruning` parameter (models.pruning)
-                "storage": str(self.journal), "study_name": self.study.study_name, "trial_id": trial._trial_id,
-                "trial_number": trial.number, "min_epochs": self.search.min_epochs, "pruner": self.pruner,
+                "storage": str(self.journal), "study_name": self.study.study_name, "trial_number": trial.number,
+                "min_epochs": self.search.min_epochs, "pruner": self.pruner,
                 "metric": pruning_metric(self.ranking, self.search.pruner)}
             return [(run.with_trial(trial_info), trial) for run in todo]
         self.notes.append(f"search: {MAX_DUPLICATE_PROPOSALS} proposals in a row repeat finished runs; "

@@ -278,7 +278,7 @@ def open_study(search: SearchSpec, dims: Sequence[Dimension], path: Path, name: 
                                 sampler=seeded.sampler_kind.build(seeded, dims),
                                 pruner=build_pruner(pruner_config(search, max_epochs)))
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=False)
     return study
 

@@ -536,9 +536,15 @@ def _rerun_command(ref: str, *, logs_dir: str | Path = LOGS_DIR, experiments_dir
     return 0 if record.status == COMPLETED else 1
 
 
+def _leaderboard_beside(logs_dir: str | Path) -> Path:
+    """The leaderboard page a command that names only a logs folder regenerates: `LEADERBOARD_PATH`'s name
+    in the logs folder's parent (`./leaderboard.html` for the default `logs`), so another project's logs
+    never overwrite this project's page."""
+    return Path(logs_dir).parent / LEADERBOARD_PATH.name
+
+
 def _rerun_from_sweep(run: str, grid: Optional[Path], **options: Any) -> int:
     """`sweep --rerun RUN [GRID]`: `_rerun_command` in the grid's folders (or the defaults)."""
-    
     if grid is None:
         return _rerun_command(run, **options)
     from runner.grid import load_grid
@@ -579,19 +585,19 @@ input (unknown run, a notebook that no longer takes its parameters); 130 interru
               help="where the new run folder goes (default: beside the original's run folder)")
 @click.option("--notebook", type=click.Path(path_type=Path), metavar="FILE",
               help="execute this notebook (default: the one the original ran)")
-@click.option("--leaderboard", "leaderboard_path", default=str(LEADERBOARD_PATH), metavar="FILE",
-              help="leaderboard to regenerate (default: leaderboard.html)")
+@click.option("--leaderboard", "leaderboard_path", metavar="FILE",
+              help=f"leaderboard to regenerate (default: {LEADERBOARD_PATH} beside the logs folder)")
 @click.option("--metric", cls=_Option, default=DEFAULT_METRIC, metavar="NAME", help_factory=lambda: "what the "
               f"regenerated leaderboard ranks by, {_metric_choices()} (default: {DEFAULT_METRIC})")
 @click.option("--verbose", is_flag=True, help="show the notebook's cell output while it runs")
 @click.option("--timeout", type=_Seconds(), metavar="SECONDS", help="wall-clock limit of the run")
 @click.option("--cell-timeout", type=_Seconds(), metavar="SECONDS", help="limit of each notebook cell")
 def rerun(run: str, expect_identical: bool, dry_run: bool, logs_dir: str, experiments_dir: Optional[str],
-          notebook: Optional[Path], leaderboard_path: str, metric: str, verbose: bool, timeout: Optional[float],
+          notebook: Optional[Path], leaderboard_path: Optional[str], metric: str, verbose: bool, timeout: Optional[float],
           cell_timeout: Optional[float]) -> int:
     """`nbsweep rerun`: `_rerun_command`."""
-    
-    return _rerun_command(run, logs_dir=logs_dir, experiments_dir=experiments_dir, leaderboard=leaderboard_path,
+    return _rerun_command(run, logs_dir=logs_dir, experiments_dir=experiments_dir,
+                          leaderboard=leaderboard_path or _leaderboard_beside(logs_dir),
                          notebook=notebook, metric=metric, verbose=verbose, timeout_s=timeout,
                          cell_timeout_s=cell_timeout, expect_identical=expect_identical, dry_run=dry_run)
 
@@ -765,9 +771,10 @@ and averaging).
 @click.option("--metric", default=DEFAULT_METRIC, metavar="NAME", help=f"what --top ranks by (default: {DEFAULT_METRIC})")
 @click.option("--logs-dir", default=str(LOGS_DIR), metavar="DIR", help=f"folder of run records (default: {LOGS_DIR})")
 @click.option("--experiments-dir", default=str(EXPERIMENTS_DIR), metavar="DIR", help=f"folder of run folders (default: {EXPERIMENTS_DIR})")
-@click.option("--leaderboard", "leaderboard_path", default=str(LEADERBOARD_PATH), metavar="FILE", help="leaderboard to regenerate")
+@click.option("--leaderboard", "leaderboard_path", metavar="FILE",
+              help=f"leaderboard to regenerate (default: {LEADERBOARD_PATH} beside the logs folder)")
 def ensemble(runs: tuple[str, ...], top: Optional[int], metric: str, logs_dir: str, experiments_dir: str,
-             leaderboard_path: str) -> int:
+             leaderboard_path: Optional[str]) -> int:
     """`nbsweep ensemble`: `runner.core.ensemble.build_ensemble`, then the leaderboard is regenerated."""
     if bool(runs) == (top is not None):
         _usage_error("give either member runs or --top N")
@@ -776,6 +783,7 @@ def ensemble(runs: tuple[str, ...], top: Optional[int], metric: str, logs_dir: s
     from runner.records.query import parse_metric, require_logs_dir
 
     require_logs_dir(logs_dir)
+    leaderboard_path = leaderboard_path or str(_leaderboard_beside(logs_dir))
     record = build_ensemble(list(runs), top, logs_dir=logs_dir, experiments_dir=experiments_dir, metric=metric)
     write_leaderboard(logs_dir, leaderboard_path, metric)
     name = parse_metric(metric, "--metric").metric  # an ensemble is evaluated on the members' test split

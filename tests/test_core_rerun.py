@@ -198,3 +198,20 @@ def test_changes_since_names_package_versions_data_manifest_weights_and_each_cod
     changes, _ = changes_since(record, tmp_path / "logs", FAULTS_NOTEBOOK)
     assert any(line.startswith(f"data {data}: the split's manifest changed") for line in changes), changes
     assert f"warm-start weights of parent {parent}: missing now" in changes
+
+
+@pytest.mark.slow  # a real papermill execution
+def test_a_rerun_of_another_logs_folder_regenerates_the_leaderboard_beside_it(swept, tmp_path, capsys):
+    """`nbsweep rerun X --logs-dir other/logs` ranks other/logs on other/leaderboard.html, never this project's
+    ./leaderboard.html."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "logs", other / "logs")
+    shutil.copytree(tmp_path / "experiments", other / "experiments")
+    here = (tmp_path / "leaderboard.html").read_bytes()
+    original = swept[0.0]
+    code, out = run("rerun", original.run_id, "--logs-dir", str(other / "logs"), capsys=capsys)
+    assert code == 0, out
+    assert (tmp_path / "leaderboard.html").read_bytes() == here
+    assert f"rerun of <a href=\"#run-{original.run_id}\">" in (other / "leaderboard.html").read_text(encoding="utf-8")

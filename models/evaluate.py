@@ -311,18 +311,35 @@ def classification_metrics(labels, probabilities: np.ndarray, class_names) -> di
     return metrics
 
 
+def literal_text(text: str) -> str:
+    """`text` as matplotlib draws it literally: each `$` escaped as `\\$`.
+
+    Matplotlib reads a string with two unescaped `$` as mathtext even with
+    `usetex=False` ("Writing mathematical expressions" in its docs: `\\$`
+    is a literal dollar sign), so a class folder named `x$_{$y` would raise
+    a parse error and one named `$x$` would be drawn as math.
+
+    Args:
+        text: a label from the user's data (a class folder name).
+
+    Returns:
+        The text to hand to matplotlib.
+    """
+    return text.replace("$", r"\$")
+
+
 def save_confusion_matrix(matrix, class_names, path) -> Path:
     """Draws a confusion matrix with scikit-learn's `ConfusionMatrixDisplay` and saves a PNG.
 
     Args:
         matrix: `[[int]]` counts, rows true classes, columns predicted.
-        class_names: axis labels, in label order.
-        path: the PNG file to write.
+        class_names: axis labels, in label order, drawn literally (`literal_text`).
+        path: the file to write: PNG, or the format its suffix names (matplotlib's `savefig`).
 
     Returns:
         `path` as a `pathlib.Path`.
     """
-    names = list(class_names)
+    names = [literal_text(str(name)) for name in class_names]
     side = 3 + 0.5 * len(names)
     figure = Figure(figsize=(side + 1, side))
     ConfusionMatrixDisplay(np.asarray(matrix), display_labels=names).plot(

@@ -353,7 +353,7 @@ def _sweep_grid(spec: GridSpec, grid: Path, options: SweepOptions, overrides: di
     from runner.records import COMPLETED, SKIPPED
     from runner.records.query import read_all
 
-    runs, notes = expand_runs(spec, grid, overrides=overrides)
+    runs, notes = expand_runs(spec, grid, overrides=overrides, max_runs=None if yes else max_runs)
     notes += check_runs(spec, runs, grid)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -361,9 +361,6 @@ def _sweep_grid(spec: GridSpec, grid: Path, options: SweepOptions, overrides: di
         print(_table_text(_runs_table(runs), max_colwidth=40))
         print(f"{len(runs)} runs (dry run: nothing executed)")
         return 0
-    if len(runs) > max_runs and not yes:
-        raise ConfigError(f"{grid}: the grid expands to {len(runs)} runs, more than --max-runs "
-                          f"{max_runs}; pass --yes to run them all, or narrow the grid / use sample:")
 
     def sweep() -> dict:
         source, skipped = plan_grid(runs, read_all(spec.logs_dir), options)

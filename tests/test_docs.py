@@ -163,3 +163,34 @@ def test_mkdocs_build_strict(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
                           cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+SHIPPED_GRIDS = sorted((PROJECT / "grids").rglob("*.yaml")) + [PROJECT / "grid.yaml"]
+
+
+def _run_names(grid: dict) -> set[str]:
+    """The `name`s a grid gives its runs, with the names its repeats get (`<name>-seed<seed>`)."""
+    names = {run["name"] for run in grid.get("runs") or [] if isinstance(run, dict) and run.get("name")}
+    seed = (grid.get("fixed") or {}).get("seed", 42)
+    return names | {f"{name}-seed{seed + k}" for name in names for k in range(1, grid.get("repeats", 1))}
+
+
+@pytest.mark.parametrize("grid_path", SHIPPED_GRIDS, ids=lambda p: str(p.relative_to(PROJECT)))
+def test_the_pages_quote_a_shipped_grid_as_it_is(grid_path: Path):
+    """A run name a page quotes in the style of a shipped grid's names (`mb160_ft`: its digits any number) is
+    one the grid gives, and the image size a section about the grid states ("at 160 px") is the grid's."""
+    grid = yaml.safe_load(grid_path.read_text(encoding="utf-8"))
+    names = _run_names(grid)
+    families = {re.sub(r"\d+", r"\\d+", re.escape(name.split("-seed")[0])) for name in names}
+    sizes = {(grid.get("fixed") or {}).get("image_size")}
+    relative = str(grid_path.relative_to(PROJECT))
+    for page in DOC_FILES:
+        text = page.read_text(encoding="utf-8")
+        for token in re.findall(r"`([A-Za-z0-9_.-]+)`", text):
+            if any(re.fullmatch(rf"{family}(-seed\d+)?", token) for family in families):
+                assert token in names, f"{page.name} quotes run {token!r}, which {relative} does not name"
+        for section in re.split(r"\n(?=#)", text):
+            if relative in section and "image_size" in (grid.get("fixed") or {}):
+                stated = re.findall(r"\bat (\d+) px", section)
+                assert not stated or int(stated[0]) in sizes, (
+                    f"{page.name}: the section on {relative} says {stated[0]} px, the grid {sizes}")

@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from helpers import (FAULTS_NOTEBOOK, _make_record, ensemble_main, leaderboard_main, make_image_folder, predict_main,
-                     sweep_main, write_faults_grid)
+from helpers import (FAULTS_NOTEBOOK, SWEEP, _make_record, ensemble_main, leaderboard_main, make_image_folder,
+                     predict_main, sweep_main, write_faults_grid)
 from runner import cli
 from runner.errors import shorten
 from runner.records import DataSection, write_record
@@ -484,3 +487,239 @@ def test_shorten_keeps_messages_short():
     assert shorten("abc") == "'abc'" and shorten(0.5) == "0.5" and shorten(math.inf) == "inf"
     assert shorten("a" * 300, quote=False).endswith("a (300 characters)")
     assert len(shorten({str(i): "v" * 500 for i in range(100)})) < 320
+
+
+# 15. Braces in an output path -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_braces_in_output_paths_are_taken_literally(tmp_path, monkeypatch, capsys):
+    """Was: `experiments_dir: exp{x}` failed every run with "PapermillMissingParameterException: Missing
+    parameter 'x'" (papermill formats its output path with the parameters), `exp{}` with an IndexError."""
+    monkeypatch.chdir(tmp_path)
+    experiments, logs, board = tmp_path / "exp{x}", tmp_path / "logs{}", tmp_path / "lb{x}" / "{}" / "board.html"
+    earlier = _make_record("20260101-000000-aaaaaaaa", 0.4)
+    write_record(earlier, logs)  # recorded before: must stay
+    grid = write_faults_grid(tmp_path, "[{action: ok}, {action: ok, score: 0.7}]", experiments_dir='"exp{x}"',
+                             logs_dir='"logs{}"', leaderboard='"lb{x}/{}/board.html"')
+    code, out = run(sweep_main, [grid], capsys)
+    assert code == 0 and "Traceback" not in out and "Missing parameter" not in out, out
+    assert f"2 completed; leaderboard: {board}" in out
+    records = read_all(logs).records
+    assert [r.run_id for r in records][0] == earlier.run_id and len(records) == 3
+    for record in records[1:]:
+        assert record.status == "completed" and record.error is None
+        notebook = experiments / record.run_id / f"{record.run_id}.ipynb"
+        assert notebook.is_file() and notebook.with_suffix(".html").is_file()
+        assert nbformat.read(notebook, as_version=4).metadata.papermill.output_path == str(notebook)
+    assert sorted(r.metrics.weighted_recall for r in records[1:]) == [0.5, 0.7]
+    assert board.is_file() and "20260101-000000-aaaaaaaa" in board.read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp{x}", "grid.yaml", "lb{x}", "logs{}"]
+    code, out = run(sweep_main, [grid], capsys)  # the same command again: both done
+    assert code == 0 and "0 completed, 2 skipped" in out, out
+    assert len(read_all(logs).records) == 3
+
+
+# 16. Outputs below a symbolic link loop, or in a read-only or full place ----------------------------------
+
+
+@pytest.mark.slow
+def test_output_paths_below_a_symlink_loop_are_refused_naming_the_path(tmp_path, monkeypatch, capsys):
+    """Was: a RuntimeError traceback ("Symlink loop from ...") from resolving `experiments_dir`."""
+    monkeypatch.chdir(tmp_path)
+    grid = write_faults_grid(tmp_path, "[{action: ok}]")
+    assert run(sweep_main, [grid], capsys)[0] == 0
+    (record,) = read_all(tmp_path / "logs").records
+    board = (tmp_path / "leaderboard.html").read_bytes()
+    (tmp_path / "loop").symlink_to("loop")
+    paths = {"experiments_dir": "loop/experiments", "logs_dir": "loop/logs", "leaderboard": "loop/board.html"}
+    looped = tmp_path / "looped.yaml"
+    looped.write_text(grid.read_text(encoding="utf-8") + "".join(f"{k}: {v}\n" for k, v in paths.items()),
+                      encoding="utf-8")
+    code, out = run(sweep_main, [looped], capsys)
+    assert code == 2 and "Traceback" not in out, out
+    loop = f"{tmp_path / 'loop'} is a symbolic link loop (-> loop); give a path without the loop"
+    assert out.startswith(f"error: {looped}: experiments_dir: got '{tmp_path / paths['experiments_dir']}': cannot "
+                          f"create {tmp_path / paths['experiments_dir']}: {loop}\n"), out
+    logs = tmp_path / "loop" / "logs"
+    assert f"{looped}: logs_dir: got '{logs}': cannot create {logs}: {loop}" in out
+    assert f"{looped}: leaderboard: got '{tmp_path / 'loop' / 'board.html'}': cannot create {tmp_path / 'loop'}: " \
+           f"{loop}" in out
+    assert [r.run_id for r in read_all(tmp_path / "logs").records] == [record.run_id]  # nothing lost
+    assert (tmp_path / "leaderboard.html").read_bytes() == board
+    assert [p.name for p in (tmp_path / "experiments").iterdir()] == [record.run_id]  # nothing ran
+    code, out = run(sweep_main, [grid], capsys)  # the grid without the loop: as before
+    assert code == 0 and "0 completed, 1 skipped" in out, out
+
+
+def test_the_writable_folder_check_names_a_link_loop_and_a_link_to_nowhere(tmp_path):
+    """A link whose target is missing is named too (the grid's own paths are resolved, so there it is
+    followed; `writable_folder_problem` is public and takes any path)."""
+    from runner.core.preflight import writable_folder_problem
+
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "nowhere").symlink_to(tmp_path / "missing" / "deeper")
+    assert writable_folder_problem(tmp_path / "loop" / "logs") == (
+        f"cannot create {tmp_path / 'loop' / 'logs'}: {tmp_path / 'loop'} is a symbolic link loop (-> loop); "
+        f"give a path without the loop")
+    assert writable_folder_problem(tmp_path / "nowhere" / "logs") == (
+        f"cannot create {tmp_path / 'nowhere' / 'logs'}: {tmp_path / 'nowhere'} is a symbolic link to "
+        f"{tmp_path / 'missing' / 'deeper'}, which does not exist")
+    assert writable_folder_problem(tmp_path / "fine" / "logs") is None
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "loop", tmp_path / "nowhere"]  # nothing left behind
+
+
+def mount_namespace_available() -> bool:
+    """Whether `unshare -rm` (a user and mount namespace of its own) works here: mounts for one command."""
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+MOUNTS = {
+    # a bind mount of the folder onto itself, made read-only: file modes play no part (root included)
+    "read-only": ("mount --bind {d} {d} && mount -o remount,bind,ro {d}", "Read-only file system",
+                  "choose a writable folder"),
+    # a 256 KiB tmpfs over the folder, its files copied in, then filled up
+    "full": ("cp -a {d} {d}.saved && mount -t tmpfs -o size=256k tmpfs {d} && cp -a {d}.saved/. {d}/ && "
+             "rm -r {d}.saved && (head -c 1M /dev/zero > {d}/filler 2>/dev/null; true)", "No space left on device",
+             "free some space or choose another folder"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", MOUNTS)
+def test_a_read_only_or_full_logs_or_leaderboard_folder_is_refused_before_anything_runs(tmp_path, monkeypatch,
+                                                                                         capsys, kind):
+    """Was (full): the sweep ran the runs, then stopped at the lock file (an OSError traceback) or at the
+    leaderboard; a read-only folder is tried without relying on file modes, which root ignores."""
+    if not mount_namespace_available():
+        pytest.skip("needs `unshare -rm` (user and mount namespaces) to mount a read-only or full folder")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "board").mkdir()
+    grid = write_faults_grid(tmp_path, "[{action: ok}]", leaderboard="board/leaderboard.html")
+    assert run(sweep_main, [grid], capsys)[0] == 0
+    (record,) = read_all(tmp_path / "logs").records
+    board = (tmp_path / "board" / "leaderboard.html").read_bytes()
+    mount, reason, fix = MOUNTS[kind]
+    grid.write_text(grid.read_text(encoding="utf-8").replace("{action: ok}", "{action: ok, score: 0.9}"),
+                    encoding="utf-8")  # a new run: without the check it would run
+    script = (f"{mount.format(d='logs')} && {mount.format(d='board')} && "
+              f"{shlex.join(SWEEP)} grid.yaml; code=$?; ls logs; exit $code")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: grid.yaml: ")
+    logs = tmp_path / "logs"
+    assert f"logs_dir: got '{logs}': cannot write in {logs} ({reason}); {fix}" in proc.stderr
+    assert (f"leaderboard: got '{tmp_path / 'board' / 'leaderboard.html'}': cannot write in {tmp_path / 'board'} "
+            f"({reason}); {fix}") in proc.stderr
+    assert f"{record.run_id}.json" in proc.stdout  # the record, as the refused sweep saw it
+    assert [r.run_id for r in read_all(tmp_path / "logs").records] == [record.run_id]  # nothing lost
+    assert (tmp_path / "board" / "leaderboard.html").read_bytes() == board
+    assert [p.name for p in (tmp_path / "experiments").iterdir()] == [record.run_id]  # nothing ran
+    code, out = run(sweep_main, [grid], capsys)  # writable again: the new run runs
+    assert code == 0 and "1 completed" in out, out
+    assert len(read_all(tmp_path / "logs").records) == 2
+
+
+# 17. cache_dir: a file, below a file, relative ------------------------------------------------------------
+
+
+@pytest.mark.slow  # two real Keras runs on a frozen base
+def test_cache_dir_is_shared_from_where_the_command_runs_and_a_bad_one_is_refused(tmp_path, monkeypatch, capsys,
+                                                                                 tiny_image_dir, base_weights_file):
+    """Was: `cache_dir: mycache` was resolved from each run's own folder, so no run ever reused another's
+    entry; a `cache_dir` that is a file, or `NBSWEEP_CACHE_DIR` below one, was found only inside the run."""
+    monkeypatch.chdir(tmp_path)
+    fixed = (f"{{base: simple_cnn_small, weights: {base_weights_file}, image_size: 32, epochs: 1, batch_size: 8, "
+             f"dense_units: [8], early_stopping_patience: null, cache_dir: mycache}}")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"data_dir: {tiny_image_dir}\nfixed: {fixed}\ngrid: {{dropout: [0.1, 0.2]}}\n", encoding="utf-8")
+    code, out = run(sweep_main, [grid], capsys)
+    assert code == 0 and "2 completed" in out, out
+    first, second = read_all(tmp_path / "logs").records
+    assert first.params["cache_dir"] == second.params["cache_dir"] == str(tmp_path / "mycache")
+    assert (first.activation_cache["head"]["status"], second.activation_cache["head"]["status"]) == ("built", "hit")
+    assert [p.name for p in (tmp_path / "mycache").iterdir() if not p.name.startswith(".")] == \
+        [first.activation_cache["head"]["key"]]
+    assert not list((tmp_path / "experiments").glob("*/mycache"))  # no cache of a run's own
+
+    (tmp_path / "a_file").write_text("not a folder", encoding="utf-8")
+    done = {r.run_id for r in read_all(tmp_path / "logs").records}
+
+    def refused(text: str, message: str, **env) -> None:
+        grid.write_text(text, encoding="utf-8")
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        code, out = run(sweep_main, [grid], capsys)
+        assert code == 2 and "Traceback" not in out, out
+        assert out.startswith(f"error: {grid}: grid (2 runs): cache_dir: {message}"), out
+        assert {r.run_id for r in read_all(tmp_path / "logs").records} == done  # nothing lost, nothing ran
+        assert len(list((tmp_path / "experiments").iterdir())) == 2
+
+    text = grid.read_text(encoding="utf-8")
+    refused(text.replace("cache_dir: mycache", "cache_dir: a_file"),
+            f"got '{tmp_path / 'a_file'}': {tmp_path / 'a_file'} is a file, expected a folder (or a path where one "
+            f"can be created)")
+    null = text.replace("cache_dir: mycache", "cache_dir: null")
+    below = tmp_path / "a_file" / "sub"
+    refused(null, f"null reads $NBSWEEP_CACHE_DIR, '{below}': cannot create {below}: {tmp_path / 'a_file'} is a file",
+            NBSWEEP_CACHE_DIR=str(below))
+    refused(null, "null reads $NBSWEEP_CACHE_DIR, 'mycache', a relative path: each run would resolve it from its "
+                  "own folder and build a cache of its own; give an absolute path", NBSWEEP_CACHE_DIR="mycache")
+    grid.write_text(text, encoding="utf-8")
+    code, out = run(sweep_main, [grid], capsys)  # the first grid again: both done
+    assert code == 0 and "0 completed, 2 skipped" in out, out
+
+
+# 18. A named record of a newer schema ---------------------------------------------------------------------
+
+
+def named_notebook(path: Path) -> Path:
+    """`FAULTS_NOTEBOOK` with a `name` parameter (as the base notebook has)."""
+    nb = nbformat.read(FAULTS_NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source += "\nname = None"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_name_held_by_a_record_of_a_newer_schema_is_named_by_predict_and_refused_by_the_sweep(
+        tmp_path, monkeypatch, capsys):
+    """Was: `predict fb` said "no record for 'fb'", and the sweep trained the run named fb again beside it."""
+    from runner.records.query import find_path
+
+    monkeypatch.chdir(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"notebook: {named_notebook(tmp_path / 'named.ipynb')}\nruns: [{{action: ok, name: fb}}]\n",
+                    encoding="utf-8")
+    assert run(sweep_main, [grid], capsys)[0] == 0
+    (record,) = read_all(tmp_path / "logs").records
+    path = tmp_path / "logs" / f"{record.run_id}.json"
+    original = path.read_text(encoding="utf-8")
+    future = json.dumps({**json.loads(original), "schema_version": 99})
+    path.write_text(future, encoding="utf-8")
+    why = (f"{path}: schema_version: got 99, expected 1 or 2 (written by a newer version of nbsweep: update this "
+           f"one to read it)")
+
+    (tmp_path / "x.png").write_bytes(b"")
+    code, out = run(predict_main, ["fb", tmp_path / "x.png"], capsys)
+    assert code == 2 and "no record" not in out and "Traceback" not in out, out
+    assert f"error: run: the record for 'fb', {path.name} in {tmp_path / 'logs'}, exists but cannot be read: " \
+           f"{why}" in out
+
+    code, out = run(sweep_main, [grid], capsys)
+    assert code == 2 and "Traceback" not in out, out
+    assert out.startswith(f"error: {grid}: runs[0]: name: got 'fb', the name of the record {path.name} in "
+                          f"{tmp_path / 'logs'}, which this version cannot read ({why}); its run is not known to be "
+                          f"done and a second record would share its name"), out
+    assert sorted(p.name for p in (tmp_path / "logs").glob("*.json")) == [path.name]  # no second record of fb
+    assert path.read_text(encoding="utf-8") == future  # left as it was
+    assert [p.name for p in (tmp_path / "experiments").iterdir()] == [record.run_id]  # nothing ran
+
+    path.write_text(original, encoding="utf-8")  # read by a version that knows its schema: found, and done
+    assert find_path("fb", tmp_path / "logs")[1].run_id == record.run_id
+    code, out = run(sweep_main, [grid], capsys)
+    assert code == 0 and "0 completed, 1 skipped" in out, out

@@ -131,6 +131,10 @@ def test_the_defaults():
     ({"budget": "soon"}, r"expected a duration such as 45m, 1h30m or 90s, got 'soon'"),
     ({"n_runs": 0}, r"n_runs\n  Input should be greater than or equal to 1"),
     ({"seed": "1"}, r"seed\n  Input should be a valid integer"),
+    ({"seed": -1}, r"seed\n  Value error, expected an integer with 0 <= seed < 2\*\*32 = 4294967296, the range of "
+                   r"numpy.random.RandomState, which seeds Optuna's samplers"),
+    ({"seed": 2**32}, r"seed\n  Value error, expected an integer with 0 <= seed < 2\*\*32"),
+    ({"budget": "1h30"}, r"budget\n  Value error, ambiguous duration '1h30'"),
     ({"samplr": "tpe"}, r"samplr\n  Extra inputs are not permitted"),
 ])
 def test_a_bad_search_block_is_refused(block, message):
@@ -143,7 +147,8 @@ def test_repeats_go_with_no_pruner():
 
 
 @pytest.mark.parametrize("text, seconds", [("45m", 2700), ("1h30m", 5400), ("90s", 90), ("2h", 7200), (45, 45),
-                                           (1.5, 1.5), ("90", 90), ("0.5h", 1800)])
+                                           (1.5, 1.5), ("90", 90), ("0.5h", 1800), ("1h30s", 3630),
+                                           ("1h30m15s", 5415), ("1h 30m", 5400), (" 90 ", 90), ("2m30s", 150)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -155,6 +160,15 @@ def test_durations(text, seconds):
     (0, r"expected a positive, finite duration, got 0"),
     (math.inf, r"expected a positive, finite duration"),
     (math.nan, r"expected a positive, finite duration"),
+    ("1h30x", r"expected a duration such as 45m, 1h30m or 90s, got '1h30x'"),
+    ("30m1h", r"expected a duration such as 45m, 1h30m or 90s, got '30m1h'"),  # units out of order
+    # a number after a unit without its own: both readings, then the accepted forms
+    ("1h30", r"^ambiguous duration '1h30': 30 has no unit; write 1h30m \(5400 s\) or 1h30s \(3630 s\)\. Accepted: "
+             r"45m, 2h, 90s, 1h30m, 1h30m15s, or a plain number of seconds; a number after a unit needs a unit of "
+             r"its own$"),
+    ("1h 30", r"^ambiguous duration '1h 30': 30 has no unit; write 1h30m \(5400 s\) or 1h30s \(3630 s\)\."),
+    ("2m30", r"^ambiguous duration '2m30': 30 has no unit; write 2m30s \(150 s\)\. Accepted:"),
+    ("1h30m15", r"^ambiguous duration '1h30m15': 15 has no unit; write 1h30m15s \(5415 s\)\. Accepted:"),
 ])
 def test_bad_durations(text, message):
     with pytest.raises(ValueError, match=message):

@@ -22,8 +22,6 @@ from ..names import IMAGE_SUFFIXES as IMAGE_EXTENSIONS, PROJECT_ROOT
 
 DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 """PIL format names of the files `tf.io.decode_image` decodes (MPO: a camera JPEG)."""
-JPEG_TAIL_BYTES = 4096
-"""How far from its end a complete JPEG's end-of-image marker (FF D9) is looked for."""
 DATA_HOME_ENV = "NBSWEEP_DATA_HOME"
 SPLITS = ("train", "val", "test")
 BUILTIN_PREFIX = "builtin:"
@@ -166,42 +164,45 @@ def list_class_folders(root: str | os.PathLike) -> tuple[list[Path], dict[str, s
 
 
 def check_image_file(path: str | os.PathLike) -> Optional[str]:
-    """Says cheaply why an image file cannot be used for training, without decoding it.
+    """Says why an image file cannot be used for training, by decoding it as `tf.io.decode_image` would.
 
     PIL's `Image.open` identifies the format from the file's header and
     `Image.verify` checks the structure (for PNG, every chunk's CRC); the
-    format must be one `tf.io.decode_image` reads. A JPEG must end with its
-    end-of-image marker: when it does not (a truncated download), the file is
-    decoded at 1/8 scale (`Image.draft`) to tell a truncated file from one
-    with trailing bytes. Measured on 1000 TrashNet photos (512x384 JPEG, warm
-    file cache, one CPU core; `bench/preflight_bench.py`): 0.07 s, as much as `verify` alone; decoding
-    them at 1/8 scale takes 0.6 s.
+    format must be one `tf.io.decode_image` reads. Then the image is decoded
+    (`Image.load`): a JPEG at 1/8 scale (`Image.draft`: every entropy-coded
+    byte is still read and Huffman-decoded, most of the inverse DCT is
+    skipped), any other format in full. A file whose header opens but whose
+    body does not decode (a truncated download, a corrupt Huffman table, a
+    damaged scan) is refused here instead of raising in TensorFlow's decoder
+    in the middle of a run. On 100 small JPEGs with 1 to 3 random bytes
+    overwritten in their DHT, DQT or SOF segment or their scan data, this
+    decode and `tf.io.decode_image` refuse the same 45 files
+    (`tests/test_faults_data.py`; 297 of 600 in a larger trial, issue 31).
+    Cost on the 2155 TrashNet photos (512x384 JPEG, warm file cache, one CPU
+    core): 1.3 s, where `verify` and an end-of-image marker check, which
+    missed such files, took 0.1 s (`bench/preflight_bench.py`).
 
     Args:
         path: an image file.
 
     Returns:
-        `None` when the file looks decodable, else the reason in a few words,
-        e.g. `"not an image (PIL cannot identify the format)"`.
+        `None` when the file decodes, else the reason in a few words, e.g.
+        `"not an image (PIL cannot identify the format)"` or
+        `"corrupt or truncated image: broken data stream when reading image file"`.
     """
     if os.stat(path).st_size == 0:
         return "empty file (0 bytes)"
     try:
-        with open(path, "rb") as handle:
-            with Image.open(handle) as image:
-                image_format = image.format
-                image.verify()
-            if image_format not in DECODABLE_FORMATS:
-                return (f"{image_format} image: tf.io.decode_image reads only "
-                        f"{', '.join(f for f in DECODABLE_FORMATS if f != 'MPO')}")
-            complete = True
-            if image_format in ("JPEG", "MPO"):  # the end-of-image marker FF D9
-                handle.seek(max(0, os.fstat(handle.fileno()).st_size - JPEG_TAIL_BYTES))
-                complete = b"\xff\xd9" in handle.read()
-        if not complete:
-            with Image.open(path) as image:
-                image.draft("RGB", (1, 1))  # 1/8 scale: every entropy-coded byte is still read
-                image.load()
+        with Image.open(path) as image:
+            image_format = image.format
+            image.verify()
+        if image_format not in DECODABLE_FORMATS:
+            return (f"{image_format} image: tf.io.decode_image reads only "
+                    f"{', '.join(f for f in DECODABLE_FORMATS if f != 'MPO')}")
+        with Image.open(path) as image:  # `verify` leaves an image that cannot load: open it again
+            if image_format in ("JPEG", "MPO"):
+                image.draft("RGB", (1, 1))  # 1/8 scale
+            image.load()
     except UnidentifiedImageError:
         return "not an image (PIL cannot identify the format)"
     except PermissionError as error:
@@ -211,6 +212,38 @@ def check_image_file(path: str | os.PathLike) -> Optional[str]:
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         return f"corrupt or truncated image: {error}"
     return None
+
+
+CHECKED_MEMO_FILES = 100_000
+"""Verdicts of `check_image_file` that `_checked_image_file` keeps per process (about 35 MB at most with
+50-character paths, measured with `tracemalloc`); past that many the memo is emptied and files are checked
+again."""
+_checked: dict[tuple, Optional[str]] = {}
+
+
+def _checked_image_file(path: str | os.PathLike) -> Optional[str]:
+    """`check_image_file`, decoded once per process for a file that has not changed since.
+
+    A sweep lists a folder more than once in one process (its pre-flight
+    check, then the data fingerprint of its runs); the verdict of each file
+    is kept under its path, size, modification time (ns), inode and device,
+    so a file rewritten in between is decoded again (unless it keeps its size
+    and its rewrite falls in the same tick of a coarse file-system clock).
+    Each run's kernel is a process of its own and decodes its files once.
+
+    Args:
+        path: an image file.
+
+    Returns:
+        What `check_image_file(path)` returns.
+    """
+    stat = os.stat(path)
+    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev)
+    if key not in _checked:
+        if len(_checked) >= CHECKED_MEMO_FILES:
+            _checked.clear()
+        _checked[key] = check_image_file(path)
+    return _checked[key]
 
 
 def broken_link_reason(path: Path) -> str:
@@ -239,11 +272,12 @@ def broken_link_reason(path: Path) -> str:
 
 
 def list_image_folder(root: str | os.PathLike) -> ImageFolder:
-    """Lists an image folder: class sub-folders and their usable images, without decoding them.
+    """Lists an image folder: class sub-folders and their usable images, each decoded once to check it.
 
     Class names are the sorted non-hidden sub-folder names (`list_class_folders`);
     images are the sorted non-hidden files with an image extension
-    (case-insensitive) that `check_image_file` accepts. Everything else in a
+    (case-insensitive) that `check_image_file` decodes (`_checked_image_file`:
+    once per process while a file is unchanged). Everything else in a
     class folder (other files, corrupt images, nested folders, hidden ones
     included) is listed in `skipped_files`, and so is every hidden sub-folder
     of `root` (name starting with `.`, e.g. `.ipynb_checkpoints` or `..x`:
@@ -302,7 +336,7 @@ def list_image_folder(root: str | os.PathLike) -> ImageFolder:
                 reason = (f"not an image file name (extension {path.suffix or '(none)'!r}; "
                           f"expected one of {', '.join(IMAGE_EXTENSIONS)})")
             else:
-                reason = check_image_file(path)
+                reason = _checked_image_file(path)
             if reason is None:
                 kept.append(path)
             else:
@@ -443,9 +477,10 @@ def resolve_data_dir(data_dir: str, *, export: bool = True) -> Path:
 def load_data(spec: ExperimentSpec) -> DataSplit:
     """Lists an image folder and splits it into stratified train, val and test parts.
 
-    `list_image_folder` lists the classes and their usable images (files are
-    checked with `check_image_file`, not decoded: too slow for large
-    folders); what it skips (corrupt or non-image files, nested folders,
+    `list_image_folder` lists the classes and their usable images (each file
+    is decoded by `check_image_file`, so no file that TensorFlow's decoder
+    refuses reaches training or evaluation); what it skips (corrupt or
+    non-image files, nested folders,
     hidden sub-folders such as `.ipynb_checkpoints` or `..x` with the number
     of images in them) is reported with a `UserWarning` and kept in
     `DataSplit.skipped_files`.

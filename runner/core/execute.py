@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from runner.grid import RunSpec, code_hashes
+from runner.grid.expand import literal_path
 from runner.grid.schema import RunnerParams
 from runner.core.kernels import (
     KERNEL_ARGUMENTS, KERNEL_NAME, WARM_UP_TIMEOUT_S, Kernel, KernelNotReady, KernelSetup, discard_next_kernel,
@@ -307,7 +308,8 @@ def execute_notebook(notebook: Path, folder: RunFolder, parameters: dict[str, An
             if setup is not None and prepare_next:
                 start_next_kernel(setup, start_timeout_s)
             thread = _NotebookThread(
-                input_path=str(notebook), output_path=str(folder.notebook_path), parameters=parameters,
+                input_path=literal_path(notebook), output_path=literal_path(folder.notebook_path),
+                parameters=parameters,
                 kernel_name=KERNEL_NAME, cwd=str(folder.run_dir), progress_bar=False, log_output=verbose,
                 start_timeout=start_timeout_s, execution_timeout=cell_timeout_s, km=kernel.manager,
                 extra_arguments=KERNEL_ARGUMENTS,

@@ -152,7 +152,7 @@ class LoadedRun(_Recorded):
             `frame.attrs["skipped"]` maps every path that could not be read
             (missing, not an image, corrupt) to the reason.
         """
-        from models.data import load_images
+        from models.data import check_image_file, load_images
         from models.evaluate import predictions_frame
 
         files, skipped = expand_image_paths(paths)
@@ -160,6 +160,10 @@ class LoadedRun(_Recorded):
         for start in range(0, len(files), PREDICT_CHUNK):  # memory bounded by one chunk of decoded images
             images = []
             for path in files[start:start + PREDICT_CHUNK]:
+                reason = check_image_file(path)  # the training listing's check: a file it skips is skipped here
+                if reason:
+                    skipped[str(path)] = reason
+                    continue
                 try:
                     images.append(load_images([path], self.spec.image_size)[0])
                     kept.append(path)

@@ -106,18 +106,23 @@ def type_text(annotation: Any) -> str:
     return _one_of(_alternatives(annotation))
 
 
+def _number(value: float) -> str:
+    """A bound as the docs print it: an int exactly (`4294967296`), a float short (`1e-05`)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def constraint_text(field: FieldInfo) -> str:
     """A field's bounds, lengths and pattern: `in [0, 1)`, `>= 1`, `2 items`, `at most 80 characters`."""
     low = high = min_length = max_length = pattern = None
     for item in field.metadata:  # pydantic's constraint objects (annotated_types.Ge, ...), read by attribute
         if getattr(item, "ge", None) is not None:
-            low = f"[{item.ge:g}"
+            low = f"[{_number(item.ge)}"
         elif getattr(item, "gt", None) is not None:
-            low = f"({item.gt:g}"
+            low = f"({_number(item.gt)}"
         elif getattr(item, "le", None) is not None:
-            high = f"{item.le:g}]"
+            high = f"{_number(item.le)}]"
         elif getattr(item, "lt", None) is not None:
-            high = f"{item.lt:g})"
+            high = f"{_number(item.lt)})"
         elif getattr(item, "min_length", None) is not None:
             min_length = item.min_length
         elif getattr(item, "max_length", None) is not None:

@@ -118,11 +118,29 @@ def sample_std(values: Sequence[float], mean: float) -> float:
     return math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (len(values) - 1))
 
 
+def finite_figure(value: Any) -> Optional[float]:
+    """A recorded figure, or `None` when there is none or it is not a finite number.
+
+    Records are JSON, and Python's `json` reads the tokens `NaN`, `Infinity`
+    and `-Infinity` as floats. Such a value measures nothing (a metric lies in
+    [0, 1]): read through here it is missing, so it ranks nothing, is never
+    `best` and is never shown as a figure.
+
+    Args:
+        value: a metric as a record or a summary holds it (a float), or `None`.
+
+    Returns:
+        `value`, or `None` when it is `None`, NaN or infinite.
+    """
+    return value if value is not None and math.isfinite(value) else None
+
+
 def validation_value(record: RunRecord, ranking) -> Optional[float]:
     """The record's figure of `ranking.metric` on the validation split, else its ranking figure
-    (a schema-1 record has no validation metrics)."""
+    (a schema-1 record has no validation metrics); `None` where that figure is missing or not finite
+    (`finite_figure`)."""
     if record.val_metrics is not None:
-        return getattr(record.val_metrics, ranking.metric)
+        return finite_figure(getattr(record.val_metrics, ranking.metric))
     return ranking.value(record)
 
 

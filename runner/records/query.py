@@ -17,6 +17,7 @@ Ranking metrics are validated once, by `parse_metric`, into a `Ranking`:
 from __future__ import annotations
 
 import gc
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from runner.records.store import LOGS_DIR
 from runner.records import (
     COMPLETED, KINDS, RANKING_METRICS, RunLoadError, RunRecord, SplitMetrics, read_record,
 )
-from runner.records.groups import Group, group_ranked
+from runner.records.groups import Group, finite_figure, group_ranked
 
 SPLIT_PREFIXES = {"val_": "val", "test_": "test"}
 METRIC_NAMES = (*RANKING_METRICS, *(f"{prefix}{m}" for prefix in SPLIT_PREFIXES for m in RANKING_METRICS))
@@ -70,10 +71,35 @@ class Ranking:
         Returns:
             A float in [0, 1] from `val_metrics` (validation split; for a
             schema-1 record, `metrics`, the test split) or, for a `test_`
-            ranking, from `metrics`; `None` if that section is missing.
+            ranking, from `metrics`; `None` if that section is missing or
+            the figure is not a finite number (`NaN`, `Infinity`:
+            `runner.records.groups.finite_figure`, `not_finite`).
         """
         metrics, _ = self._source(record)
-        return None if metrics is None else getattr(metrics, self.metric)
+        return None if metrics is None else finite_figure(getattr(metrics, self.metric))
+
+    def not_finite(self, record: RunRecord) -> Optional[str]:
+        """Why a record that holds this metric has no figure for it: the value is not a finite number.
+
+        Args:
+            record: a run record.
+
+        Returns:
+            E.g. `"val_weighted_recall is Infinity in its record, not a finite number: not ranked"`
+            (the value as JSON writes it: `NaN`, `Infinity`, `-Infinity`); `None` when the figure is
+            finite or its section is missing.
+        """
+        metrics, split = self._source(record)
+        if metrics is None:
+            return None
+        raw = getattr(metrics, self.metric)
+        if finite_figure(raw) is not None:
+            return None
+        # a record's metrics are required floats: a section without one is a summary read back from the records
+        # index (`runner.records.index`), where SQLite keeps a NaN as NULL
+        shown = "NaN" if raw is None else json.dumps(raw)
+        column = f"{'val' if split == 'val' else 'test'}_{self.metric}"
+        return f"{column} is {shown} in its record, not a finite number: not ranked"
 
     def split_of(self, record: RunRecord) -> str:
         """Which split `value(record)` comes from: `"val"`, `"test"` or `"test (schema 1)"`."""
@@ -127,6 +153,25 @@ class RecordSet:
     def unreadable_ids(self) -> list[str]:
         """The run ids (file stems) of the unreadable records."""
         return [Path(name).stem for name in self.unreadable]
+
+    def unreadable_names(self) -> dict[str, str]:
+        """The run `name` each unreadable record gives itself, where its file still parses as JSON (a record of a
+        newer schema, or one that breaks this schema elsewhere): file name -> name. Read from the files now.
+
+        Returns:
+            File names (keys of `unreadable`) -> the `name` string of their JSON; files without one, or not
+            JSON, are left out.
+        """
+        names = {}
+        for file_name in self.unreadable:
+            try:
+                payload = json.loads((self.logs_dir / file_name).read_bytes())
+            except (OSError, ValueError):
+                continue
+            name = payload.get("name") if isinstance(payload, dict) else None
+            if isinstance(name, str) and name:
+                names[file_name] = name
+        return names
 
     def by_id(self) -> dict[str, RunRecord]:
         """Run id -> record."""
@@ -208,7 +253,8 @@ def rank(records: Iterable[RunRecord], ranking: Ranking, *, kinds: Sequence[str]
         accept: a further filter. Defaults to `None` (all).
 
     Returns:
-        The kept records that have a value for `ranking`, best first. A refit
+        The kept records that have a value for `ranking` (`Ranking.value`: a
+        finite number; a `NaN` or `Infinity` never ranks), best first. A refit
         (`RunRecord.refit_of`) never ranks: it trained on the validation split, and
         was chosen by the ranking itself.
     """
@@ -254,7 +300,8 @@ def find(ref: str, found: RecordSet, *, ranking: Optional[Ranking] = None, kinds
         RunLoadError: nothing matches, the prefix is ambiguous, or there is
             no completed run for `"best"`. When no readable record matches
             but an unreadable one does (`found.unreadable`: bad JSON, a newer
-            schema), the message names that file and why, not "no record".
+            schema), by its id or by the `name` in its JSON (`RecordSet.unreadable_names`), the message
+            names that file and why, not "no record".
     """
     ref = str(ref)
     if ref == "best":
@@ -277,7 +324,9 @@ def find(ref: str, found: RecordSet, *, ranking: Optional[Ranking] = None, kinds
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        unreadable = {name: why for name, why in found.unreadable.items() if Path(name).stem.startswith(ref)}
+        named_unreadable = {file for file, name in found.unreadable_names().items() if name == ref}
+        unreadable = {name: why for name, why in found.unreadable.items()
+                      if Path(name).stem.startswith(ref) or name in named_unreadable}
         if unreadable:  # there, but not readable: say so, never "no record"
             name, why = next(iter(unreadable.items()))
             more = f" (and {len(unreadable) - 1} more unreadable records match)" if len(unreadable) > 1 else ""

@@ -31,7 +31,8 @@ links to its saved notebook html and its node in `lineage.html`, each parent
 to its row. Then the refits of a grid with `refit: true` (`RunRecord.refit_of`: the best configuration
 trained again on train + validation; test figures only, never ranked) beside their originals' test
 figures, pruned runs (with the epoch they reached), runs that did not
-complete (the `MAX_LISTED` most recent of each, and a count), completed runs
+complete (the `MAX_LISTED` most recent of each, and a count; with them, and the reason, completed runs whose
+figure for the metric is `NaN` or `Infinity`, which is no figure: `not_finite_runs`), completed runs
 without a figure for the metric, and unreadable records (at most `MAX_LISTED` each). The page
 links `leaderboard.csv`, every ranked run with all its figures and parameters, and embeds only
 what it shows, so it stays small however many records there are (0.45 MB for 100,000 records,
@@ -62,7 +63,7 @@ from runner.reports.compare_data import compare_payload, inline_json
 from runner.reports.stats import P_VALUE_MEANING, format_p, top_two
 from runner.reports.lineage import node_id, render_lineage
 from runner.reports.links import fragment, href
-from runner.records.groups import GROUP_FREE_PARAMS, Group, format_spread, group_ranked, has_repeats
+from runner.records.groups import GROUP_FREE_PARAMS, Group, finite_figure, format_spread, group_ranked, has_repeats
 from runner.records.index import read_summaries
 from runner.records.query import Ranking, RecordSet, parse_metric, rank
 from runner.records import (
@@ -184,6 +185,8 @@ def _param_value(value: Any) -> str:
 
 
 def _number(value: Optional[float], digits: int = 4) -> str:
+    """A figure with `digits` decimals; `""` for none, and for `NaN` or `Infinity` (`finite_figure`)."""
+    value = finite_figure(value)
     return "" if value is None else f"{value:.{digits}f}"
 
 
@@ -201,14 +204,15 @@ def split_figure(record: RunRecord, column: str) -> Optional[float]:
 
     Returns:
         The float in [0, 1], or `None` when the record has no metrics for that split (a
-        schema-1 record's missing validation figures are not replaced by its test ones here).
+        schema-1 record's missing validation figures are not replaced by its test ones here)
+        or the value is not a finite number (`finite_figure`).
 
     Raises:
         ConfigError: `column` is no metric name.
     """
     figure = parse_metric(column, "column")
     metrics = _split_metrics(record, figure.split)
-    return None if metrics is None else getattr(metrics, figure.metric)
+    return None if metrics is None else finite_figure(getattr(metrics, figure.metric))
 
 
 def figure_columns(ranking: Ranking) -> list[str]:
@@ -406,6 +410,41 @@ def unranked_runs(records: Iterable[RunRecord], ranked: Iterable[RunRecord]) -> 
             and rec.refit_of is None]
 
 
+def not_finite_runs(records: Iterable[RunRecord], ranking: Ranking) -> list[RunRecord]:
+    """The completed runs, refits aside, that hold the ranking metric but not as a finite number (`NaN`,
+    `Infinity`: `runner.records.query.Ranking.not_finite` says so): unranked, listed on the page among the
+    runs that did not complete with that reason, and in `leaderboard.csv` with it as `unranked_reason`.
+
+    Args:
+        records: every record (`RunRecord`s or `RunSummary`s).
+        ranking: what the board ranks by.
+
+    Returns:
+        Those records, in the order of `records`.
+    """
+    return [rec for rec in records if rec.status == COMPLETED and rec.refit_of is None
+            and ranking.not_finite(rec) is not None]
+
+
+def unranked_reason(record: RunRecord, ranking: Ranking, ranked_ids: set[str]) -> Optional[str]:
+    """Why a completed run has no rank: `leaderboard.csv`'s `unranked_reason`.
+
+    Args:
+        record: a completed run.
+        ranking: what the board ranks by.
+        ranked_ids: the run ids of `runner.records.query.rank(records, ranking)`.
+
+    Returns:
+        `None` for a ranked run; else `"refit of <run id>: ..."` (`refit_runs`), the `Ranking.not_finite`
+        reason, or `"no <column>"` (e.g. an ensemble, test figures only, under a validation ranking).
+    """
+    if record.run_id in ranked_ids:
+        return None
+    if record.refit_of is not None:
+        return f"refit of {record.refit_of}: trained on the validation split, never ranked"
+    return ranking.not_finite(record) or f"no {ranking.column}"
+
+
 def refit_runs(records: Iterable[RunRecord]) -> list[RunRecord]:
     """The completed refits (`RunRecord.refit_of`: a configuration trained again on train + validation, never
     ranked), in the order of `records`: the page's refits section and `leaderboard.csv`'s last rows."""
@@ -592,11 +631,14 @@ def _list_pruned(found: RecordSet, cells: _Cells) -> _Section:
 
 
 def _list_failed(found: RecordSet, cells: _Cells) -> _Section:
-    """The section of runs that did not complete (nor were pruned): the `MAX_LISTED` most recent, with the error."""
+    """The section of runs that did not complete (nor were pruned), and of completed runs whose ranking figure
+    is not a finite number (`not_finite_runs`): the `MAX_LISTED` most recent, with the error or that reason."""
     records = [rec for rec in found.records if rec.status not in (COMPLETED, PRUNED)]
+    records += not_finite_runs(found.records, cells.ranking)
     return _Section(total=len(records),
                     rows=[{"anchor": node_id(rec.run_id), "run": cells.run_link(rec), "status": rec.status,
-                           "note": _note(rec)} for rec in _most_recent(records)])
+                           "note": _note(rec) or cells.ranking.not_finite(rec) or ""}
+                          for rec in _most_recent(records)])
 
 
 def _list_refits(found: RecordSet, columns: list[str], cells: _Cells) -> _Section:
@@ -616,8 +658,10 @@ def _list_refits(found: RecordSet, columns: list[str], cells: _Cells) -> _Sectio
 
 
 def _list_unranked(found: RecordSet, ranked: Sequence[RunRecord], columns: list[str], cells: _Cells) -> _Section:
-    """The section of completed runs that do not rank (`unranked_runs`): the `MAX_LISTED` most recent."""
-    records = unranked_runs(found.records, ranked)
+    """The section of completed runs that do not rank (`unranked_runs`): the `MAX_LISTED` most recent; those
+    whose ranking figure is not a finite number are listed with that reason among the runs that did not
+    complete instead (`_list_failed`)."""
+    records = [rec for rec in unranked_runs(found.records, ranked) if cells.ranking.not_finite(rec) is None]
     return _Section(total=len(records), figure_columns=columns[1:],
                     rows=[{"anchor": node_id(rec.run_id), "run": cells.run_link(rec), "kind": rec.kind,
                            "figures": [cells.column_figure(rec, c) for c in columns[1:]]}
@@ -650,11 +694,14 @@ CSV_COLUMNS = ("rank", "run_id", "name", "status", "kind", "ranked_by", "ranked_
                *(f"val_{m}" for m in RANKING_METRICS), *(f"test_{m}" for m in RANKING_METRICS),
                "epochs_run", "best_epoch", "best_phase", "train_s", "eval_s", "total_s",
                "parent_run_id", "refit_of", "started_at", "finished_at",
-               "group_hash", "group_rank", "group_n", "group_mean", "group_std", "group_min", "group_max")
+               "group_hash", "group_rank", "group_n", "group_mean", "group_std", "group_min", "group_max",
+               "unranked_reason")
 """The columns of `leaderboard.csv` before the `param.<name>` columns. `refit_of`: the run a refit trained
 again (`refit_runs`), empty for any other run. `group_*`: the run's configuration
 (`runner.records.groups`): its rank by mean, its number of repeats, and the mean, sample standard deviation
-(empty for one run), minimum and maximum of their ranking figures."""
+(empty for one run), minimum and maximum of their ranking figures. `unranked_reason`: why a run has no
+`rank` (`unranked_reason`), empty for a ranked run. A figure that is not a finite number (`NaN`,
+`Infinity`) is an empty cell."""
 
 
 def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Sequence[RunRecord] = (), *,
@@ -690,6 +737,7 @@ def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Seq
     ranked = [rec for group in groups for rec in group.runs]
     group_columns = [columns_of[group.key] for group in groups for _ in group.runs]
     rows = [*ranked, *unranked, *refits]
+    ranked_ids = {rec.run_id for rec in ranked}
     params = list(dict.fromkeys(chain.from_iterable(rec.params for rec in rows)))
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow([*CSV_COLUMNS, *(f"param.{name}" for name in params)])
@@ -702,8 +750,8 @@ def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Seq
     missing = [_MISSING] * len(params)
     for position, rec in enumerate(rows, start=1):
         is_ranked = position <= len(ranked)
-        val = [getattr(rec.val_metrics, m) for m in RANKING_METRICS] if rec.val_metrics else blank
-        test = [getattr(rec.metrics, m) for m in RANKING_METRICS] if rec.metrics else blank
+        val = [finite_figure(getattr(rec.val_metrics, m)) for m in RANKING_METRICS] if rec.val_metrics else blank
+        test = [finite_figure(getattr(rec.metrics, m)) for m in RANKING_METRICS] if rec.metrics else blank
         line.seek(0)
         line.truncate()
         writer.writerow([
@@ -712,7 +760,8 @@ def leaderboard_csv(ranked: Sequence[RunRecord], ranking: Ranking, unranked: Seq
             rec.epochs_run, rec.best_epoch, rec.best_phase,
             rec.timings.train_s, rec.timings.eval_s, rec.timings.total_s,
             rec.parent_run_id, rec.refit_of, rec.started_at, rec.finished_at, rec.group_hash,
-            *(group_columns[position - 1] if is_ranked else [None] * 6)])
+            *(group_columns[position - 1] if is_ranked else [None] * 6),
+            None if is_ranked else unranked_reason(rec, ranking, ranked_ids)])
         if params:  # the fixed columns, without their line end, then the parameters' cells
             out.write(line.getvalue()[:-1])
             out.write(",")

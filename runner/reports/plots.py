@@ -27,12 +27,21 @@ CHILD_TIMEOUT_S = 120
 """Seconds `PlotProcess.draw` waits for the child before drawing in this process instead."""
 
 
+def _literal(text: str) -> str:
+    """`text` drawn literally: each `$` escaped as `\\$`, which matplotlib draws as a dollar sign (a string
+    with two unescaped `$` is mathtext, and `x$_{$y` would not parse). The rule of
+    `models.evaluate.literal_text`, restated here: this module imports nothing of the project."""
+    return str(text).replace("$", r"\$")
+
+
 def _box_strip(ax, values, labels) -> None:
-    """A horizontal box per group (labels bottom to top) with its values as jittered points over it."""
+    """A horizontal box per group (labels bottom to top, drawn literally) with its values as jittered points
+    over it."""
     import numpy as np
 
     n = sum(len(v) for v in values)
-    ax.boxplot(values, orientation="horizontal", tick_labels=labels, widths=0.55, showfliers=False,
+    ax.boxplot(values, orientation="horizontal", tick_labels=[_literal(label) for label in labels], widths=0.55,
+               showfliers=False,
                patch_artist=True, boxprops={"facecolor": "#dbe7f5", "edgecolor": "#6b8fb8"},
                medianprops={"color": "#1f4e8c"}, whiskerprops={"color": "#6b8fb8"}, capprops={"color": "#6b8fb8"})
     jitter = np.random.default_rng(0)
@@ -56,6 +65,8 @@ def draw(data: dict[str, Any]) -> bytes:
             configuration with repeats, worst mean first; `values`: its runs'
             figures; `means`; `xlabel`), drawn as a second panel.
 
+    Every label is drawn as it is written (`_literal`: a `$` is a dollar sign, never mathtext).
+
     Returns:
         PNG bytes (100 dpi).
     """
@@ -72,16 +83,16 @@ def draw(data: dict[str, Any]) -> bytes:
     _box_strip(ax, values, data["groups"])
     best = data["best"]
     ax.scatter([best["value"]], [best["position"]], marker="*", s=220, color="#d62728", zorder=4,
-               label=best["label"])
+               label=_literal(best["label"]))
     ax.legend(loc="lower left", fontsize=8, frameon=False, bbox_to_anchor=(0, 1.0))
-    ax.set_xlabel(data["xlabel"])
+    ax.set_xlabel(_literal(data["xlabel"]))
     if spread:
         _box_strip(axes[1], spread_values, spread["groups"])
         if spread.get("means"):  # what the configurations are ranked by
             axes[1].scatter(spread["means"], range(1, len(spread["means"]) + 1), marker="D", s=40, color="#222222",
                             zorder=4, label="mean (ranks the configurations)")
             axes[1].legend(loc="lower left", fontsize=8, frameon=False, bbox_to_anchor=(0, 1.0))
-        axes[1].set_xlabel(spread["xlabel"])
+        axes[1].set_xlabel(_literal(spread["xlabel"]))
         figure.subplots_adjust(hspace=0.9)  # room for the first panel's axis label and this legend
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")

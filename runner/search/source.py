@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 
+from models.spec import ExperimentSpec
 from runner.errors import ConfigError
 from runner.records import COMPLETED, DONE_STATUSES, PRUNED, RUN
 from runner.search.duration import predict_duration_s
@@ -204,7 +205,7 @@ class SearchSource:
         import optuna
 
         draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(
-            seed=self.search.seed + len(self.study.get_trials(deepcopy=False))))
+            seed=(self.search.seed + len(self.study.get_trials(deepcopy=False))) % ExperimentSpec.SEED_RANGE.stop))
         distributions = {d.name: d.distribution() for d in self.dims}
         taken = {rec.config_hash for rec in self.found.records if rec.kind == RUN and rec.status in DONE_STATUSES}
         taken |= set(self._trials)

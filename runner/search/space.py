@@ -19,12 +19,26 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.spec import ExperimentSpec
 from runner.errors import ConfigError, shorten
 
 
 
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_WITH_UNITS = re.compile(rf"(?:{_NUMBER}h)?\s*(?:{_NUMBER}m)?\s*(?:{_NUMBER}s)?")
+"""Hours, minutes, seconds, in that order, each optional and each number with its unit."""
+DURATION_FORMS = "45m, 2h, 90s, 1h30m, 1h30m15s, or a plain number of seconds"
+"""The durations `parse_duration` reads, as its messages name them."""
+
+
 def parse_duration(text: Union[str, int, float]) -> float:
     """Seconds in a duration such as `45m`, `1h30m`, `90s`, `2h` or a plain number of seconds.
+
+    Units are `h`, `m` and `s`, in that order, each with its number (`1h30m15s`);
+    a number without a unit is seconds only when it is the whole duration
+    (`5400`, `"90"`). A number after a unit without its own (`1h30`, `2m30`) is
+    refused as ambiguous (`1h30` reads as 1 h 30 min on a clock, as 1 h 30 s by
+    the plain-number rule), the message giving both readings.
 
     Args:
         text: the duration.
@@ -33,21 +47,41 @@ def parse_duration(text: Union[str, int, float]) -> float:
         Seconds, > 0.
 
     Raises:
-        ValueError: not a duration.
+        ValueError: not a duration, or an ambiguous one.
     """
     if isinstance(text, bool):
         raise ValueError(f"expected a duration such as 45m, 1h30m or 90s, got {text!r}")
     if isinstance(text, (int, float)):
         seconds = float(text)
     else:
-        match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
-        if not match or not any(match.groups()):
+        stripped = str(text).strip()
+        match = _WITH_UNITS.fullmatch(stripped)
+        if re.fullmatch(_NUMBER, stripped):
+            seconds = float(stripped)
+        elif match and any(match.groups()):
+            hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+            seconds = hours * 3600 + minutes * 60 + secs
+        else:
+            _refuse_bare_number(text, stripped)
             raise ValueError(f"expected a duration such as 45m, 1h30m or 90s, got {shorten(text)}")
-        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
     if not seconds > 0 or math.isinf(seconds):  # NaN fails `> 0`
         raise ValueError(f"expected a positive, finite duration, got {shorten(text)}")
     return seconds
+
+
+def _refuse_bare_number(text: str, stripped: str) -> None:
+    """Raises the ambiguity of `1h30` (a duration with units, then a number without one); returns otherwise."""
+    tail = re.fullmatch(rf"(.*([hm]))\s*{_NUMBER}", stripped)
+    head = tail and _WITH_UNITS.fullmatch(tail.group(1))
+    if not (head and any(head.groups())):
+        return
+    number, readings = tail.group(3), []
+    for unit in "hms"["hms".index(tail.group(2)) + 1:]:  # the units that may follow the last one given
+        reading = f"{tail.group(1)}{number}{unit}"
+        if _WITH_UNITS.fullmatch(reading):
+            readings.append(f"{reading} ({parse_duration(reading):g} s)")
+    raise ValueError(f"ambiguous duration {shorten(text)}: {number} has no unit; write {' or '.join(readings)}. "
+                     f"Accepted: {DURATION_FORMS}; a number after a unit needs a unit of its own")
 
 
 @dataclass(frozen=True)
@@ -165,7 +199,8 @@ class SearchSpec(BaseModel):
             runs rather than a few expensive ones (cost-aware search, as in Snoek et al. 2012's expected
             improvement per second); `None` (the default): a run may use all the time left.
         min_epochs: no run is pruned before this epoch (1-based).
-        seed: seed of the sampler.
+        seed: seed of the sampler, 0 <= seed < 2**32 (`ExperimentSpec.SEED_RANGE`: Optuna's samplers seed
+            `numpy.random.RandomState` with it).
         repeats: runs of each proposal, with seeds `seed, seed + 1, ...` (the
             run's `seed` parameter, not the sampler's); the study is told the
             mean of their metric (a failed repeat fails the proposal).
@@ -181,8 +216,16 @@ class SearchSpec(BaseModel):
     max_run_share: Optional[float] = Field(None, gt=0.0, le=1.0)
     pruner: Literal[tuple(PRUNERS)] = "none"
     min_epochs: int = Field(1, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=ExperimentSpec.SEED_RANGE.start, lt=ExperimentSpec.SEED_RANGE.stop)
     repeats: int = Field(1, ge=1)
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_in_range(cls, value):
+        if type(value) is int and value not in ExperimentSpec.SEED_RANGE:
+            raise ValueError(f"expected an integer with 0 <= seed < 2**32 = {ExperimentSpec.SEED_RANGE.stop}, "
+                             f"the range of numpy.random.RandomState, which seeds Optuna's samplers")
+        return value
 
     @field_validator("budget")
     @classmethod
@@ -346,7 +389,8 @@ def parse_space(spec, grid_path: Path, builder) -> list[Dimension]:
     Each dimension's name must be a notebook parameter, and its choices, or
     both ends of its range, must be valid values of it: each is checked
     through `builder` (a `runner.grid.RunBuilder`) exactly as a grid point
-    is, so the messages are the grid's.
+    is, with its `search.repeats` seeds (`RunBuilder.build_repeats`), so the
+    messages are the grid's.
 
     Args:
         spec: the `GridSpec` (its `grid` must be one mapping).
@@ -380,8 +424,8 @@ def parse_space(spec, grid_path: Path, builder) -> list[Dimension]:
         except ValueError as exc:
             errors.append(f"{grid_path}: grid.{name}: {exc}")
             continue
-        for value in dim.bounds():
-            _, problems = builder.build("grid", {name: value})
+        for value in dim.bounds():  # with every repeat's seed (`search.repeats`)
+            _, problems = builder.build_repeats("grid", {name: value}, repeats=spec.search.repeats)
             errors += [p for p in problems if p not in errors]
         dims.append(dim)
     if errors:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from models.names import EPOCH_LOG_KEYS
+from models.spec import ExperimentSpec
 from runner.errors import ConfigError
 from runner.records import RANKING_METRICS
 from runner.records.query import Ranking, parse_metric
@@ -172,7 +173,8 @@ def repair_journal(path: Path) -> list[str]:
 
 def reseed_sampler(study, search: SearchSpec, dims: Sequence[Dimension]) -> None:
     """Give `study` a fresh sampler seeded past the trials it holds, so it does not replay their points."""
-    seeded = search.model_copy(update={"seed": search.seed + len(study.get_trials(deepcopy=False))})
+    seeded = search.model_copy(update={"seed": (search.seed + len(study.get_trials(deepcopy=False)))
+                                           % ExperimentSpec.SEED_RANGE.stop})  # a seed Optuna takes
     study.sampler = seeded.sampler_kind.build(seeded, dims)
 
 
@@ -273,7 +275,7 @@ def open_study(search: SearchSpec, dims: Sequence[Dimension], path: Path, name: 
         storage, earlier = JournalStorage(JournalFileBackend(str(path))), 0
     if notes is not None:
         notes += repairs
-    seeded = search.model_copy(update={"seed": search.seed + earlier})
+    seeded = search.model_copy(update={"seed": (search.seed + earlier) % ExperimentSpec.SEED_RANGE.stop})
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=seeded.sampler_kind.build(seeded, dims),
                                 pruner=build_pruner(pruner_config(search, max_epochs)))

@@ -9,6 +9,8 @@ from pathlib import Path
 import keras
 
 from .bases import build_base, resolve_base, resolve_weights
+from .bases.registry import NO_PREPROCESSING
+from .bases.saved import preprocess_name, saved_model_path
 from .errors import ModelConfigError
 from .heads import add_head
 from .spec import ExperimentSpec
@@ -23,17 +25,18 @@ class Preprocess(keras.layers.Layer):
     base name.
 
     Args:
-        base_name: a name `resolve_base` accepts.
+        base_name: a name `resolve_base` accepts, or `NO_PREPROCESSING` (`"none"`: the inputs pass unchanged,
+            for a saved-model base that scales its input itself or takes raw pixels).
         **kwargs: `keras.layers.Layer` arguments (`name`, ...).
     """
 
     def __init__(self, base_name: str, **kwargs):
         super().__init__(**kwargs)
         self.base_name = base_name
-        self._preprocess_input = resolve_base(base_name).preprocess_input
+        self._preprocess_input = None if base_name == NO_PREPROCESSING else resolve_base(base_name).preprocess_input
 
     def call(self, inputs):
-        return self._preprocess_input(inputs)
+        return inputs if self._preprocess_input is None else self._preprocess_input(inputs)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "base_name": self.base_name}
@@ -71,9 +74,11 @@ def build_model(spec: ExperimentSpec, num_classes: int) -> keras.Model:
     set_precision_policy(spec)  # before any layer exists: mixed precision (GPU only) or float32
     keras.utils.set_random_seed(spec.seed)
     base, choice = build_base(spec)
+    info = resolve_base(spec.base)
+    preprocess = preprocess_name(spec, base, saved_model_path(spec, info)) if info.is_saved_model else info.name
     inputs = keras.Input((None, None, 3), dtype="float32", name="image")
     x = keras.layers.Resizing(spec.image_size, spec.image_size, name="resize")(inputs)
-    x = Preprocess(resolve_base(spec.base).name, name="preprocess")(x)
+    x = Preprocess(preprocess, name="preprocess")(x)
     if spec.from_scratch:
         features = base(x)
     else:
@@ -95,7 +100,7 @@ def describe_model(model: keras.Model, spec: ExperimentSpec) -> dict:
 
     Returns:
         A JSON-safe dict: `base` (canonical name), `weights` (`spec.weights`),
-        `weights_source` (`"random"`, `"file"`, `"weights_dir"` or `"keras"`),
+        `weights_source` (`"random"`, `"file"`, `"weights_dir"`, `"keras"` or `"saved"`),
         `weights_path` (str or `None`), `weights_sha256` (hex or `None`),
         `trainable_params` and `total_params` (int, at call time) and
         `image_size` (pixels).

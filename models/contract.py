@@ -89,7 +89,7 @@ class ModelSection(Section):
 
     Attributes:
         base: canonical base name. weights: the `weights` parameter.
-        weights_source: `"random"`, `"file"`, `"weights_dir"` or `"keras"`.
+        weights_source: `"random"`, `"file"`, `"weights_dir"`, `"keras"` or `"saved"` (a saved-model base's own).
         weights_path, weights_sha256: the base weights file and its sha256, or `None`.
         trainable_params, total_params: parameter counts.
         image_size: input side, pixels.

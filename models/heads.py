@@ -17,7 +17,8 @@ def add_head(features, spec: ExperimentSpec, num_classes: int):
     "softmax")` classifier in float32, as in Keras's transfer-learning guide.
 
     Args:
-        features: symbolic feature maps `(batch, h, w, channels)`.
+        features: symbolic feature maps `(batch, h, w, channels)`, or vectors `(batch, features)` (a
+            saved-model base's; `head` then has nothing to pool).
         spec: the run's parameters; reads `head`, `dense_units`, `dropout`
             and `l2`.
         num_classes: number of classes, >= 2.
@@ -26,8 +27,11 @@ def add_head(features, spec: ExperimentSpec, num_classes: int):
         Symbolic class probabilities, float32 `(batch, num_classes)` in [0, 1]
         summing to 1 over classes.
     """
-    pool = keras.layers.Flatten if spec.head == "flatten" else keras.layers.GlobalAveragePooling2D
-    x = pool(name=spec.head)(features)
+    if len(features.shape) == 2:  # a saved-model base whose output is already a vector: nothing to pool
+        x = features
+    else:
+        pool = keras.layers.Flatten if spec.head == "flatten" else keras.layers.GlobalAveragePooling2D
+        x = pool(name=spec.head)(features)
     regularizer = keras.regularizers.L2(spec.l2) if spec.l2 > 0 else None
     for index, units in enumerate(spec.dense_units):
         x = _dropout(x, spec.dropout, f"dropout_{index}")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ModelConfigError
 from .hashing import sha256_json
-from .bases.registry import canonical_base
+from .bases.registry import BASES, NO_PREPROCESSING, canonical_base, is_saved_model_base
 from .names import EPOCH_LOG_KEYS, TTA_VIEWS
 
 DETERMINISTIC_DEFAULT = True
@@ -270,14 +270,32 @@ class ExperimentSpec(SpecModel):
     test_fraction: float = Field(
         0.15, gt=0.0, lt=1.0,
         description="Fraction of each class held out for the test split; `val_fraction + test_fraction < 1`.")
+    SEED_RANGE: ClassVar[range] = range(2**32)
+    """The values of `seed` and `split_seed`: 0 <= seed < 2**32, what `numpy.random.seed` (which
+    `keras.utils.set_random_seed` calls) and scikit-learn's `random_state` accept; `numpy.random.default_rng`
+    takes any seed >= 0, TensorFlow any int64."""
     seed: int = Field(
-        42, description="Seed of weight initialisation, shuffling and augmentation, and of the split and the "
-                        "subset unless `split_seed` is set.")
+        42, ge=SEED_RANGE.start, lt=SEED_RANGE.stop,
+        description="Seed of weight initialisation, shuffling and augmentation, and of the split and the "
+                    "subset unless `split_seed` is set; 0 <= seed < 2**32 (4294967296), the seeds NumPy and "
+                    "scikit-learn accept.")
     split_seed: Optional[int] = Field(
-        None, description="`null` (the split follows `seed`), or the seed of the split and the subset alone "
-                          "(`data_seed`): repeats with one `split_seed` differ in initialisation, shuffling "
-                          "and augmentation only, share their validation and test images, and can be compared "
-                          "image by image (McNemar's test) and ensembled.")
+        None, ge=SEED_RANGE.start, lt=SEED_RANGE.stop,
+        description="`null` (the split follows `seed`), or the seed of the split and the subset alone "
+                    "(`data_seed`), 0 <= split_seed < 2**32: repeats with one `split_seed` differ in "
+                    "initialisation, shuffling and augmentation only, share their validation and test images, "
+                    "and can be compared image by image (McNemar's test) and ensembled.")
+
+    @field_validator("seed", "split_seed", mode="before")
+    @classmethod
+    def _seed_in_range(cls, value: Any, info) -> Any:
+        """An int out of `SEED_RANGE` is refused naming the whole range (the `ge`/`lt` bounds, which the
+        docs table shows, would name one side); other types are left to strict validation."""
+        if type(value) is int and value not in cls.SEED_RANGE:
+            raise ValueError(f"expected an integer with 0 <= {info.field_name} < 2**32 = {cls.SEED_RANGE.stop}, "
+                             f"the range of numpy.random.seed (which keras.utils.set_random_seed calls) and of "
+                             f"scikit-learn's random_state")
+        return value
     deterministic: bool = Field(
         DETERMINISTIC_DEFAULT,
         description="Make the run bit-reproducible: seed Python, NumPy, TensorFlow and Keras with `seed` and "
@@ -290,15 +308,24 @@ class ExperimentSpec(SpecModel):
         "vgg16",
         description="A `keras.applications` model name, case-insensitive and ignoring `_` and `-` (`vgg16`, "
                     "`VGG16`, `resnet50`, `inception_resnet_v2`, `MobileNetV2`, `efficientnet_b0`, ...), or a "
-                    "from-scratch CNN (`simple_cnn_small`, `simple_cnn_medium`); stored in its one canonical "
-                    "spelling (`models.bases.canonical_base`: `vgg16`, `mobilenet_v2`), so config hashes, warm "
+                    "from-scratch CNN (`simple_cnn_small`, `simple_cnn_medium`), a whole saved Keras model from "
+                    "the weights folder (`efficientnet_lite0`, `efficientnet_lite2`), or the path of any saved "
+                    "Keras model (`path/to/backbone.keras`) whose output is a feature map or a vector "
+                    "(`models.bases.saved`); a name is stored in its one canonical spelling "
+                    "(`models.bases.canonical_base`: `vgg16`, `mobilenet_v2`), so config hashes, warm "
                     "starts, cache keys and the search's cost model see one name per base.")
+    preprocess: Optional[str] = Field(
+        None, description="For a saved-model base without a `Rescaling` or `Normalization` layer at its input: "
+                          "the base whose `preprocess_input` its input expects (`mobilenet_v2`: [-1, 1]; "
+                          "`vgg16`: caffe-style), or `none` for raw 0..255 pixels. `null` for every other base "
+                          "(each brings its own).")
     base_kwargs: dict = Field(
         default_factory=dict, description="Extra keyword arguments of the base constructor (e.g. "
                                           "`{alpha: 0.35}`).")
     weights: Optional[str] = Field(
         "imagenet", description="`imagenet`, `null` (random initialisation) or a path to a Keras weights file "
-                                "for the base (`include_top=False`).")
+                                "for the base (`include_top=False`). For a saved-model base, `imagenet` keeps "
+                                "the weights its file holds.")
     weights_dir: Optional[str] = Field(
         None, description="Folder of offline ImageNet weights files used instead of the download when "
                           "`weights` is `imagenet`; `null` reads the `NBSWEEP_WEIGHTS_DIR` environment "
@@ -421,10 +448,12 @@ class ExperimentSpec(SpecModel):
     # Warm start and checkpoints
     name: Optional[str] = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80,
-        description="A name for the run (letters, digits, `_`, `-`, `.`), unique in the logs folder (a name "
-                    "taken by another configuration is refused before anything runs), shown on the leaderboard "
-                    "and in the lineage tree, and usable as a `warm_start` reference (`exp_002`); `null` for "
-                    "none.")
+        description="A name for the run: a letter or digit, then letters, digits, `_`, `-`, `.`, at most 80 "
+                    "characters; unique in the logs folder (a name taken by another configuration is refused "
+                    "before anything runs), shown on the leaderboard and in the lineage tree, and usable as a "
+                    "`warm_start` reference (`exp_002`); `null` for none. With `repeats`, repeat k is named "
+                    "`<name>-seed<seed>` (refused when that passes 80 characters); a refit is named "
+                    "`<name>-refit`, the name cut to fit in 80.")
     warm_start: Optional[str] = Field(
         None, description="Start from the trained weights of an earlier run: a run id, a run `name`, a unique "
                           "prefix of a run id, or `best` (the best completed run by the grid's metric on the "
@@ -473,7 +502,8 @@ class ExperimentSpec(SpecModel):
         0, ge=0, description="With augmentation on, cache this many augmented copies of each training image (an "
                              "epoch draws from them); 0 bypasses the cache for augmented runs.")
     cache_dir: Optional[str] = Field(
-        None, description="The cache folder; `null` reads `NBSWEEP_CACHE_DIR`, else "
+        None, description="The cache folder (a relative path is resolved from where the command runs, so every "
+                          "run of a sweep shares it); `null` reads `NBSWEEP_CACHE_DIR` (an absolute path), else "
                           "`<project>/.cache/activations`.")
     # Evaluation
     tta: Optional[list[Literal[TTA_VIEWS]]] = Field(
@@ -552,6 +582,25 @@ class ExperimentSpec(SpecModel):
             raise ValueError(f"got {value}, expected null (off) or a non-empty list of distinct "
                              f"'flip', 'vflip', 'crop'")
         return value
+
+    @field_validator("preprocess")
+    @classmethod
+    def _preprocess_source(cls, value: Optional[str]) -> Optional[str]:
+        if value is None or value == NO_PREPROCESSING:
+            return value
+        name = canonical_base(value)
+        if name not in BASES or BASES[name].is_saved_model:
+            choices = [n for n, info in BASES.items() if not info.is_saved_model]
+            raise ValueError(f"got {value!r}, expected {NO_PREPROCESSING!r} or a base whose preprocess_input to "
+                             f"apply: {', '.join(choices)}")
+        return name
+
+    @model_validator(mode="after")
+    def _preprocess_for_saved_models(self) -> "ExperimentSpec":
+        if self.preprocess is not None and not is_saved_model_base(self.base):
+            raise ValueError(f"preprocess: got {self.preprocess!r} for base {self.base!r}, which brings its own "
+                             f"preprocessing; preprocess applies to a saved-model base only, remove it")
+        return self
 
     @model_validator(mode="after")
     def _one_imbalance_correction(self) -> "ExperimentSpec":

@@ -125,6 +125,10 @@ def setup_a_file(tmp_path, monkeypatch, request):
     (tmp_path / "a_file").write_text("a file where a folder is expected")
 
 
+def setup_symlink_loop(tmp_path, monkeypatch, request):
+    (tmp_path / "loop").symlink_to("loop")
+
+
 def setup_flat(tmp_path, monkeypatch, request):
     (tmp_path / "flat" / "empty_class").mkdir(parents=True)
     Image.new("RGB", (40, 30)).save(tmp_path / "flat" / "loose.png")

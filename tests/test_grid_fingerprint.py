@@ -16,7 +16,7 @@ from models.hashing import sha256_code
 from runner import PROJECT_ROOT
 from runner.errors import ConfigError
 from runner.grid.fingerprint import (PROJECT_PACKAGES, RESULT_PACKAGES, Fingerprinter, PathError, code_hashes,
-                                     kernel_code_files)
+                                     kernel_code_files, offline_weights_names)
 from runner.grid.schema import DEFAULT_NOTEBOOK
 
 from helpers import expand, make_image_folder, make_spec
@@ -170,18 +170,89 @@ def test_weights_part(tmp_path, fingerprint, no_weights_env):
     assert fingerprint({"weights": "imagenet"})["weights"] == "imagenet"  # Keras's download: nothing to hash
 
 
-def test_imagenet_weights_part_lists_the_offline_folder(tmp_path, fingerprint, monkeypatch, no_weights_env):
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_imagenet_weights_part_is_the_bases_offline_file(tmp_path, fingerprint, monkeypatch, no_weights_env):
     offline, other = tmp_path / "offline", tmp_path / "other"
-    for folder, content in ((offline, b"vgg"), (other, b"mobilenet")):
+    for folder, content in ((offline, b"vgg"), (other, b"vgg, other")):
         folder.mkdir()
         (folder / "vgg16_imagenet_notop.weights.h5").write_bytes(content)
-    expected = f"imagenet:{listing(offline)}"
-    assert fingerprint({"weights": "imagenet", "weights_dir": str(offline)})["weights"] == expected
+    (offline / "mobilenet_0.5_imagenet_notop.weights.h5").write_bytes(b"mobilenet at alpha 0.5")
+    (offline / "resnet50_imagenet_notop.weights.h5").write_bytes(b"resnet50")
+    vgg = {"weights": "imagenet", "base": "vgg16"}
+    expected = f"imagenet:{sha256_of(b'vgg')}"
+    assert fingerprint({**vgg, "weights_dir": str(offline)})["weights"] == expected
+    assert fingerprint({**vgg, "base": "VGG-16", "weights_dir": str(offline)})["weights"] == expected  # any spelling
     monkeypatch.setenv("NBSWEEP_WEIGHTS_DIR", str(offline))  # used when weights_dir is not set
-    assert fingerprint({"weights": "imagenet"})["weights"] == expected
-    assert fingerprint({"weights": "imagenet", "weights_dir": str(other)})["weights"] == f"imagenet:{listing(other)}"
-    absent = tmp_path / "absent"
-    assert fingerprint({"weights": "imagenet", "weights_dir": str(absent)})["weights"] == f"imagenet:missing:{absent}"
+    assert fingerprint(vgg)["weights"] == expected
+    assert fingerprint({**vgg, "weights_dir": str(other)})["weights"] == f"imagenet:{sha256_of(b'vgg, other')}"
+    # the alpha is part of the file's name
+    mobilenet = {"weights": "imagenet", "base": "mobilenet", "weights_dir": str(offline)}
+    assert fingerprint({**mobilenet, "base_kwargs": {"alpha": 0.5}})["weights"] == (
+        f"imagenet:{sha256_of(b'mobilenet at alpha 0.5')}")
+    # no offline file for the base (Keras downloads it), no folder, no base: nothing to hash
+    assert fingerprint({**mobilenet, "base_kwargs": {}})["weights"] == "imagenet"
+    assert fingerprint({**vgg, "weights_dir": str(tmp_path / "absent")})["weights"] == "imagenet"
+    monkeypatch.delenv("NBSWEEP_WEIGHTS_DIR")
+    assert fingerprint(vgg)["weights"] == "imagenet"
+    assert fingerprint({"weights": "imagenet", "weights_dir": str(offline)})["weights"] == "imagenet"
+
+
+def test_imagenet_weights_part_ignores_the_folders_other_files(tmp_path, no_weights_env):
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    (offline / "vgg16_imagenet_notop.weights.h5").write_bytes(b"vgg")
+    params = {"weights": "imagenet", "base": "vgg16", "weights_dir": str(offline)}
+    first = Fingerprinter(DEFAULT_NOTEBOOK)(params)["weights"]
+    (offline / "mobilenet_1.0_imagenet_notop.weights.h5").write_bytes(b"another base's file")
+    (offline / "sub").mkdir()
+    (offline / "sub" / "vgg16_imagenet_notop.weights.h5").write_bytes(b"below: not the file")
+    assert Fingerprinter(DEFAULT_NOTEBOOK)(params)["weights"] == first
+    (offline / "vgg16_imagenet_notop.weights.h5").write_bytes(b"vgg, retrained")
+    assert Fingerprinter(DEFAULT_NOTEBOOK)(params)["weights"] == f"imagenet:{sha256_of(b'vgg, retrained')}" != first
+
+
+def test_a_saved_model_base_is_fingerprinted_by_its_file(tmp_path, no_weights_env):
+    """A `.keras` base, and `efficientnet_lite0`'s file in the weights folder, are hashed by content: the hash
+    moves when the file does and not with the folder's other files; other bases' parts are unchanged."""
+    backbone = tmp_path / "tiny.keras"
+    backbone.write_bytes(b"model v1")
+    part = lambda params: Fingerprinter(DEFAULT_NOTEBOOK)(params)["weights"]  # noqa: E731
+    assert part({"weights": "imagenet", "base": str(backbone)}) == f"imagenet:base:{sha256_of(b'model v1')}"
+    assert part({"weights": None, "base": str(backbone)}) == f"random:base:{sha256_of(b'model v1')}"
+    backbone.write_bytes(b"model v2")
+    assert part({"weights": "imagenet", "base": str(backbone)}) == f"imagenet:base:{sha256_of(b'model v2')}"
+    assert part({"weights": "imagenet", "base": str(tmp_path / "gone.keras")}) == \
+        f"imagenet:base:missing:{tmp_path / 'gone.keras'}"
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    (offline / "efficientnet_lite0_imagenet_notop.keras").write_bytes(b"lite0")
+    lite = {"weights": "imagenet", "base": "EfficientNet-Lite0", "weights_dir": str(offline)}
+    first = part(lite)
+    assert first == f"imagenet:base:{sha256_of(b'lite0')}"
+    (offline / "efficientnet_lite2_imagenet_notop.keras").write_bytes(b"lite2")
+    assert part(lite) == first
+    assert part({"weights": "imagenet", "base": "vgg16"}) == "imagenet"  # no saved model: as before
+
+
+def test_offline_weights_names_hold_the_file_every_base_loads():
+    """`offline_weights_names` is Keras-free, `models.bases.weights.offline_weights_file` reads the constructor's
+    signature: the name the latter gives is among the former, for every base with ImageNet weights."""
+    from models.bases import BASES, offline_weights_file
+
+    for info in BASES.values():
+        # a whole saved model (a row being added beside this change) has a file of its own, not these names
+        if not info.has_imagenet or getattr(info, "is_saved_model", False):
+            continue
+        for kwargs in ({}, {"alpha": 0.35}, {"alpha": 1}):
+            if "alpha" in kwargs and offline_weights_file(info, {}) == offline_weights_file(info, kwargs):
+                continue  # the constructor takes no alpha
+            assert offline_weights_file(info, kwargs) in offline_weights_names(info.name, kwargs), (info.name, kwargs)
+    assert offline_weights_names("MobileNet", {"alpha": 0.35}) == ("mobilenet_imagenet_notop.weights.h5",
+                                                                   "mobilenet_0.35_imagenet_notop.weights.h5")
+    assert offline_weights_names("vgg16", {"alpha": "wide"}) == ("vgg16_imagenet_notop.weights.h5",)
 
 
 def test_each_folder_and_file_is_hashed_once_per_instance(tmp_path):
@@ -202,7 +273,7 @@ def test_each_folder_and_file_is_hashed_once_per_instance(tmp_path):
 @pytest.mark.parametrize("key, params", [
     ("data_dir", {"data_dir": f"/tmp/{TOO_LONG}"}),
     ("weights", {"weights": f"/tmp/{TOO_LONG}.weights.h5"}),
-    ("weights_dir", {"weights": "imagenet", "weights_dir": f"/tmp/{TOO_LONG}"}),
+    ("weights_dir", {"weights": "imagenet", "base": "vgg16", "weights_dir": f"/tmp/{TOO_LONG}"}),
 ])
 def test_unreadable_path_raises_a_path_error_naming_key_and_value(fingerprint, key, params):
     with pytest.raises(PathError) as info:

@@ -41,7 +41,7 @@ def test_reserved_params_are_the_runner_params_fields_in_order():
 
 
 def test_path_params_renamed_params_and_non_path_values_name_real_spec_fields():
-    assert PATH_PARAMS == ("data_dir", "weights", "weights_dir")
+    assert PATH_PARAMS == ("data_dir", "weights", "weights_dir", "cache_dir")
     assert set(PATH_PARAMS) <= set(ExperimentSpec.model_fields)
     assert NON_PATH_VALUES == {"weights": ("imagenet",), "data_dir": ("builtin:",)}
     assert set(NON_PATH_VALUES) <= set(PATH_PARAMS)
@@ -255,3 +255,14 @@ def test_data_matches_compares_the_recorded_manifest_with_the_expected_one(make_
     assert record.data is None and expected.data_matches(record)
     assert run_spec({}).data_matches(with_manifest(record, "2" * 64))
     assert expected.data_matches(object())
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("data_dir", "photos", True), ("data_dir", "builtin:digits", False), ("weights", "imagenet", False),
+    ("weights", "w.weights.h5", True), ("cache_dir", "mycache", True), ("weights_dir", None, False),
+    ("base", "backbones/tiny.keras", True), ("base", "VGG16", False), ("base", "efficientnet_lite0", False),
+    ("head", "gap", False)])
+def test_a_path_value_is_a_path_parameter_or_a_saved_model_base(name, value, expected):
+    from runner.grid.schema import path_value
+
+    assert path_value(name, value) is expected

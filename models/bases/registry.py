@@ -7,7 +7,7 @@ import functools
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..errors import ModelConfigError
 
@@ -31,6 +31,10 @@ class BaseInfo:
         min_size: smallest input side the architecture accepts, pixels (the
             `min_size` Keras passes to `obtain_input_shape`).
         has_imagenet: whether `weights="imagenet"` exists for it.
+        saved_file: for a base that is a whole saved Keras model
+            (`models.bases.saved`), the file: a name looked up in the weights
+            folder for a registry row (`efficientnet_lite0`), or the path a
+            run's `base` gives; `None` for a constructor.
     """
 
     name: str
@@ -38,6 +42,12 @@ class BaseInfo:
     module_name: str
     min_size: int = 32
     has_imagenet: bool = True
+    saved_file: Optional[str] = None
+
+    @property
+    def is_saved_model(self) -> bool:
+        """True for a whole saved Keras model (`saved_file`), False for a constructor."""
+        return self.saved_file is not None
 
     @property
     def constructor(self) -> Callable[..., keras.Model]:
@@ -70,6 +80,8 @@ BASES: dict[str, BaseInfo] = {info.name: info for info in (
     BaseInfo("densenet121", "DenseNet121", _APPS + "densenet"),
     BaseInfo("efficientnet_b0", "EfficientNetB0", _APPS + "efficientnet"),
     BaseInfo("convnext_tiny", "ConvNeXtTiny", _APPS + "convnext"),
+    BaseInfo("efficientnet_lite0", "", "", saved_file="efficientnet_lite0_imagenet_notop.keras"),
+    BaseInfo("efficientnet_lite2", "", "", saved_file="efficientnet_lite2_imagenet_notop.keras"),
     BaseInfo("simple_cnn_small", "simple_cnn_small", SIMPLE_CNN_MODULE, min_size=8, has_imagenet=False),
     BaseInfo("simple_cnn_medium", "simple_cnn_medium", SIMPLE_CNN_MODULE, min_size=8,
              has_imagenet=False),
@@ -77,6 +89,30 @@ BASES: dict[str, BaseInfo] = {info.name: info for info in (
 SIMPLE_CNNS = tuple(name for name, info in BASES.items() if not info.has_imagenet)
 
 
+
+
+WEIGHTS_DIR_ENV = "NBSWEEP_WEIGHTS_DIR"
+"""The environment variable naming the offline weights folder when a run's `weights_dir` is not set."""
+SAVED_MODEL_SUFFIX = ".keras"
+"""A `base` ending in this is the path of a whole saved Keras model (Keras 3's format), not a name."""
+
+
+def is_saved_model_path(name: str) -> bool:
+    """Whether a `base` value is the path of a saved Keras model (it ends in `SAVED_MODEL_SUFFIX`)."""
+    return name.lower().endswith(SAVED_MODEL_SUFFIX)
+
+
+def is_saved_model_base(name: str) -> bool:
+    """Whether a `base` value names a whole saved Keras model: a path (`is_saved_model_path`) or a registry
+    row with a `saved_file` (`efficientnet_lite0`). Keras-free."""
+    if is_saved_model_path(name):
+        return True
+    info = BASES.get(canonical_base(name))
+    return info is not None and info.is_saved_model
+
+
+NO_PREPROCESSING = "none"
+"""`preprocess: none`: raw 0..255 pixels go into a saved-model base as they are."""
 
 
 def base_key(name: str) -> str:
@@ -99,11 +135,14 @@ def canonical_base(name: str) -> str:
             `"mobilenet-v2"`, `"EfficientNetB3"`).
 
     Returns:
-        The registry name (`"vgg16"`, `"mobilenet_v2"`) for a registry base, else `base_key(name)`, which is
+        `name` itself for the path of a saved model (`is_saved_model_path`). The registry name (`"vgg16"`,
+        `"mobilenet_v2"`) for a registry base, else `base_key(name)`, which is
         the lower-cased constructor name `resolve_base` gives any other `keras.applications` model
         (`"efficientnetb3"`; Keras's constructor names hold no `_` or `-`). An unknown name is returned in
         the same form; `resolve_base` refuses it.
     """
+    if is_saved_model_path(name):
+        return name
     key = base_key(name)
     return _CANONICAL.get(key, key)
 
@@ -126,7 +165,8 @@ def resolve_base(name: str) -> BaseInfo:
 
     Registry names (`mobilenet_v2`), Keras constructor names (`MobileNetV2`)
     and any other `keras.applications` constructor (`EfficientNetB3`,
-    `nasnetmobile`; minimum size 32) are accepted.
+    `nasnetmobile`; minimum size 32) are accepted, and the path of a saved
+    Keras model (`is_saved_model_path`; the file is read when the base is built).
 
     Args:
         name: the base name, e.g. `ExperimentSpec.base`.
@@ -139,13 +179,16 @@ def resolve_base(name: str) -> BaseInfo:
         ModelConfigError: if no base has this name; the message lists close
             matches.
     """
+    if is_saved_model_path(name):
+        return BaseInfo(name, "", "", min_size=1, saved_file=name)
     table = _lookup()
     if _key(name) in table:
         return table[_key(name)]
     close = sorted(table[k].name for k in difflib.get_close_matches(_key(name), table, n=3))
     raise ModelConfigError(
-        f"base: got {name!r}, expected a keras.applications model name or one of "
-        f"{', '.join(SIMPLE_CNNS)}; close matches: {', '.join(close) or 'none'}")
+        f"base: got {name!r}, expected a keras.applications model name, one of "
+        f"{', '.join(n for n, info in BASES.items() if info.saved_file or not info.has_imagenet)}, or the "
+        f"path of a saved Keras model (*{SAVED_MODEL_SUFFIX}); close matches: {', '.join(close) or 'none'}")
 
 
 def check_image_size(info: BaseInfo, image_size: int) -> None:
@@ -179,6 +222,11 @@ def check_base_kwargs(info: BaseInfo, base_kwargs: dict) -> None:
         ModelConfigError: if a name is not an argument of the constructor, or
             is one of `RESERVED_BASE_KWARGS`.
     """
+    if info.is_saved_model:
+        if base_kwargs:
+            raise ModelConfigError(f"base_kwargs: got {base_kwargs} for {info.name}, a saved model: it is "
+                                   f"loaded as it was saved, so it takes no constructor arguments; remove them")
+        return
     parameters = inspect.signature(info.constructor).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return

@@ -16,10 +16,9 @@ from ..errors import ModelConfigError
 
 if TYPE_CHECKING:  # annotations only: the spec imports the registry (canonical base names)
     from ..spec import ExperimentSpec
-from .registry import BaseInfo, check_base_kwargs, check_image_size, resolve_base
+from .registry import WEIGHTS_DIR_ENV, BaseInfo, check_base_kwargs, check_image_size, resolve_base
+from .saved import check_input_size, load_saved_model, saved_model_path
 
-
-WEIGHTS_DIR_ENV = "NBSWEEP_WEIGHTS_DIR"
 @dataclass(frozen=True)
 class WeightsChoice:
     """Where a base's initial weights come from.
@@ -28,8 +27,8 @@ class WeightsChoice:
         keras_arg: the constructor's `weights` argument: `None`, `"imagenet"`
             or a file path.
         source: `"random"`, `"file"` (`spec.weights` is a path),
-            `"weights_dir"` (offline ImageNet file) or `"keras"` (Keras's
-            download cache).
+            `"weights_dir"` (offline ImageNet file), `"keras"` (Keras's
+            download cache) or `"saved"` (a saved-model base's own weights).
         sha256: hex digest of the weights file, or `None` when there is no
             file or it was not found.
         path: the weights file, or `None`.
@@ -42,7 +41,8 @@ class WeightsChoice:
 
     def __str__(self) -> str:
         label = {"random": "random initialisation", "file": "weights file",
-                 "weights_dir": "offline ImageNet weights", "keras": "Keras's ImageNet weights"}
+                 "weights_dir": "offline ImageNet weights", "keras": "Keras's ImageNet weights",
+                 "saved": "the saved model's weights"}
         return " ".join(filter(None, (label[self.source], self.path,
                                       self.sha256 and f"(sha256 {self.sha256[:12]})")))
 
@@ -71,7 +71,8 @@ def resolve_weights(spec: ExperimentSpec, info: BaseInfo) -> WeightsChoice:
     """Decides where the base's initial weights come from, without loading them.
 
     `None` is random initialisation; a path is a Keras weights file of this
-    base (`include_top=False`); `"imagenet"` uses the offline file
+    base (`include_top=False`); for a saved-model base (`BaseInfo.is_saved_model`)
+    `"imagenet"` is the weights the file holds (`"saved"`); else `"imagenet"` uses the offline file
     `offline_weights_file(info, spec.base_kwargs)` from the weights folder
     (`spec.weights_dir`, else the `NBSWEEP_WEIGHTS_DIR` environment variable)
     when it is there, else Keras's download (cached under `~/.keras/models`).
@@ -92,6 +93,9 @@ def resolve_weights(spec: ExperimentSpec, info: BaseInfo) -> WeightsChoice:
     """
     if spec.weights is None:
         return WeightsChoice(None, "random", None)
+    if info.is_saved_model and spec.weights == "imagenet":
+        path = saved_model_path(spec, info)
+        return WeightsChoice(str(path), "saved", sha256_file(path), str(path))
     if spec.weights != "imagenet":
         path = Path(spec.weights).expanduser()
         if not path.is_file():
@@ -280,6 +284,8 @@ def build_base(spec: ExperimentSpec) -> tuple[keras.Model, WeightsChoice]:
     check_image_size(info, spec.image_size)
     check_base_kwargs(info, spec.base_kwargs)
     choice = resolve_weights(spec, info)
+    if info.is_saved_model:
+        return _build_saved_base(spec, info, choice), choice
     try:
         with _keras_downloads() as fetched:
             # Keras's own name: EfficientNet names its weights file after it, ConvNeXt checks it.
@@ -300,3 +306,20 @@ def build_base(spec: ExperimentSpec) -> tuple[keras.Model, WeightsChoice]:
     if fetched:
         choice = replace(choice, path=fetched[-1], sha256=sha256_file(fetched[-1]))
     return base, choice
+
+
+def _build_saved_base(spec: ExperimentSpec, info: BaseInfo, choice: WeightsChoice) -> keras.Model:
+    """A saved-model base (`models.bases.saved`), named `"base"`: its own weights (`"saved"`), fresh ones drawn
+    from its layers' initialisers (`"random"`, `keras.models.clone_model`), or a weights file's (`"file"`)."""
+    path = saved_model_path(spec, info)
+    base = load_saved_model(path)
+    check_input_size(base, path, spec.image_size)
+    if choice.source == "random":
+        base = keras.models.clone_model(base)
+    elif choice.source == "file":
+        try:
+            base.load_weights(choice.path)
+        except (ValueError, OSError) as error:
+            raise ModelConfigError(f"weights: {choice.path} does not fit {path} ({str(error)[:300]})") from error
+    base.name = "base"
+    return base

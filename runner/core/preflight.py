@@ -5,8 +5,9 @@ checks look outside the grid file, each once per distinct value (a sweep of
 100 runs over one folder lists that folder once):
 
 - output folders (`experiments_dir`, `logs_dir`, the leaderboard's folder):
-  creatable and writable, tried with an anonymous temporary file, so nothing
-  is left behind;
+  creatable and writable (not read-only, not full), tried with an anonymous
+  temporary file, so nothing is left behind; a symbolic link loop on the way
+  is named;
 - `data_dir`: `models.data.list_image_folder` and `split_image_folder`, the
   listing and split that `load_data` runs, without decoding images; files a
   run will skip (corrupt, not images) come back as warnings;
@@ -16,9 +17,13 @@ checks look outside the grid file, each once per distinct value (a sweep of
   built at its minimum size, once per base, base_kwargs and file);
   `imagenet` needs an offline file, the file in Keras's cache, or a network
   (one short connection attempt per sweep, only when needed);
+- the activation cache's folder (`cache_dir`, else `$NBSWEEP_CACHE_DIR`) of
+  the runs that read the cache: creatable and writable, as output folders;
 - `warm_start` given as a run id or prefix: `runner.reports.lineage.resolve_warm_start`
   with the class folders of the run's `data_dir` (`best` is resolved when the
-  run starts, so it can see runs of the same sweep).
+  run starts, so it can see runs of the same sweep);
+- `name`: not another configuration's in this sweep or in the logs folder,
+  nor the name an unreadable record of the logs folder gives itself.
 
 All problems are collected and raised together as one `ConfigError`, one line
 each. Cost on a sweep of simple CNNs over existing folders: importing Keras
@@ -31,6 +36,7 @@ photos with a warm file cache (0.25 s cold), 0.14 s for `check_runs` on a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -118,6 +124,7 @@ def check_runs(spec: GridSpec, runs: list[RunSpec], grid_path: Path) -> list[str
     _check_output_folders(spec, report)
     folders = _check_data_dirs(runs, report)
     _check_models(runs, report)
+    _check_cache_dirs(runs, report)
     _check_warm_starts(runs, spec.logs_dir, folders, report)
     _check_run_names(runs, spec.logs_dir, report)
     if report.errors:
@@ -125,13 +132,20 @@ def check_runs(spec: GridSpec, runs: list[RunSpec], grid_path: Path) -> list[str
     return report.warnings
 
 
+WRITE_PROBE_BYTES = 64 * 1024
+"""Bytes `writable_folder_problem` writes (and throws away) in a folder: more than a run's record or a small
+sweep's leaderboard page (5 to 40 KB), so a full disk is found before a run rather than at its record."""
+
+
 def writable_folder_problem(folder: Path) -> Optional[str]:
     """Why `folder` cannot be created or written, or `None`; leaves nothing behind.
 
     The folder, or its nearest existing parent when it does not exist yet, is
-    tried with an anonymous temporary file (`tempfile.TemporaryFile`), which
-    also catches read-only file systems and holds for root, where
-    `os.access` always says yes.
+    tried with an anonymous temporary file (`tempfile.TemporaryFile`) that
+    `WRITE_PROBE_BYTES` are written to: this catches read-only file systems
+    and full disks, and holds for root, where `os.access` always says yes. A
+    symbolic link on the way that leads nowhere (a loop, or a missing target)
+    is named as such.
 
     Args:
         folder: the folder (relative paths from the working folder).
@@ -144,16 +158,38 @@ def writable_folder_problem(folder: Path) -> Optional[str]:
         return f"{folder} is a file, expected a folder (or a path where one can be created)"
     existing = folder
     while not existing.exists():
+        if existing.is_symlink():  # exists() follows it: the link leads nowhere
+            return f"cannot create {folder}: {_broken_link(existing)}"
         existing = existing.parent
     if not existing.is_dir():
         return f"cannot create {folder}: {existing} is a file"
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        with tempfile.TemporaryFile(dir=existing) as probe:
+            probe.write(bytes(WRITE_PROBE_BYTES))
+            probe.flush()
     except OSError as error:
         action = "write in" if existing == folder else f"create {folder} in"
-        return f"cannot {action} {existing} ({error.strerror or error}); choose a writable folder"
+        fix = ("free some space or choose another folder" if error.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "choose a writable folder")
+        return f"cannot {action} {existing} ({error.strerror or error}); {fix}"
     return None
+
+
+def _broken_link(link: Path) -> str:
+    """What is wrong with a symbolic link that `Path.exists` says leads nowhere: a loop, or a missing target."""
+    try:
+        target = os.readlink(link)
+    except OSError as error:
+        return f"{link} is a symbolic link that cannot be read ({error.strerror or error})"
+    try:
+        os.stat(link)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{link} is a symbolic link loop (-> {target}); give a path without the loop"
+        if error.errno == errno.ENOENT:
+            return f"{link} is a symbolic link to {target}, which does not exist"
+        return f"{link} is a symbolic link that cannot be followed ({error.strerror or error})"
+    return f"{link} is a symbolic link that could not be followed a moment ago"
 
 
 def _check_output_folders(spec: GridSpec, report: _Report) -> None:
@@ -166,6 +202,31 @@ def _check_output_folders(spec: GridSpec, report: _Report) -> None:
             problem = f"{Path(value).absolute()} is a folder, expected an html file path"
         if problem:
             report.error([], key, f"got '{value}': {problem}")
+
+
+def _check_cache_dirs(runs: list[RunSpec], report: _Report) -> None:
+    """The activation cache's folder (`models.cache.cache_dir`) of each run that reads the cache
+    (`models.spec.cache_build_key`) must be creatable and writable; `$NBSWEEP_CACHE_DIR`, read when
+    `cache_dir` is null, must be absolute (the kernel runs in the run folder, so a relative one would give
+    each run a cache of its own). `cache_dir` itself is absolute already (`runner.grid.schema.PATH_PARAMS`)."""
+    from models.spec import cache_build_key
+
+    users = [run for run in runs if "base" in run.params and cache_build_key(run.spec) is not None]
+    if not users:
+        return
+    from models.cache import CACHE_DIR_ENV, cache_dir
+
+    for group in _group(users, lambda r: r.spec.cache_dir).values():
+        given, folder = group[0].spec.cache_dir, cache_dir(group[0].spec)
+        env = os.environ.get(CACHE_DIR_ENV)
+        source = f"got '{given}'" if given else f"null reads ${CACHE_DIR_ENV}, '{env}'" if env else ""
+        if not folder.is_absolute():
+            report.error(group, "cache_dir", f"{source}, a relative path: each run would resolve it from its own "
+                                             f"folder and build a cache of its own; give an absolute path")
+            continue
+        problem = writable_folder_problem(folder)
+        if problem:
+            report.error(group, "cache_dir", f"{source or f'null (the default folder {folder})'}: {problem}")
 
 
 def _check_data_dirs(runs: list[RunSpec], report: _Report) -> dict[str, Any]:
@@ -226,6 +287,10 @@ def _check_models(runs: list[RunSpec], report: _Report) -> None:
         except ModelConfigError as error:
             report.error(group, "base", str(error))
             continue
+        problem = _saved_base_problem(spec, infos[spec.base]) if infos[spec.base].is_saved_model else None
+        if problem:
+            report.error(group, "base", problem)
+            continue
         usable += group
 
     weight_keys = ("base", "base_kwargs", "image_size", "weights", "weights_dir")
@@ -252,11 +317,28 @@ def _check_models(runs: list[RunSpec], report: _Report) -> None:
 
 
 def _weights_file_problem(spec: ExperimentSpec, info) -> Optional[str]:
-    """Load the weights file into the base built at its minimum size; the error message, or `None`."""
+    """Load the weights file into the base built at its minimum size (a saved model: at the run's size, which
+    a fixed input may require); the error message, or `None`."""
     from models.bases import build_base
 
     try:
-        build_base(spec.model_copy(update={"image_size": info.min_size}))
+        build_base(spec if info.is_saved_model else spec.model_copy(update={"image_size": info.min_size}))
+    except ModelConfigError as error:
+        return str(error)
+    return None
+
+
+def _saved_base_problem(spec: ExperimentSpec, info) -> Optional[str]:
+    """What keeps a saved-model base (`models.bases.saved`) from being built for `spec`: its file missing,
+    not a Keras model loadable without custom objects, an input or output that is not an image's, a fixed
+    input size other than `image_size`, or preprocessing unsaid; the message, or `None`."""
+    from models.bases.saved import check_input_size, load_saved_model, preprocess_name, saved_model_path
+
+    try:
+        path = saved_model_path(spec, info)
+        model = load_saved_model(path)
+        check_input_size(model, path, spec.image_size)
+        preprocess_name(spec, model, path)
     except ModelConfigError as error:
         return str(error)
     return None
@@ -358,13 +440,19 @@ def _check_warm_starts(runs: list[RunSpec], logs_dir: Path, folders: dict[str, A
 
 
 def _check_run_names(runs: list[RunSpec], logs_dir: Path, report: _Report) -> None:
-    """A run `name` is unique: in this sweep, and in the logs folder (unless it is the same configuration again)."""
+    """A run `name` is unique: in this sweep, and in the logs folder (unless it is the same configuration again).
+
+    A name that an unreadable record gives itself (`RecordSet.unreadable_names`: a newer schema, say) is
+    refused whatever the configuration: that run cannot be known to be done, and a second record of the
+    name would make the name ambiguous."""
     named = [r for r in runs if r.params.get("name") is not None]
     if not named:
         return
     from runner.records.query import read_all
 
-    taken = {rec.name: rec for rec in read_all(logs_dir).records if rec.name}
+    found = read_all(logs_dir)
+    taken = {rec.name: rec for rec in found.records if rec.name}
+    unreadable = {name: file for file, name in found.unreadable_names().items()}
     for group in _group(named, lambda r: r.params.get("name")).values():
         name = group[0].params["name"]
         hashes = {r.config_hash for r in group}
@@ -373,3 +461,9 @@ def _check_run_names(runs: list[RunSpec], logs_dir: Path, report: _Report) -> No
         elif name in taken and taken[name].config_hash not in hashes:
             report.error(group, "name", f"got {name!r}, already the name of run {taken[name].run_id} "
                          f"(another configuration) in {logs_dir}; choose another name")
+        elif name in unreadable and name not in taken:
+            file = unreadable[name]
+            report.error(group, "name", f"got {name!r}, the name of the record {file} in {logs_dir}, which this "
+                         f"version cannot read ({found.unreadable[file]}); its run is not known to be done and a "
+                         f"second record would share its name: read it with the version that wrote it, move it "
+                         f"out of {logs_dir}, or choose another name")

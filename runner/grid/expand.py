@@ -9,13 +9,15 @@ Every run's parameters (notebook defaults < `fixed` < grid point or run entry)
 are checked before anything runs: each name against the notebook's
 `parameters` cell (read with `papermill.inspect_notebook`), each value against
 `models.spec.ExperimentSpec`. papermill itself only warns about unknown
-parameters; here they are a `ConfigError`.
+parameters; here they are a `ConfigError`. A grid of more runs than the
+sweep's limit is refused before any is built (`count_runs`, `too_many_runs`).
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import os
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -29,10 +31,29 @@ from models.spec import ExperimentSpec
 from runner.errors import ConfigError, shorten
 from models.hashing import sha256_json
 
-from runner.grid.schema import NON_PATH_VALUES, PATH_PARAMS, RENAMED_PARAMS, RESERVED_PARAMS, GridSpec, RunSpec
+from runner.grid.schema import RENAMED_PARAMS, RESERVED_PARAMS, GridSpec, RunSpec, path_value
 from runner.grid.fingerprint import Fingerprinter, PathError
 from runner.grid.strict_yaml import type_hint
 from runner.records.groups import GROUP_FREE_PARAMS
+
+def literal_path(path: str | os.PathLike) -> str:
+    """`path` as papermill's `execute_notebook` and `inspect_notebook` must be given it to use it as it is.
+
+    papermill formats its input and output paths with the run's parameters
+    (`papermill.parameterize.parameterize_path`: `str.format(**parameters)`),
+    which would read a folder named `exp{x}` as a template ("Missing
+    parameter 'x'") and `exp{}` as a positional field (an `IndexError`).
+    Each brace is doubled here, and that formatting turns it back into one:
+    any legal folder name arrives as it is.
+
+    Args:
+        path: a file path.
+
+    Returns:
+        The path as a string, `{` and `}` doubled.
+    """
+    return str(path).replace("{", "{{").replace("}", "}}")
+
 
 def notebook_parameters(notebook: Path) -> dict[str, Any]:
     """Read the parameters cell of a notebook: names and default values.
@@ -53,7 +74,7 @@ def notebook_parameters(notebook: Path) -> dict[str, Any]:
     if not Path(notebook).is_file():
         raise ConfigError(f"notebook: {notebook} does not exist")
     try:
-        inspected = papermill.inspect_notebook(str(notebook))
+        inspected = papermill.inspect_notebook(literal_path(notebook))
     except Exception as exc:  # papermill/nbformat raise many types for a bad file
         raise ConfigError(f"notebook: cannot read {notebook}: {exc}") from exc
     if not inspected:
@@ -69,28 +90,80 @@ def notebook_parameters(notebook: Path) -> dict[str, Any]:
     return defaults
 
 
+def _subgrids(spec: GridSpec) -> list[tuple[str, ParameterGrid]]:
+    """(origin, `ParameterGrid`) of each sub-grid of `spec.grid`, in file order; none for an empty grid."""
+    if not spec.grid:
+        return []
+    if isinstance(spec.grid, dict):
+        return [("grid", ParameterGrid(spec.grid))]
+    return [(f"grid[{i}]", ParameterGrid(sub)) for i, sub in enumerate(spec.grid)]
+
+
 def _expand_sources(spec: GridSpec) -> list[tuple[str, dict[str, Any]]]:
     """(origin, overrides) for every grid point, then every explicit run."""
     points: list[tuple[str, dict[str, Any]]] = []
-    if spec.grid:
-        subgrids = [spec.grid] if isinstance(spec.grid, dict) else spec.grid
-        for i, sub in enumerate(subgrids):
-            label = "grid" if isinstance(spec.grid, dict) else f"grid[{i}]"
-            points += [(label, dict(point)) for point in ParameterGrid(sub)]
+    for label, subgrid in _subgrids(spec):
+        points += [(label, dict(point)) for point in subgrid]
     points += [(f"runs[{i}]", dict(run)) for i, run in enumerate(spec.runs)]
     if not points:  # only fixed parameters: one run
         points = [("fixed", {})]
     return points
 
 
+def count_runs(spec: GridSpec) -> tuple[int, int]:
+    """The runs a grid makes, counted without building them (`len(ParameterGrid)`, as scikit-learn counts).
+
+    Grid points plus explicit `runs` (one run when there are neither), or
+    `sample` of them, times `repeats`; duplicates, which only expansion
+    finds, are counted as the grid writes them.
+
+    Args:
+        spec: the validated grid (without `search:`).
+
+    Returns:
+        `(runs, configurations)`: runs = configurations x `spec.repeats`.
+    """
+    points = sum(len(subgrid) for _, subgrid in _subgrids(spec)) + len(spec.runs) or 1
+    configurations = points if spec.sample is None else min(spec.sample, points)
+    return configurations * spec.repeats, configurations
+
+
+def too_many_runs(grid_path: str | Path, runs: int, max_runs: int, *, configurations: Optional[int] = None,
+                  repeats: int = 1) -> str:
+    """The refusal of a grid of more runs than `--max-runs`, naming `repeats` when it multiplies the count.
+
+    Args:
+        grid_path: the grid file.
+        runs: the runs the grid makes.
+        max_runs: the `--max-runs` limit.
+        configurations: the configurations they repeat. Defaults to `None` (not said).
+        repeats: runs per configuration. Defaults to `1`.
+
+    Returns:
+        The message: `"<grid>: the grid expands to N runs, more than --max-runs M; pass --yes ..."`.
+    """
+    if repeats > 1:
+        return (f"{grid_path}: the grid expands to {runs} runs ({configurations} configuration"
+                f"{'s' * (configurations != 1)} x repeats: {repeats}), more than --max-runs {max_runs}; pass --yes "
+                f"to run them all, or lower repeats: / narrow the grid / use sample:")
+    return (f"{grid_path}: the grid expands to {runs} runs, more than --max-runs {max_runs}; pass --yes to run "
+            f"them all, or narrow the grid / use sample:")
+
+
 def _absolute_paths(params: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """`params` with each path (`runner.grid.schema.path_value`) absolute from `base_dir`; a path below a
+    symbolic link loop is kept absolute but unresolved, for the pre-flight check to name the loop."""
     out = dict(params)
-    for name in PATH_PARAMS:
-        value = out.get(name)
-        if not isinstance(value, str) or value.startswith(NON_PATH_VALUES.get(name, ())):
+    for name, value in params.items():
+        if not path_value(name, value):
             continue
         path = Path(value).expanduser()
-        out[name] = str(path if path.is_absolute() else (base_dir / path).resolve())
+        if not path.is_absolute():
+            try:
+                path = (base_dir / path).resolve()
+            except RuntimeError:  # a symbolic link loop (Python < 3.13 raises; later versions keep the path)
+                path = base_dir / path
+        out[name] = str(path)
     return out
 
 
@@ -186,7 +259,9 @@ class RunBuilder:
             repeats: runs per configuration, >= 1. Defaults to the grid's `repeats`.
 
         Returns:
-            `(runs, [])`, or `([], errors)` as `build`.
+            `(runs, [])`, or `([], errors)` as `build`; also when the last
+            repeat's seed passes `ExperimentSpec.SEED_RANGE` (the line names
+            `repeats`, or `search.repeats` in a search).
         """
         repeats = self.spec.repeats if repeats is None else repeats
         first, errors = self.build(origin, point, index)
@@ -196,6 +271,12 @@ class RunBuilder:
         if "seed" not in self.allowed or type(seed) is not int:
             return [], [f"{self.grid_path}: repeats: {repeats} runs each configuration with seeds seed, seed + 1, "
                         f"...: the notebook needs an integer parameter 'seed' (got {seed!r})"]
+        seeds = ExperimentSpec.SEED_RANGE
+        if seed + repeats - 1 not in seeds:  # `seed` is in range (validated): the last repeat's is not
+            key = "search.repeats" if self.spec.search is not None else "repeats"
+            return [], [f"{self.grid_path}: {key}: {repeats} runs seeds {seed} to {seed + repeats - 1} (seed, "
+                        f"seed + 1, ...), past the largest seed {seeds.stop - 1} (0 <= seed < 2**32); give "
+                        f"{key} at most {seeds.stop - seed} or seed at most {seeds.stop - repeats}"]
         runs = [first]
         for k in range(1, repeats):
             extra: dict[str, Any] = {"seed": seed + k}
@@ -214,6 +295,7 @@ def expand_runs(
     *,
     overrides: Optional[dict[str, Any]] = None,
     base_dir: Optional[Path] = None,
+    max_runs: Optional[int] = None,
 ) -> tuple[list[RunSpec], list[str]]:
     """Expand a grid into validated, de-duplicated run specs.
 
@@ -230,17 +312,27 @@ def expand_runs(
             `--weights-dir`). Defaults to `None`.
         base_dir: folder that relative paths are resolved from. Defaults to
             the current working folder.
+        max_runs: refuse a grid that makes more runs than this (`count_runs`,
+            before anything is expanded: the sweep's `--max-runs` without
+            `--yes`), or `None` for no limit. Defaults to `None`.
 
     Returns:
         `(runs, notes)`: the run specs, and human-readable notes (e.g.
         duplicates removed).
 
     Raises:
-        ConfigError: a parameter is unknown to the notebook or reserved, a
-            value is invalid, or `sample` exceeds the number of runs; all
-            problems are listed, each naming the grid file, where the key was
-            set, the value received and what is allowed.
+        ConfigError: the grid makes more than `max_runs` runs (`too_many_runs`,
+            raised first); or a parameter is unknown to the notebook or
+            reserved, a value is invalid, a repeat's seed passes the seed
+            range, or `sample` exceeds the number of runs; all problems are
+            listed, each naming the grid file, where the key was set, the
+            value received and what is allowed.
     """
+    if max_runs is not None:
+        count, configurations = count_runs(spec)
+        if count > max_runs:
+            raise ConfigError(too_many_runs(grid_path, count, max_runs, configurations=configurations,
+                                            repeats=spec.repeats))
     builder = RunBuilder(spec, grid_path, overrides=overrides, base_dir=base_dir)
     errors: list[str] = []
     runs: list[RunSpec] = []
@@ -269,22 +361,34 @@ def expand_runs(
         keep = sorted(random.Random(spec.seed).sample(range(len(runs)), spec.sample))
         runs, points = [runs[k] for k in keep], [points[k] for k in keep]
     if spec.repeats > 1:
-        repeated: list[RunSpec] = []
-        seen = {}
-        for run, point in zip(runs, points):
-            group, run_errors = builder.build_repeats(run.origin, point, index=len(repeated))
-            errors += [e for e in run_errors if e not in errors]
-            for each in group:
-                if each.config_hash in seen:
-                    notes.append(f"{each.origin} (seed {each.params.get('seed')}) duplicates {seen[each.config_hash]} "
-                                 f"after repeats: run once")
-                    continue
-                seen[each.config_hash] = each.origin
-                repeated.append(each)
-        if errors:
-            raise ConfigError("\n".join(errors))
-        runs = repeated
+        runs = _repeat_runs(builder, runs, points, notes)
     return [replace(run, index=i) for i, run in enumerate(runs)], notes
+
+
+def _repeat_runs(builder: RunBuilder, runs: list[RunSpec], points: list[dict[str, Any]], notes: list[str]
+                 ) -> list[RunSpec]:
+    """Each run's repeats (`RunBuilder.build_repeats` of its point), one after the other; a repeat that
+    duplicates an earlier run is dropped with a line in `notes`.
+
+    Raises:
+        ConfigError: every problem of every configuration's repeats, one line each.
+    """
+    repeated: list[RunSpec] = []
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for run, point in zip(runs, points):
+        group, run_errors = builder.build_repeats(run.origin, point, index=len(repeated))
+        errors += [e for e in run_errors if e not in errors]
+        for each in group:
+            if each.config_hash in seen:
+                notes.append(f"{each.origin} (seed {each.params.get('seed')}) duplicates {seen[each.config_hash]} "
+                             f"after repeats: run once")
+                continue
+            seen[each.config_hash] = each.origin
+            repeated.append(each)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return repeated
 
 
 def _check_names(params: dict, sources: dict, allowed: list[str], grid_path: Path) -> list[str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ast
 import os
+import stat
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 
 from runner import PROJECT_ROOT
+from models.bases.registry import BASES, canonical_base, is_saved_model_base, is_saved_model_path
 from models.data.folders import BUILTIN_PREFIX
 from models.hashing import sha256_code, sha256_file, sha256_json
 from runner.errors import ConfigError, shorten
@@ -35,6 +37,42 @@ def _tree_listing(folder: Path) -> str:
     entries = sorted((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns)
                      for p in folder.rglob("*") if p.is_file() and (st := p.stat()))
     return sha256_json(entries)
+
+
+def _sha256_if_file(path: Path) -> Optional[str]:
+    """sha256 of the file at `path`, or `None` when there is none (a missing file or folder, a folder)."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return sha256_file(path) if stat.S_ISREG(mode) else None
+
+
+def offline_weights_names(base: str, base_kwargs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names the offline ImageNet weights file of `base` may have in a weights folder, without Keras.
+
+    `models.bases.weights.offline_weights_file` names it
+    `<name>_imagenet_notop.weights.h5`, or `<name>_<alpha>_imagenet_notop.weights.h5`
+    (`alpha` as `float`, `1.0` by default) for a constructor that takes `alpha`;
+    only the constructor's signature, that is Keras, tells which, so both are
+    given. A folder holds one of them (`tests/test_grid_fingerprint.py` checks
+    that every registry base's name is among them).
+
+    Args:
+        base: the run's `base`, any spelling (`models.bases.canonical_base`).
+        base_kwargs: the run's `base_kwargs`; reads `alpha`.
+
+    Returns:
+        The names without, then with, the alpha; only the first when `alpha` is not a number.
+    """
+    name = canonical_base(base)
+    if is_saved_model_base(base):  # its weights are in its own file (`Fingerprinter._saved_base_part`)
+        return ()
+    alpha = base_kwargs.get("alpha", 1.0)
+    names = (f"{name}_imagenet_notop.weights.h5",)
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        names += (f"{name}_{float(alpha)}_imagenet_notop.weights.h5",)
+    return names
 
 
 PROJECT_PACKAGES = ("models", "runner")
@@ -125,8 +163,11 @@ class Fingerprinter:
     `RESULT_PACKAGES` (TensorFlow, Keras, NumPy), the data manifest (every
     file's relative path, size and modification time: a stat per file, no
     reading), and the weights (sha256 of a weights file; for `imagenet`, the
-    listing of the offline weights folder if one is set). Each distinct
-    folder or file is hashed once per instance.
+    sha256 of the base's offline file in the weights folder,
+    `offline_weights_names`, when the folder holds it, so other files there
+    change nothing; else `imagenet`: Keras's download, which the parameters
+    and the Keras version decide). Each distinct folder or file is hashed
+    once per instance.
 
     Args:
         notebook: the notebook the runs execute.
@@ -137,17 +178,33 @@ class Fingerprinter:
         self._notebook = hashes["notebook_sha256"]
         self._code = sha256_json(list(hashes["files"].items()))  # kernel_code_files order
         self._packages = {name: package_version(name) for name in RESULT_PACKAGES}
-        self._cache: dict[tuple[str, str], str] = {}
+        self._cache: dict[tuple[str, str], Optional[str]] = {}
         self._folders: dict[str, Any] = {}
         self._manifests: dict[tuple, Optional[str]] = {}
 
-    def _cached(self, kind: str, key: str, compute, param: str) -> str:
+    def _cached(self, kind: str, key: str, compute, param: str, value: Any = None) -> Optional[str]:
+        """`compute()`, once per `(kind, key)`; an `OSError` is a `PathError` of `param` and `value`
+        (`key` when `None`)."""
         if (kind, key) not in self._cache:
             try:
                 self._cache[kind, key] = compute()
             except OSError as exc:  # a user's path: say which key, never a traceback
-                raise PathError(param, key, exc) from exc
+                raise PathError(param, key if value is None else value, exc) from exc
         return self._cache[kind, key]
+
+    def _imagenet_part(self, params: dict[str, Any]) -> str:
+        """`imagenet:<sha256>` of the offline file a run of `params` loads (`offline_weights_names` in
+        `weights_dir`, else `$NBSWEEP_WEIGHTS_DIR`), or `imagenet` when there is none (no folder, no file
+        for this base, no `base` parameter)."""
+        folder = params.get("weights_dir") or os.environ.get("NBSWEEP_WEIGHTS_DIR")
+        base = params.get("base")
+        if not folder or not isinstance(base, str):
+            return "imagenet"
+        kwargs = params.get("base_kwargs")
+        found = [self._cached("file", str(path), lambda path=path: _sha256_if_file(path), "weights_dir", folder)
+                 for name in offline_weights_names(base, kwargs if isinstance(kwargs, dict) else {})
+                 for path in [Path(folder).expanduser() / name]]
+        return ":".join(["imagenet", *filter(None, found)])
 
     def __call__(self, params: dict[str, Any]) -> dict[str, str]:
         """The fingerprint parts of one run's `params` (absolute paths).
@@ -163,16 +220,31 @@ class Fingerprinter:
             data = self._cached("data", data_dir, lambda: _tree_listing(Path(data_dir)), "data_dir")
         weights = params.get("weights")
         if weights == "imagenet":
-            folder = params.get("weights_dir") or os.environ.get("NBSWEEP_WEIGHTS_DIR")
-            weights_part = "imagenet" + (f":{self._cached('dir', folder, lambda: _tree_listing(Path(folder)), 'weights_dir')}"
-                                         if folder else "")
+            weights_part = self._imagenet_part(params)
         elif weights:
             weights_part = self._cached("file", weights, lambda: sha256_file(Path(weights)) if Path(weights).is_file()
                                         else f"missing:{weights}", "weights")
         else:
             weights_part = "random"
+        saved = self._saved_base_part(params)
         return {"notebook": self._notebook, "code": self._code, "packages": self._packages,
-                "data": data, "weights": weights_part}
+                "data": data, "weights": weights_part if saved is None else f"{weights_part}:base:{saved}"}
+
+    def _saved_base_part(self, params: dict[str, Any]) -> Optional[str]:
+        """For a saved-model base (`models.bases.saved`: a `.keras` path, or `efficientnet_lite0`'s file in the
+        weights folder), the sha256 of the file its architecture (and, with `weights: imagenet`, its weights)
+        comes from, `missing:<path>` when it is not there; `None` for any other base (its hash unchanged)."""
+        base = params.get("base")
+        if not isinstance(base, str) or not is_saved_model_base(base):
+            return None
+        if is_saved_model_path(base):
+            path = Path(base).expanduser()
+        else:
+            folder = params.get("weights_dir") or os.environ.get("NBSWEEP_WEIGHTS_DIR")
+            if not folder:
+                return "missing:no weights folder"
+            path = Path(folder).expanduser() / BASES[canonical_base(base)].saved_file
+        return self._cached("file", str(path), lambda: _sha256_if_file(path) or f"missing:{path}", "base")
 
     def manifest(self, params: dict[str, Any]) -> Optional[str]:
         """The data manifest a run of `params` should train on, as its kernel's `load_data` hashes it.

@@ -8,6 +8,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.bases.registry import is_saved_model_path
 from models.data.folders import BUILTIN_PREFIX
 from models.names import DEFAULT_METRIC
 from models.spec import ExperimentSpec, experiment_spec
@@ -49,10 +50,23 @@ RENAMED_PARAMS = {"sampler": ("batch_sampler", "search: {sampler: ...} is the se
 """Former run parameter name -> (its new name, why); refused with that message (`expand._check_names`)
 unless the grid's notebook still declares the old name itself."""
 
-PATH_PARAMS = ("data_dir", "weights", "weights_dir")
+PATH_PARAMS = ("data_dir", "weights", "weights_dir", "cache_dir")
 """Parameters holding paths: made absolute (from the working folder) before a
-run, because the kernel runs inside the run folder."""
+run, because the kernel runs inside the run folder (a relative `cache_dir`
+would otherwise give every run an activation cache of its own)."""
 NON_PATH_VALUES = {"weights": ("imagenet",), "data_dir": (BUILTIN_PREFIX,)}
+"""Values of `PATH_PARAMS` that are not paths (by prefix): left as they are."""
+
+
+def path_value(name: str, value: Any) -> bool:
+    """Whether parameter `name`'s `value` is a path to make absolute before a run: a string of
+    `PATH_PARAMS` other than its `NON_PATH_VALUES`, or a `base` that is the path of a saved Keras model
+    (`models.bases.registry.is_saved_model_path`; any other base is a name)."""
+    if not isinstance(value, str):
+        return False
+    if name == "base":
+        return is_saved_model_path(value)
+    return name in PATH_PARAMS and not value.startswith(NON_PATH_VALUES.get(name, ()))
 
 
 class EnsembleSpec(BaseModel):
@@ -151,7 +165,11 @@ class GridSpec(BaseModel):
     def _absolute(cls, value: Path) -> Path:
         # From the working folder, now: papermill changes the process's working
         # folder while a notebook runs, so a relative path would move.
-        return Path(value).expanduser().resolve()
+        path = Path(value).expanduser()
+        try:
+            return path.resolve()
+        except RuntimeError:  # a symbolic link loop on the way (Python < 3.13; later ones return the path
+            return path.absolute()  # unresolved, as here): the pre-flight check names the link, exit 2
 
     @field_validator("metric")
     @classmethod

@@ -6,6 +6,7 @@ import difflib
 import functools
 import importlib
 import inspect
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -93,6 +94,12 @@ SIMPLE_CNNS = tuple(name for name, info in BASES.items() if not info.has_imagene
 
 WEIGHTS_DIR_ENV = "NBSWEEP_WEIGHTS_DIR"
 """The environment variable naming the offline weights folder when a run's `weights_dir` is not set."""
+
+
+def weights_folder(weights_dir: Optional[str]) -> Optional[str]:
+    """The offline weights folder a run reads: its `weights_dir`, else `$NBSWEEP_WEIGHTS_DIR`, else `None`.
+    Keras-free, so the grid's fingerprint and the bases read the same folder."""
+    return weights_dir or os.environ.get(WEIGHTS_DIR_ENV) or None
 SAVED_MODEL_SUFFIX = ".keras"
 """A `base` ending in this is the path of a whole saved Keras model (Keras 3's format), not a name."""
 

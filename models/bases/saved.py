@@ -11,14 +11,13 @@ scales raw 0..255 pixels itself and nothing is added (`has_own_preprocessing`); 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import keras
 
 from ..errors import ModelConfigError
-from .registry import NO_PREPROCESSING, WEIGHTS_DIR_ENV, BaseInfo, is_saved_model_path
+from .registry import NO_PREPROCESSING, WEIGHTS_DIR_ENV, BaseInfo, is_saved_model_path, weights_folder
 
 if TYPE_CHECKING:
     from ..spec import ExperimentSpec
@@ -38,7 +37,7 @@ def saved_model_path(spec: ExperimentSpec, info: BaseInfo) -> Path:
         if not path.is_file():
             raise ModelConfigError(f"base: file {path} does not exist; expected a saved Keras model (.keras)")
         return path
-    folder = spec.weights_dir or os.environ.get(WEIGHTS_DIR_ENV)
+    folder = weights_folder(spec.weights_dir)
     if folder and (Path(folder).expanduser() / info.saved_file).is_file():
         return Path(folder).expanduser() / info.saved_file
     where = (f"it is not in weights_dir {folder}" if spec.weights_dir else

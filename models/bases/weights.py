@@ -16,7 +16,7 @@ from ..errors import ModelConfigError
 
 if TYPE_CHECKING:  # annotations only: the spec imports the registry (canonical base names)
     from ..spec import ExperimentSpec
-from .registry import WEIGHTS_DIR_ENV, BaseInfo, check_base_kwargs, check_image_size, resolve_base
+from .registry import WEIGHTS_DIR_ENV, BaseInfo, weights_folder, check_base_kwargs, check_image_size, resolve_base
 from .saved import check_input_size, load_saved_model, saved_model_path
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def resolve_weights(spec: ExperimentSpec, info: BaseInfo) -> WeightsChoice:
         raise ModelConfigError(
             f"weights: got 'imagenet' for {info.name}, which is trained from scratch; "
             f"expected null or a weights file path")
-    folder = spec.weights_dir or os.environ.get(WEIGHTS_DIR_ENV)
+    folder = weights_folder(spec.weights_dir)
     if folder:
         if not Path(folder).expanduser().is_dir():
             raise ModelConfigError(f"weights_dir: folder {folder} does not exist")

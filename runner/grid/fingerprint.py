@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ast
-import os
 import stat
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 
 from runner import PROJECT_ROOT
-from models.bases.registry import BASES, canonical_base, is_saved_model_base, is_saved_model_path
+from models.bases.registry import BASES, canonical_base, is_saved_model_base, is_saved_model_path, weights_folder
 from models.data.folders import BUILTIN_PREFIX
 from models.hashing import sha256_code, sha256_file, sha256_json
 from runner.errors import ConfigError, shorten
@@ -196,7 +195,7 @@ class Fingerprinter:
         """`imagenet:<sha256>` of the offline file a run of `params` loads (`offline_weights_names` in
         `weights_dir`, else `$NBSWEEP_WEIGHTS_DIR`), or `imagenet` when there is none (no folder, no file
         for this base, no `base` parameter)."""
-        folder = params.get("weights_dir") or os.environ.get("NBSWEEP_WEIGHTS_DIR")
+        folder = weights_folder(params.get("weights_dir"))
         base = params.get("base")
         if not folder or not isinstance(base, str):
             return "imagenet"
@@ -240,7 +239,7 @@ class Fingerprinter:
         if is_saved_model_path(base):
             path = Path(base).expanduser()
         else:
-            folder = params.get("weights_dir") or os.environ.get("NBSWEEP_WEIGHTS_DIR")
+            folder = weights_folder(params.get("weights_dir"))
             if not folder:
                 return "missing:no weights folder"
             path = Path(folder).expanduser() / BASES[canonical_base(base)].saved_file

@@ -1,6 +1,6 @@
 """Benchmark: the same search space, three ways, under the same wall-clock budget.
 
-    python bench/search_bench.py --data ../shared/data/trashnet --weights-dir ../shared/weights --budget 30m
+    python bench/search_bench.py --data ../shared/data/trashnet --weights-dir ../shared/weights --budget 10m
 
 Arms (each a real `python runner/sweep.py` in a work folder of its own, one
 after the other so they do not share the 2 cores):
@@ -8,23 +8,32 @@ after the other so they do not share the 2 cores):
 1. `grid`: the plain grid in `ParameterGrid` order, no pruning, stopped
    (SIGTERM) when the budget is spent;
 2. `random`: `search: {sampler: random, pruner: none, budget, max_run_share}`;
-3. `tpe+hyperband`: `search: {sampler: tpe, pruner: hyperband, budget, max_run_share}`,
-   once per sampler seed of `--sampler-seeds` (one sampled run is one sample
-   of what a sampler does: its time to the target varies with its seed);
+3. `tpe+hyperband`: `search: {sampler: tpe, pruner: hyperband, budget, max_run_share}`
+   (TPE starts with cheap points: `runner.search.SamplerKind.cheap_start`);
 4. `keras-tuner` (only if `keras_tuner` imports; not a project requirement:
    `pip install keras-tuner==1.4.8`): Keras Tuner's Hyperband on the same space
    and budget in one process (`bench/keras_tuner_arm.py`), else reported as
    skipped.
 
+The sampled arms run once per sampler seed of `--sampler-seeds` (one run of a
+search is one sample of what its sampler does). Each arm's sweep runs in a
+folder of its own under `--work` with an activation cache of its own, so no arm
+reads another's.
+
 For each arm it prints the best validation and test weighted recall reached
 and the wall time at which it was reached (from the records' `finished_at`),
-the runs completed and pruned, and the time-to-target ratio: each sampled
-arm's time to the grid arm's best validation figure over the grid arm's own
-time to it (the target: at most 0.5), per sampler seed and their median. Figures, not
-assertions: this is a benchmark, not a test. `--reuse grid` reads an arm
-back from an earlier run of the same settings in `--work` (an arm's grid
-text must match exactly) instead of spending its budget again, to compare a
-changed sampled arm with it.
+the runs completed and pruned; then, per arm and seed, the best validation
+figure at 25, 50, 75 and 100 % of the budget; then random search's median
+(over seeds) final best, each arm's time to reach it per seed and their
+median, as a multiple of random's own median time to it (a seed that never
+reaches it counts as infinite), and the three targets (TPE +
+Hyperband at most 0.5 x random's time; its median final best at least
+random's and the grid's; above Keras Tuner's). It writes the any-time plot
+(best validation figure against wall time, one line per arm and seed) to
+`--plot`. Figures, not assertions: this is a benchmark, not a test.
+`--reuse random,grid` reads those arms back from an earlier run of the same
+settings in `--work` (an arm's grid text must match exactly) instead of
+spending their budget again, so the benchmark can span sessions.
 """
 
 from __future__ import annotations
@@ -58,6 +67,8 @@ SPACE = {
     "augmentation": [None, {"flip": "horizontal", "rotation": 0.05}],
 }
 """The search space (lists, so the grid arm and the samplers see the same points)."""
+QUARTERS = (0.25, 0.5, 0.75, 1.0)
+"""Shares of the budget at which each arm's best validation figure is printed."""
 
 
 def _flow(value) -> str:
@@ -131,29 +142,129 @@ def run_keras_tuner_arm(args, budget_s: float) -> dict:
 
 
 def time_to(arm: dict, target: float):
+    """Seconds from the arm's start to its first completed run with a validation figure >= `target`, or None."""
     for t, val, _, _ in arm["reached"]:
         if val >= target - 1e-12:
             return t
     return None
 
 
+def best_by(arm: dict, seconds: float):
+    """The arm's best validation figure among runs finished within `seconds` of its start, or None."""
+    return max((val for t, val, _, _ in arm["reached"] if t <= seconds), default=None)
+
+
+def family(arm: dict) -> str:
+    """`random seed 1` -> `random`."""
+    return arm["arm"].split(" seed ")[0]
+
+
+def median_time(times: list) -> float:
+    """The median of times, `None` (never reached) counting as infinite."""
+    return statistics.median(float("inf") if t is None else t for t in times)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "-" if value is None else ("never" if value == float("inf") else f"{value:.{digits}f}")
+
+
+def print_summary(results: list[dict], budget_s: float) -> None:
+    """The any-time table, the time to random search's median final best, and the targets."""
+    print("\nbest validation weighted recall by time (share of the budget):")
+    print(f"{'arm':>22} " + " ".join(f"{f'{q:.0%}':>7}" for q in QUARTERS))
+    for arm in results:
+        print(f"{arm['arm']:>22} " + " ".join(f"{_fmt(best_by(arm, q * budget_s)):>7}" for q in QUARTERS))
+    families = {}
+    for arm in results:
+        families.setdefault(family(arm), []).append(arm)
+    finals = {name: statistics.median(a["best"][1] if a["best"] else 0.0 for a in arms)
+              for name, arms in families.items()}
+    if "random" not in families:
+        print("no random arm: nothing to measure the others against")
+        return
+    target = finals["random"]
+    random_time = median_time([time_to(a, target) for a in families["random"]])
+    print(f"\nrandom search's median final best val: {target:.4f}; random's median time to it: {random_time:.0f} s")
+    for name, arms in families.items():
+        times = [time_to(a, target) for a in arms]
+        median = median_time(times)
+        shown = ", ".join("never" if t is None else f"{t:.0f}" for t in times)
+        print(f"{name:>22}: time to {target:.4f} per seed {shown} s; median "
+              f"{_fmt(median, 0)} s, {_fmt(median / random_time, 2)} x random's; median final best "
+              f"{finals[name]:.4f}")
+    default = "tpe+hyperband"
+    if default in families:
+        ratio = median_time([time_to(a, target) for a in families[default]]) / random_time
+        print(f"target 1, {default} reaches random's median final best in <= 0.5 x random's time: "
+              f"{ratio:.2f} ({'met' if ratio <= 0.5 else 'NOT met'})")
+        for other in ("random", "grid"):
+            if other in finals:
+                met = finals[default] >= finals[other]
+                print(f"target 2, {default}'s median final best >= {other}'s: {finals[default]:.4f} vs "
+                      f"{finals[other]:.4f} ({'met' if met else 'NOT met'})")
+        if "keras-tuner" in finals:
+            met = finals[default] > finals["keras-tuner"]
+            print(f"target 3, {default}'s median final best > keras-tuner's: {finals[default]:.4f} vs "
+                  f"{finals['keras-tuner']:.4f} ({'met' if met else 'NOT met'})")
+
+
+def plot_any_time(results: list[dict], budget_s: float, path: Path) -> None:
+    """A PNG of the best validation figure against wall time: one step line per arm and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"random": "tab:blue", "tpe+hyperband": "tab:orange", "grid": "tab:green", "keras-tuner": "tab:red"}
+    styles = ["-", "--", ":"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    seen: dict[str, int] = {}
+    for arm in results:
+        name = family(arm)
+        index = seen.get(name, 0)
+        seen[name] = index + 1
+        times, best, values = [], None, []
+        for t, val, _, _ in arm["reached"]:
+            best = val if best is None else max(best, val)
+            times.append(t / 60)
+            values.append(best)
+        if times:
+            times.append(budget_s / 60)
+            values.append(values[-1])
+            ax.step(times, values, where="post", color=colours.get(name, "black"), linestyle=styles[index % 3],
+                    label=arm["arm"])
+    ax.set_xlabel("wall time (min)")
+    ax.set_ylabel("best validation weighted recall")
+    ax.set_xlim(0, budget_s / 60)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"any-time plot: {path}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/trashnet")
     parser.add_argument("--weights-dir", default="../shared/weights")
-    parser.add_argument("--budget", default="30m", help="wall-clock budget of each arm (default 30m)")
+    parser.add_argument("--budget", default="10m", help="wall-clock budget of each arm (default 10m)")
     parser.add_argument("--epochs", type=int, default=6, help="head epochs per run (default 6)")
     parser.add_argument("--fine-tune-epochs", type=int, default=2)
     parser.add_argument("--max-images-per-class", type=int, default=None)
     parser.add_argument("--max-run-share", type=float, default=0.25,
                         help="the sampled arms' search.max_run_share (default 0.25; 0: off)")
-    parser.add_argument("--arms", default="grid,random,tpe+hyperband,keras-tuner")
-    parser.add_argument("--sampler-seeds", default="0",
-                        help="comma-separated seeds of the sampled arms' samplers, each one sweep (default 0)")
-    parser.add_argument("--work", default="/tmp/search_bench")
+    parser.add_argument("--arms", default="random,tpe+hyperband,grid,keras-tuner")
+    parser.add_argument("--sampler-seeds", default="0,1,2",
+                        help="comma-separated seeds of the sampled arms' samplers, each one sweep (default 0,1,2)")
+    parser.add_argument("--work", default=str(PROJECT / "bench" / ".work" / "search"),
+                        help="where each arm's sweep runs (default bench/.work/search, kept between sessions)")
     parser.add_argument("--reuse", default="", metavar="ARMS",
-                        help="arms (comma-separated) read back from an earlier sweep in --work with the same grid "
-                             "text instead of run again (their figures are from that run)")
+                        help="arms (comma-separated, e.g. random,grid) read back from an earlier sweep in --work "
+                             "with the same grid text instead of run again (their figures are from that run)")
+    parser.add_argument("--plot", default=str(PROJECT / "docs" / "img" / "search_anytime.png"),
+                        help="the any-time plot's PNG (default docs/img/search_anytime.png)")
     args = parser.parse_args()
     if not Path(args.data).is_dir():
         print(f"data folder {args.data} missing: nothing to benchmark")
@@ -179,29 +290,11 @@ def main() -> int:
         best = result["best"]
         text = (f"best val weighted recall {best[1]:.4f} (test {best[2]:.4f}) reached at {best[0]:.0f} s by {best[3]}"
                 if best else "no completed run")
-        print(f"{result['arm']:>21}: wall {result['wall_s']:.0f} s; {result['completed']} completed, {result['pruned']} pruned, "
-              f"{result['other']} other; {text}", flush=True)
-    grid = next((r for r in results if r["arm"] == "grid"), None)
-    for name in ("tpe+hyperband", "keras-tuner"):
-        arms = [r for r in results if r["arm"].split(" seed ")[0] == name]
-        if not (grid and grid["best"] and arms):
-            continue
-        target = grid["best"][1]
-        t_grid = time_to(grid, target)
-        ratios = []
-        for arm in arms:
-            t_arm = time_to(arm, target)
-            ratio = float("inf") if t_arm is None else t_arm / max(t_grid, 1e-9)
-            ratios.append(ratio)
-            reached = f"{arm['arm']} never reached it" if t_arm is None else f"{arm['arm']} {t_arm:.0f} s"
-            print(f"time to the grid arm's best val {target:.4f}: grid {t_grid:.0f} s, {reached} "
-                  f"(its time / the grid's: {ratio:.2f})")
-            if arm["best"]:
-                print(f"best run's test weighted recall: {arm['arm']} {arm['best'][2]:.4f}, grid "
-                      f"{grid['best'][2]:.4f}")
-        median = statistics.median(ratios)
-        print(f"{name}: time-to-target ratio per sampler seed {', '.join(f'{r:.2f}' for r in ratios)}; "
-              f"median {median:.2f} (target <= 0.5: {'met' if median <= 0.5 else 'NOT met'})")
+        print(f"{result['arm']:>22}: wall {result['wall_s']:.0f} s; {result['completed']} completed, "
+              f"{result['pruned']} pruned, {result['other']} other; {text}", flush=True)
+    print_summary(results, budget_s)
+    if results:
+        plot_any_time(results, budget_s, Path(args.plot))
     return 0
 
 

@@ -281,9 +281,16 @@ def test_predicted_duration_adds_the_cache_build_only_for_a_new_entry(make_recor
     assert predict_duration_s(experiment_spec({**params, "image_size": 256}), [rec]) == pytest.approx(4 * 40.0 + 4 * 60.0)
     flip = {**params, "augmentation": {"flip": "horizontal"}}
     assert predict_duration_s(experiment_spec(flip), [rec]) == pytest.approx(40.0 + 3 * 60.0)
-    assert predict_duration_s(experiment_spec({**flip, "augmented_copies": 0}), [rec]) == pytest.approx(40.0)  # bypasses the cache
-    assert predict_duration_s(experiment_spec({**params, "augmentation": {"mixup": 0.2}}), [rec]) == pytest.approx(40.0)  # so does mixup
-    assert predict_duration_s(experiment_spec({**params, "image_size": 256, "activation_cache": False}), [rec]) == pytest.approx(160.0)
+    # bypassing the cache, each of the 4 epochs passes the images through the base as the build did once
+    assert predict_duration_s(experiment_spec({**flip, "augmented_copies": 0}), [rec]) == pytest.approx(4 * 60.0)
+    assert predict_duration_s(experiment_spec({**params, "augmentation": {"mixup": 0.2}}), [rec]) == pytest.approx(4 * 60.0)  # so does mixup
+    assert predict_duration_s(experiment_spec({**params, "image_size": 256, "activation_cache": False}), [rec]) == pytest.approx(4 * 4 * 60.0)
+    # VGG16 at 224 px fine-tuned 2 epochs: its 4 head epochs on cached features at the others' 10 s, then
+    # 2 x 3 passes (forward and backward) at the build's seconds per pass and multiply-add; and its build
+    per_gmac_pass = 60.0 / (0.569 * (128 / 224) ** 2)
+    tuned = {**params, "base": "vgg16", "image_size": 224, "fine_tune_layers": 6, "fine_tune_epochs": 2}
+    assert predict_duration_s(experiment_spec(tuned), [rec]) == pytest.approx(
+        4 * 10.0 + per_gmac_pass * 15.47 * 2 * 3 + per_gmac_pass * 15.47)
     # VGG16: seconds per epoch of the other runs (10 s x 8), and a build of 15.47 / 0.569 GMACs times MobileNet's
     assert predict_duration_s(experiment_spec({**params, "base": "vgg16", "epochs": 8}), [rec]) == pytest.approx(
         80.0 + 60.0 * 15.47 / 0.569)

@@ -247,7 +247,9 @@ def test_the_cost_model_applies_the_cache_rule(make_record):
     assert predict_duration_s(experiment_spec({**CHEAP, "augmentation": {"rotation": 0.0, "flip": None}}), [rec]) == pytest.approx(40.0)
     assert predict_duration_s(experiment_spec({**CHEAP, "learning_rate": 0.1, "head": "flatten"}), [rec]) == pytest.approx(40.0)
     assert predict_duration_s(experiment_spec({**CHEAP, "warm_start": "earlier"}), [rec]) == pytest.approx(100.0)
-    assert predict_duration_s(experiment_spec({**CHEAP, "weights": None}), [rec]) == pytest.approx(40.0)  # nothing frozen
+    # nothing frozen, so no build: the whole base trains each of the 4 epochs, forward and backward (3
+    # passes), at the build's 60 s per pass
+    assert predict_duration_s(experiment_spec({**CHEAP, "weights": None}), [rec]) == pytest.approx(4 * 3 * 60.0)
 
 
 # The metric a pruner follows ---------------------------------------------------------------------------------------

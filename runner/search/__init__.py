@@ -3,11 +3,12 @@
 - `runner.search.space`: the `search:` block (`SearchSpec`), the samplers and pruners it may name
   (`SAMPLERS`, `PRUNERS`) and the search space (`parse_space`).
 - `runner.search.study`: the study's journal file, its sampler and its pruner (`open_study`).
-- `runner.search.duration`: a run's expected seconds (`predict_duration_s`), for the budget.
+- `runner.search.duration`: a run's expected seconds (`predict_duration_s`), for the budget, and its relative
+  cost from its parameters alone (`prior_cost`), for where a search starts.
 - `runner.search.source`: `SearchSource`, the ask-and-tell loop that feeds the sweep one run at a time.
 """
 
-from runner.search.duration import predict_duration_s
+from runner.search.duration import predict_duration_s, prior_cost
 from runner.search.source import SearchSource
 from runner.search.space import (
     PRUNERS, SAMPLERS, Dimension, PrunerKind, SamplerKind, SearchSpec, decode, encode, parse_duration, parse_space,
@@ -16,4 +17,4 @@ from runner.search.study import PRUNABLE_METRICS, open_study, pruner_config, pru
 
 __all__ = ["PRUNABLE_METRICS", "PRUNERS", "SAMPLERS", "Dimension", "PrunerKind", "SamplerKind", "SearchSource",
            "SearchSpec", "decode", "encode", "open_study", "parse_duration", "parse_space", "predict_duration_s",
-           "pruner_config", "pruning_metric", "study_path"]
+           "prior_cost", "pruner_config", "pruning_metric", "study_path"]

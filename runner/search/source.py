@@ -40,11 +40,12 @@ from typing import Any, Optional, Sequence
 from models.spec import ExperimentSpec
 from runner.errors import ConfigError
 from runner.records import COMPLETED, DONE_STATUSES, PRUNED, RUN
-from runner.search.duration import predict_duration_s
+from runner.search.duration import predict_duration_s, prior_cost
 from runner.search.space import Dimension, SearchSpec, decode, encode
 from runner.search.study import (
-    AFFORDABLE_ATTR, AFFORDABLE_DRAWS, DUPLICATE_ATTR, MAX_DUPLICATE_PROPOSALS, MAX_OVER_BUDGET_PROPOSALS,
-    OVER_BUDGET_ATTR, SAMPLER_TRIES_OVER_BUDGET, pruning_metric, reseed_sampler,
+    AFFORDABLE_ATTR, AFFORDABLE_DRAWS, CHEAP_START_ATTR, CHEAP_START_DRAWS, CHEAP_START_RUNS, DUPLICATE_ATTR,
+    MAX_DUPLICATE_PROPOSALS, MAX_OVER_BUDGET_PROPOSALS, OVER_BUDGET_ATTR, SAMPLER_TRIES_OVER_BUDGET,
+    pruning_metric, reseed_sampler,
 )
 
 RESTORED_ATTR = "nbsweep_from_records"
@@ -131,6 +132,9 @@ class SearchSource:
     def peek(self):
         """The next run to start, or `None` (enough runs, budget spent, or the space exhausted).
 
+        A sampler with `SamplerKind.cheap_start` (TPE) starts where runs are
+        cheap: its first points are chosen by `prior_cost` (`_cheap_start`).
+
         With a budget, a proposal predicted not to finish in the time left
         (or in `max_run_share` of it) is not run: its trial is failed (user
         attribute `OVER_BUDGET_ATTR`, the predicted seconds; the sampler
@@ -188,12 +192,9 @@ class SearchSource:
     def _affordable_point(self, limit_s: float) -> Optional[dict[str, Any]]:
         """A uniformly drawn point of the space, not run yet, predicted to finish in `limit_s` seconds.
 
-        The draws come from Optuna's `RandomSampler` in a throwaway in-memory
-        study, seeded with `search.seed` plus the study's trial count (a
-        resumed search draws other points). A point counts as run when all
-        its repeats have a finished record or are running; its predicted
-        seconds are `predicted_s` of its first run times its repeats, a run
-        without a prediction counting as 0 (as in `peek`).
+        The draws are `_new_draws`; a point's predicted seconds are
+        `predicted_s` of its first run times its repeats, a run without a
+        prediction counting as 0 (as in `peek`).
 
         Args:
             limit_s: the seconds the point's runs must fit in.
@@ -202,6 +203,20 @@ class SearchSource:
             The point as the study's parameters (`Study.enqueue_trial`'s
             `params`), or `None` when none of `AFFORDABLE_DRAWS` draws fits.
         """
+        for params, runs in self._new_draws(AFFORDABLE_DRAWS):
+            if (self.predicted_s(runs[0]) or 0.0) * len(runs) <= limit_s:
+                return params
+        return None
+
+    def _new_draws(self, count: int):
+        """Up to `count` uniform draws of the space, each as `(params, runs)` (the study's parameters and the
+        point's `RunSpec`s with their repeats), those already run or running left out.
+
+        The draws come from Optuna's `RandomSampler` in a throwaway in-memory
+        study, seeded with `search.seed` plus the study's trial count (a
+        resumed search draws other points). A point counts as run when all
+        its repeats have a finished record or are running.
+        """
         import optuna
 
         draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(
@@ -209,15 +224,42 @@ class SearchSource:
         distributions = {d.name: d.distribution() for d in self.dims}
         taken = {rec.config_hash for rec in self.found.records if rec.kind == RUN and rec.status in DONE_STATUSES}
         taken |= set(self._trials)
-        for _ in range(AFFORDABLE_DRAWS):
+        for _ in range(count):
             params = draws.ask(distributions).params
             runs, errors = self.builder.build_repeats("random draw", {name: decode(value) for name, value in
                                                                      params.items()}, repeats=self.search.repeats)
-            if errors or all(run.config_hash in taken for run in runs):
-                continue
-            if (self.predicted_s(runs[0]) or 0.0) * len(runs) <= limit_s:
-                return params
-        return None
+            if not errors and not all(run.config_hash in taken for run in runs):
+                yield params, runs
+
+    def _cheap_start(self) -> None:
+        """Enqueue the next cheap-start point, when the sampler has `SamplerKind.cheap_start` and is due one.
+
+        Due while fewer than `CHEAP_START_RUNS` trials of the study are
+        finished (completed or pruned, repeated proposals not counted) or
+        running, and no enqueued point waits (a re-enqueued interrupted run
+        goes first). The point is the cheapest by `prior_cost` of
+        `CHEAP_START_DRAWS` uniform draws not run yet (`_new_draws`), or of
+        `AFFORDABLE_DRAWS` for the first point of a study with nothing
+        finished, so that the first run, whose cost nothing predicts yet, is
+        among the cheapest of the space rather than a uniform draw that may
+        eat the budget. Draws of unknown cost (`prior_cost` is `None`) are
+        left out; when all are, the sampler proposes as usual.
+        """
+        from optuna.trial import TrialState
+
+        if not self.search.sampler_kind.cheap_start:
+            return
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+        trials = [t for t in self.study.get_trials(deepcopy=False, states=states) if DUPLICATE_ATTR not in t.user_attrs]
+        if len(trials) >= CHEAP_START_RUNS or any(t.state == TrialState.WAITING for t in trials):
+            return
+        first = not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        costs = [(cost, index, params) for index, (params, runs) in
+                 enumerate(self._new_draws(AFFORDABLE_DRAWS if first else CHEAP_START_DRAWS))
+                 if (cost := prior_cost(runs[0].spec)) is not None]
+        if costs:
+            cost, _, params = min(costs, key=lambda c: c[:2])
+            self.study.enqueue_trial(params, user_attrs={CHEAP_START_ATTR: round(cost, 3)})
 
     def pop(self):
         """The run `peek` returned, now running."""
@@ -233,6 +275,7 @@ class SearchSource:
         done = {rec.config_hash: rec for rec in self.found.records
                 if rec.kind == RUN and rec.status in DONE_STATUSES}
         for _ in range(MAX_DUPLICATE_PROPOSALS):
+            self._cheap_start()
             trial = self.study.ask({d.name: d.distribution() for d in self.dims})
             point = {name: decode(value) for name, value in trial.params.items()}
             runs, errors = self.builder.build_repeats(f"trial {trial.number}", point, index=self._index,

@@ -101,12 +101,19 @@ class SamplerKind:
             (`SearchSource.n_runs`), and no random point is run in place of
             proposals over the budget (`SearchSource.peek`: it would be off
             the grid). Defaults to `False`.
+        cheap_start: the sampler's first `runner.search.study.CHEAP_START_RUNS`
+            points are chosen by the search, not drawn by the sampler: each the
+            cheapest by `runner.search.prior_cost` of a few uniform draws, the
+            first the cheapest of many (`SearchSource.peek`). For a model-based
+            sampler, whose own first points are uniform draws that may cost
+            100x more than others. Defaults to `False`.
     """
 
     optuna_class: str
     kwargs: Callable[["SearchSpec", Sequence["Dimension"]], dict[str, Any]]
     summary: str
     enumerates_grid: bool = False
+    cheap_start: bool = False
 
     def build(self, search: "SearchSpec", dims: Sequence["Dimension"]):
         """The sampler for `search` over `dims`: `optuna.samplers.<optuna_class>(**kwargs(search, dims))`."""
@@ -158,7 +165,9 @@ SAMPLERS: Mapping[str, SamplerKind] = {
     "tpe": SamplerKind(
         "TPESampler", lambda search, dims: {"seed": search.seed, "constant_liar": True, "multivariate": True},
         "Tree-structured Parzen estimator (Bergstra et al. 2011), `multivariate=True`, "
-        "`constant_liar=True`: runs in parallel sample different points."),
+        "`constant_liar=True`: runs in parallel sample different points. Its first 10 points (its "
+        "`n_startup_trials`) are chosen by cost: the first the cheapest of 200 uniform draws, the others "
+        "each the cheapest of 4 (`runner.search.prior_cost`).", cheap_start=True),
 }
 """`search.sampler` value -> its sampler, in the order messages list them. `n_runs` defaults to 20 where
 the sampler does not enumerate the grid."""

@@ -26,6 +26,15 @@ AFFORDABLE_DRAWS = 200
 """Uniform random draws of the space tried for a point predicted to fit (`SearchSource._affordable_point`)."""
 AFFORDABLE_ATTR = "nbsweep_affordable_draw"
 """User attribute of a trial enqueued as a random point predicted to fit: the seconds it had to fit in."""
+CHEAP_START_RUNS = 10
+"""Points of a sampler with `SamplerKind.cheap_start` chosen by cost before the sampler proposes: TPE's
+own number of uniform startup draws (`optuna.samplers.TPESampler`'s `n_startup_trials` default, 10)."""
+CHEAP_START_DRAWS = 4
+"""Uniform draws of which the cheapest (`runner.search.prior_cost`) is each cheap-start point after the
+first: its expected place in the space's costs is the 20th percentile (the least of k uniform draws:
+1 / (k + 1)), and the other points still vary, for the sampler to learn from."""
+CHEAP_START_ATTR = "nbsweep_cheap_start"
+"""User attribute of a trial enqueued as a cheap-start point: its `prior_cost`."""
 OVER_BUDGET_ATTR = "nbsweep_over_budget_s"
 """User attribute of a trial failed unrun because its predicted seconds exceeded what was left of the budget
 (or `max_run_share` of it)."""

@@ -47,7 +47,9 @@ def sweep(tmp_path_factory, tiny_image_dir):
 
     The failing run passes the pre-flight check (its `warm_start: best` is only
     resolved when it starts) and fails when it starts, before any kernel: no
-    completed `simple_cnn_medium` run to start from.
+    completed `simple_cnn_medium` run to start from. The `keras.applications` base is MobileNet (v1) at
+    alpha 0.25, the cheapest one with `base_kwargs` and BatchNormalization, rebuilt and reloaded by
+    predict and ensemble.
 
     Returns `(work_dir, completed_process, {base: record}, unreadable_records)`.
     """
@@ -68,7 +70,7 @@ grid:
   - base: [simple_cnn_small]
     head: [flatten]
 runs:
-  - {{base: mobilenet_v2, base_kwargs: {{alpha: 0.35}}, head: gap, dropout: 0.25}}
+  - {{base: mobilenet, base_kwargs: {{alpha: 0.25}}, head: gap, dropout: 0.25}}
   - {{base: simple_cnn_medium, head: gap, warm_start: best}}
 metric: weighted_recall
 """, encoding="utf-8")

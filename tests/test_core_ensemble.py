@@ -26,7 +26,7 @@ CLONE_ID = "20991231-000000-c10ne000"
 
 @pytest.fixture
 def logs(sweep, tmp_path):
-    """A copy of the sweep's 2 completed runs (A: simple_cnn_small, B: mobilenet_v2) plus C, a clone of A
+    """A copy of the sweep's 2 completed runs (A: simple_cnn_small, B: mobilenet) plus C, a clone of A
     with its own run folder and a later run id (same metrics: C ranks right after A).
 
     Returns `(logs_dir, {"A" | "B" | "C": run_id})`.
@@ -34,7 +34,7 @@ def logs(sweep, tmp_path):
     work, _, records, _ = sweep
     shutil.copytree(work / "logs", tmp_path / "logs")
     shutil.copytree(work / "experiments", tmp_path / "experiments")
-    a, b = records["simple_cnn_small"], records["mobilenet_v2"]
+    a, b = records["simple_cnn_small"], records["mobilenet"]
     clone = a.model_copy(deep=True)
     clone.run_id = CLONE_ID
     clone.paths = {key: rel.replace(a.run_id, CLONE_ID) if rel else rel for key, rel in a.paths.items()}
@@ -122,7 +122,7 @@ def test_ensemble_of_two_runs_is_the_mean_and_ranks_on_the_leaderboard(sweep, tm
     work, _, records, _ = sweep
     shutil.copytree(work / "logs", tmp_path / "logs")
     shutil.copytree(work / "experiments", tmp_path / "experiments")
-    members = [records["simple_cnn_small"], records["mobilenet_v2"]]
+    members = [records["simple_cnn_small"], records["mobilenet"]]
     ens = build_ensemble([m.run_id for m in members], logs_dir=tmp_path / "logs",
                          experiments_dir=tmp_path / "experiments")
     assert ens.kind == ENSEMBLE and ens.status == COMPLETED and ens.members == [m.run_id for m in members]
@@ -172,14 +172,14 @@ def test_ensemble_cli_and_refusals(sweep, tmp_path, capsys):
     assert "ensemble " in capsys.readouterr().out
     ensembles = [r for r in read_all(tmp_path / "logs").records if r.kind == ENSEMBLE]
     assert len(ensembles) == 1
-    assert sorted(ensembles[0].members) == sorted([records["simple_cnn_small"].run_id, records["mobilenet_v2"].run_id])
+    assert sorted(ensembles[0].members) == sorted([records["simple_cnn_small"].run_id, records["mobilenet"].run_id])
     assert ensemble_main([records["simple_cnn_small"].run_id, records["simple_cnn_medium"].run_id, *args]) == 2
     assert "must be a completed notebook run" in capsys.readouterr().err
     assert ensemble_main([records["simple_cnn_small"].run_id, ensembles[0].run_id, *args]) == 2
     assert "must be a completed notebook run (status 'completed', kind 'ensemble')" in capsys.readouterr().err
     assert ensemble_main([records["simple_cnn_small"].run_id, *args]) == 2
     assert "at least 2 completed runs, got 1" in capsys.readouterr().err
-    other = records["mobilenet_v2"].model_copy(deep=True)
+    other = records["mobilenet"].model_copy(deep=True)
     other.run_id = "20991231-000000-0ther5p1"
     other.data = other.data.model_copy(update={"manifest_hash": "f" * 64})  # another test split
     write_record(other, tmp_path / "logs")

@@ -132,7 +132,7 @@ def test_gpu_discovery_reads_cuda_visible_devices_or_nvidia_smi_and_the_record_n
 
 
 @pytest.mark.slow
-def test_each_worker_kernel_sees_its_own_gpu(tmp_path):
+def test_each_worker_kernel_sees_its_own_gpu(tmp_path, monkeypatch, capsys):
     """Two simulated GPUs (CUDA_VISIBLE_DEVICES=7,8 in the sweep's environment): each of 2 workers gets one,
     with --gpus-per-worker 0.5 both share the first; the records name them, thread caps unchanged."""
     write_faults_grid(tmp_path, "[{action: sleep, seconds: 2, score: 0.1}, {action: sleep, seconds: 2, score: 0.2}]")
@@ -148,9 +148,13 @@ def test_each_worker_kernel_sees_its_own_gpu(tmp_path):
     assert shared.returncode == 0, shared.stderr[-3000:]
     later = [r for r in read_all(tmp_path / "logs").records if r.run_id not in {rec.run_id for rec in records}]
     assert [r.environment["gpus"] for r in later] == [["7"], ["7"]]
-    refused = subprocess.run([*SWEEP, "grid.yaml", "--workers", "3", "--gpus-per-worker", "1"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=600, env=env)
-    assert refused.returncode == 2 and "needs 3 GPUs; this machine has 2 (7, 8)" in refused.stderr
+    # refused before anything runs: in this process, with the same GPUs (no third sweep process to start)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7,8")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert sweep_main(["grid.yaml", "--workers", "3", "--gpus-per-worker", "1"]) == 2
+    assert "needs 3 GPUs; this machine has 2 (7, 8)" in capsys.readouterr().err
+    assert len(read_all(tmp_path / "logs").records) == 4
     assert kernels_running_in(tmp_path) == []
 
 
@@ -234,6 +238,9 @@ def cluster():
 
 @pytest.mark.slow
 def test_a_three_run_sweep_through_a_local_cluster(tmp_path, tiny_image_dir, cluster):
+    """3 real runs on the 2 Dask workers: correct records; a worker keeps its next kernel ready (runs 1 and 2
+    are submitted with more to follow, so their workers start one ahead, and run 3 takes only one of them)
+    and no kernel outlives the sweep; the same command again skips every run."""
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"""
 notebook: {PROJECT_ROOT / 'notebooks' / 'base_experiment.ipynb'}
@@ -246,9 +253,22 @@ runs:
   - {{head: gap, dropout: 0.1}}
 """, encoding="utf-8")
     command = [*SWEEP, str(grid), "--executor", "dask", "--scheduler", cluster.scheduler_address]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "3 completed" in done.stdout
+    with open(tmp_path / "out.txt", "w+") as out_file, open(tmp_path / "err.txt", "w+") as err_file:
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=out_file, stderr=err_file, text=True)
+        experiments, seen_ahead = tmp_path / "experiments", False
+        deadline = time.time() + 600
+        while proc.poll() is None and time.time() < deadline:  # a kernel waiting in the experiments folder itself
+            for pid in kernels_running_in(experiments):
+                try:
+                    seen_ahead = seen_ahead or os.readlink(f"/proc/{pid}/cwd") == str(experiments)
+                except OSError:  # it ended meanwhile
+                    pass
+            time.sleep(0.2)
+        proc.communicate(timeout=60)
+    out, err = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert "3 completed" in out and seen_ahead
+    assert kernels_running_in(tmp_path) == []  # the one no run took was killed when the sweep closed
     found = read_all(tmp_path / "logs")
     records = found.records
     assert found.unreadable == {} and len(records) == 3
@@ -259,7 +279,7 @@ runs:
         assert rec.model.weights_source == "random"
         # the worker capped its kernel's threads for the 2 worker processes on this host
         assert rec.environment["thread_limits"] == thread_limits(2)
-    assert "sweep" in done.stderr and "3/3" in done.stderr  # the bar advanced with the tasks
+    assert "sweep" in err and "3/3" in err  # the bar advanced with the tasks
     # the same command again: skip-by-hash holds on this executor too
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 completed, 3 skipped" in again.stdout, again.stderr[-2000:]
@@ -284,24 +304,3 @@ def test_ctrl_c_marks_running_tasks_interrupted_and_starts_no_more(tmp_path, clu
     assert sorted((r.params["score"], r.status) for r in records) == [(0.1, INTERRUPTED), (0.2, INTERRUPTED)]
     assert all(rec.timings.total_s < 120 for rec in records)
     assert len(list((tmp_path / "experiments").iterdir())) == 2  # the third run never started
-
-
-@pytest.mark.slow
-def test_dask_workers_keep_their_next_kernel_ready_and_none_outlives_the_sweep(tmp_path, cluster):
-    write_faults_grid(tmp_path, "[{action: sleep, seconds: 4, score: 0.1}, {action: sleep, seconds: 4, score: 0.2}, "
-                                "{action: sleep, seconds: 4, score: 0.3}, {action: sleep, seconds: 4, score: 0.4}]")
-    proc = subprocess.Popen([*SWEEP, "grid.yaml", "--executor", "dask", "--scheduler", cluster.scheduler_address],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    experiments, seen_ahead = tmp_path / "experiments", False
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:  # a kernel waiting in the experiments folder itself
-        for pid in kernels_running_in(experiments):
-            try:
-                seen_ahead = seen_ahead or os.readlink(f"/proc/{pid}/cwd") == str(experiments)
-            except OSError:  # it ended meanwhile
-                pass
-        time.sleep(0.2)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-3000:]
-    assert "4 completed" in out and seen_ahead
-    assert kernels_running_in(tmp_path) == []  # the ones no run took were killed when the sweep closed

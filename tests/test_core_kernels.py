@@ -173,8 +173,8 @@ def test_ctrl_c_kills_the_kernel_started_ahead(tmp_path):
 
 @pytest.mark.slow
 def test_a_search_that_stops_on_its_budget_leaves_no_kernel(tmp_path):
-    probe_grid(tmp_path, "search: {sampler: random, n_runs: 20, seed: 3, budget: 15}\n"
-                         "fixed: {action: sleep, seconds: 4}\n"
+    probe_grid(tmp_path, "search: {sampler: random, n_runs: 20, seed: 3, budget: 8}\n"
+                         "fixed: {action: sleep, seconds: 2}\n"
                          "grid: {score: {low: 0.0, high: 1.0}}\n")
     done = sweep(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def test_fresh_process_reproduces_the_notebook_predictions(sweep):
     """A new interpreter that never ran the notebook gets the same probabilities on the test split."""
     work, _, records, _ = sweep
-    rec = records["mobilenet_v2"]
+    rec = records["mobilenet"]
     script = textwrap.dedent(f"""
         import json, sys
         import pandas as pd
@@ -170,8 +170,8 @@ def test_predict_paths_in_chunks_gives_what_one_batch_gives(sweep, monkeypatch, 
     from runner.core import predict as predict_module
 
     work, _, records, _ = sweep
-    run = load_run(records["mobilenet_v2"].run_id, logs_dir=work / "logs")
-    paths = list(pd.read_csv(work / "experiments" / records["mobilenet_v2"].run_id / "predictions.csv")["path"])[:5]
+    run = load_run(records["mobilenet"].run_id, logs_dir=work / "logs")
+    paths = list(pd.read_csv(work / "experiments" / records["mobilenet"].run_id / "predictions.csv")["path"])[:5]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     monkeypatch.setattr(predict_module, "PREDICT_CHUNK", 2)

@@ -269,10 +269,12 @@ def _check_data_dirs(runs: list[RunSpec], report: _Report) -> dict[str, Any]:
 
 def _check_models(runs: list[RunSpec], report: _Report) -> None:
     """Base names, input sizes, `base_kwargs` and initial weights of every run."""
+    runs = [run for run in runs if "base" in run.params]
+    if not runs:  # a notebook without a base (models.bases would import Keras for nothing)
+        return
     from models.bases import check_base_kwargs, check_image_size, resolve_base, resolve_weights
 
     infos, usable = {}, []  # keyed by ExperimentSpec.base, the canonical name
-    runs = [run for run in runs if "base" in run.params]
     for group in _group(runs, lambda r: r.spec.base).values():
         try:
             infos[group[0].spec.base] = resolve_base(group[0].spec.base)

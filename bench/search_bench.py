@@ -189,8 +189,8 @@ def print_summary(results: list[dict], budget_s: float) -> None:
         times = [time_to(a, target) for a in arms]
         median = median_time(times)
         shown = ", ".join("never" if t is None else f"{t:.0f}" for t in times)
-        print(f"{name:>22}: time to {target:.4f} per seed {shown} s; median "
-              f"{_fmt(median, 0)} s, {_fmt(median / random_time, 2)} x random's; median final best "
+        ratio = "never" if median == float("inf") else f"{median:.0f} s, {median / random_time:.2f} x random's"
+        print(f"{name:>22}: time to {target:.4f} per seed {shown} (s); median {ratio}; median final best "
               f"{finals[name]:.4f}")
     default = "tpe+hyperband"
     if default in families:

@@ -164,8 +164,8 @@ def median_time(times: list) -> float:
     return statistics.median(float("inf") if t is None else t for t in times)
 
 
-def _fmt(value, digits: int = 4) -> str:
-    return "-" if value is None else ("never" if value == float("inf") else f"{value:.{digits}f}")
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def print_summary(results: list[dict], budget_s: float) -> None:

@@ -102,9 +102,9 @@ def _pixels(spec: ExperimentSpec) -> float:
 
 
 def _build_units(spec: ExperimentSpec) -> float:
-    """Pixels the activation cache passes through the frozen base: `_pixels` per image, times
-    `1 + augmented_copies` when augmentation is on (`models.spec.augmenting`; each copy is one more pass)."""
-    return _pixels(spec) * (1 + (spec.augmented_copies if augmenting(spec) else 0))
+    """Pixels the activation cache passes through the frozen base: `_pixels` per image times the build's
+    passes (`_passes`: `1 + augmented_copies` with augmentation on, each copy one more pass)."""
+    return _pixels(spec) * _passes(spec)[0]
 
 
 def predict_duration_s(spec: ExperimentSpec, records: Sequence) -> Optional[float]:
@@ -167,12 +167,12 @@ def predict_duration_s(spec: ExperimentSpec, records: Sequence) -> Optional[floa
     key = cache_build_key(spec)
     if key is None or any(s is not None and cache_build_key(s) == key for _, s in done):
         return training
-    built = [r.timings.cache_build_s / _build_units(s) for r, s in same_base if r.timings.cache_build_s]
+    built = [r.timings.cache_build_s / _build_units(s) for r, s in same_base if r.timings.cache_build_s and _build_units(s)]
     if built:
         return training + statistics.median(built) * _build_units(spec)
     gmacs = _gmacs(spec)
     other = [r.timings.cache_build_s / (_build_units(s) * _gmacs(s)) for r, s in done
-             if r.timings.cache_build_s and s is not None and _gmacs(s)]
+             if r.timings.cache_build_s and s is not None and _gmacs(s) and _build_units(s)]
     return training + (statistics.median(other) * _build_units(spec) * gmacs if gmacs and other else 0.0)
 
 

@@ -8,15 +8,17 @@ after the other so they do not share the 2 cores):
 1. `grid`: the plain grid in `ParameterGrid` order, no pruning, stopped
    (SIGTERM) when the budget is spent;
 2. `random`: `search: {sampler: random, pruner: none, budget, max_run_share}`;
-3. `tpe+hyperband`: `search: {sampler: tpe, pruner: hyperband, budget, max_run_share}`
-   (TPE starts with cheap points: `runner.search.SamplerKind.cheap_start`);
-4. `keras-tuner` (only if `keras_tuner` imports; not a project requirement:
+3. `tpe`: `search: {sampler: tpe, pruner: none, budget, max_run_share}`, the
+   project's default search (`runner.search.SearchSpec`'s defaults; TPE starts
+   with cheap points: `runner.search.SamplerKind.cheap_start`);
+4. `tpe+hyperband`: the same with `pruner: hyperband, min_epochs: 2`;
+5. `keras-tuner` (only if `keras_tuner` imports; not a project requirement:
    `pip install keras-tuner==1.4.8`): Keras Tuner's Hyperband on the same space
    and budget in one process (`bench/keras_tuner_arm.py`), else reported as
    skipped.
 
-The sampled arms run once per sampler seed of `--sampler-seeds` (one run of a
-search is one sample of what its sampler does). Each arm's sweep runs in a
+Every arm but the grid runs once per sampler seed of `--sampler-seeds` (one
+run of a search is one sample of what its sampler does). Each arm's sweep runs in a
 folder of its own under `--work` with an activation cache of its own, so no arm
 reads another's.
 
@@ -26,9 +28,9 @@ the runs completed and pruned; then, per arm and seed, the best validation
 figure at 25, 50, 75 and 100 % of the budget; then random search's median
 (over seeds) final best, each arm's time to reach it per seed and their
 median, as a multiple of random's own median time to it (a seed that never
-reaches it counts as infinite), and the three targets (TPE +
-Hyperband at most 0.5 x random's time; its median final best at least
-random's and the grid's; above Keras Tuner's). It writes the any-time plot
+reaches it counts as infinite), and, for each TPE arm, the three targets
+(at most 0.5 x random's time; its median final best at least random's and
+the grid's; above Keras Tuner's). It writes the any-time plot
 (best validation figure against wall time, one line per arm and seed) to
 `--plot`. Figures, not assertions: this is a benchmark, not a test.
 `--reuse random,grid` reads those arms back from an earlier run of the same
@@ -67,6 +69,10 @@ SPACE = {
     "augmentation": [None, {"flip": "horizontal", "rotation": 0.05}],
 }
 """The search space (lists, so the grid arm and the samplers see the same points)."""
+ARMS = ("grid", "random", "tpe", "tpe+hyperband", "keras-tuner")
+"""The arms `--arms` may name."""
+SEARCHES = ("tpe", "tpe+hyperband")
+"""The arms the targets are printed for (the project's search, default first)."""
 QUARTERS = (0.25, 0.5, 0.75, 1.0)
 """Shares of the budget at which each arm's best validation figure is printed."""
 
@@ -92,9 +98,14 @@ def grid_text(args, arm: str, budget_s: float, sampler_seed: int = 0) -> str:
     if arm == "random":
         lines.append(f"search: {{sampler: random, n_runs: 1000, pruner: none, budget: {budget_s:.0f}{share}, "
                      f"seed: {sampler_seed}}}")
+    elif arm == "tpe":
+        lines.append(f"search: {{sampler: tpe, n_runs: 1000, pruner: none, budget: {budget_s:.0f}{share}, "
+                     f"seed: {sampler_seed}}}")
     elif arm == "tpe+hyperband":
         lines.append(f"search: {{sampler: tpe, n_runs: 1000, pruner: hyperband, min_epochs: 2, "
                      f"budget: {budget_s:.0f}{share}, seed: {sampler_seed}}}")
+    else:
+        raise SystemExit(f"--arms: unknown arm {arm!r}; allowed: {', '.join(ARMS)}")
     return "\n".join(lines) + "\n"
 
 
@@ -120,25 +131,34 @@ def run_arm(args, arm: str, budget_s: float, sampler_seed: int = 0) -> dict:
             "best": best, "reached": reached}
 
 
-def run_keras_tuner_arm(args, budget_s: float) -> dict:
-    """`bench/keras_tuner_arm.py` in its own folder, stopped with SIGTERM after `budget_s`; its trials as
-    `run_arm`'s result (every trial counts as completed: Hyperband trains each to the epochs it gives it)."""
-    work = Path(args.work) / "keras_tuner"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+def run_keras_tuner_arm(args, budget_s: float, sampler_seed: int = 0) -> dict:
+    """`bench/keras_tuner_arm.py` (tuner seed `sampler_seed`) in its own folder, stopped with SIGTERM after
+    `budget_s`; its trials as `run_arm`'s result (every trial counts as completed: Hyperband trains each to the
+    epochs it gives it)."""
+    work = Path(args.work) / f"keras_tuner_seed{sampler_seed}"
     fixed = {**fixed_params(args), "data_dir": str(Path(args.data).resolve())}
-    start = time.time()
-    _, output = run_until([sys.executable, str(PROJECT / "bench" / "keras_tuner_arm.py"), "--work", str(work),
-                           "--space", json.dumps(SPACE), "--fixed", json.dumps(fixed)], work, budget_s)
-    wall = time.time() - start
-    (work / "keras_tuner.log").write_text(output or "", encoding="utf-8")
+    command = [sys.executable, str(PROJECT / "bench" / "keras_tuner_arm.py"), "--work", str(work), "--space",
+               json.dumps(SPACE), "--fixed", json.dumps(fixed), "--seed", str(sampler_seed)]
+    done = work / "arm.json"  # the command, its start and wall time: what --reuse matches and reads back
+    earlier = json.loads(done.read_text(encoding="utf-8")) if done.exists() else {}
+    if "keras-tuner" in args.reuse.split(",") and earlier.get("command") == command[1:] + [budget_s]:
+        start, wall = earlier["start"], earlier["wall_s"]
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        start = time.time()
+        _, output = run_until(command, work, budget_s)
+        wall = time.time() - start
+        (work / "keras_tuner.log").write_text(output or "", encoding="utf-8")
+        done.write_text(json.dumps({"command": command[1:] + [budget_s], "start": start, "wall_s": wall}),
+                        encoding="utf-8")
     trials = [json.loads(line) for line in (work / "trials.jsonl").read_text(encoding="utf-8").splitlines()
               if line.strip()] if (work / "trials.jsonl").exists() else []
     reached = sorted((t["finished"] - start, t["val"], t["test"], f"trial {i} ({t['budget_epochs']} epochs)")
                      for i, t in enumerate(trials))
     best = max(reached, key=lambda r: (r[1], -r[0]), default=None)
-    return {"arm": "keras-tuner", "wall_s": wall, "completed": len(trials), "pruned": 0, "other": 0,
-            "best": best, "reached": reached}
+    return {"arm": f"keras-tuner seed {sampler_seed}", "wall_s": wall, "completed": len(trials), "pruned": 0,
+            "other": 0, "best": best, "reached": reached}
 
 
 def time_to(arm: dict, target: float):
@@ -192,8 +212,7 @@ def print_summary(results: list[dict], budget_s: float) -> None:
         ratio = "never" if median == float("inf") else f"{median:.0f} s, {median / random_time:.2f} x random's"
         print(f"{name:>22}: time to {target:.4f} per seed {shown} (s); median {ratio}; median final best "
               f"{finals[name]:.4f}")
-    default = "tpe+hyperband"
-    if default in families:
+    for default in (name for name in SEARCHES if name in families):
         ratio = median_time([time_to(a, target) for a in families[default]]) / random_time
         print(f"target 1, {default} reaches random's median final best in <= 0.5 x random's time: "
               f"{ratio:.2f} ({'met' if ratio <= 0.5 else 'NOT met'})")
@@ -215,7 +234,8 @@ def plot_any_time(results: list[dict], budget_s: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"random": "tab:blue", "tpe+hyperband": "tab:orange", "grid": "tab:green", "keras-tuner": "tab:red"}
+    colours = {"random": "tab:blue", "tpe": "tab:purple", "tpe+hyperband": "tab:orange", "grid": "tab:green",
+               "keras-tuner": "tab:red"}
     styles = ["-", "--", ":"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     seen: dict[str, int] = {}
@@ -255,7 +275,7 @@ def main() -> int:
     parser.add_argument("--max-images-per-class", type=int, default=None)
     parser.add_argument("--max-run-share", type=float, default=0.25,
                         help="the sampled arms' search.max_run_share (default 0.25; 0: off)")
-    parser.add_argument("--arms", default="random,tpe+hyperband,grid,keras-tuner")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--sampler-seeds", default="0,1,2",
                         help="comma-separated seeds of the sampled arms' samplers, each one sweep (default 0,1,2)")
     parser.add_argument("--work", default=str(PROJECT / "bench" / ".work" / "search"),
@@ -275,7 +295,7 @@ def main() -> int:
     seeds = [int(seed) for seed in args.sampler_seeds.split(",")]
     results = []
     plan = [(name, seed) for name in args.arms.split(",")
-            for seed in (seeds if name in ("random", "tpe+hyperband") else [0])]
+            for seed in (seeds if name != "grid" else [0])]
     for arm, seed in plan:
         if arm == "keras-tuner":
             try:
@@ -283,7 +303,7 @@ def main() -> int:
             except ImportError:
                 print("keras-tuner: not installed (not a project requirement): arm skipped")
                 continue
-            result = run_keras_tuner_arm(args, budget_s)
+            result = run_keras_tuner_arm(args, budget_s, seed)
         else:
             result = run_arm(args, arm, budget_s, seed)
         results.append(result)

@@ -104,7 +104,7 @@ def grid_text(args, arm: str, budget_s: float, sampler_seed: int = 0) -> str:
     elif arm == "tpe+hyperband":
         lines.append(f"search: {{sampler: tpe, n_runs: 1000, pruner: hyperband, min_epochs: 2, "
                      f"budget: {budget_s:.0f}{share}, seed: {sampler_seed}}}")
-    else:
+    elif arm != "grid":
         raise SystemExit(f"--arms: unknown arm {arm!r}; allowed: {', '.join(ARMS)}")
     return "\n".join(lines) + "\n"
 

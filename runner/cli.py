@@ -401,25 +401,18 @@ def _sweep_search(spec: GridSpec, grid: Path, options: SweepOptions, overrides: 
 
 
 def _open_search(spec: GridSpec, grid: Path, dims: list, builder: RunBuilder, max_epochs: int) -> SearchSource:
-    """The grid's study and the `runner.search.SearchSource` over it; what was repaired or restored on stderr."""
-    from runner.records.query import parse_metric, read_all
-    from runner.search import SearchSource, open_study, pruner_config, study_path
-    from runner.search.study import STUDY_SUFFIX, unread_study_note
+    """`runner.search.open_search`, its warnings and notes on stderr."""
+    from runner.search import open_search
 
-    journal = study_path(spec.logs_dir, Path(grid), dims)
-    repairs: list[str] = []
-    study = open_study(spec.search, dims, journal, journal.name.removesuffix(STUDY_SUFFIX), max_epochs, notes=repairs)
-    for line in repairs:
-        print(f"warning: {line}", file=sys.stderr)
-    unread = unread_study_note(spec.logs_dir, Path(grid), journal, study)
-    if unread:
-        print(f"note: {unread}", file=sys.stderr)
-    source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder, found=read_all(spec.logs_dir),
-                          ranking=parse_metric(spec.metric), journal=journal,
-                          pruner=pruner_config(spec.search, max_epochs))
-    for line in source.restore():  # the records are the truth: what the study lacks of them
-        print(f"note: {line}", file=sys.stderr)
-    return source
+    warnings: list[str] = []
+    notes: list[str] = []
+    try:
+        return open_search(spec, grid, dims, builder, max_epochs, warnings, notes)
+    finally:
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        for line in notes:
+            print(f"note: {line}", file=sys.stderr)
 
 
 def _run_locked(spec: GridSpec, sweep: Callable[[], dict]) -> dict | int:

@@ -200,10 +200,11 @@ def test_parallel_workers_sample_distinct_points(tmp_path):
 
 
 def test_a_run_predicted_over_budget_is_skipped_and_a_cheaper_one_starts(tmp_path, make_record):
-    """Budget 100 s: earlier runs say 64 px takes 500 s and 32 px 10 s. The 64 px proposal is failed unrun
-    (its predicted seconds kept on the trial) and the 32 px one starts; once only 64 px is left, no run starts."""
+    """Budget 100 s: earlier runs say 64 px takes 500 s and 32 px 10 s. The 64 px proposal is refused unrun
+    (told pruned, infeasible by the 400 s it is over, its predicted seconds kept on the trial; it counts as
+    no run) and the 32 px one starts; once only 64 px is left, no run starts."""
     from runner.search import SearchSource, open_study
-    from runner.search.study import OVER_BUDGET_ATTR
+    from runner.search.study import BUDGET_CONSTRAINT, OVER_BUDGET_ATTR
 
     path = write(tmp_path, "search: {sampler: grid, budget: 100}\ngrid:\n  image_size: [64, 32]\n")
     spec = load_grid(path)
@@ -224,8 +225,11 @@ def test_a_run_predicted_over_budget_is_skipped_and_a_cheaper_one_starts(tmp_pat
     source.pop()
     assert source.peek() is None  # only 64 px is left, and it does not fit
     skipped = [t for t in study.get_trials(deepcopy=False) if OVER_BUDGET_ATTR in t.user_attrs]
-    assert skipped and all(t.params["image_size"] == 64 and t.state.name == "FAIL" for t in skipped)
+    assert skipped and all(t.params["image_size"] == 64 and t.state.name == "PRUNED" for t in skipped)
     assert {t.user_attrs[OVER_BUDGET_ATTR] for t in skipped} == {500.0}
+    for trial in skipped:  # the limit is the 100 s budget less the moments the test has taken
+        assert trial.constraints == {BUDGET_CONSTRAINT: pytest.approx(400.0, abs=1.0)}
+    assert source.done_count() == 0  # the 32 px run has not finished, and a refusal is no run
     assert any("no more runs start" in note for note in source.notes)
     source.close()
     assert any(f"{len(skipped)} proposed runs were not started" in note for note in source.notes)
@@ -247,7 +251,7 @@ def test_a_sampler_proposing_runs_over_budget_again_and_again_gets_a_random_poin
     trials = source.study.get_trials(deepcopy=False)
     over = [t for t in trials if OVER_BUDGET_ATTR in t.user_attrs]
     assert len(over) == SAMPLER_TRIES_OVER_BUDGET == 3
-    assert all(t.params["image_size"] == 64 and t.state.name == "FAIL" for t in over)
+    assert all(t.params["image_size"] == 64 and t.state.name == "PRUNED" for t in over)
     (drawn,) = [t for t in trials if AFFORDABLE_ATTR in t.user_attrs]
     assert drawn.params["image_size"] == 32 and 99 < drawn.user_attrs[AFFORDABLE_ATTR] <= 100
     source.pop()
@@ -322,3 +326,15 @@ def test_max_run_share_is_validated(tmp_path):
         load_grid(write(tmp_path, "search: {max_run_share: 0.25}\n"))
     with pytest.raises(ConfigError, match=r"search.max_run_share"):
         load_grid(write(tmp_path, "search: {budget: 10m, max_run_share: 1.5}\n"))
+
+
+def test_runs_remaining_counts_the_queued_repeats_of_a_started_proposal(tmp_path):
+    """One proposal of 3 repeats, 2 proposals in all: 6 runs to start; after each repeat starts, one fewer."""
+    source, _ = timed_search_source(tmp_path, "search: {sampler: grid, n_runs: 2, repeats: 3}\n"
+                                              "grid:\n  image_size: [64, 32]\n", {})
+    assert source.runs_remaining() == 6
+    for left in (5, 4, 3, 2, 1, 0):
+        assert source.peek() is not None
+        source.pop()
+        assert source.runs_remaining() == left
+    assert source.peek() is None

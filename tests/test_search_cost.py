@@ -182,3 +182,40 @@ def test_a_fine_tuning_run_of_another_base_is_predicted_by_passes_through_the_ba
     predicted = predict_duration_s(experiment_spec(vgg), [head, tuned])
     assert predicted == pytest.approx(4 * 10.0 + per_gmac_pass * 15.47 * 3 * 3 + build, rel=1e-6)
     assert predicted > 20 * (4 + 3) * 10.0  # the cached head's seconds per epoch would say 70 s
+
+
+def test_tpe_proposes_less_where_its_proposals_were_refused_for_the_budget(tmp_path, monkeypatch):
+    """Budget 100 s; earlier runs say 64 px takes 500 s and 32 px 10 s; dropout in [0, 0.5] sets the score.
+    Over 30 runs, TPE told each refusal as an infeasible pruned trial proposes 64 px less than half as often
+    as TPE told a failed trial, which teaches it nothing (the counterfactual, patched in here), for each of
+    three seeds."""
+    from optuna.trial import TrialState
+
+    from helpers import timed_search_source
+    from runner.search import SearchSource
+    from runner.search.study import OVER_BUDGET_ATTR
+
+    def refusals(seed: int, folder) -> int:
+        folder.mkdir()
+        source, _ = timed_search_source(folder, f"search: {{sampler: tpe, budget: 100, seed: {seed}, n_runs: 100}}\n"
+                                                "grid:\n  image_size: [64, 32]\n  dropout: {low: 0.0, high: 0.5}\n",
+                                        {64: 500.0, 32: 10.0})
+        for index in range(30):
+            run = source.peek()
+            assert run is not None and run.params["image_size"] == 32
+            source.pop()
+            record = _make_record(f"r{index}", 0.4 + run.params["dropout"], **run.params)
+            source.finished(record.model_copy(update={"config_hash": run.config_hash, "timings": record.timings
+                                                      .model_copy(update={"total_s": 10.0})}))
+        return sum(OVER_BUDGET_ATTR in t.user_attrs for t in source.study.get_trials(deepcopy=False))
+
+    told = [refusals(seed, tmp_path / f"told{seed}") for seed in (0, 1, 2)]
+
+    def fail(self, trial, predicted_s, limit_s):  # what a refusal was before: a failed trial
+        trial.set_user_attr(OVER_BUDGET_ATTR, round(predicted_s, 1))
+        self._tell(trial, state=TrialState.FAIL)
+
+    monkeypatch.setattr(SearchSource, "_refuse", fail)
+    failed = [refusals(seed, tmp_path / f"failed{seed}") for seed in (0, 1, 2)]
+    for mine, before in zip(told, failed):
+        assert mine < before / 2, (told, failed)

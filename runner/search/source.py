@@ -43,8 +43,8 @@ from runner.records import COMPLETED, DONE_STATUSES, PRUNED, RUN
 from runner.search.duration import predict_duration_s, prior_cost
 from runner.search.space import Dimension, SearchSpec, decode, encode
 from runner.search.study import (
-    AFFORDABLE_ATTR, AFFORDABLE_DRAWS, CHEAP_START_ATTR, CHEAP_START_DRAWS, CHEAP_START_RUNS, DUPLICATE_ATTR,
-    MAX_DUPLICATE_PROPOSALS, MAX_OVER_BUDGET_PROPOSALS, OVER_BUDGET_ATTR, SAMPLER_TRIES_OVER_BUDGET,
+    AFFORDABLE_ATTR, AFFORDABLE_DRAWS, BUDGET_CONSTRAINT, CHEAP_START_ATTR, CHEAP_START_DRAWS, CHEAP_START_RUNS,
+    DUPLICATE_ATTR, MAX_DUPLICATE_PROPOSALS, MAX_OVER_BUDGET_PROPOSALS, OVER_BUDGET_ATTR, SAMPLER_TRIES_OVER_BUDGET,
     pruning_metric, reseed_sampler,
 )
 
@@ -96,11 +96,12 @@ class SearchSource:
     _exhausted: bool = False
 
     def done_count(self) -> int:
-        """Runs completed or pruned in the study (all sweeps of this grid file); repeated proposals do not count."""
+        """Runs completed or pruned in the study (all sweeps of this grid file); proposals that repeated a finished
+        run or were refused for the budget do not count (`_ran`)."""
         from optuna.trial import TrialState
 
-        return sum(DUPLICATE_ATTR not in t.user_attrs
-                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        finished = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return sum(_ran(t) for t in finished)
 
     @property
     def n_runs(self) -> int:
@@ -117,8 +118,13 @@ class SearchSource:
         return max(0, self.n_runs - self.done_count() - len({trial.number for trial in self._trials.values()}))
 
     def runs_remaining(self) -> int:
-        """Runs still to finish: `remaining()` proposals of `search.repeats` runs each."""
-        return self.remaining() * self.search.repeats
+        """Runs still to start: `remaining()` proposals of `search.repeats` runs each, plus the repeats of a
+        started proposal still queued (its trial no longer counts in `remaining()`)."""
+        if self._next is None:
+            queued = len(self._rest)  # repeats of the last proposal popped
+        else:
+            queued = 1 + len(self._rest) if self._next[1].number in self._started else 0
+        return self.remaining() * self.search.repeats + queued
 
     def predicted_s(self, run) -> Optional[float]:
         """The predicted duration of `run` (`predict_duration_s` over the records read so far)."""
@@ -136,11 +142,11 @@ class SearchSource:
         cheap: its first points are chosen by `prior_cost` (`_cheap_start`).
 
         With a budget, a proposal predicted not to finish in the time left
-        (or in `max_run_share` of it) is not run: its trial is failed (user
-        attribute `OVER_BUDGET_ATTR`, the predicted seconds; the sampler
-        learns nothing from it) and the study is asked for another point, so
-        a cheaper configuration can still use the time. A model-based
-        sampler (TPE) proposes again what its model prefers, fitting or not:
+        (or in `max_run_share` of it) is not run (`_refuse`: its trial is
+        told pruned and infeasible, so TPE proposes less there; user
+        attribute `OVER_BUDGET_ATTR`, the predicted seconds) and the study is
+        asked for another point, so a cheaper configuration can still use the
+        time. A model-based sampler (TPE) may still propose what does not fit:
         after `SAMPLER_TRIES_OVER_BUDGET` such proposals in a row (with a
         sampler that does not enumerate the grid: `SamplerKind.enumerates_grid`),
         a uniformly drawn point predicted to fit
@@ -165,8 +171,7 @@ class SearchSource:
             limit = left * (self.search.max_run_share or 1.0)
             if predicted <= limit:
                 break
-            trial.set_user_attr(OVER_BUDGET_ATTR, round(predicted, 1))
-            self._fail(trial)
+            self._refuse(trial, predicted, limit)
             self._next, self._rest = None, []
             self._repeats.pop(trial.number, None)
             over_budget += 1
@@ -250,7 +255,7 @@ class SearchSource:
         if not self.search.sampler_kind.cheap_start:
             return
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-        trials = [t for t in self.study.get_trials(deepcopy=False, states=states) if DUPLICATE_ATTR not in t.user_attrs]
+        trials = [t for t in self.study.get_trials(deepcopy=False, states=states) if _ran(t)]
         if len(trials) >= CHEAP_START_RUNS or any(t.state == TrialState.WAITING for t in trials):
             return
         first = not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
@@ -346,6 +351,20 @@ class SearchSource:
 
         self._tell(trial, state=TrialState.FAIL)
 
+    def _refuse(self, trial, predicted_s: float, limit_s: float) -> None:
+        """Tell the study that `trial` does not run: predicted to take `predicted_s` seconds, over `limit_s`.
+
+        Told pruned with the constraint `BUDGET_CONSTRAINT`, `predicted_s - limit_s` (> 0: infeasible), and
+        the user attribute `OVER_BUDGET_ATTR`, `predicted_s`; it counts as no run (`_ran`). Optuna's TPE ranks
+        an infeasible trial below every feasible one and so proposes less where it was; the random sampler
+        ignores it; the grid sampler counts its point as visited (as it does a failed one).
+        """
+        from optuna.trial import TrialState
+
+        trial.set_user_attr(OVER_BUDGET_ATTR, round(predicted_s, 1))
+        trial.set_constraint(BUDGET_CONSTRAINT, max(predicted_s - limit_s, 1e-3))
+        self._tell(trial, state=TrialState.PRUNED)
+
     def finished(self, record) -> None:
         """Tell the study how a run ended: completed (its metric), pruned, or failed (re-enqueued if interrupted)."""
         from optuna.trial import TrialState
@@ -379,7 +398,8 @@ class SearchSource:
         that did run are found by their `config_hash` then, and not run twice)."""
         if self.over_budget:
             self.notes.append(f"budget: {self.over_budget} proposed runs were not started, predicted not to finish "
-                              f"in the time left (trials failed with user attribute {OVER_BUDGET_ATTR})"
+                              f"in the time left (trials told pruned and infeasible, with user attribute "
+                              f"{OVER_BUDGET_ATTR})"
                               + (f"; {self.affordable} random point(s) predicted to fit were run instead (user "
                                  f"attribute {AFFORDABLE_ATTR})" if self.affordable else ""))
         pending = ([self._next] if self._next is not None else []) + self._rest
@@ -417,7 +437,7 @@ class SearchSource:
         finished = (TrialState.COMPLETE, TrialState.PRUNED)
         covered = {canonical_json({n: decode(t.params[n]) for n in names})
                    for t in self.study.get_trials(deepcopy=False, states=finished)
-                   if DUPLICATE_ATTR not in t.user_attrs and set(names) <= set(t.params)}
+                   if _ran(t) and set(names) <= set(t.params)}
         done = {rec.config_hash: rec for rec in self.found.records
                 if rec.kind == RUN and rec.status in DONE_STATUSES}
         template, _ = self.builder.build("records", {d.name: d.bounds()[0] for d in self.dims})
@@ -459,6 +479,47 @@ class SearchSource:
         return [f"study {self.study.study_name}: {len(added)} finished point(s) of the run records were missing "
                 f"from it (a new or rebuilt study, or a result a stopped sweep did not tell); added them from "
                 f"their records ({shown})"]
+
+
+def open_search(spec, grid: Path, dims: Sequence[Dimension], builder, max_epochs: int,
+                warnings: list[str], notes: list[str]) -> SearchSource:
+    """The grid's study (`open_study` on its `study_path`) and the `SearchSource` over it, with the study given
+    what it lacks of the run records (`SearchSource.restore`).
+
+    Args:
+        spec: the grid (`runner.grid.GridSpec`: its `search`, `logs_dir`, `metric`).
+        grid: the grid file.
+        dims: its search space (`parse_space`).
+        builder: the sweep's `runner.grid.RunBuilder`.
+        max_epochs: the most epochs a run of the grid trains (Hyperband's `max_resource`).
+        warnings: where the journal's repairs are appended, one line each.
+        notes: where the unread-journal note and the restores are appended, one line each.
+
+    Returns:
+        The source, ready for `runner.core.loop.run_sweep`.
+
+    Raises:
+        ConfigError: the journal cannot be read nor moved aside (`open_study`).
+    """
+    from runner.records.query import parse_metric, read_all
+    from runner.search.study import STUDY_SUFFIX, open_study, pruner_config, study_path, unread_study_note
+
+    journal = study_path(spec.logs_dir, Path(grid), dims)
+    study = open_study(spec.search, dims, journal, journal.name.removesuffix(STUDY_SUFFIX), max_epochs, notes=warnings)
+    unread = unread_study_note(spec.logs_dir, Path(grid), journal, study)
+    if unread:
+        notes.append(unread)
+    source = SearchSource(study=study, dims=dims, search=spec.search, builder=builder, found=read_all(spec.logs_dir),
+                          ranking=parse_metric(spec.metric), journal=journal,
+                          pruner=pruner_config(spec.search, max_epochs))
+    notes += source.restore()  # the records are the truth: what the study lacks of them
+    return source
+
+
+def _ran(trial) -> bool:
+    """Whether a finished or running trial stands for runs of its own: not a proposal that repeated a finished
+    run (`DUPLICATE_ATTR`) nor one refused for the budget (`OVER_BUDGET_ATTR`)."""
+    return DUPLICATE_ATTR not in trial.user_attrs and OVER_BUDGET_ATTR not in trial.user_attrs
 
 
 class _UserAttrs(dict):

@@ -36,8 +36,13 @@ first: its expected place in the space's costs is the 20th percentile (the least
 CHEAP_START_ATTR = "nbsweep_cheap_start"
 """User attribute of a trial enqueued as a cheap-start point: its `prior_cost`."""
 OVER_BUDGET_ATTR = "nbsweep_over_budget_s"
-"""User attribute of a trial failed unrun because its predicted seconds exceeded what was left of the budget
-(or `max_run_share` of it)."""
+"""User attribute of a trial refused unrun because its predicted seconds exceeded what was left of the budget
+(or `max_run_share` of it): those seconds."""
+BUDGET_CONSTRAINT = "nbsweep_budget"
+"""The constraint (`optuna.trial.Trial.set_constraint`) of a refused trial: the seconds its prediction exceeded
+the limit by (> 0: infeasible). The trial is told pruned, with no value: Optuna's TPE ranks such a trial
+below every feasible one (its "above" group, with the largest excess last) and proposes less where it
+was, where a failed trial would teach it nothing."""
 
 
 def study_path(logs_dir: Path, grid_path: Path, dims: Sequence[Dimension]) -> Path:

@@ -104,8 +104,6 @@ def grid_text(args, arm: str, budget_s: float, sampler_seed: int = 0) -> str:
     elif arm == "tpe+hyperband":
         lines.append(f"search: {{sampler: tpe, n_runs: 1000, pruner: hyperband, min_epochs: 2, "
                      f"budget: {budget_s:.0f}{share}, seed: {sampler_seed}}}")
-    elif arm != "grid":
-        raise SystemExit(f"--arms: unknown arm {arm!r}; allowed: {', '.join(ARMS)}")
     return "\n".join(lines) + "\n"
 
 
@@ -139,9 +137,10 @@ def run_keras_tuner_arm(args, budget_s: float, sampler_seed: int = 0) -> dict:
     fixed = {**fixed_params(args), "data_dir": str(Path(args.data).resolve())}
     command = [sys.executable, str(PROJECT / "bench" / "keras_tuner_arm.py"), "--work", str(work), "--space",
                json.dumps(SPACE), "--fixed", json.dumps(fixed), "--seed", str(sampler_seed)]
-    done = work / "arm.json"  # the command, its start and wall time: what --reuse matches and reads back
+    key = command[1:] + [budget_s]  # what --reuse matches (the interpreter's path left out)
+    done = work / "arm.json"  # the key, the start and the wall time, read back by --reuse
     earlier = json.loads(done.read_text(encoding="utf-8")) if done.exists() else {}
-    if "keras-tuner" in args.reuse.split(",") and earlier.get("command") == command[1:] + [budget_s]:
+    if "keras-tuner" in args.reuse.split(",") and earlier.get("command") == key:
         start, wall = earlier["start"], earlier["wall_s"]
     else:
         shutil.rmtree(work, ignore_errors=True)
@@ -150,8 +149,7 @@ def run_keras_tuner_arm(args, budget_s: float, sampler_seed: int = 0) -> dict:
         _, output = run_until(command, work, budget_s)
         wall = time.time() - start
         (work / "keras_tuner.log").write_text(output or "", encoding="utf-8")
-        done.write_text(json.dumps({"command": command[1:] + [budget_s], "start": start, "wall_s": wall}),
-                        encoding="utf-8")
+        done.write_text(json.dumps({"command": key, "start": start, "wall_s": wall}), encoding="utf-8")
     trials = [json.loads(line) for line in (work / "trials.jsonl").read_text(encoding="utf-8").splitlines()
               if line.strip()] if (work / "trials.jsonl").exists() else []
     reached = sorted((t["finished"] - start, t["val"], t["test"], f"trial {i} ({t['budget_epochs']} epochs)")
@@ -286,6 +284,9 @@ def main() -> int:
     parser.add_argument("--plot", default=str(PROJECT / "docs" / "img" / "search_anytime.png"),
                         help="the any-time plot's PNG (default docs/img/search_anytime.png)")
     args = parser.parse_args()
+    unknown = [name for name in args.arms.split(",") if name not in ARMS]
+    if unknown:  # before any arm spends its budget
+        parser.error(f"--arms: unknown arm(s) {', '.join(unknown)}; allowed: {', '.join(ARMS)}")
     if not Path(args.data).is_dir():
         print(f"data folder {args.data} missing: nothing to benchmark")
         return 0

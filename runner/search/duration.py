@@ -167,7 +167,8 @@ def predict_duration_s(spec: ExperimentSpec, records: Sequence) -> Optional[floa
     key = cache_build_key(spec)
     if key is None or any(s is not None and cache_build_key(s) == key for _, s in done):
         return training
-    built = [r.timings.cache_build_s / _build_units(s) for r, s in same_base if r.timings.cache_build_s and _build_units(s)]
+    built = [r.timings.cache_build_s / units for r, s in same_base
+             if r.timings.cache_build_s and (units := _build_units(s))]
     if built:
         return training + statistics.median(built) * _build_units(spec)
     gmacs = _gmacs(spec)

@@ -354,7 +354,7 @@ class SearchSource:
     def _refuse(self, trial, predicted_s: float, limit_s: float) -> None:
         """Tell the study that `trial` does not run: predicted to take `predicted_s` seconds, over `limit_s`.
 
-        Told pruned with the constraint `BUDGET_CONSTRAINT`, `predicted_s - limit_s` (> 0: infeasible), and
+        Told pruned with the constraint `BUDGET_CONSTRAINT`, `predicted_s - limit_s` (> 0, infeasible), and
         the user attribute `OVER_BUDGET_ATTR`, `predicted_s`; it counts as no run (`_ran`). Optuna's TPE ranks
         an infeasible trial below every feasible one and so proposes less where it was; the random sampler
         ignores it; the grid sampler counts its point as visited (as it does a failed one).
@@ -362,7 +362,7 @@ class SearchSource:
         from optuna.trial import TrialState
 
         trial.set_user_attr(OVER_BUDGET_ATTR, round(predicted_s, 1))
-        trial.set_constraint(BUDGET_CONSTRAINT, max(predicted_s - limit_s, 1e-3))
+        trial.set_constraint(BUDGET_CONSTRAINT, predicted_s - limit_s)  # `peek` refuses only predicted > limit
         self._tell(trial, state=TrialState.PRUNED)
 
     def finished(self, record) -> None:
